@@ -1,1 +1,25 @@
+//! `sip-proxy`: the stateful proxy core of RFC 3261 §16, sans-IO.
+//!
+//! The driver hands every received message to [`Proxy::on_message`] with its source and
+//! the current time, calls [`Proxy::on_timers`] when [`Proxy::next_timeout`] comes, and
+//! reports send failures through [`Proxy::on_transport_error`]. Everything the core wants
+//! sent is pushed into an output vector as [`Transmit`] values. The core reads no clock,
+//! draws no random number and touches no socket.
+//!
+//! State lives in a sharded table of *contexts*: one per proxied request, holding its
+//! server transaction and the client transactions of its branches (§16.6–§16.7).
+#![forbid(unsafe_code)]
 
+mod build;
+mod config;
+mod core;
+mod ctx;
+mod router;
+mod stats;
+mod types;
+
+pub use crate::core::Proxy;
+pub use config::{Listener, ProxyConfig};
+pub use router::{RoundRobin, Router};
+pub use stats::{Stat, Stats};
+pub use types::{Destination, FlowId, Origin, Source, Target, Transmit, Transport};

@@ -1,0 +1,49 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sip_txn::TimerConfig;
+
+use crate::types::Transport;
+
+/// A listening socket as the proxy advertises it in Via and Record-Route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    pub transport: Transport,
+    /// The address written into Via and Record-Route (the bind address unless configured).
+    pub advertise: SocketAddr,
+}
+
+/// The validated settings of the proxy core.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listeners: Vec<Listener>,
+    /// Host names that mean this proxy in a Request-URI or Route.
+    pub aliases: Vec<String>,
+    pub timers: TimerConfig,
+    /// How long a branch may stay silent (no response at all) before the proxy gives up on
+    /// it and fails over to the next destination (Kamailio's `fr_timer`).
+    pub branch_timeout: Duration,
+    /// Final responses from a destination that make the proxy try the next one.
+    pub failover_codes: Vec<u16>,
+    /// Max-Forwards added to requests that have none.
+    pub max_forwards: u8,
+    /// Number of table shards (a power of two is not required).
+    pub shards: usize,
+    /// Seed that makes this instance's branch parameters and tags its own.
+    pub salt: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listeners: Vec::new(),
+            aliases: Vec::new(),
+            timers: TimerConfig::default(),
+            branch_timeout: Duration::from_secs(2),
+            failover_codes: (500..600).chain([408]).collect(),
+            max_forwards: 70,
+            shards: 64,
+            salt: 0x5b5b_1234,
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! Scenario tests of the proxy core on a virtual clock: messages in, transmissions out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::config::Listener;
+use crate::router::RoundRobin;
+
+const UAC: &str = "127.0.0.1:5070";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn proxy(backends: &[&str]) -> Proxy {
+    let cfg = ProxyConfig {
+        listeners: vec![
+            Listener {
+                transport: Transport::Udp,
+                advertise: addr("127.0.0.1:5060"),
+            },
+            Listener {
+                transport: Transport::Tcp,
+                advertise: addr("127.0.0.1:5060"),
+            },
+        ],
+        ..ProxyConfig::default()
+    };
+    let dests = backends
+        .iter()
+        .map(|b| Destination {
+            uri: format!("sip:{b}"),
+            transport: Transport::Udp,
+            addr: addr(b),
+            flow: None,
+        })
+        .collect();
+    Proxy::new(cfg, Arc::new(RoundRobin::new(dests)))
+}
+
+fn udp(from: &str) -> Source {
+    Source {
+        transport: Transport::Udp,
+        addr: addr(from),
+        flow: None,
+    }
+}
+
+fn invite(call: &str) -> String {
+    format!("INVITE sip:svc@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{call};rport\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:svc@h>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:a@127.0.0.1:5070>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+}
+
+fn parse(t: &Transmit) -> Message {
+    Message::parse(t.data.clone())
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&t.data)))
+}
+
+/// A response from the backend to the forwarded request `req`.
+fn answer(req: &Message, code: u16, to_tag: &str) -> Bytes {
+    let mut s = format!("SIP/2.0 {code} X\r\n");
+    for v in req.all(HeaderName::Via) {
+        s.push_str(&format!("Via: {v}\r\n"));
+    }
+    for v in req.all(HeaderName::RecordRoute) {
+        s.push_str(&format!("Record-Route: {v}\r\n"));
+    }
+    s.push_str(&format!("From: {}\r\nTo: {};tag={to_tag}\r\nCall-ID: {}\r\nCSeq: {}\r\nContact: <sip:b@127.0.0.1:5080>\r\nContent-Length: 0\r\n\r\n", req.get(HeaderName::From).unwrap(), req.get(HeaderName::To).unwrap(), req.call_id(), req.get(HeaderName::CSeq).unwrap()));
+    Bytes::from(s)
+}
+
+fn send(p: &Proxy, now: Instant, from: &str, msg: &str) -> Vec<Transmit> {
+    let mut out = vec![];
+    p.on_message(
+        now,
+        udp(from),
+        Bytes::copy_from_slice(msg.as_bytes()),
+        &mut out,
+    );
+    out
+}
+
+#[test]
+fn invite_is_relayed_with_via_record_route_and_trying() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let now = Instant::now();
+    let out = send(&p, now, UAC, &invite("c1"));
+    assert_eq!(out.len(), 2);
+    let trying = parse(&out[0]);
+    assert_eq!(trying.status(), Some(100));
+    assert_eq!(out[0].target.addr, addr(UAC));
+    let fwd = parse(&out[1]);
+    assert_eq!(out[1].target.addr, addr("127.0.0.1:5080"));
+    let vias: Vec<_> = fwd.vias().map(|v| v.unwrap()).collect();
+    assert_eq!(vias.len(), 2);
+    assert!(vias[0].branch().unwrap().starts_with(BRANCH_PREFIX));
+    assert_eq!(vias[1].rport(), Some(Some(5070)));
+    assert_eq!(vias[1].received(), Some("127.0.0.1"));
+    assert_eq!(
+        fwd.get(HeaderName::RecordRoute),
+        Some("<sip:127.0.0.1:5060;lr>")
+    );
+    assert_eq!(fwd.max_forwards().unwrap(), Some(69));
+}
+
+#[test]
+fn full_call_relays_replies_and_routes_ack_and_bye() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let now = Instant::now();
+    let out = send(&p, now, UAC, &invite("c2"));
+    let fwd = parse(&out[1]);
+    let mut o = vec![];
+    p.on_message(now, udp("127.0.0.1:5080"), answer(&fwd, 180, "tt"), &mut o);
+    assert_eq!(o.len(), 1);
+    assert_eq!(parse(&o[0]).status(), Some(180));
+    assert_eq!(parse(&o[0]).vias().count(), 1);
+    o.clear();
+    p.on_message(now, udp("127.0.0.1:5080"), answer(&fwd, 200, "tt"), &mut o);
+    assert_eq!(o.len(), 1);
+    let ok = parse(&o[0]);
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(o[0].target.addr, addr(UAC));
+    // ACK and BYE come back with our Record-Route as Route
+    let in_dialog = |m: &str, seq: u32, br: &str| {
+        format!("{m} sip:b@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{br}\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:svc@h>;tag=tt\r\nCall-ID: c2\r\nCSeq: {seq} {m}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+    };
+    let o = send(&p, now, UAC, &in_dialog("ACK", 1, "ack"));
+    assert_eq!(o.len(), 1, "2xx ACK relayed statelessly");
+    assert_eq!(o[0].target.addr, addr("127.0.0.1:5080"));
+    let ack = parse(&o[0]);
+    assert!(ack.get(HeaderName::Route).is_none());
+    assert_eq!(ack.vias().count(), 2);
+    let o = send(&p, now, UAC, &in_dialog("BYE", 2, "bye"));
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].target.addr, addr("127.0.0.1:5080"));
+    let bye = parse(&o[0]);
+    let mut o2 = vec![];
+    p.on_message(now, udp("127.0.0.1:5080"), answer(&bye, 200, "tt"), &mut o2);
+    assert_eq!(parse(&o2[0]).status(), Some(200));
+    assert_eq!(parse(&o2[0]).cseq().unwrap().method, "BYE");
+    // a retransmitted BYE is answered from the transaction, not relayed again
+    let o = send(&p, now, UAC, &in_dialog("BYE", 2, "bye"));
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].target.addr, addr(UAC));
+    assert_eq!(
+        p.stats().retransmissions_absorbed.load(Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn retransmitted_invite_is_absorbed_and_answered_with_last_provisional() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let now = Instant::now();
+    send(&p, now, UAC, &invite("c3"));
+    let o = send(&p, now, UAC, &invite("c3"));
+    assert_eq!(o.len(), 1);
+    assert_eq!(parse(&o[0]).status(), Some(100));
+    assert_eq!(p.stats().fwd_requests.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn busy_is_acked_hop_by_hop_and_relayed() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let now = Instant::now();
+    let fwd = parse(&send(&p, now, UAC, &invite("c4"))[1]);
+    let mut o = vec![];
+    p.on_message(now, udp("127.0.0.1:5080"), answer(&fwd, 486, "tt"), &mut o);
+    assert_eq!(o.len(), 2);
+    let ack = o
+        .iter()
+        .map(parse)
+        .find(|m| m.method() == Some(Method::Ack))
+        .expect("hop-by-hop ACK");
+    assert_eq!(
+        ack.top_via().unwrap().branch(),
+        fwd.top_via().unwrap().branch()
+    );
+    let busy = o
+        .iter()
+        .map(parse)
+        .find(|m| m.status() == Some(486))
+        .expect("486 relayed");
+    assert_eq!(busy.vias().count(), 1);
+    // the caller's ACK for the 486 is absorbed by the server transaction
+    let ack_up = invite("c4")
+        .replace("INVITE sip", "ACK sip")
+        .replace("1 INVITE", "1 ACK")
+        .replace("<sip:svc@h>", "<sip:svc@h>;tag=tt");
+    assert!(send(&p, now, UAC, &ack_up).is_empty());
+}
+
+#[test]
+fn cancel_during_ringing_gets_200_and_487_end_to_end() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let now = Instant::now();
+    let fwd = parse(&send(&p, now, UAC, &invite("c5"))[1]);
+    let mut o = vec![];
+    p.on_message(now, udp("127.0.0.1:5080"), answer(&fwd, 180, "tt"), &mut o);
+    let cancel = invite("c5")
+        .replace("INVITE sip", "CANCEL sip")
+        .replace("1 INVITE", "1 CANCEL");
+    let o = send(&p, now, UAC, &cancel);
+    assert_eq!(o.len(), 2);
+    let ok = parse(&o[0]);
+    assert_eq!(
+        (ok.status(), ok.cseq().unwrap().method),
+        (Some(200), "CANCEL")
+    );
+    let down = parse(&o[1]);
+    assert_eq!(down.method(), Some(Method::Cancel));
+    assert_eq!(
+        down.top_via().unwrap().branch(),
+        fwd.top_via().unwrap().branch()
+    );
+    let mut o = vec![];
+    p.on_message(now, udp("127.0.0.1:5080"), answer(&down, 200, "tt"), &mut o);
+    assert!(o.is_empty(), "200 for our CANCEL is absorbed");
+    p.on_message(now, udp("127.0.0.1:5080"), answer(&fwd, 487, "tt"), &mut o);
+    let codes: Vec<_> = o.iter().map(|t| parse(t).status()).collect();
+    assert!(codes.contains(&Some(487)), "{codes:?}");
+}
+
+#[test]
+fn cancel_for_unknown_transaction_gets_481() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let cancel = invite("nope")
+        .replace("INVITE sip", "CANCEL sip")
+        .replace("1 INVITE", "1 CANCEL");
+    let o = send(&p, Instant::now(), UAC, &cancel);
+    assert_eq!(parse(&o[0]).status(), Some(481));
+}
+
+#[test]
+fn silent_destination_fails_over_then_times_out_with_408() {
+    let p = proxy(&["127.0.0.1:5080", "127.0.0.1:5082"]);
+    let t0 = Instant::now();
+    let out = send(&p, t0, UAC, &invite("c6"));
+    assert_eq!(out[1].target.addr.port(), 5080);
+    let mut o = vec![];
+    p.on_timers(t0 + Duration::from_millis(2000), &mut o);
+    let fwd2: Vec<_> = o.iter().filter(|t| t.target.addr.port() == 5082).collect();
+    assert_eq!(fwd2.len(), 1, "failed over to the second destination");
+    assert_eq!(p.stats().failovers.load(Ordering::Relaxed), 1);
+    o.clear();
+    p.on_timers(t0 + Duration::from_millis(4100), &mut o);
+    let to_uac: Vec<_> = o
+        .iter()
+        .filter(|t| t.target.addr == addr(UAC))
+        .map(parse)
+        .collect();
+    assert_eq!(to_uac.last().unwrap().status(), Some(408));
+}
+
+#[test]
+fn server_error_fails_over_to_next_destination() {
+    let p = proxy(&["127.0.0.1:5080", "127.0.0.1:5082"]);
+    let now = Instant::now();
+    let fwd = parse(&send(&p, now, UAC, &invite("c7"))[1]);
+    let mut o = vec![];
+    p.on_message(now, udp("127.0.0.1:5080"), answer(&fwd, 503, "tt"), &mut o);
+    assert!(o
+        .iter()
+        .any(|t| t.target.addr.port() == 5082 && parse(t).method() == Some(Method::Invite)));
+    assert!(
+        !o.iter().any(|t| t.target.addr == addr(UAC)),
+        "nothing upstream yet"
+    );
+}
+
+#[test]
+fn unreachable_destination_reports_503() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let now = Instant::now();
+    let out = send(&p, now, UAC, &invite("c8"));
+    let mut o = vec![];
+    p.on_transport_error(now, out[1].origin.unwrap(), &mut o);
+    assert_eq!(parse(&o[0]).status(), Some(503));
+}
+
+#[test]
+fn validation_answers_483_416_420_482_and_403() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let now = Instant::now();
+    let status = |m: String| parse(&send(&p, now, UAC, &m)[0]).status();
+    assert_eq!(
+        status(invite("v1").replace("Max-Forwards: 70", "Max-Forwards: 0")),
+        Some(483)
+    );
+    assert_eq!(
+        status(invite("v2").replace("INVITE sip:svc@127.0.0.1:5060", "INVITE foo:bar")),
+        Some(416)
+    );
+    let o = send(
+        &p,
+        now,
+        UAC,
+        &invite("v3").replace(
+            "Max-Forwards: 70",
+            "Max-Forwards: 70\r\nProxy-Require: x-magic",
+        ),
+    );
+    let m = parse(&o[0]);
+    assert_eq!(
+        (m.status(), m.get(HeaderName::Unsupported)),
+        (Some(420), Some("x-magic"))
+    );
+    assert_eq!(
+        status(invite("v5").replace(
+            "Max-Forwards: 70",
+            "Max-Forwards: 70\r\nRoute: <sip:10.9.9.9;lr>"
+        )),
+        Some(403)
+    );
+    // loop: the forwarded copy comes back to us unchanged
+    let fwd = send(&p, now, UAC, &invite("v4"));
+    let looped = String::from_utf8(fwd[1].data.to_vec()).unwrap();
+    let o = send(&p, now, "127.0.0.1:5060", &looped);
+    assert_eq!(parse(&o[0]).status(), Some(482));
+}
+
+#[test]
+fn options_to_the_proxy_is_answered_locally() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let o = send(
+        &p,
+        Instant::now(),
+        UAC,
+        &invite("o1")
+            .replace(
+                "INVITE sip:svc@127.0.0.1:5060",
+                "OPTIONS sip:127.0.0.1:5060",
+            )
+            .replace("1 INVITE", "1 OPTIONS"),
+    );
+    assert_eq!(o.len(), 1);
+    assert_eq!(parse(&o[0]).status(), Some(200));
+}
+
+#[test]
+fn malformed_requests_get_400_with_reason_or_are_dropped() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let now = Instant::now();
+    let o = send(&p, now, UAC, &invite("m1").replace("Call-ID: m1\r\n", ""));
+    let m = Message::parse_raw(o[0].data.clone()).unwrap();
+    assert_eq!(m.status(), Some(400));
+    assert!(m.reason().contains("Call-ID"), "{}", m.reason());
+    assert!(send(&p, now, UAC, "\u{1}\u{2}garbage").is_empty());
+    let o = send(
+        &p,
+        now,
+        UAC,
+        &invite("m2").replace("Content-Length: 0", "Content-Length: 500"),
+    );
+    assert_eq!(parse(&o[0]).status(), Some(400));
+    assert_eq!(p.stats().bad_messages.load(Ordering::Relaxed), 3);
+}
+
+#[test]
+fn tcp_caller_to_udp_backend_gets_double_record_route_with_flow_token() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let now = Instant::now();
+    let src = Source {
+        transport: Transport::Tcp,
+        addr: addr("127.0.0.1:40000"),
+        flow: Some(0x2a),
+    };
+    let mut out = vec![];
+    p.on_message(
+        now,
+        src,
+        Bytes::from(
+            invite("t1").replace("SIP/2.0/UDP 127.0.0.1:5070", "SIP/2.0/TCP 127.0.0.1:5070"),
+        ),
+        &mut out,
+    );
+    assert_eq!(
+        out[0].target.flow,
+        Some(0x2a),
+        "replies go back over the caller's connection"
+    );
+    let fwd = parse(&out[1]);
+    let rr: Vec<_> = fwd.values(HeaderName::RecordRoute).collect();
+    // the outbound-facing entry is on top: the callee routes through it first
+    assert_eq!(
+        rr,
+        [
+            "<sip:127.0.0.1:5060;lr>",
+            "<sip:f2a@127.0.0.1:5060;transport=tcp;lr>"
+        ]
+    );
+    // a BYE from the callee follows both routes back to the caller's flow
+    let bye = "BYE sip:a@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-b1\r\nRoute: <sip:127.0.0.1:5060;lr>, <sip:f2a@127.0.0.1:5060;transport=tcp;lr>\r\nFrom: <sip:svc@h>;tag=tt\r\nTo: <sip:a@h>;tag=ft\r\nCall-ID: t1\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n";
+    let o = send(&p, now, "127.0.0.1:5080", bye);
+    assert_eq!(o[0].target.transport, Transport::Tcp);
+    assert_eq!(o[0].target.flow, Some(0x2a));
+    assert!(parse(&o[0]).get(HeaderName::Route).is_none());
+}
+
+#[test]
+fn contexts_are_dropped_when_all_transactions_end() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let t0 = Instant::now();
+    let fwd = parse(&send(&p, t0, UAC, &invite("g1"))[1]);
+    let mut o = vec![];
+    p.on_message(t0, udp("127.0.0.1:5080"), answer(&fwd, 200, "tt"), &mut o);
+    assert_eq!(p.active_contexts(), 1);
+    p.on_timers(t0 + Duration::from_secs(33), &mut o);
+    assert_eq!(p.active_contexts(), 0);
+}

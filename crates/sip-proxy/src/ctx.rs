@@ -1,0 +1,190 @@
+//! The per-request proxy context: one server transaction and the branches (client
+//! transactions) it forwarded to, with the best response collected so far (§16.7).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use sip_txn::{
+    ClientInvite, ClientInviteState, ClientNonInvite, ClientNonInviteState, ServerInvite,
+    ServerInviteState, ServerNonInvite, ServerNonInviteState,
+};
+use sip_wire::Message;
+
+use crate::types::{Destination, FlowId, Target, Transport};
+
+pub(crate) enum ServerTxn {
+    Invite(ServerInvite),
+    NonInvite(ServerNonInvite),
+}
+
+impl ServerTxn {
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        match self {
+            ServerTxn::Invite(t) => t.poll_transmit(),
+            ServerTxn::NonInvite(t) => t.poll_transmit(),
+        }
+    }
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            ServerTxn::Invite(t) => t.poll_timeout(),
+            ServerTxn::NonInvite(t) => t.poll_timeout(),
+        }
+    }
+    pub fn send_response(&mut self, now: Instant, code: u16, msg: Bytes) -> bool {
+        match self {
+            ServerTxn::Invite(t) => t.send_response(now, code, msg),
+            ServerTxn::NonInvite(t) => t.send_response(now, code, msg),
+        }
+    }
+    pub fn is_terminated(&self) -> bool {
+        match self {
+            ServerTxn::Invite(t) => t.state() == ServerInviteState::Terminated,
+            ServerTxn::NonInvite(t) => t.state() == ServerNonInviteState::Terminated,
+        }
+    }
+}
+
+pub(crate) enum ClientTxn {
+    Invite(ClientInvite),
+    NonInvite(ClientNonInvite),
+}
+
+impl ClientTxn {
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        match self {
+            ClientTxn::Invite(t) => t.poll_transmit(),
+            ClientTxn::NonInvite(t) => t.poll_transmit(),
+        }
+    }
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            ClientTxn::Invite(t) => t.poll_timeout(),
+            ClientTxn::NonInvite(t) => t.poll_timeout(),
+        }
+    }
+    pub fn on_timeout(&mut self, now: Instant) -> Option<sip_txn::TxnEvent> {
+        match self {
+            ClientTxn::Invite(t) => t.on_timeout(now),
+            ClientTxn::NonInvite(t) => t.on_timeout(now),
+        }
+    }
+    pub fn on_transport_error(&mut self) -> Option<sip_txn::TxnEvent> {
+        match self {
+            ClientTxn::Invite(t) => t.on_transport_error(),
+            ClientTxn::NonInvite(t) => t.on_transport_error(),
+        }
+    }
+    pub fn terminate(&mut self) {
+        match self {
+            ClientTxn::Invite(t) => t.terminate(),
+            ClientTxn::NonInvite(t) => t.terminate(),
+        }
+    }
+    pub fn is_terminated(&self) -> bool {
+        match self {
+            ClientTxn::Invite(t) => t.state() == ClientInviteState::Terminated,
+            ClientTxn::NonInvite(t) => t.state() == ClientNonInviteState::Terminated,
+        }
+    }
+}
+
+/// One forwarded copy of the request.
+pub(crate) struct Branch {
+    pub target: Target,
+    pub dest_uri: String,
+    pub txn: ClientTxn,
+    /// The request as sent (a CANCEL or ACK is built from it).
+    pub request: Bytes,
+    pub provisional: bool,
+    pub done: bool,
+    pub cancel_pending: bool,
+    pub cancel: Option<ClientNonInvite>,
+    /// No response at all by then: give up on the branch (failover).
+    pub silence_deadline: Option<Instant>,
+    /// No final response by then (Timer C): cancel the branch.
+    pub final_deadline: Option<Instant>,
+}
+
+impl Branch {
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let mut t = self.txn.poll_timeout();
+        let mut take = |o: Option<Instant>| {
+            if let Some(o) = o {
+                t = Some(t.map_or(o, |t| t.min(o)));
+            }
+        };
+        take(self.cancel.as_ref().and_then(|c| c.poll_timeout()));
+        if !self.done {
+            if !self.provisional {
+                take(self.silence_deadline);
+            }
+            take(self.final_deadline);
+        }
+        t
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.txn.is_terminated()
+            && self
+                .cancel
+                .as_ref()
+                .is_none_or(|c| c.state() == ClientNonInviteState::Terminated)
+    }
+}
+
+/// How to build each branch's copy of the request, decided once (§16.6).
+pub(crate) struct Plan {
+    /// Header edits removing the Route values that named this proxy.
+    pub route_edits: Vec<(usize, Option<String>)>,
+    /// A new Request-URI (strict-router fix-up, §16.4).
+    pub new_ruri: Option<String>,
+    pub record_route: bool,
+    pub in_transport: Transport,
+    pub in_flow: Option<FlowId>,
+    /// Replacement line for the first Via header (received/rport, RFC 3581).
+    pub via_fix: Option<(usize, String)>,
+    /// Max-Forwards header index and value, if present.
+    pub max_forwards: Option<(usize, u8)>,
+    /// Loop-detection hash carried in our branch (§16.6 step 8).
+    pub loop_hash: u32,
+}
+
+pub(crate) struct Ctx {
+    pub id: u64,
+    pub key: String,
+    pub invite: bool,
+    pub resp_target: Target,
+    pub server: ServerTxn,
+    pub req: Message,
+    pub plan: Plan,
+    pub candidates: Vec<Destination>,
+    pub next_candidate: usize,
+    pub branches: Vec<Branch>,
+    /// Best final non-2xx response so far: code and the message to send upstream.
+    pub best: Option<(u16, Bytes)>,
+    /// What to answer if no branch produced a response.
+    pub fallback: (u16, &'static str),
+    pub final_sent: bool,
+    pub cancelled: bool,
+    pub armed: Option<Instant>,
+}
+
+impl Ctx {
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let mut t = self.server.poll_timeout();
+        for b in &self.branches {
+            if let Some(bt) = b.next_timeout() {
+                t = Some(t.map_or(bt, |t| t.min(bt)));
+            }
+        }
+        t
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.server.is_terminated() && self.branches.iter().all(Branch::is_finished)
+    }
+
+    pub fn all_branches_done(&self) -> bool {
+        self.branches.iter().all(|b| b.done)
+    }
+}

@@ -1,0 +1,72 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sip_wire::Message;
+
+use crate::types::Destination;
+
+/// Chooses destinations for an initial request: an ordered list, the first to try first
+/// and the rest for failover (pingora's pattern). The dispatcher implements this.
+pub trait Router: Send + Sync + 'static {
+    /// Appends the candidates for `req` to `out`, best first.
+    fn select(&self, req: &Message, out: &mut Vec<Destination>);
+}
+
+/// Plain round robin over a fixed list: each call starts one further along and lists every
+/// destination once, so the others serve as failover.
+#[derive(Debug)]
+pub struct RoundRobin {
+    dests: Vec<Destination>,
+    next: AtomicUsize,
+}
+
+impl RoundRobin {
+    /// A round robin over `dests`.
+    pub fn new(dests: Vec<Destination>) -> Self {
+        RoundRobin {
+            dests,
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Router for RoundRobin {
+    fn select(&self, _req: &Message, out: &mut Vec<Destination>) {
+        let n = self.dests.len();
+        if n == 0 {
+            return;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            out.push(self.dests[(start + i) % n].clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Transport;
+
+    fn d(port: u16) -> Destination {
+        Destination {
+            uri: format!("sip:127.0.0.1:{port}"),
+            transport: Transport::Udp,
+            addr: ([127, 0, 0, 1], port).into(),
+            flow: None,
+        }
+    }
+
+    #[test]
+    fn round_robin_rotates_and_lists_all_for_failover() {
+        let rr = RoundRobin::new(vec![d(1), d(2), d(3)]);
+        let msg = sip_wire::Message::parse(bytes::Bytes::from_static(b"OPTIONS sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n")).unwrap();
+        let mut firsts = vec![];
+        for _ in 0..6 {
+            let mut out = vec![];
+            rr.select(&msg, &mut out);
+            assert_eq!(out.len(), 3);
+            firsts.push(out[0].addr.port());
+        }
+        assert_eq!(firsts, vec![1, 2, 3, 1, 2, 3]);
+    }
+}

@@ -1,0 +1,108 @@
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+/// A SIP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+impl Transport {
+    /// Reliable transports need no retransmissions (§17.1.1.2).
+    pub fn is_reliable(self) -> bool {
+        self != Transport::Udp
+    }
+
+    /// The token used in Via (`SIP/2.0/UDP`).
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
+        }
+    }
+
+    /// The `transport=` URI parameter value (`None` for UDP, the default).
+    pub fn uri_param(self) -> Option<&'static str> {
+        match self {
+            Transport::Udp => None,
+            Transport::Tcp => Some("tcp"),
+            Transport::Tls => Some("tls"),
+            Transport::Ws => Some("ws"),
+            Transport::Wss => Some("wss"),
+        }
+    }
+
+    /// Parses a transport name (URI parameter, Via token or config value), any case.
+    pub fn parse(s: &str) -> Option<Transport> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "udp" => Transport::Udp,
+            "tcp" => Transport::Tcp,
+            "tls" => Transport::Tls,
+            "ws" => Transport::Ws,
+            "wss" => Transport::Wss,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.via_name())
+    }
+}
+
+/// A connection (TCP/TLS/WS) known to the driver; messages can be sent back over it.
+pub type FlowId = u64;
+
+/// Where a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    /// The connection it arrived on, for reliable transports.
+    pub flow: Option<FlowId>,
+}
+
+/// Where a message must go. When `flow` is set and still open, the driver uses it;
+/// otherwise it sends to (or connects to) `addr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    pub flow: Option<FlowId>,
+}
+
+/// Identifies the branch a transmission belongs to, so that a send failure can be
+/// reported back with [`crate::Proxy::on_transport_error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub ctx: u64,
+    pub branch: u32,
+}
+
+/// One message for the driver to send.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    pub target: Target,
+    pub data: Bytes,
+    pub origin: Option<Origin>,
+}
+
+/// A next hop chosen by a [`crate::Router`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// The destination URI as configured (for logs and the API).
+    pub uri: String,
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    /// A connection to use when it is still open (the flow token of a Record-Route).
+    pub flow: Option<FlowId>,
+}
