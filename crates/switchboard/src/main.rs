@@ -1,1 +1,125 @@
-fn main() {}
+//! `switchboard`: SIP edge proxy, registrar and load balancer for FreeSWITCH clusters.
+
+mod config;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "SIP edge proxy and load balancer for FreeSWITCH clusters")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy (the embedded default configuration when no --config is given).
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and explain every error.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn read_config(path: &Option<PathBuf>) -> anyhow::Result<(String, String)> {
+    match path {
+        Some(p) => Ok((std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?, p.display().to_string())),
+        None => Ok((config::EMBEDDED_DEFAULT.to_string(), "embedded default".into())),
+    }
+}
+
+fn salt() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    t ^ ((std::process::id() as u64) << 32)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Check { config } => check(&config),
+        Cmd::Run { config } => run(&config),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn report(name: &str, errors: &[config::ConfigError]) {
+    eprintln!("{name}: {} error(s)", errors.len());
+    for e in errors {
+        eprintln!("  {e}");
+    }
+}
+
+fn check(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
+    let (text, name) = read_config(path)?;
+    match config::load(&text, 0) {
+        Ok(c) => {
+            println!("{name}: ok ({} udp, {} tcp listeners, {} destinations in set {}, management on {})", c.udp.len(), c.tcp.len(), c.destinations.len(), c.default_set, c.management);
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            report(&name, &errors);
+            Ok(std::process::ExitCode::from(1))
+        }
+    }
+}
+
+fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
+    let (text, name) = read_config(path)?;
+    let cfg = match config::load(&text, salt()) {
+        Ok(c) => c,
+        Err(errors) => {
+            report(&name, &errors);
+            return Ok(std::process::ExitCode::from(1));
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("switchboard-rt").build()?;
+    let router = Arc::new(sip_proxy::RoundRobin::new(cfg.destinations.clone()));
+    let proxy = Arc::new(sip_proxy::Proxy::new(cfg.proxy.clone(), router));
+    let net_cfg = net::NetConfig { udp: cfg.udp.clone(), tcp: cfg.tcp.clone(), udp_workers: cfg.udp_workers, tcp_idle_timeout: cfg.tcp_idle_timeout, max_message_size: cfg.max_message_size };
+    let _guard = rt.enter();
+    let network = net::Net::start(proxy.clone(), net_cfg, rt.handle().clone())?;
+    let n2 = network.clone();
+    let admin_state = Arc::new(admin::AdminState { proxy: proxy.clone(), started: Instant::now(), gauges: Box::new(move || vec![("tcp_connections", "open TCP connections", n2.connections() as u64)]) });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mgmt = cfg.management;
+    let mut rx = stop_rx.clone();
+    let admin_task = rt.spawn(async move {
+        if let Err(e) = admin::serve(mgmt, admin_state, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+        .await
+        {
+            tracing::error!(error = %e, address = %mgmt, "management API failed");
+        }
+    });
+    tracing::info!(config = %name, udp = ?cfg.udp, tcp = ?cfg.tcp, management = %cfg.management, destinations = cfg.destinations.len(), "switchboard started");
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        }
+    });
+    let _ = stop_tx.send(true);
+    network.shutdown();
+    let _ = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(2), admin_task).await });
+    tracing::info!(active_transactions = proxy.active_contexts(), "stopped");
+    Ok(std::process::ExitCode::SUCCESS)
+}

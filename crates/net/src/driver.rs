@@ -1,0 +1,182 @@
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sip_proxy::{Proxy, Source, Transmit, Transport};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::conn::ConnTable;
+
+/// Transport settings.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    /// UDP receive threads (0 = one per core).
+    pub udp_workers: usize,
+    /// A TCP connection with no traffic for this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Largest message accepted on a stream.
+    pub max_message_size: usize,
+}
+
+/// Why the transports could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// A socket could not be bound.
+    #[error("cannot bind {transport} {addr}: {source}")]
+    Bind {
+        /// Transport of the socket.
+        transport: &'static str,
+        /// Address it was to bind.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The running transports.
+pub struct Net {
+    me: std::sync::Weak<Net>,
+    pub(crate) proxy: Arc<Proxy>,
+    pub(crate) udp: Vec<Arc<UdpSocket>>,
+    pub(crate) conns: Arc<ConnTable>,
+    pub(crate) rt: tokio::runtime::Handle,
+    pub(crate) cfg: NetConfig,
+    stop: Arc<AtomicBool>,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    let u: UdpSocket = s.into();
+    u.set_read_timeout(Some(Duration::from_millis(200)))?;
+    Ok(u)
+}
+
+impl Net {
+    /// Binds every socket and starts the receive threads, the TCP tasks (on `rt`) and the
+    /// timer thread.
+    pub fn start(proxy: Arc<Proxy>, cfg: NetConfig, rt: tokio::runtime::Handle) -> Result<Arc<Net>, NetError> {
+        let mut udp = Vec::new();
+        for a in &cfg.udp {
+            udp.push(Arc::new(bind_udp(*a).map_err(|source| NetError::Bind { transport: "udp", addr: *a, source })?));
+        }
+        let mut tcp = Vec::new();
+        for a in &cfg.tcp {
+            let l = std::net::TcpListener::bind(a).map_err(|source| NetError::Bind { transport: "tcp", addr: *a, source })?;
+            l.set_nonblocking(true).map_err(|source| NetError::Bind { transport: "tcp", addr: *a, source })?;
+            tcp.push(l);
+        }
+        let net = Arc::new_cyclic(|me| Net { me: me.clone(), proxy, udp, conns: Arc::new(ConnTable::default()), rt: rt.clone(), cfg, stop: Arc::new(AtomicBool::new(false)), threads: Default::default() });
+        let workers = if net.cfg.udp_workers == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { net.cfg.udp_workers };
+        let mut threads = Vec::new();
+        for (si, sock) in net.udp.iter().enumerate() {
+            for w in 0..workers {
+                let (net2, sock) = (net.clone(), sock.clone());
+                threads.push(std::thread::Builder::new().name(format!("sip-udp-{si}-{w}")).spawn(move || net2.udp_loop(&sock)).expect("spawn udp worker"));
+            }
+        }
+        let net2 = net.clone();
+        threads.push(std::thread::Builder::new().name("sip-timers".into()).spawn(move || net2.timer_loop()).expect("spawn timer thread"));
+        *net.threads.lock().unwrap_or_else(|p| p.into_inner()) = threads;
+        for l in tcp {
+            let net2 = net.clone();
+            rt.spawn(async move {
+                match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => crate::conn::accept_loop(net2, l).await,
+                    Err(e) => tracing::error!(error = %e, "tcp listener"),
+                }
+            });
+        }
+        Ok(net)
+    }
+
+    pub(crate) fn self_arc(&self) -> Option<Arc<Net>> {
+        self.me.upgrade()
+    }
+
+    /// True once [`Net::shutdown`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Stops the threads and waits for them.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn udp_loop(&self, sock: &UdpSocket) {
+        let mut buf = vec![0u8; 65536];
+        let mut out = Vec::with_capacity(8);
+        while !self.stopping() {
+            let (n, from) = match sock.recv_from(&mut buf) {
+                Ok(r) => r,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp receive");
+                    continue;
+                }
+            };
+            if n == 0 || buf[..n].iter().all(|b| b.is_ascii_whitespace()) {
+                continue; // keepalive
+            }
+            let data = Bytes::copy_from_slice(&buf[..n]);
+            self.proxy.on_message(Instant::now(), Source { transport: Transport::Udp, addr: from, flow: None }, data, &mut out);
+            self.dispatch(&mut out);
+        }
+    }
+
+    fn timer_loop(&self) {
+        let mut out = Vec::new();
+        while !self.stopping() {
+            std::thread::sleep(Duration::from_millis(5));
+            self.proxy.on_timers(Instant::now(), &mut out);
+            self.dispatch(&mut out);
+        }
+    }
+
+    /// Sends what the core produced.
+    pub(crate) fn dispatch(&self, out: &mut Vec<Transmit>) {
+        for t in out.drain(..) {
+            match t.target.transport {
+                Transport::Udp => {
+                    let sock = self.udp.iter().find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == t.target.addr.is_ipv4())).or(self.udp.first());
+                    let ok = sock.is_some_and(|s| s.send_to(&t.data, t.target.addr).is_ok());
+                    if !ok {
+                        self.report_error(&t);
+                    }
+                }
+                Transport::Tcp => crate::conn::send(self, t),
+                _ => self.report_error(&t),
+            }
+        }
+    }
+
+    pub(crate) fn report_error(&self, t: &Transmit) {
+        if let Some(origin) = t.origin {
+            let mut out = Vec::new();
+            self.proxy.on_transport_error(Instant::now(), origin, &mut out);
+            self.dispatch(&mut out);
+        } else {
+            tracing::debug!(target = %t.target.addr, "send failed");
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The TOML configuration: read into raw serde structs (unknown keys refused), then
+//! validated into typed settings. Every refusal names the key, the value and why.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sip_proxy::{Destination, Listener, ProxyConfig, Transport};
+use sip_txn::TimerConfig;
+use sip_wire::{Scheme, Uri};
+
+/// The configuration compiled into the binary: `switchboard.example.toml`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../switchboard.example.toml");
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub sip: RawSip,
+    #[serde(default)]
+    pub transactions: RawTransactions,
+    #[serde(default)]
+    pub dispatcher: RawDispatcher,
+    #[serde(default)]
+    pub routing: RawRouting,
+    #[serde(default)]
+    pub management: RawManagement,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSip {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub udp_workers: usize,
+    #[serde(default = "default_tcp_idle")]
+    pub tcp_idle_timeout_s: u64,
+    #[serde(default = "default_max_message")]
+    pub max_message_size: usize,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()]
+}
+fn default_tcp_idle() -> u64 {
+    600
+}
+fn default_max_message() -> usize {
+    65535
+}
+
+impl Default for RawSip {
+    fn default() -> Self {
+        RawSip { listen: default_listen(), aliases: vec![], udp_workers: 0, tcp_idle_timeout_s: default_tcp_idle(), max_message_size: default_max_message() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTransactions {
+    #[serde(default = "d_t1")]
+    pub t1_ms: u64,
+    #[serde(default = "d_t2")]
+    pub t2_ms: u64,
+    #[serde(default = "d_t4")]
+    pub t4_ms: u64,
+    #[serde(default = "d_branch")]
+    pub branch_timeout_ms: u64,
+    #[serde(default = "d_failover")]
+    pub failover_codes: Vec<i64>,
+}
+
+fn d_t1() -> u64 {
+    500
+}
+fn d_t2() -> u64 {
+    4000
+}
+fn d_t4() -> u64 {
+    5000
+}
+fn d_branch() -> u64 {
+    2000
+}
+fn d_failover() -> Vec<i64> {
+    vec![408, 500, 502, 503, 504]
+}
+
+impl Default for RawTransactions {
+    fn default() -> Self {
+        RawTransactions { t1_ms: d_t1(), t2_ms: d_t2(), t4_ms: d_t4(), branch_timeout_ms: d_branch(), failover_codes: d_failover() }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDispatcher {
+    #[serde(default)]
+    pub set: Vec<RawSet>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSet {
+    pub id: i64,
+    #[serde(default = "d_alg")]
+    pub algorithm: String,
+    pub destinations: Vec<String>,
+}
+
+fn d_alg() -> String {
+    "round-robin".into()
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    pub default_set: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManagement {
+    #[serde(default = "d_mgmt")]
+    pub listen: String,
+}
+
+fn d_mgmt() -> String {
+    "127.0.0.1:8888".into()
+}
+
+impl Default for RawManagement {
+    fn default() -> Self {
+        RawManagement { listen: d_mgmt() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    #[serde(default = "d_level")]
+    pub level: String,
+}
+
+fn d_level() -> String {
+    "info".into()
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog { level: d_level() }
+    }
+}
+
+/// A refused setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub value: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: value {} refused: {}", self.key, self.value, self.why)
+    }
+}
+
+fn err(key: impl Into<String>, value: impl std::fmt::Display, why: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), value: value.to_string(), why: why.into() }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub udp_workers: usize,
+    pub tcp_idle_timeout: Duration,
+    pub max_message_size: usize,
+    pub destinations: Vec<Destination>,
+    pub default_set: i64,
+    pub management: SocketAddr,
+    pub log_level: String,
+}
+
+/// Parses TOML text; a syntax error or unknown key comes back as one error line.
+pub fn parse(text: &str) -> Result<RawConfig, Vec<ConfigError>> {
+    toml::from_str(text).map_err(|e| {
+        let msg = e.message().to_string();
+        let span = e.span().map(|s| {
+            let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}")
+        });
+        vec![err(span.unwrap_or_else(|| "config".into()), "-", msg)]
+    })
+}
+
+/// A destination URI as a next hop: `sip:`/`sips:` with an IP address host.
+pub fn parse_destination(key: &str, s: &str) -> Result<Destination, ConfigError> {
+    let uri = Uri::parse(s).map_err(|e| err(key, format!("{s:?}"), format!("not a SIP URI ({e})")))?;
+    if !matches!(uri.scheme, Scheme::Sip | Scheme::Sips) {
+        return Err(err(key, format!("{s:?}"), "scheme must be sip or sips"));
+    }
+    let transport = match uri.transport() {
+        Some(t) => Transport::parse(t).ok_or_else(|| err(key, format!("{s:?}"), format!("unknown transport {t}")))?,
+        None if uri.scheme == Scheme::Sips => Transport::Tls,
+        None => Transport::Udp,
+    };
+    if !matches!(transport, Transport::Udp | Transport::Tcp) {
+        return Err(err(key, format!("{s:?}"), format!("transport {transport} is not supported yet (udp, tcp)")));
+    }
+    let ip: std::net::IpAddr = uri.host.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| err(key, format!("{s:?}"), "host must be an IP address (DNS names are not resolved yet)"))?;
+    let port = uri.port.unwrap_or(5060);
+    Ok(Destination { uri: s.to_string(), transport, addr: SocketAddr::new(ip, port), flow: None })
+}
+
+/// Validates a raw configuration, collecting every error.
+pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut udp = Vec::new();
+    let mut tcp = Vec::new();
+    let mut listeners = Vec::new();
+    if raw.sip.listen.is_empty() {
+        errors.push(err("sip.listen", "[]", "at least one listen socket is needed"));
+    }
+    for (i, l) in raw.sip.listen.iter().enumerate() {
+        let key = format!("sip.listen[{i}]");
+        let Some((t, a)) = l.split_once(':') else {
+            errors.push(err(&key, format!("{l:?}"), "expected transport:address:port, e.g. udp:127.0.0.1:5060"));
+            continue;
+        };
+        let addr: SocketAddr = match a.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                errors.push(err(&key, format!("{l:?}"), "address must be IP:port ([v6]:port for IPv6)"));
+                continue;
+            }
+        };
+        if addr.ip().is_unspecified() {
+            errors.push(err(&key, format!("{l:?}"), "listen on a specific address: it is advertised in Via and Record-Route"));
+            continue;
+        }
+        match Transport::parse(t) {
+            Some(Transport::Udp) => udp.push(addr),
+            Some(Transport::Tcp) => tcp.push(addr),
+            Some(other) => {
+                errors.push(err(&key, format!("{l:?}"), format!("transport {other} is not supported yet (udp, tcp)")));
+                continue;
+            }
+            None => {
+                errors.push(err(&key, format!("{l:?}"), format!("unknown transport {t:?} (udp, tcp)")));
+                continue;
+            }
+        }
+        listeners.push(Listener { transport: Transport::parse(t).unwrap_or(Transport::Udp), advertise: addr });
+    }
+    if raw.sip.max_message_size < 1024 || raw.sip.max_message_size > 1 << 20 {
+        errors.push(err("sip.max_message_size", raw.sip.max_message_size, "must be between 1024 and 1048576"));
+    }
+    let t = &raw.transactions;
+    if t.t1_ms == 0 || t.t1_ms > 10_000 {
+        errors.push(err("transactions.t1_ms", t.t1_ms, "must be 1..=10000"));
+    }
+    if t.t2_ms < t.t1_ms {
+        errors.push(err("transactions.t2_ms", t.t2_ms, "must be at least t1_ms"));
+    }
+    if t.t4_ms == 0 {
+        errors.push(err("transactions.t4_ms", t.t4_ms, "must be positive"));
+    }
+    if t.branch_timeout_ms < 100 {
+        errors.push(err("transactions.branch_timeout_ms", t.branch_timeout_ms, "must be at least 100"));
+    }
+    let mut failover_codes = Vec::new();
+    for (i, c) in t.failover_codes.iter().enumerate() {
+        if !(300..=699).contains(c) {
+            errors.push(err(format!("transactions.failover_codes[{i}]"), c, "must be a final status code (300..=699)"));
+        } else {
+            failover_codes.push(*c as u16);
+        }
+    }
+    let mut destinations = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for (i, s) in raw.dispatcher.set.iter().enumerate() {
+        if s.id < 0 {
+            errors.push(err(format!("dispatcher.set[{i}].id"), s.id, "must not be negative"));
+        }
+        if !ids.insert(s.id) {
+            errors.push(err(format!("dispatcher.set[{i}].id"), s.id, "duplicate set id"));
+        }
+        if !matches!(s.algorithm.as_str(), "round-robin" | "4") {
+            errors.push(err(format!("dispatcher.set[{i}].algorithm"), format!("{:?}", s.algorithm), "unknown algorithm (this version has round-robin; the others come with the dispatcher)"));
+        }
+        if s.destinations.is_empty() {
+            errors.push(err(format!("dispatcher.set[{i}].destinations"), "[]", "a set needs at least one destination"));
+        }
+        for (j, d) in s.destinations.iter().enumerate() {
+            match parse_destination(&format!("dispatcher.set[{i}].destinations[{j}]"), d) {
+                Ok(dest) if Some(s.id) == raw.routing.default_set => destinations.push(dest),
+                Ok(_) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    let default_set = match raw.routing.default_set {
+        Some(id) if ids.contains(&id) => id,
+        Some(id) => {
+            errors.push(err("routing.default_set", id, "no dispatcher.set has this id"));
+            id
+        }
+        None => {
+            errors.push(err("routing.default_set", "(missing)", "name the set that receives initial requests"));
+            0
+        }
+    };
+    let management = match raw.management.listen.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            errors.push(err("management.listen", format!("{:?}", raw.management.listen), "must be IP:port"));
+            "127.0.0.1:8888".parse().expect("literal")
+        }
+    };
+    if !matches!(raw.log.level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
+        errors.push(err("log.level", format!("{:?}", raw.log.level), "must be error, warn, info, debug or trace"));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let proxy = ProxyConfig {
+        listeners,
+        aliases: raw.sip.aliases.clone(),
+        timers: TimerConfig { t1: Duration::from_millis(t.t1_ms), t2: Duration::from_millis(t.t2_ms), t4: Duration::from_millis(t.t4_ms) },
+        branch_timeout: Duration::from_millis(t.branch_timeout_ms),
+        failover_codes,
+        salt,
+        ..ProxyConfig::default()
+    };
+    Ok(Config {
+        proxy,
+        udp,
+        tcp,
+        udp_workers: raw.sip.udp_workers,
+        tcp_idle_timeout: Duration::from_secs(raw.sip.tcp_idle_timeout_s.max(1)),
+        max_message_size: raw.sip.max_message_size,
+        destinations,
+        default_set,
+        management,
+        log_level: raw.log.level,
+    })
+}
+
+/// Parses and validates.
+pub fn load(text: &str, salt: u64) -> Result<Config, Vec<ConfigError>> {
+    validate(parse(text)?, salt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_matches_the_issue() {
+        let c = load(EMBEDDED_DEFAULT, 1).unwrap();
+        assert_eq!(c.udp, vec!["127.0.0.1:5060".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.tcp, vec!["127.0.0.1:5060".parse::<SocketAddr>().unwrap()]);
+        let ports: Vec<u16> = c.destinations.iter().map(|d| d.addr.port()).collect();
+        assert_eq!(ports, vec![5080, 5082]);
+        assert_eq!(c.management, "127.0.0.1:8888".parse::<SocketAddr>().unwrap());
+    }
+
+    #[test]
+    fn example_file_equals_embedded_default() {
+        let on_disk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../switchboard.example.toml")).unwrap();
+        assert_eq!(on_disk, EMBEDDED_DEFAULT);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let e = load(&format!("{EMBEDDED_DEFAULT}\n[frobnicator]\nzorglub_level = 3\n"), 1).unwrap_err();
+        assert!(e[0].to_string().contains("frobnicator"), "{}", e[0]);
+        let e = load("[sip]\nlisten = []\nbogus = 1\n", 1).unwrap_err();
+        assert!(e[0].to_string().contains("bogus"), "{}", e[0]);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_key_and_reason() {
+        let text = r#"
+[sip]
+listen = ["udp:127.0.0.1:5060", "sctp:127.0.0.1:5060", "udp:0.0.0.0:5060", "udp:nope"]
+[transactions]
+t1_ms = 0
+failover_codes = [200]
+[[dispatcher.set]]
+id = 1
+algorithm = "zigzag"
+destinations = ["sip:example.com", "http://x", "sip:127.0.0.1:5080;transport=carrier-pigeon"]
+[[dispatcher.set]]
+id = 1
+destinations = []
+[routing]
+default_set = 9
+[management]
+listen = "nowhere"
+[log]
+level = "loud"
+"#;
+        let errs = load(text, 1).unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        for k in [
+            "sip.listen[1]",
+            "sip.listen[2]",
+            "sip.listen[3]",
+            "transactions.t1_ms",
+            "transactions.failover_codes[0]",
+            "dispatcher.set[0].algorithm",
+            "dispatcher.set[0].destinations[0]",
+            "dispatcher.set[0].destinations[1]",
+            "dispatcher.set[0].destinations[2]",
+            "dispatcher.set[1].id",
+            "dispatcher.set[1].destinations",
+            "routing.default_set",
+            "management.listen",
+            "log.level",
+        ] {
+            assert!(keys.contains(&k), "missing error for {k}: {keys:?}");
+        }
+        assert!(errs.iter().all(|e| !e.why.is_empty()));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let e = load("[sip]\nlisten = [\n", 1).unwrap_err();
+        assert!(e[0].key.starts_with("line"), "{:?}", e[0]);
+    }
+}
