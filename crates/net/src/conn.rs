@@ -46,9 +46,15 @@ impl ConnTable {
             }
         }
     }
-    fn sender(&self, flow: Option<FlowId>, addr: SocketAddr) -> Option<mpsc::UnboundedSender<Bytes>> {
+    fn sender(
+        &self,
+        flow: Option<FlowId>,
+        addr: SocketAddr,
+    ) -> Option<mpsc::UnboundedSender<Bytes>> {
         let g = self.lock();
-        flow.and_then(|f| g.by_id.get(&f)).or_else(|| g.by_addr.get(&addr).and_then(|f| g.by_id.get(f))).map(|(_, tx)| tx.clone())
+        flow.and_then(|f| g.by_id.get(&f))
+            .or_else(|| g.by_addr.get(&addr).and_then(|f| g.by_id.get(f)))
+            .map(|(_, tx)| tx.clone())
     }
     pub fn len(&self) -> usize {
         self.lock().by_id.len()
@@ -74,7 +80,11 @@ pub(crate) async fn accept_loop(net: Arc<Net>, l: tokio::net::TcpListener) {
 }
 
 /// Registers a connection and spawns its reader and writer. Returns its flow id.
-fn run_conn(net: Arc<Net>, s: TcpStream, peer: SocketAddr) -> (FlowId, mpsc::UnboundedSender<Bytes>) {
+fn run_conn(
+    net: Arc<Net>,
+    s: TcpStream,
+    peer: SocketAddr,
+) -> (FlowId, mpsc::UnboundedSender<Bytes>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     let flow = net.conns.add(peer, tx.clone());
     let (mut rd, mut wr) = s.into_split();
@@ -114,14 +124,32 @@ fn run_conn(net: Arc<Net>, s: TcpStream, peer: SocketAddr) -> (FlowId, mpsc::Unb
                     }
                     Ok(Framing::Message(n)) => {
                         let data = buf.split_to(n).freeze();
-                        net.proxy.on_message(Instant::now(), Source { transport: Transport::Tcp, addr: peer, flow: Some(flow) }, data, &mut out);
+                        net.proxy.on_message(
+                            Instant::now(),
+                            Source {
+                                transport: Transport::Tcp,
+                                addr: peer,
+                                flow: Some(flow),
+                            },
+                            data,
+                            &mut out,
+                        );
                         net.dispatch(&mut out);
                     }
                     Err(e) => {
                         // a stream cannot resynchronise after a framing error: answer and close
                         let data = buf.split().freeze();
                         tracing::warn!(%peer, error = %e, "tcp framing error, closing");
-                        net.proxy.on_message(Instant::now(), Source { transport: Transport::Tcp, addr: peer, flow: Some(flow) }, data, &mut out);
+                        net.proxy.on_message(
+                            Instant::now(),
+                            Source {
+                                transport: Transport::Tcp,
+                                addr: peer,
+                                flow: Some(flow),
+                            },
+                            data,
+                            &mut out,
+                        );
                         net.dispatch(&mut out);
                         break 'conn;
                     }
@@ -147,7 +175,9 @@ impl Net {
     fn spawn_connect(&self, t: Transmit) {
         let Some(me) = self.self_arc() else { return };
         self.rt.spawn(async move {
-            let res = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(t.target.addr)).await;
+            let res =
+                tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(t.target.addr))
+                    .await;
             match res {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);

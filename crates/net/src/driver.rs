@@ -65,28 +65,67 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 impl Net {
     /// Binds every socket and starts the receive threads, the TCP tasks (on `rt`) and the
     /// timer thread.
-    pub fn start(proxy: Arc<Proxy>, cfg: NetConfig, rt: tokio::runtime::Handle) -> Result<Arc<Net>, NetError> {
+    pub fn start(
+        proxy: Arc<Proxy>,
+        cfg: NetConfig,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Arc<Net>, NetError> {
         let mut udp = Vec::new();
         for a in &cfg.udp {
-            udp.push(Arc::new(bind_udp(*a).map_err(|source| NetError::Bind { transport: "udp", addr: *a, source })?));
+            udp.push(Arc::new(bind_udp(*a).map_err(|source| NetError::Bind {
+                transport: "udp",
+                addr: *a,
+                source,
+            })?));
         }
         let mut tcp = Vec::new();
         for a in &cfg.tcp {
-            let l = std::net::TcpListener::bind(a).map_err(|source| NetError::Bind { transport: "tcp", addr: *a, source })?;
-            l.set_nonblocking(true).map_err(|source| NetError::Bind { transport: "tcp", addr: *a, source })?;
+            let l = std::net::TcpListener::bind(a).map_err(|source| NetError::Bind {
+                transport: "tcp",
+                addr: *a,
+                source,
+            })?;
+            l.set_nonblocking(true).map_err(|source| NetError::Bind {
+                transport: "tcp",
+                addr: *a,
+                source,
+            })?;
             tcp.push(l);
         }
-        let net = Arc::new_cyclic(|me| Net { me: me.clone(), proxy, udp, conns: Arc::new(ConnTable::default()), rt: rt.clone(), cfg, stop: Arc::new(AtomicBool::new(false)), threads: Default::default() });
-        let workers = if net.cfg.udp_workers == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { net.cfg.udp_workers };
+        let net = Arc::new_cyclic(|me| Net {
+            me: me.clone(),
+            proxy,
+            udp,
+            conns: Arc::new(ConnTable::default()),
+            rt: rt.clone(),
+            cfg,
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Default::default(),
+        });
+        let workers = if net.cfg.udp_workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            net.cfg.udp_workers
+        };
         let mut threads = Vec::new();
         for (si, sock) in net.udp.iter().enumerate() {
             for w in 0..workers {
                 let (net2, sock) = (net.clone(), sock.clone());
-                threads.push(std::thread::Builder::new().name(format!("sip-udp-{si}-{w}")).spawn(move || net2.udp_loop(&sock)).expect("spawn udp worker"));
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("sip-udp-{si}-{w}"))
+                        .spawn(move || net2.udp_loop(&sock))
+                        .expect("spawn udp worker"),
+                );
             }
         }
         let net2 = net.clone();
-        threads.push(std::thread::Builder::new().name("sip-timers".into()).spawn(move || net2.timer_loop()).expect("spawn timer thread"));
+        threads.push(
+            std::thread::Builder::new()
+                .name("sip-timers".into())
+                .spawn(move || net2.timer_loop())
+                .expect("spawn timer thread"),
+        );
         *net.threads.lock().unwrap_or_else(|p| p.into_inner()) = threads;
         for l in tcp {
             let net2 = net.clone();
@@ -129,7 +168,16 @@ impl Net {
         while !self.stopping() {
             let (n, from) = match sock.recv_from(&mut buf) {
                 Ok(r) => r,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "udp receive");
                     continue;
@@ -139,7 +187,16 @@ impl Net {
                 continue; // keepalive
             }
             let data = Bytes::copy_from_slice(&buf[..n]);
-            self.proxy.on_message(Instant::now(), Source { transport: Transport::Udp, addr: from, flow: None }, data, &mut out);
+            self.proxy.on_message(
+                Instant::now(),
+                Source {
+                    transport: Transport::Udp,
+                    addr: from,
+                    flow: None,
+                },
+                data,
+                &mut out,
+            );
             self.dispatch(&mut out);
         }
     }
@@ -158,7 +215,14 @@ impl Net {
         for t in out.drain(..) {
             match t.target.transport {
                 Transport::Udp => {
-                    let sock = self.udp.iter().find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == t.target.addr.is_ipv4())).or(self.udp.first());
+                    let sock = self
+                        .udp
+                        .iter()
+                        .find(|s| {
+                            s.local_addr()
+                                .is_ok_and(|l| l.is_ipv4() == t.target.addr.is_ipv4())
+                        })
+                        .or(self.udp.first());
                     let ok = sock.is_some_and(|s| s.send_to(&t.data, t.target.addr).is_ok());
                     if !ok {
                         self.report_error(&t);
@@ -173,7 +237,8 @@ impl Net {
     pub(crate) fn report_error(&self, t: &Transmit) {
         if let Some(origin) = t.origin {
             let mut out = Vec::new();
-            self.proxy.on_transport_error(Instant::now(), origin, &mut out);
+            self.proxy
+                .on_transport_error(Instant::now(), origin, &mut out);
             self.dispatch(&mut out);
         } else {
             tracing::debug!(target = %t.target.addr, "send failed");

@@ -29,6 +29,8 @@ pub struct ProxyConfig {
     pub max_forwards: u8,
     /// Number of table shards (a power of two is not required).
     pub shards: usize,
+    /// Largest message accepted; larger ones get `513 Message Too Large`.
+    pub max_message_size: usize,
     /// Seed that makes this instance's branch parameters and tags its own.
     pub salt: u64,
 }
@@ -43,6 +45,7 @@ impl Default for ProxyConfig {
             failover_codes: (500..600).chain([408]).collect(),
             max_forwards: 70,
             shards: 64,
+            max_message_size: 65535,
             salt: 0x5b5b_1234,
         }
     }

@@ -183,6 +183,9 @@ impl Proxy {
 
     /// Handles one received message (a datagram, or one framed stream message).
     pub fn on_message(&self, now: Instant, src: Source, data: Bytes, out: &mut Vec<Transmit>) {
+        if data.len() > self.cfg.max_message_size {
+            return self.on_bad_message(src, &data, ParseError::TooLarge(data.len()), out);
+        }
         match Message::parse(data.clone()) {
             Ok(msg) if msg.is_request() => self.on_request(now, src, msg, out),
             Ok(msg) => self.on_response(now, msg, out),
@@ -812,6 +815,22 @@ impl Proxy {
             return;
         }
         let req = b.request.clone();
+        if b.done && ctx.invite && (200..300).contains(&code) && b.txn.is_terminated() {
+            // §16.7 step 5: a 2xx is always relayed, even on a branch given up for silence;
+            // it wins if nothing final went upstream yet, and the other branches are cancelled
+            tracing::info!(call_id = ctx.req.call_id(), destination = %b.dest_uri, "late 2xx on an abandoned branch relayed");
+            let first = !ctx.final_sent;
+            ctx.final_sent = true;
+            self.send_upstream(now, ctx, code, strip_top_via(&msg), out);
+            if first {
+                for i in 0..ctx.branches.len() {
+                    if i != idx {
+                        self.cancel_branch(now, ctx, i, out);
+                    }
+                }
+            }
+            return self.settle(shard, id);
+        }
         let action = match &mut b.txn {
             ClientTxn::Invite(t) => t.on_response(now, code, || match Message::parse_raw(req) {
                 Ok(inv) => make_ack(&inv, &msg),

@@ -130,7 +130,7 @@ pub fn frame_stream(buf: &[u8], max: usize) -> Result<Framing, ParseError> {
         }
         let ping = buf.starts_with(b"\r\n\r\n");
         return Ok(Framing::KeepAlive {
-            len: if ping { 4 } else { lead.min(2).max(1) },
+            len: if ping { 4 } else { lead.clamp(1, 2) },
             ping,
         });
     }

@@ -56,7 +56,13 @@ fn default_max_message() -> usize {
 
 impl Default for RawSip {
     fn default() -> Self {
-        RawSip { listen: default_listen(), aliases: vec![], udp_workers: 0, tcp_idle_timeout_s: default_tcp_idle(), max_message_size: default_max_message() }
+        RawSip {
+            listen: default_listen(),
+            aliases: vec![],
+            udp_workers: 0,
+            tcp_idle_timeout_s: default_tcp_idle(),
+            max_message_size: default_max_message(),
+        }
     }
 }
 
@@ -93,7 +99,13 @@ fn d_failover() -> Vec<i64> {
 
 impl Default for RawTransactions {
     fn default() -> Self {
-        RawTransactions { t1_ms: d_t1(), t2_ms: d_t2(), t4_ms: d_t4(), branch_timeout_ms: d_branch(), failover_codes: d_failover() }
+        RawTransactions {
+            t1_ms: d_t1(),
+            t2_ms: d_t2(),
+            t4_ms: d_t4(),
+            branch_timeout_ms: d_branch(),
+            failover_codes: d_failover(),
+        }
     }
 }
 
@@ -167,12 +179,24 @@ pub struct ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: value {} refused: {}", self.key, self.value, self.why)
+        write!(
+            f,
+            "{}: value {} refused: {}",
+            self.key, self.value, self.why
+        )
     }
 }
 
-fn err(key: impl Into<String>, value: impl std::fmt::Display, why: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.into(), value: value.to_string(), why: why.into() }
+fn err(
+    key: impl Into<String>,
+    value: impl std::fmt::Display,
+    why: impl Into<String>,
+) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        value: value.to_string(),
+        why: why.into(),
+    }
 }
 
 /// The validated configuration.
@@ -204,21 +228,43 @@ pub fn parse(text: &str) -> Result<RawConfig, Vec<ConfigError>> {
 
 /// A destination URI as a next hop: `sip:`/`sips:` with an IP address host.
 pub fn parse_destination(key: &str, s: &str) -> Result<Destination, ConfigError> {
-    let uri = Uri::parse(s).map_err(|e| err(key, format!("{s:?}"), format!("not a SIP URI ({e})")))?;
+    let uri =
+        Uri::parse(s).map_err(|e| err(key, format!("{s:?}"), format!("not a SIP URI ({e})")))?;
     if !matches!(uri.scheme, Scheme::Sip | Scheme::Sips) {
         return Err(err(key, format!("{s:?}"), "scheme must be sip or sips"));
     }
     let transport = match uri.transport() {
-        Some(t) => Transport::parse(t).ok_or_else(|| err(key, format!("{s:?}"), format!("unknown transport {t}")))?,
+        Some(t) => Transport::parse(t)
+            .ok_or_else(|| err(key, format!("{s:?}"), format!("unknown transport {t}")))?,
         None if uri.scheme == Scheme::Sips => Transport::Tls,
         None => Transport::Udp,
     };
     if !matches!(transport, Transport::Udp | Transport::Tcp) {
-        return Err(err(key, format!("{s:?}"), format!("transport {transport} is not supported yet (udp, tcp)")));
+        return Err(err(
+            key,
+            format!("{s:?}"),
+            format!("transport {transport} is not supported yet (udp, tcp)"),
+        ));
     }
-    let ip: std::net::IpAddr = uri.host.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| err(key, format!("{s:?}"), "host must be an IP address (DNS names are not resolved yet)"))?;
+    let ip: std::net::IpAddr = uri
+        .host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| {
+            err(
+                key,
+                format!("{s:?}"),
+                "host must be an IP address (DNS names are not resolved yet)",
+            )
+        })?;
     let port = uri.port.unwrap_or(5060);
-    Ok(Destination { uri: s.to_string(), transport, addr: SocketAddr::new(ip, port), flow: None })
+    Ok(Destination {
+        uri: s.to_string(),
+        transport,
+        addr: SocketAddr::new(ip, port),
+        flow: None,
+    })
 }
 
 /// Validates a raw configuration, collecting every error.
@@ -228,41 +274,72 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
     let mut tcp = Vec::new();
     let mut listeners = Vec::new();
     if raw.sip.listen.is_empty() {
-        errors.push(err("sip.listen", "[]", "at least one listen socket is needed"));
+        errors.push(err(
+            "sip.listen",
+            "[]",
+            "at least one listen socket is needed",
+        ));
     }
     for (i, l) in raw.sip.listen.iter().enumerate() {
         let key = format!("sip.listen[{i}]");
         let Some((t, a)) = l.split_once(':') else {
-            errors.push(err(&key, format!("{l:?}"), "expected transport:address:port, e.g. udp:127.0.0.1:5060"));
+            errors.push(err(
+                &key,
+                format!("{l:?}"),
+                "expected transport:address:port, e.g. udp:127.0.0.1:5060",
+            ));
             continue;
         };
         let addr: SocketAddr = match a.parse() {
             Ok(a) => a,
             Err(_) => {
-                errors.push(err(&key, format!("{l:?}"), "address must be IP:port ([v6]:port for IPv6)"));
+                errors.push(err(
+                    &key,
+                    format!("{l:?}"),
+                    "address must be IP:port ([v6]:port for IPv6)",
+                ));
                 continue;
             }
         };
         if addr.ip().is_unspecified() {
-            errors.push(err(&key, format!("{l:?}"), "listen on a specific address: it is advertised in Via and Record-Route"));
+            errors.push(err(
+                &key,
+                format!("{l:?}"),
+                "listen on a specific address: it is advertised in Via and Record-Route",
+            ));
             continue;
         }
         match Transport::parse(t) {
             Some(Transport::Udp) => udp.push(addr),
             Some(Transport::Tcp) => tcp.push(addr),
             Some(other) => {
-                errors.push(err(&key, format!("{l:?}"), format!("transport {other} is not supported yet (udp, tcp)")));
+                errors.push(err(
+                    &key,
+                    format!("{l:?}"),
+                    format!("transport {other} is not supported yet (udp, tcp)"),
+                ));
                 continue;
             }
             None => {
-                errors.push(err(&key, format!("{l:?}"), format!("unknown transport {t:?} (udp, tcp)")));
+                errors.push(err(
+                    &key,
+                    format!("{l:?}"),
+                    format!("unknown transport {t:?} (udp, tcp)"),
+                ));
                 continue;
             }
         }
-        listeners.push(Listener { transport: Transport::parse(t).unwrap_or(Transport::Udp), advertise: addr });
+        listeners.push(Listener {
+            transport: Transport::parse(t).unwrap_or(Transport::Udp),
+            advertise: addr,
+        });
     }
     if raw.sip.max_message_size < 1024 || raw.sip.max_message_size > 1 << 20 {
-        errors.push(err("sip.max_message_size", raw.sip.max_message_size, "must be between 1024 and 1048576"));
+        errors.push(err(
+            "sip.max_message_size",
+            raw.sip.max_message_size,
+            "must be between 1024 and 1048576",
+        ));
     }
     let t = &raw.transactions;
     if t.t1_ms == 0 || t.t1_ms > 10_000 {
@@ -275,12 +352,20 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         errors.push(err("transactions.t4_ms", t.t4_ms, "must be positive"));
     }
     if t.branch_timeout_ms < 100 {
-        errors.push(err("transactions.branch_timeout_ms", t.branch_timeout_ms, "must be at least 100"));
+        errors.push(err(
+            "transactions.branch_timeout_ms",
+            t.branch_timeout_ms,
+            "must be at least 100",
+        ));
     }
     let mut failover_codes = Vec::new();
     for (i, c) in t.failover_codes.iter().enumerate() {
         if !(300..=699).contains(c) {
-            errors.push(err(format!("transactions.failover_codes[{i}]"), c, "must be a final status code (300..=699)"));
+            errors.push(err(
+                format!("transactions.failover_codes[{i}]"),
+                c,
+                "must be a final status code (300..=699)",
+            ));
         } else {
             failover_codes.push(*c as u16);
         }
@@ -289,16 +374,28 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
     let mut ids = std::collections::HashSet::new();
     for (i, s) in raw.dispatcher.set.iter().enumerate() {
         if s.id < 0 {
-            errors.push(err(format!("dispatcher.set[{i}].id"), s.id, "must not be negative"));
+            errors.push(err(
+                format!("dispatcher.set[{i}].id"),
+                s.id,
+                "must not be negative",
+            ));
         }
         if !ids.insert(s.id) {
-            errors.push(err(format!("dispatcher.set[{i}].id"), s.id, "duplicate set id"));
+            errors.push(err(
+                format!("dispatcher.set[{i}].id"),
+                s.id,
+                "duplicate set id",
+            ));
         }
         if !matches!(s.algorithm.as_str(), "round-robin" | "4") {
             errors.push(err(format!("dispatcher.set[{i}].algorithm"), format!("{:?}", s.algorithm), "unknown algorithm (this version has round-robin; the others come with the dispatcher)"));
         }
         if s.destinations.is_empty() {
-            errors.push(err(format!("dispatcher.set[{i}].destinations"), "[]", "a set needs at least one destination"));
+            errors.push(err(
+                format!("dispatcher.set[{i}].destinations"),
+                "[]",
+                "a set needs at least one destination",
+            ));
         }
         for (j, d) in s.destinations.iter().enumerate() {
             match parse_destination(&format!("dispatcher.set[{i}].destinations[{j}]"), d) {
@@ -311,23 +408,42 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
     let default_set = match raw.routing.default_set {
         Some(id) if ids.contains(&id) => id,
         Some(id) => {
-            errors.push(err("routing.default_set", id, "no dispatcher.set has this id"));
+            errors.push(err(
+                "routing.default_set",
+                id,
+                "no dispatcher.set has this id",
+            ));
             id
         }
         None => {
-            errors.push(err("routing.default_set", "(missing)", "name the set that receives initial requests"));
+            errors.push(err(
+                "routing.default_set",
+                "(missing)",
+                "name the set that receives initial requests",
+            ));
             0
         }
     };
     let management = match raw.management.listen.parse() {
         Ok(a) => a,
         Err(_) => {
-            errors.push(err("management.listen", format!("{:?}", raw.management.listen), "must be IP:port"));
+            errors.push(err(
+                "management.listen",
+                format!("{:?}", raw.management.listen),
+                "must be IP:port",
+            ));
             "127.0.0.1:8888".parse().expect("literal")
         }
     };
-    if !matches!(raw.log.level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
-        errors.push(err("log.level", format!("{:?}", raw.log.level), "must be error, warn, info, debug or trace"));
+    if !matches!(
+        raw.log.level.as_str(),
+        "error" | "warn" | "info" | "debug" | "trace"
+    ) {
+        errors.push(err(
+            "log.level",
+            format!("{:?}", raw.log.level),
+            "must be error, warn, info, debug or trace",
+        ));
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -335,10 +451,15 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
     let proxy = ProxyConfig {
         listeners,
         aliases: raw.sip.aliases.clone(),
-        timers: TimerConfig { t1: Duration::from_millis(t.t1_ms), t2: Duration::from_millis(t.t2_ms), t4: Duration::from_millis(t.t4_ms) },
+        timers: TimerConfig {
+            t1: Duration::from_millis(t.t1_ms),
+            t2: Duration::from_millis(t.t2_ms),
+            t4: Duration::from_millis(t.t4_ms),
+        },
         branch_timeout: Duration::from_millis(t.branch_timeout_ms),
         failover_codes,
         salt,
+        max_message_size: raw.sip.max_message_size,
         ..ProxyConfig::default()
     };
     Ok(Config {
@@ -371,18 +492,29 @@ mod tests {
         assert_eq!(c.tcp, vec!["127.0.0.1:5060".parse::<SocketAddr>().unwrap()]);
         let ports: Vec<u16> = c.destinations.iter().map(|d| d.addr.port()).collect();
         assert_eq!(ports, vec![5080, 5082]);
-        assert_eq!(c.management, "127.0.0.1:8888".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            c.management,
+            "127.0.0.1:8888".parse::<SocketAddr>().unwrap()
+        );
     }
 
     #[test]
     fn example_file_equals_embedded_default() {
-        let on_disk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../switchboard.example.toml")).unwrap();
+        let on_disk = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../switchboard.example.toml"
+        ))
+        .unwrap();
         assert_eq!(on_disk, EMBEDDED_DEFAULT);
     }
 
     #[test]
     fn unknown_key_is_refused_by_name() {
-        let e = load(&format!("{EMBEDDED_DEFAULT}\n[frobnicator]\nzorglub_level = 3\n"), 1).unwrap_err();
+        let e = load(
+            &format!("{EMBEDDED_DEFAULT}\n[frobnicator]\nzorglub_level = 3\n"),
+            1,
+        )
+        .unwrap_err();
         assert!(e[0].to_string().contains("frobnicator"), "{}", e[0]);
         let e = load("[sip]\nlisten = []\nbogus = 1\n", 1).unwrap_err();
         assert!(e[0].to_string().contains("bogus"), "{}", e[0]);

@@ -10,7 +10,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "switchboard", version, about = "SIP edge proxy and load balancer for FreeSWITCH clusters")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "SIP edge proxy and load balancer for FreeSWITCH clusters"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -32,13 +36,22 @@ enum Cmd {
 
 fn read_config(path: &Option<PathBuf>) -> anyhow::Result<(String, String)> {
     match path {
-        Some(p) => Ok((std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?, p.display().to_string())),
-        None => Ok((config::EMBEDDED_DEFAULT.to_string(), "embedded default".into())),
+        Some(p) => Ok((
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+            p.display().to_string(),
+        )),
+        None => Ok((
+            config::EMBEDDED_DEFAULT.to_string(),
+            "embedded default".into(),
+        )),
     }
 }
 
 fn salt() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
     t ^ ((std::process::id() as u64) << 32)
 }
 
@@ -87,16 +100,40 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             return Ok(std::process::ExitCode::from(1));
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("switchboard-rt").build()?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("switchboard-rt")
+        .build()?;
     let router = Arc::new(sip_proxy::RoundRobin::new(cfg.destinations.clone()));
     let proxy = Arc::new(sip_proxy::Proxy::new(cfg.proxy.clone(), router));
-    let net_cfg = net::NetConfig { udp: cfg.udp.clone(), tcp: cfg.tcp.clone(), udp_workers: cfg.udp_workers, tcp_idle_timeout: cfg.tcp_idle_timeout, max_message_size: cfg.max_message_size };
+    let net_cfg = net::NetConfig {
+        udp: cfg.udp.clone(),
+        tcp: cfg.tcp.clone(),
+        udp_workers: cfg.udp_workers,
+        tcp_idle_timeout: cfg.tcp_idle_timeout,
+        max_message_size: cfg.max_message_size,
+    };
     let _guard = rt.enter();
     let network = net::Net::start(proxy.clone(), net_cfg, rt.handle().clone())?;
     let n2 = network.clone();
-    let admin_state = Arc::new(admin::AdminState { proxy: proxy.clone(), started: Instant::now(), gauges: Box::new(move || vec![("tcp_connections", "open TCP connections", n2.connections() as u64)]) });
+    let admin_state = Arc::new(admin::AdminState {
+        proxy: proxy.clone(),
+        started: Instant::now(),
+        gauges: Box::new(move || {
+            vec![(
+                "tcp_connections",
+                "open TCP connections",
+                n2.connections() as u64,
+            )]
+        }),
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mgmt = cfg.management;
     let mut rx = stop_rx.clone();
@@ -111,7 +148,8 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     });
     tracing::info!(config = %name, udp = ?cfg.udp, tcp = ?cfg.tcp, management = %cfg.management, destinations = cfg.destinations.len(), "switchboard started");
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
@@ -119,7 +157,9 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     });
     let _ = stop_tx.send(true);
     network.shutdown();
-    let _ = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(2), admin_task).await });
+    let _ = rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(2), admin_task).await
+    });
     tracing::info!(active_transactions = proxy.active_contexts(), "stopped");
     Ok(std::process::ExitCode::SUCCESS)
 }

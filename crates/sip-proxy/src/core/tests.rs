@@ -354,7 +354,16 @@ fn malformed_requests_get_400_with_reason_or_are_dropped() {
         &invite("m2").replace("Content-Length: 0", "Content-Length: 500"),
     );
     assert_eq!(parse(&o[0]).status(), Some(400));
-    assert_eq!(p.stats().bad_messages.load(Ordering::Relaxed), 3);
+    let huge = invite("m3").replace(
+        "Max-Forwards: 70",
+        &format!("Max-Forwards: 70\r\nX-Pad: {}", "a".repeat(70_000)),
+    );
+    let o = send(&p, now, UAC, &huge);
+    assert_eq!(
+        Message::parse_raw(o[0].data.clone()).unwrap().status(),
+        Some(513)
+    );
+    assert_eq!(p.stats().bad_messages.load(Ordering::Relaxed), 4);
 }
 
 #[test]
@@ -408,4 +417,47 @@ fn contexts_are_dropped_when_all_transactions_end() {
     assert_eq!(p.active_contexts(), 1);
     p.on_timers(t0 + Duration::from_secs(33), &mut o);
     assert_eq!(p.active_contexts(), 0);
+}
+
+#[test]
+fn late_2xx_on_a_branch_given_up_for_silence_is_still_relayed() {
+    let p = proxy(&["127.0.0.1:5080", "127.0.0.1:5082"]);
+    let t0 = Instant::now();
+    let out = send(&p, t0, UAC, &invite("late1"));
+    let first = parse(&out[1]);
+    let mut o = vec![];
+    p.on_timers(t0 + Duration::from_millis(2000), &mut o);
+    let second = o
+        .iter()
+        .find(|t| t.target.addr.port() == 5082)
+        .map(parse)
+        .expect("failover");
+    o.clear();
+    p.on_message(
+        t0 + Duration::from_millis(2100),
+        udp("127.0.0.1:5082"),
+        answer(&second, 180, "t2"),
+        &mut o,
+    );
+    o.clear();
+    // the first destination answers after all
+    p.on_message(
+        t0 + Duration::from_millis(2200),
+        udp("127.0.0.1:5080"),
+        answer(&first, 200, "t1"),
+        &mut o,
+    );
+    let up: Vec<_> = o
+        .iter()
+        .filter(|t| t.target.addr == addr(UAC))
+        .map(parse)
+        .collect();
+    assert_eq!(up.len(), 1);
+    assert_eq!(up[0].status(), Some(200));
+    let cancel = o
+        .iter()
+        .filter(|t| t.target.addr.port() == 5082)
+        .map(parse)
+        .find(|m| m.method() == Some(Method::Cancel));
+    assert!(cancel.is_some(), "the ringing second branch is cancelled");
 }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine: installs what the tests need, then
+# runs formatting and lint checks, unit/property/torture tests, the fuzz target build and
+# smoke run, and the end-to-end tests with real SIPp peers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v sipp >/dev/null || need+=(sip-tester)
+command -v ss >/dev/null || need+=(iproute2)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
+command -v g++ >/dev/null || need+=(g++)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]}"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -q -- -D warnings
+echo "== cargo test (unit, scenario, property, torture)"
+cargo test --workspace -q 2>&1 | tee /tmp/sb-unit.log | grep -E '^(test result|error|failures)' || true
+grep -q 'FAILED\|error\[' /tmp/sb-unit.log && { echo "unit tests failed"; exit 1; }
+echo "== benches compile"
+cargo bench --workspace --no-run -q
+echo "== fuzz target builds and replays the torture corpus"
+cargo build -q --release --manifest-path fuzz/Cargo.toml
+fuzz/target/release/parse_print -runs=0 crates/sip-wire/tests/torture/valid crates/sip-wire/tests/torture/invalid >/tmp/sb-fuzz.log 2>&1 || { tail -5 /tmp/sb-fuzz.log; exit 1; }
+echo "== release build"
+cargo build --release -q
+echo "== end-to-end (SIPp)"
+tests/e2e/run.sh
