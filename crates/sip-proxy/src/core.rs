@@ -18,7 +18,9 @@ use sip_wire::{
     Via,
 };
 
-use crate::build::{local_response, make_ack, make_cancel, salvage_response, strip_top_via};
+use crate::build::{
+    local_response, make_ack, make_cancel, make_orphan_ack_bye, salvage_response, strip_top_via,
+};
 use crate::config::ProxyConfig;
 use crate::ctx::{Branch, ClientTxn, Ctx, Plan, ServerTxn};
 use crate::router::Router;
@@ -342,6 +344,7 @@ impl Proxy {
             Decision::Forward { plan, candidates } => (plan, candidates),
         };
         let invite = msg.method() == Some(Method::Invite);
+        let in_dialog = msg.to().ok().and_then(|t| t.tag()).is_some();
         let reliable = src.transport.is_reliable();
         let id =
             self.counter.fetch_add(1, Ordering::Relaxed) * self.shards.len() as u64 + si as u64;
@@ -367,6 +370,7 @@ impl Proxy {
             branches: Vec::with_capacity(1),
             best: None,
             fallback: (503, "Service Unavailable (no destination)"),
+            fast_failover: !in_dialog,
             final_sent: false,
             cancelled: false,
             armed: None,
@@ -598,7 +602,8 @@ impl Proxy {
                 done: false,
                 cancel_pending: false,
                 cancel: None,
-                silence_deadline: Some(now + self.cfg.branch_timeout),
+                bye: None,
+                silence_deadline: ctx.fast_failover.then(|| now + self.cfg.branch_timeout),
                 final_deadline,
             });
             Stats::inc(&self.stats.fwd_requests);
@@ -815,20 +820,14 @@ impl Proxy {
             return;
         }
         let req = b.request.clone();
-        if b.done && ctx.invite && (200..300).contains(&code) && b.txn.is_terminated() {
-            // §16.7 step 5: a 2xx is always relayed, even on a branch given up for silence;
-            // it wins if nothing final went upstream yet, and the other branches are cancelled
-            tracing::info!(call_id = ctx.req.call_id(), destination = %b.dest_uri, "late 2xx on an abandoned branch relayed");
-            let first = !ctx.final_sent;
-            ctx.final_sent = true;
-            self.send_upstream(now, ctx, code, strip_top_via(&msg), out);
-            if first {
-                for i in 0..ctx.branches.len() {
-                    if i != idx {
-                        self.cancel_branch(now, ctx, i, out);
-                    }
-                }
+        if ctx.invite && msg.cseq().is_ok_and(|c| c.method == "BYE") {
+            if let Some(t) = &mut b.bye {
+                t.on_response(now, code);
             }
+            return self.settle(shard, id);
+        }
+        if ctx.invite && b.done && b.txn.is_terminated() {
+            self.on_abandoned_branch_response(now, ctx, idx, code, &msg, out);
             return self.settle(shard, id);
         }
         let action = match &mut b.txn {
@@ -881,6 +880,92 @@ impl Proxy {
             }
         }
         self.settle(shard, id);
+    }
+
+    /// A response on an INVITE branch the proxy gave up on (silence) or whose final is over.
+    /// A 2xx is relayed when nothing final went upstream yet (§16.7 step 5) and then wins; a
+    /// 2xx after another 2xx was relayed is an orphan the proxy ends itself (ACK, then BYE),
+    /// so the caller never holds two dialogs and the media server frees the channel. A
+    /// provisional gets the branch cancelled; a failure gets its hop-by-hop ACK.
+    fn on_abandoned_branch_response(
+        &self,
+        now: Instant,
+        ctx: &mut Ctx,
+        idx: usize,
+        code: u16,
+        msg: &Message,
+        out: &mut Vec<Transmit>,
+    ) {
+        match code {
+            100..=199 => {
+                let b = &mut ctx.branches[idx];
+                b.provisional = true;
+                if b.cancel.is_none() {
+                    b.done = false;
+                    self.cancel_branch(now, ctx, idx, out);
+                    ctx.branches[idx].done = true;
+                }
+            }
+            200..=299 if !ctx.final_sent => {
+                tracing::info!(call_id = ctx.req.call_id(), destination = %ctx.branches[idx].dest_uri, "late 2xx on an abandoned branch relayed");
+                ctx.final_sent = true;
+                self.send_upstream(now, ctx, code, strip_top_via(msg), out);
+                for i in 0..ctx.branches.len() {
+                    if i != idx {
+                        self.cancel_branch(now, ctx, i, out);
+                    }
+                }
+            }
+            200..=299 => {
+                let b = &mut ctx.branches[idx];
+                let Ok(inv) = Message::parse_raw(b.request.clone()) else {
+                    return;
+                };
+                let Some(via_host) = self.listener(b.target.transport) else {
+                    return;
+                };
+                let branch = inv
+                    .top_via()
+                    .ok()
+                    .and_then(|v| v.branch().map(str::to_string))
+                    .unwrap_or_default();
+                let Some((ack, bye)) = make_orphan_ack_bye(
+                    &inv,
+                    msg,
+                    &via_host.to_string(),
+                    b.target.transport.via_name(),
+                    &branch,
+                ) else {
+                    return;
+                };
+                out.push(Transmit {
+                    target: b.target,
+                    data: ack,
+                    origin: None,
+                });
+                if b.bye.is_none() {
+                    tracing::info!(call_id = ctx.req.call_id(), destination = %b.dest_uri, "orphaned 2xx: ACK and BYE sent by the proxy");
+                    b.bye = Some(ClientNonInvite::new(
+                        now,
+                        bye,
+                        b.target.transport.is_reliable(),
+                        self.cfg.timers,
+                    ));
+                    Stats::inc(&self.stats.orphans_ended);
+                }
+                self.flush_branch(ctx, idx, out);
+            }
+            _ => {
+                let b = &ctx.branches[idx];
+                if let Ok(inv) = Message::parse_raw(b.request.clone()) {
+                    out.push(Transmit {
+                        target: b.target,
+                        data: make_ack(&inv, msg),
+                        origin: None,
+                    });
+                }
+            }
+        }
     }
 
     /// A branch ended without a response we relay yet: fail over or finish.
@@ -1009,8 +1094,8 @@ impl Proxy {
         for i in 0..ctx.branches.len() {
             let b = &mut ctx.branches[i];
             let ev = b.txn.on_timeout(now);
-            if let Some(c) = &mut b.cancel {
-                c.on_timeout(now);
+            for t in [&mut b.cancel, &mut b.bye].into_iter().flatten() {
+                t.on_timeout(now);
             }
             self.flush_branch(ctx, i, out);
             let b = &mut ctx.branches[i];
@@ -1085,8 +1170,8 @@ impl Proxy {
                 });
             }
         }
-        if let Some(c) = &mut b.cancel {
-            while let Some(data) = c.poll_transmit() {
+        for t in [&mut b.cancel, &mut b.bye].into_iter().flatten() {
+            while let Some(data) = t.poll_transmit() {
                 out.push(Transmit {
                     target: b.target,
                     data,

@@ -99,6 +99,8 @@ pub(crate) struct Branch {
     pub done: bool,
     pub cancel_pending: bool,
     pub cancel: Option<ClientNonInvite>,
+    /// BYE for an orphaned 2xx (a branch that answered after another 2xx went upstream).
+    pub bye: Option<ClientNonInvite>,
     /// No response at all by then: give up on the branch (failover).
     pub silence_deadline: Option<Instant>,
     /// No final response by then (Timer C): cancel the branch.
@@ -114,6 +116,7 @@ impl Branch {
             }
         };
         take(self.cancel.as_ref().and_then(|c| c.poll_timeout()));
+        take(self.bye.as_ref().and_then(|c| c.poll_timeout()));
         if !self.done {
             if !self.provisional {
                 take(self.silence_deadline);
@@ -164,6 +167,9 @@ pub(crate) struct Ctx {
     pub best: Option<(u16, Bytes)>,
     /// What to answer if no branch produced a response.
     pub fallback: (u16, &'static str),
+    /// Initial requests give up on a silent destination after `branch_timeout` (failover);
+    /// in-dialog requests have one fixed next hop and wait for Timer B/F.
+    pub fast_failover: bool,
     pub final_sent: bool,
     pub cancelled: bool,
     pub armed: Option<Instant>,

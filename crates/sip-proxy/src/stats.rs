@@ -30,6 +30,7 @@ stats! {
     branch_timeouts: "branches that got no reply in time",
     transport_errors: "sends that failed at the transport",
     stateless_acks: "ACKs for 2xx relayed statelessly",
+    orphans_ended: "late 2xx from abandoned branches ended by the proxy with ACK and BYE",
 }
 
 /// One counter value.

@@ -461,3 +461,157 @@ fn late_2xx_on_a_branch_given_up_for_silence_is_still_relayed() {
         .find(|m| m.method() == Some(Method::Cancel));
     assert!(cancel.is_some(), "the ringing second branch is cancelled");
 }
+
+#[test]
+fn in_dialog_requests_wait_for_timer_f_not_the_failover_timer() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let t0 = Instant::now();
+    let bye = "BYE sip:b@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-slowbye\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:svc@h>;tag=tt\r\nCall-ID: slow\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+    let out = send(&p, t0, UAC, bye);
+    let fwd = parse(&out[0]);
+    let mut o = vec![];
+    p.on_timers(t0 + Duration::from_millis(2600), &mut o);
+    assert!(
+        o.iter().all(|t| t.target.addr != addr(UAC)),
+        "no premature 408 upstream"
+    );
+    assert!(
+        o.iter().any(|t| t.target.addr.port() == 5080),
+        "Timer E retransmits the BYE"
+    );
+    o.clear();
+    p.on_message(
+        t0 + Duration::from_millis(3000),
+        udp("127.0.0.1:5080"),
+        answer(&fwd, 200, "tt"),
+        &mut o,
+    );
+    assert_eq!(parse(&o[0]).status(), Some(200));
+    o.clear();
+    // and a BYE that is never answered ends with 408 at Timer F
+    let out = send(
+        &p,
+        t0,
+        UAC,
+        &bye.replace("slowbye", "deadbye")
+            .replace("Call-ID: slow", "Call-ID: dead"),
+    );
+    assert_eq!(out.len(), 1);
+    p.on_timers(t0 + Duration::from_secs(32), &mut o);
+    assert!(o
+        .iter()
+        .filter(|t| t.target.addr == addr(UAC))
+        .any(|t| parse(t).status() == Some(408)));
+}
+
+#[test]
+fn abandoned_branch_is_cancelled_acked_or_its_orphan_2xx_ended() {
+    let p = proxy(&["127.0.0.1:5080", "127.0.0.1:5082"]);
+    let t0 = Instant::now();
+    let out = send(&p, t0, UAC, &invite("orph"));
+    let first = parse(&out[1]);
+    let mut o = vec![];
+    p.on_timers(t0 + Duration::from_millis(2000), &mut o);
+    let second = o
+        .iter()
+        .find(|t| t.target.addr.port() == 5082)
+        .map(parse)
+        .expect("failover");
+    // the abandoned first destination rings late: it is cancelled
+    o.clear();
+    p.on_message(
+        t0 + Duration::from_millis(2050),
+        udp("127.0.0.1:5080"),
+        answer(&first, 180, "t1"),
+        &mut o,
+    );
+    assert!(
+        o.iter().all(|t| t.target.addr != addr(UAC)),
+        "late 180 not relayed"
+    );
+    let cancel = o
+        .iter()
+        .map(parse)
+        .find(|m| m.method() == Some(Method::Cancel))
+        .expect("CANCEL to the abandoned branch");
+    assert_eq!(
+        cancel.top_via().unwrap().branch(),
+        first.top_via().unwrap().branch()
+    );
+    // the second destination answers and wins
+    o.clear();
+    p.on_message(
+        t0 + Duration::from_millis(2100),
+        udp("127.0.0.1:5082"),
+        answer(&second, 200, "t2"),
+        &mut o,
+    );
+    assert_eq!(
+        o.iter()
+            .filter(|t| t.target.addr == addr(UAC))
+            .map(|t| parse(t).status())
+            .collect::<Vec<_>>(),
+        vec![Some(200)]
+    );
+    // the first one answers 200 anyway (CANCEL crossed it): the proxy ACKs and BYEs it itself
+    o.clear();
+    p.on_message(
+        t0 + Duration::from_millis(2200),
+        udp("127.0.0.1:5080"),
+        answer(&first, 200, "t1"),
+        &mut o,
+    );
+    for t in &o {
+        eprintln!(
+            "OUT {} {}",
+            t.target.addr,
+            String::from_utf8_lossy(&t.data).lines().next().unwrap()
+        );
+    }
+    assert!(
+        o.iter().all(|t| t.target.addr != addr(UAC)),
+        "orphan 2xx not relayed"
+    );
+    let methods: Vec<_> = o
+        .iter()
+        .filter(|t| t.target.addr.port() == 5080)
+        .map(|t| parse(t).method())
+        .collect();
+    assert_eq!(methods, vec![Some(Method::Ack), Some(Method::Bye)]);
+    let bye = o
+        .iter()
+        .map(parse)
+        .find(|m| m.method() == Some(Method::Bye))
+        .unwrap();
+    assert_eq!(bye.uri_str(), "sip:b@127.0.0.1:5080");
+    assert_eq!(bye.to().unwrap().tag(), Some("t1"));
+    assert_eq!(p.stats().orphans_ended.load(Ordering::Relaxed), 1);
+    // its 200 for the BYE is absorbed
+    o.clear();
+    p.on_message(
+        t0 + Duration::from_millis(2300),
+        udp("127.0.0.1:5080"),
+        answer(&bye, 200, "t1"),
+        &mut o,
+    );
+    assert!(o.is_empty());
+}
+
+#[test]
+fn late_failure_on_an_abandoned_branch_is_acked_not_relayed() {
+    let p = proxy(&["127.0.0.1:5080", "127.0.0.1:5082"]);
+    let t0 = Instant::now();
+    let first = parse(&send(&p, t0, UAC, &invite("lf"))[1]);
+    let mut o = vec![];
+    p.on_timers(t0 + Duration::from_millis(2000), &mut o);
+    o.clear();
+    p.on_message(
+        t0 + Duration::from_millis(2100),
+        udp("127.0.0.1:5080"),
+        answer(&first, 486, "t1"),
+        &mut o,
+    );
+    assert_eq!(o.len(), 1);
+    assert_eq!(parse(&o[0]).method(), Some(Method::Ack));
+    assert_eq!(o[0].target.addr.port(), 5080);
+}
