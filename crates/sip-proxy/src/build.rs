@@ -132,6 +132,33 @@ pub(crate) fn make_cancel(inv: &Message) -> Bytes {
     Bytes::from(s)
 }
 
+/// ACK and BYE that end the dialog of a 2xx nobody upstream will take (an orphaned branch):
+/// sent straight to the branch's destination, Request-URI = the 2xx's Contact.
+pub(crate) fn make_orphan_ack_bye(
+    inv: &Message,
+    resp: &Message,
+    via_host: &str,
+    transport: &str,
+    branch: &str,
+) -> Option<(Bytes, Bytes)> {
+    let contact = resp.get(HeaderName::Contact)?;
+    let target =
+        sip_wire::NameAddr::parse(sip_wire::split_commas(contact).next()?, "Contact").ok()?;
+    let seq = inv.cseq().map(|c| c.seq).unwrap_or(1);
+    let common = |method: &str, seq: u32, br: &str| {
+        format!(
+            "{method} {} SIP/2.0\r\nVia: SIP/2.0/{transport} {via_host};branch={br}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} {method}\r\nMax-Forwards: 70\r\nUser-Agent: {SERVER}\r\nContent-Length: 0\r\n\r\n",
+            target.uri.raw,
+            inv.get(HeaderName::From).unwrap_or(""),
+            resp.get(HeaderName::To).unwrap_or(""),
+            inv.call_id()
+        )
+    };
+    let ack = common("ACK", seq, &format!("{branch}.a"));
+    let bye = common("BYE", seq + 1, &format!("{branch}.b"));
+    Some((Bytes::from(ack), Bytes::from(bye)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,31 +206,4 @@ mod tests {
         let hosts: Vec<_> = out.vias().map(|v| v.unwrap().host).collect();
         assert_eq!(hosts, ["a"]);
     }
-}
-
-/// ACK and BYE that end the dialog of a 2xx nobody upstream will take (an orphaned branch):
-/// sent straight to the branch's destination, Request-URI = the 2xx's Contact.
-pub(crate) fn make_orphan_ack_bye(
-    inv: &Message,
-    resp: &Message,
-    via_host: &str,
-    transport: &str,
-    branch: &str,
-) -> Option<(Bytes, Bytes)> {
-    let contact = resp.get(HeaderName::Contact)?;
-    let target =
-        sip_wire::NameAddr::parse(sip_wire::split_commas(contact).next()?, "Contact").ok()?;
-    let seq = inv.cseq().map(|c| c.seq).unwrap_or(1);
-    let common = |method: &str, seq: u32, br: &str| {
-        format!(
-            "{method} {} SIP/2.0\r\nVia: SIP/2.0/{transport} {via_host};branch={br}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} {method}\r\nMax-Forwards: 70\r\nUser-Agent: {SERVER}\r\nContent-Length: 0\r\n\r\n",
-            target.uri.raw,
-            inv.get(HeaderName::From).unwrap_or(""),
-            resp.get(HeaderName::To).unwrap_or(""),
-            inv.call_id()
-        )
-    };
-    let ack = common("ACK", seq, &format!("{branch}.a"));
-    let bye = common("BYE", seq + 1, &format!("{branch}.b"));
-    Some((Bytes::from(ack), Bytes::from(bye)))
 }
