@@ -1,14 +1,42 @@
-//! The whole core path for one call's messages: INVITE in -> 100 + INVITE out; 180 and 200
-//! in -> relayed; ACK in -> relayed statelessly; BYE and its 200. No sockets.
+//! The proxy core's cost per call, no sockets: INVITE in (-> 100 Trying + INVITE out),
+//! 180 and 200 relayed, ACK relayed statelessly, BYE and its 200 relayed. A virtual clock
+//! advances 0.5 ms per call and the timers run, so finished contexts are reclaimed as in
+//! production (steady state of ~64k live contexts at 2,000 calls/s-equivalent).
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use sip_proxy::{Destination, Listener, Proxy, ProxyConfig, RoundRobin, Source, Transport};
+use sip_proxy::{
+    Destination, Listener, Proxy, ProxyConfig, RoundRobin, Source, Transmit, Transport,
+};
+use sip_wire::{HeaderName, Message};
 
 fn invite(n: u64) -> Bytes {
-    Bytes::from(format!("INVITE sip:service@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{n}\r\nFrom: sipp <sip:sipp@127.0.0.1:5070>;tag={n}\r\nTo: service <sip:service@127.0.0.1:5060>\r\nCall-ID: {n}@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: sip:sipp@127.0.0.1:5070\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: 0\r\n\r\n"))
+    Bytes::from(format!(
+        "INVITE sip:service@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{n}-1\r\nFrom: sipp <sip:sipp@127.0.0.1:5070>;tag={n}SIPpTag00\r\nTo: service <sip:service@127.0.0.1:5060>\r\nCall-ID: {n}-4242@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: sip:sipp@127.0.0.1:5070\r\nMax-Forwards: 70\r\nSubject: Performance Test\r\nContent-Type: application/sdp\r\nContent-Length: 129\r\n\r\nv=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    ))
+}
+
+fn reply(req: &Message, code: u16, reason: &str, body: bool) -> Bytes {
+    let mut s = format!("SIP/2.0 {code} {reason}\r\n");
+    for v in req.all(HeaderName::Via) {
+        s.push_str(&format!("Via: {v}\r\n"));
+    }
+    for v in req.all(HeaderName::RecordRoute) {
+        s.push_str(&format!("Record-Route: {v}\r\n"));
+    }
+    s.push_str(&format!("From: {}\r\nTo: {};tag=uas1\r\nCall-ID: {}\r\nCSeq: {}\r\nContact: <sip:127.0.0.1:5080;transport=UDP>\r\n", req.get(HeaderName::From).unwrap(), req.get(HeaderName::To).unwrap(), req.call_id(), req.get(HeaderName::CSeq).unwrap()));
+    if body {
+        s.push_str("Content-Type: application/sdp\r\nContent-Length: 129\r\n\r\nv=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n");
+    } else {
+        s.push_str("Content-Length: 0\r\n\r\n");
+    }
+    Bytes::from(s)
+}
+
+fn in_dialog(method: &str, n: u64, seq: u32) -> Bytes {
+    Bytes::from(format!("{method} sip:127.0.0.1:5080;transport=UDP SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{n}-{seq}\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nFrom: sipp <sip:sipp@127.0.0.1:5070>;tag={n}SIPpTag00\r\nTo: service <sip:service@127.0.0.1:5060>;tag=uas1\r\nCall-ID: {n}-4242@127.0.0.1\r\nCSeq: {seq} {method}\r\nContact: sip:sipp@127.0.0.1:5070\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"))
 }
 
 fn bench(c: &mut Criterion) {
@@ -33,14 +61,31 @@ fn bench(c: &mut Criterion) {
         addr: "127.0.0.1:5070".parse().unwrap(),
         flow: None,
     };
-    let mut out = Vec::new();
+    let uas = Source {
+        transport: Transport::Udp,
+        addr: "127.0.0.1:5080".parse().unwrap(),
+        flow: None,
+    };
+    let mut out: Vec<Transmit> = Vec::new();
     let mut n = 0u64;
-    c.bench_function("route_one_invite", |b| {
+    let t0 = Instant::now();
+    c.bench_function("core_one_call", |b| {
         b.iter(|| {
             n += 1;
+            let now = t0 + Duration::from_micros(500 * n);
             out.clear();
-            p.on_message(Instant::now(), uac, invite(n), &mut out);
-            assert_eq!(out.len(), 2);
+            p.on_message(now, uac, invite(n), &mut out);
+            let fwd = Message::parse(out[1].data.clone()).unwrap();
+            p.on_message(now, uas, reply(&fwd, 180, "Ringing", false), &mut out);
+            p.on_message(now, uas, reply(&fwd, 200, "OK", true), &mut out);
+            p.on_message(now, uac, in_dialog("ACK", n, 1), &mut out);
+            out.clear();
+            p.on_message(now, uac, in_dialog("BYE", n, 2), &mut out);
+            let bye = Message::parse(out[0].data.clone()).unwrap();
+            p.on_message(now, uas, reply(&bye, 200, "OK", false), &mut out);
+            if n % 64 == 0 {
+                p.on_timers(now, &mut out);
+            }
         })
     });
 }

@@ -35,7 +35,7 @@ pub(crate) fn local_response(
                 let _ = write!(s, "CSeq: {v}\r\n");
             }
             HeaderName::To => {
-                let has_tag = req.to().ok().and_then(|t| t.tag()).is_some();
+                let has_tag = req.to_tag().is_some();
                 if has_tag || code == 100 {
                     let _ = write!(s, "To: {v}\r\n");
                 } else {

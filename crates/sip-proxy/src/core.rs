@@ -344,7 +344,7 @@ impl Proxy {
             Decision::Forward { plan, candidates } => (plan, candidates),
         };
         let invite = msg.method() == Some(Method::Invite);
-        let in_dialog = msg.to().ok().and_then(|t| t.tag()).is_some();
+        let in_dialog = msg.to_tag().is_some();
         let reliable = src.transport.is_reliable();
         let id =
             self.counter.fetch_add(1, Ordering::Relaxed) * self.shards.len() as u64 + si as u64;
@@ -363,7 +363,7 @@ impl Proxy {
                 flow: src.flow,
             },
             server,
-            req: msg,
+            req: Some(msg),
             plan,
             candidates,
             next_candidate: 0,
@@ -376,7 +376,11 @@ impl Proxy {
             armed: None,
         };
         if invite {
-            let trying = local_response(&ctx.req, 100, "Trying", "", &[]);
+            let trying = ctx
+                .req
+                .as_ref()
+                .map(|r| local_response(r, 100, "Trying", "", &[]))
+                .unwrap_or_default();
             ctx.server.send_response(now, 100, trying);
             self.flush_server(&mut ctx, out);
         }
@@ -399,11 +403,7 @@ impl Proxy {
             return Err(reject(416, "Unsupported URI Scheme"));
         }
         let mf = msg.max_forwards().map_err(|e| reject(400, e.reason()))?;
-        let to_tag = msg
-            .to()
-            .map_err(|e| reject(400, e.reason()))?
-            .tag()
-            .is_some();
+        let to_tag = msg.to_tag().is_some();
         if mf == Some(0) {
             if method == Method::Options && self.is_us(&uri) && uri.user.is_none() && !to_tag {
                 return Ok(Decision::LocalOk);
@@ -545,8 +545,8 @@ impl Proxy {
     }
 
     fn loop_hash(&self, msg: &Message) -> u32 {
-        let from_tag = msg.from().ok().and_then(|f| f.tag()).unwrap_or("");
-        let to_tag = msg.to().ok().and_then(|f| f.tag()).unwrap_or("");
+        let from_tag = msg.from_tag().unwrap_or("");
+        let to_tag = msg.to_tag().unwrap_or("");
         let seq = msg.cseq().map(|c| c.seq).unwrap_or(0);
         let route = msg.get(HeaderName::Route).unwrap_or("");
         hash64(
@@ -565,7 +565,10 @@ impl Proxy {
                 "{BRANCH_PREFIX}{:x}.{:x}.{:x}",
                 ctx.plan.loop_hash, ctx.id, idx
             );
-            let Some(data) = self.build_forward(&ctx.req, &ctx.plan, dest.transport, &branch)
+            let Some(data) = ctx
+                .req
+                .as_ref()
+                .and_then(|req| self.build_forward(req, &ctx.plan, dest.transport, &branch))
             else {
                 tracing::warn!(destination = %dest.uri, transport = %dest.transport, "no listener for the destination's transport");
                 ctx.fallback = (503, "Service Unavailable (no listener for transport)");
@@ -691,7 +694,7 @@ impl Proxy {
                 }
             }
         }
-        let to_tag = msg.to().ok().and_then(|t| t.tag().map(str::to_string));
+        let to_tag = msg.to_tag().map(str::to_string);
         if to_tag.as_deref().is_none_or(|t| t.starts_with(TAG_PREFIX)) {
             return; // ACK for a reply we generated, or a stray ACK with no dialog
         }
@@ -703,7 +706,7 @@ impl Proxy {
         let Some(dest) = candidates.first() else {
             return;
         };
-        let in_branch = msg.top_via().ok().and_then(|v| v.branch()).unwrap_or("");
+        let in_branch = msg.branch().unwrap_or("");
         let branch = format!("{STATELESS_PREFIX}{:x}", hash64(self.cfg.salt, in_branch));
         if let Some(data) = self.build_forward(&msg, &plan, dest.transport, &branch) {
             Stats::inc(&self.stats.stateless_acks);
@@ -787,12 +790,7 @@ impl Proxy {
     fn on_response(&self, now: Instant, msg: Message, out: &mut Vec<Transmit>) {
         Stats::inc(&self.stats.rcv_replies);
         let code = msg.status().unwrap_or(0);
-        let Some((_, id, idx)) = msg
-            .top_via()
-            .ok()
-            .and_then(|v| v.branch())
-            .and_then(parse_branch)
-        else {
+        let Some((_, id, idx)) = msg.branch().and_then(parse_branch) else {
             Stats::inc(&self.stats.dropped);
             return;
         };
@@ -907,7 +905,7 @@ impl Proxy {
                 }
             }
             200..=299 if !ctx.final_sent => {
-                tracing::info!(call_id = ctx.req.call_id(), destination = %ctx.branches[idx].dest_uri, "late 2xx on an abandoned branch relayed");
+                tracing::info!(call_id = ctx.call_id(), destination = %ctx.branches[idx].dest_uri, "late 2xx on an abandoned branch relayed");
                 ctx.final_sent = true;
                 self.send_upstream(now, ctx, code, strip_top_via(msg), out);
                 for i in 0..ctx.branches.len() {
@@ -944,7 +942,7 @@ impl Proxy {
                     origin: None,
                 });
                 if b.bye.is_none() {
-                    tracing::info!(call_id = ctx.req.call_id(), destination = %b.dest_uri, "orphaned 2xx: ACK and BYE sent by the proxy");
+                    tracing::info!(call_id = msg.call_id(), destination = %b.dest_uri, "orphaned 2xx: ACK and BYE sent by the proxy");
                     b.bye = Some(ClientNonInvite::new(
                         now,
                         bye,
@@ -995,7 +993,7 @@ impl Proxy {
         {
             Stats::inc(&self.stats.failovers);
             tracing::info!(
-                call_id = ctx.req.call_id(),
+                call_id = ctx.call_id(),
                 code,
                 "failover to the next destination"
             );
@@ -1036,13 +1034,10 @@ impl Proxy {
         } else {
             vec![]
         };
-        local_response(
-            &ctx.req,
-            code,
-            reason,
-            &self.local_tag(ctx.req.call_id()),
-            &extra,
-        )
+        match &ctx.req {
+            Some(req) => local_response(req, code, reason, &self.local_tag(req.call_id()), &extra),
+            None => Bytes::new(),
+        }
     }
 
     fn send_upstream(
@@ -1085,7 +1080,7 @@ impl Proxy {
     fn ctx_timeout(&self, now: Instant, ctx: &mut Ctx, out: &mut Vec<Transmit>) {
         if let ServerTxn::Invite(s) = &mut ctx.server {
             if s.on_timeout(now) == Some(TxnEvent::AckTimeout) {
-                tracing::debug!(call_id = ctx.req.call_id(), "no ACK for the final response");
+                tracing::debug!(call_id = ctx.call_id(), "no ACK for the final response");
             }
         } else if let ServerTxn::NonInvite(s) = &mut ctx.server {
             s.on_timeout(now);
@@ -1128,6 +1123,11 @@ impl Proxy {
         let Some(ctx) = shard.ctxs.get_mut(&id) else {
             return;
         };
+        if ctx.final_sent && ctx.req.is_some() && ctx.all_branches_done() {
+            ctx.req = None;
+            ctx.candidates = Vec::new();
+            ctx.plan.route_edits = Vec::new();
+        }
         if ctx.is_finished() {
             let ctx = shard.ctxs.remove(&id);
             if let Some(ctx) = ctx {

@@ -158,7 +158,9 @@ pub(crate) struct Ctx {
     pub invite: bool,
     pub resp_target: Target,
     pub server: ServerTxn,
-    pub req: Message,
+    /// The request as received; released once the final response went upstream and every
+    /// branch is done (the context then only absorbs retransmissions).
+    pub req: Option<Message>,
     pub plan: Plan,
     pub candidates: Vec<Destination>,
     pub next_candidate: usize,
@@ -188,6 +190,11 @@ impl Ctx {
 
     pub fn is_finished(&self) -> bool {
         self.server.is_terminated() && self.branches.iter().all(Branch::is_finished)
+    }
+
+    /// The Call-ID, for logs.
+    pub fn call_id(&self) -> &str {
+        self.req.as_ref().map_or("", |r| r.call_id())
     }
 
     pub fn all_branches_done(&self) -> bool {

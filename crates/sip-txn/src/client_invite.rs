@@ -85,6 +85,7 @@ impl ClientInvite {
             }
             (Calling | Proceeding, 200..=299) => {
                 self.state = Accepted;
+                self.request = Bytes::new();
                 self.timers.stop_all();
                 self.timers.set(M, now + self.cfg.t1x64());
                 ResponseAction::Deliver

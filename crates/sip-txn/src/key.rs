@@ -29,21 +29,22 @@ pub fn server_key(msg: &Message) -> Result<String, KeyError> {
 
 /// [`server_key`] with the method given explicitly.
 pub fn server_key_for(msg: &Message, method: &str) -> Result<String, KeyError> {
-    let via = msg.top_via().map_err(|_| KeyError::Via)?;
-    if via.is_rfc3261() {
-        let branch = via.branch().unwrap_or("");
-        let mut k = String::with_capacity(branch.len() + via.sent_by.len() + method.len() + 2);
+    let branch = msg.branch().unwrap_or("");
+    if branch.starts_with(sip_wire::BRANCH_MAGIC) {
+        let sent_by = msg.sent_by().ok_or(KeyError::Via)?;
+        let mut k = String::with_capacity(branch.len() + sent_by.len() + method.len() + 2);
         k.push_str(branch);
         k.push('\x01');
-        for c in via.sent_by.chars() {
+        for c in sent_by.chars() {
             k.push(c.to_ascii_lowercase());
         }
         k.push('\x01');
         k.push_str(method);
         Ok(k)
     } else {
+        let via = msg.top_via().map_err(|_| KeyError::Via)?;
         let cseq = msg.cseq().map_err(|_| KeyError::CSeq)?;
-        let from_tag = msg.from().ok().and_then(|f| f.tag()).unwrap_or("");
+        let from_tag = msg.from_tag().unwrap_or("");
         Ok(format!(
             "2543\x01{}\x01{}\x01{}\x01{}\x01{}\x01{}",
             msg.uri_str(),
@@ -58,9 +59,8 @@ pub fn server_key_for(msg: &Message, method: &str) -> Result<String, KeyError> {
 
 /// The client transaction key of a response (§17.1.3): top Via branch and CSeq method.
 pub fn client_key(msg: &Message) -> Result<(&str, &str), KeyError> {
-    let via = msg.top_via().map_err(|_| KeyError::Via)?;
     let cseq = msg.cseq().map_err(|_| KeyError::CSeq)?;
-    Ok((via.branch().ok_or(KeyError::Via)?, cseq.method))
+    Ok((msg.branch().ok_or(KeyError::Via)?, cseq.method))
 }
 
 #[cfg(test)]

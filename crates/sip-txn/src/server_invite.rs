@@ -82,7 +82,9 @@ impl ServerInvite {
             (Accepted, 200..=299) => {}
             _ => return false,
         }
-        self.last = Some(msg.clone());
+        // RFC 6026: in Accepted, INVITE retransmissions are absorbed without a resend, so the
+        // 2xx need not be kept
+        self.last = (self.state != ServerInviteState::Accepted).then(|| msg.clone());
         self.last_code = code;
         self.out.push_back(msg);
         true

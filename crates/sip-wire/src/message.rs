@@ -77,6 +77,21 @@ pub struct Message {
     headers: Vec<Header>,
     body: Span,
     first: [u16; 8],
+    /// Bit per slot of `first`: the header appears more than once.
+    repeated: u8,
+    /// What validation parsed, kept as spans: read on every message by the proxy.
+    cache: Option<Cache>,
+}
+
+/// Spans of the values every proxied message is routed by; empty span = absent.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cache {
+    branch: Span,
+    sent_by: Span,
+    from_tag: Span,
+    to_tag: Span,
+    cseq_seq: u32,
+    cseq_method: Span,
 }
 
 // slots of `first`: the first occurrence of the headers the proxy reads on every message
@@ -101,6 +116,23 @@ fn slot(name: HeaderName) -> Option<usize> {
         HeaderName::Route => ROUTE,
         _ => return None,
     })
+}
+
+/// The end-of-headers searcher, built once.
+fn crlf2() -> &'static memchr::memmem::Finder<'static> {
+    static F: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
+    F.get_or_init(|| memchr::memmem::Finder::new(b"\r\n\r\n"))
+}
+
+fn is_control(c: u8) -> bool {
+    (c < 0x20 && c != b'\t' && c != b'\r' && c != b'\n') || c == 0x7f
+}
+
+/// Branch-free scan (vectorised by the compiler) for any control character but HT, CR, LF.
+fn has_control(h: &[u8]) -> bool {
+    h.iter().fold(0u8, |acc, &c| {
+        acc | (((c < 0x20) & (c != b'\t') & (c != b'\r') & (c != b'\n')) | (c == 0x7f)) as u8
+    }) != 0
 }
 
 fn is_token(b: u8) -> bool {
@@ -134,7 +166,7 @@ pub fn frame_stream(buf: &[u8], max: usize) -> Result<Framing, ParseError> {
             ping,
         });
     }
-    let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
+    let Some(end) = crlf2().find(buf) else {
         if buf.len() > max {
             return Err(ParseError::TooLarge(buf.len()));
         }
@@ -193,9 +225,20 @@ impl Message {
     /// the top Via, CSeq (and its method against the request's), From, To, Max-Forwards and
     /// Content-Length. Other headers are only indexed.
     pub fn parse(buf: Bytes) -> Result<Message, ParseError> {
-        let msg = Message::parse_raw(buf)?;
+        let mut msg = Message::parse_raw(buf)?;
         msg.validate()?;
         Ok(msg)
+    }
+
+    /// The span of a string borrowed from this message's buffer.
+    fn span_of(&self, s: &str) -> Span {
+        let base = self.buf.as_ptr() as usize;
+        let p = s.as_ptr() as usize;
+        if p >= base && p + s.len() <= base + self.buf.len() {
+            Span::new(p - base, p - base + s.len())
+        } else {
+            Span::default()
+        }
     }
 
     /// Indexes the message without validating its headers' contents.
@@ -206,7 +249,7 @@ impl Message {
             return Err(ParseError::Empty);
         }
         // end of the header section: first empty line (CRLF CRLF, or bare LF LF)
-        let (head_end, body_start) = match memchr::memmem::find(&b[pos..], b"\r\n\r\n") {
+        let (head_end, body_start) = match crlf2().find(&b[pos..]) {
             Some(e) => (pos + e, pos + e + 4),
             None => match memchr::memmem::find(&b[pos..], b"\n\n") {
                 Some(e) => (pos + e, pos + e + 2),
@@ -216,10 +259,11 @@ impl Message {
         let head = &b[..head_end];
         // control characters are legal only as a quoted-pair (`\` then the character, §25.1)
         let h = &head[pos..];
-        if h.iter().enumerate().any(|(i, &c)| {
-            ((c < 0x20 && c != b'\t' && c != b'\r' && c != b'\n') || c == 0x7f)
-                && (i == 0 || h[i - 1] != b'\\')
-        }) {
+        if has_control(h)
+            && h.iter()
+                .enumerate()
+                .any(|(i, &c)| is_control(c) && (i == 0 || h[i - 1] != b'\\'))
+        {
             return Err(ParseError::ControlChar);
         }
         if std::str::from_utf8(&head[pos..]).is_err() {
@@ -238,6 +282,7 @@ impl Message {
         // headers
         let mut headers: Vec<Header> = Vec::with_capacity(24);
         let mut first = [NONE; 8];
+        let mut repeated = 0u8;
         let mut line_no = 1;
         while pos < head_end {
             let nl = memchr::memchr(b'\n', &head[pos..]).map_or(head_end, |e| pos + e);
@@ -296,6 +341,8 @@ impl Message {
             if let Some(s) = slot(name) {
                 if first[s] == NONE {
                     first[s] = headers.len() as u16;
+                } else {
+                    repeated |= 1 << s;
                 }
             }
             if headers.len() >= u16::MAX as usize - 1 {
@@ -332,11 +379,13 @@ impl Message {
             headers,
             body,
             first,
+            repeated,
+            cache: None,
         })
     }
 
     /// Checks what a proxy needs to process the message safely (see [`Message::parse`]).
-    pub fn validate(&self) -> Result<(), ParseError> {
+    pub fn validate(&mut self) -> Result<(), ParseError> {
         for (slot, name) in [
             (VIA, "Via"),
             (CALL_ID, "Call-ID"),
@@ -356,6 +405,9 @@ impl Message {
             (HeaderName::ContentLength, "Content-Length"),
             (HeaderName::MaxForwards, "Max-Forwards"),
         ] {
+            if slot(hn).is_some_and(|s| self.repeated & (1 << s) == 0) {
+                continue;
+            }
             let mut vals = self.all(hn);
             if let Some(first) = vals.next() {
                 if vals.any(|v| v != first) {
@@ -366,7 +418,11 @@ impl Message {
         if self.call_id().is_empty() {
             return Err(ParseError::Missing("Call-ID"));
         }
-        self.top_via()?;
+        let via = self.top_via()?;
+        let (branch, sent_by) = (
+            via.branch().map(|b| self.span_of(b)).unwrap_or_default(),
+            self.span_of(via.sent_by),
+        );
         let cseq = self.cseq()?;
         if let StartLine::Request {
             method_span, uri, ..
@@ -380,8 +436,25 @@ impl Message {
                 return Err(ParseError::Uri("headers are not allowed in a Request-URI"));
             }
         }
-        self.from()?;
-        self.to()?;
+        let from_tag = self
+            .from()?
+            .tag()
+            .map(|t| self.span_of(t))
+            .unwrap_or_default();
+        let to_tag = self
+            .to()?
+            .tag()
+            .map(|t| self.span_of(t))
+            .unwrap_or_default();
+        let (cseq_seq, cseq_method) = (cseq.seq, self.span_of(cseq.method));
+        self.cache = Some(Cache {
+            branch,
+            sent_by,
+            from_tag,
+            to_tag,
+            cseq_seq,
+            cseq_method,
+        });
         self.max_forwards()?;
         Ok(())
     }
@@ -529,6 +602,38 @@ impl Message {
         Via::parse(v)
     }
 
+    /// The top Via's branch parameter (cached once validated).
+    pub fn branch(&self) -> Option<&str> {
+        match &self.cache {
+            Some(c) => (!c.branch.is_empty()).then(|| self.span_str(c.branch)),
+            None => self.top_via().ok().and_then(|v| v.branch()),
+        }
+    }
+
+    /// The top Via's sent-by, `host[:port]` as written (cached once validated).
+    pub fn sent_by(&self) -> Option<&str> {
+        match &self.cache {
+            Some(c) => Some(self.span_str(c.sent_by)),
+            None => self.top_via().ok().map(|v| v.sent_by),
+        }
+    }
+
+    /// The From tag (cached once validated).
+    pub fn from_tag(&self) -> Option<&str> {
+        match &self.cache {
+            Some(c) => (!c.from_tag.is_empty()).then(|| self.span_str(c.from_tag)),
+            None => self.from().ok().and_then(|f| f.tag()),
+        }
+    }
+
+    /// The To tag (cached once validated).
+    pub fn to_tag(&self) -> Option<&str> {
+        match &self.cache {
+            Some(c) => (!c.to_tag.is_empty()).then(|| self.span_str(c.to_tag)),
+            None => self.to().ok().and_then(|t| t.tag()),
+        }
+    }
+
     /// Every Via value, top first.
     pub fn vias(&self) -> impl Iterator<Item = Result<Via<'_>, ParseError>> + '_ {
         self.values(HeaderName::Via).map(Via::parse)
@@ -541,6 +646,12 @@ impl Message {
 
     /// CSeq, parsed.
     pub fn cseq(&self) -> Result<CSeq<'_>, ParseError> {
+        if let Some(c) = &self.cache {
+            return Ok(CSeq {
+                seq: c.cseq_seq,
+                method: self.span_str(c.cseq_method),
+            });
+        }
         let v = self
             .get(HeaderName::CSeq)
             .ok_or(ParseError::Missing("CSeq"))?;
