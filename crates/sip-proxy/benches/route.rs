@@ -83,7 +83,7 @@ fn bench(c: &mut Criterion) {
             p.on_message(now, uac, in_dialog("BYE", n, 2), &mut out);
             let bye = Message::parse(out[0].data.clone()).unwrap();
             p.on_message(now, uas, reply(&bye, 200, "OK", false), &mut out);
-            if n % 64 == 0 {
+            if n.is_multiple_of(64) {
                 p.on_timers(now, &mut out);
             }
         })
