@@ -49,7 +49,7 @@ fn bench(c: &mut Criterion) {
     };
     let dests = (0..2)
         .map(|i| Destination {
-            uri: format!("sip:127.0.0.1:{}", 5080 + 2 * i),
+            uri: format!("sip:127.0.0.1:{}", 5080 + 2 * i).into(),
             transport: Transport::Udp,
             addr: format!("127.0.0.1:{}", 5080 + 2 * i).parse().unwrap(),
             flow: None,

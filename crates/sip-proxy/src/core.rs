@@ -18,12 +18,13 @@ use sip_wire::{
     Via,
 };
 
+use crate::build::SERVER;
 use crate::build::{
     local_response, make_ack, make_cancel, make_orphan_ack_bye, salvage_response, strip_top_via,
 };
 use crate::config::ProxyConfig;
 use crate::ctx::{Branch, ClientTxn, Ctx, Plan, ServerTxn};
-use crate::router::Router;
+use crate::router::{Probe, Router};
 use crate::stats::Stats;
 use crate::types::{Destination, Origin, Source, Target, Transmit, Transport};
 
@@ -31,6 +32,10 @@ use crate::types::{Destination, Origin, Source, Target, Transmit, Transport};
 const BRANCH_PREFIX: &str = "z9hG4bKsb";
 /// Stateless (2xx ACK) branches.
 const STATELESS_PREFIX: &str = "z9hG4bKsbA";
+/// Health probes (OPTIONS/INFO) the dispatcher sends.
+const PROBE_PREFIX: &str = "z9hG4bKsbP";
+/// Marks a probe's [`Origin`], so a send failure goes back to the router.
+const PROBE_ORIGIN: u64 = 1 << 63;
 /// To-tags of responses the proxy generates itself.
 const TAG_PREFIX: &str = "sbx7";
 
@@ -197,6 +202,11 @@ impl Proxy {
 
     /// Fires every expired timer.
     pub fn on_timers(&self, now: Instant, out: &mut Vec<Transmit>) {
+        let mut probes = Vec::new();
+        self.router.due_probes(now, &mut probes);
+        for p in probes {
+            self.send_probe(p, out);
+        }
         for i in 0..self.shards.len() {
             let mut g = self.lock(i);
             let shard = &mut *g;
@@ -227,6 +237,11 @@ impl Proxy {
     /// A transmission tagged with `origin` could not be sent (connection refused, ...).
     pub fn on_transport_error(&self, now: Instant, origin: Origin, out: &mut Vec<Transmit>) {
         Stats::inc(&self.stats.transport_errors);
+        if origin.ctx & PROBE_ORIGIN != 0 {
+            return self
+                .router
+                .probe_result(now, origin.ctx & !PROBE_ORIGIN, None);
+        }
         let s = self.shard_of_id(origin.ctx);
         let mut g = self.lock(s);
         let shard = &mut *g;
@@ -237,7 +252,7 @@ impl Proxy {
             return;
         };
         if b.txn.on_transport_error() == Some(TxnEvent::Timeout) && !b.done {
-            tracing::warn!(destination = %b.dest_uri, "destination unreachable");
+            tracing::warn!(destination = %b.dest.uri, "destination unreachable");
             self.branch_failed(
                 now,
                 ctx,
@@ -248,6 +263,32 @@ impl Proxy {
             );
         }
         self.settle(shard, origin.ctx);
+    }
+
+    /// Writes and queues one health probe.
+    fn send_probe(&self, p: Probe, out: &mut Vec<Transmit>) {
+        let Some(local) = self.listener(p.target.transport) else {
+            return self.router.probe_result(Instant::now(), p.id, None);
+        };
+        let data = format!(
+            "{m} {uri} SIP/2.0\r\nVia: SIP/2.0/{t} {local};branch={PROBE_PREFIX}{id:x}\r\nMax-Forwards: {mf}\r\nFrom: <{from}>;tag=sbp{id:x}\r\nTo: <{uri}>\r\nCall-ID: sbp{id:x}.{salt:x}@{ip}\r\nCSeq: 1 {m}\r\nUser-Agent: {SERVER}\r\nContent-Length: 0\r\n\r\n",
+            m = p.method,
+            uri = p.uri,
+            t = p.target.transport.via_name(),
+            id = p.id,
+            mf = p.max_forwards,
+            from = p.from,
+            salt = self.cfg.salt as u32,
+            ip = local.ip(),
+        );
+        out.push(Transmit {
+            target: p.target,
+            data: Bytes::from(data),
+            origin: Some(Origin {
+                ctx: PROBE_ORIGIN | p.id,
+                branch: 0,
+            }),
+        });
     }
 
     // ----- malformed input --------------------------------------------------------------
@@ -345,6 +386,9 @@ impl Proxy {
         };
         let invite = msg.method() == Some(Method::Invite);
         let in_dialog = msg.to_tag().is_some();
+        if msg.method() == Some(Method::Bye) {
+            self.router.on_call_ended(msg.call_id());
+        }
         let reliable = src.transport.is_reliable();
         let id =
             self.counter.fetch_add(1, Ordering::Relaxed) * self.shards.len() as u64 + si as u64;
@@ -369,7 +413,7 @@ impl Proxy {
             next_candidate: 0,
             branches: Vec::with_capacity(1),
             best: None,
-            fallback: (503, "Service Unavailable (no destination)"),
+            fallback: (503, "Service Unavailable (no destination)".into()),
             fast_failover: !in_dialog,
             final_sent: false,
             cancelled: false,
@@ -476,7 +520,8 @@ impl Proxy {
             let target = self.resolve(&next, last_popped.as_ref().map(|n| &n.uri))?;
             // the flow token of our own Record-Route picks the connection back to the peer
             let dest = Destination {
-                uri: next.raw.to_string(),
+                uri: next.raw.into(),
+                node: None,
                 transport: target.transport,
                 addr: target.addr,
                 flow: target.flow,
@@ -495,7 +540,13 @@ impl Proxy {
         let mut candidates = Vec::with_capacity(4);
         self.router.select(msg, &mut candidates);
         if candidates.is_empty() {
-            let mut r = reject(503, "Service Unavailable (no destination)");
+            let mut r = reject(
+                503,
+                format!(
+                    "Service Unavailable (no destination available in {})",
+                    self.router.describe()
+                ),
+            );
             r.extra.push("Retry-After: 5".into());
             return Err(r);
         }
@@ -571,7 +622,10 @@ impl Proxy {
                 .and_then(|req| self.build_forward(req, &ctx.plan, dest.transport, &branch))
             else {
                 tracing::warn!(destination = %dest.uri, transport = %dest.transport, "no listener for the destination's transport");
-                ctx.fallback = (503, "Service Unavailable (no listener for transport)");
+                ctx.fallback = (
+                    503,
+                    "Service Unavailable (no listener for transport)".into(),
+                );
                 continue;
             };
             let target = Target {
@@ -598,7 +652,7 @@ impl Proxy {
             let final_deadline = ctx.invite.then(|| now + self.cfg.timers.t1 * 360);
             ctx.branches.push(Branch {
                 target,
-                dest_uri: dest.uri,
+                dest,
                 txn,
                 request: data,
                 provisional: false,
@@ -790,6 +844,16 @@ impl Proxy {
     fn on_response(&self, now: Instant, msg: Message, out: &mut Vec<Transmit>) {
         Stats::inc(&self.stats.rcv_replies);
         let code = msg.status().unwrap_or(0);
+        if let Some(id) = msg
+            .branch()
+            .and_then(|b| b.strip_prefix(PROBE_PREFIX))
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+        {
+            if code >= 200 {
+                self.router.probe_result(now, id, Some(code));
+            }
+            return;
+        }
         let Some((_, id, idx)) = msg.branch().and_then(parse_branch) else {
             Stats::inc(&self.stats.dropped);
             return;
@@ -840,6 +904,11 @@ impl Proxy {
             return self.settle(shard, id);
         }
         let b = &mut ctx.branches[idx];
+        if !b.provisional {
+            // the destination is alive unless it answered with a failover code
+            let ok = !self.cfg.failover_codes.contains(&code);
+            self.router.on_branch_result(&b.dest, ok);
+        }
         match code {
             100..=199 => {
                 b.provisional = true;
@@ -855,6 +924,9 @@ impl Proxy {
                 b.done = true;
                 let first = !ctx.final_sent;
                 ctx.final_sent = true;
+                if first && ctx.invite && ctx.fast_failover {
+                    self.router.on_call_answered(msg.call_id(), &b.dest);
+                }
                 self.send_upstream(now, ctx, code, strip_top_via(&msg), out);
                 if first {
                     for i in 0..ctx.branches.len() {
@@ -905,8 +977,12 @@ impl Proxy {
                 }
             }
             200..=299 if !ctx.final_sent => {
-                tracing::info!(call_id = ctx.call_id(), destination = %ctx.branches[idx].dest_uri, "late 2xx on an abandoned branch relayed");
+                tracing::info!(call_id = ctx.call_id(), destination = %ctx.branches[idx].dest.uri, "late 2xx on an abandoned branch relayed");
                 ctx.final_sent = true;
+                if ctx.fast_failover {
+                    self.router
+                        .on_call_answered(msg.call_id(), &ctx.branches[idx].dest);
+                }
                 self.send_upstream(now, ctx, code, strip_top_via(msg), out);
                 for i in 0..ctx.branches.len() {
                     if i != idx {
@@ -942,7 +1018,7 @@ impl Proxy {
                     origin: None,
                 });
                 if b.bye.is_none() {
-                    tracing::info!(call_id = msg.call_id(), destination = %b.dest_uri, "orphaned 2xx: ACK and BYE sent by the proxy");
+                    tracing::info!(call_id = msg.call_id(), destination = %b.dest.uri, "orphaned 2xx: ACK and BYE sent by the proxy");
                     b.bye = Some(ClientNonInvite::new(
                         now,
                         bye,
@@ -980,12 +1056,33 @@ impl Proxy {
         b.done = true;
         b.txn.terminate();
         if ctx.best.is_none() {
-            ctx.fallback = (code, reason);
+            ctx.fallback = (code, reason.into());
         }
+        let dest = ctx.branches[i].dest.clone();
+        self.router.on_branch_result(&dest, false);
         self.after_branch_final(now, ctx, code, out);
     }
 
     fn after_branch_final(&self, now: Instant, ctx: &mut Ctx, code: u16, out: &mut Vec<Transmit>) {
+        let failover_code = self.cfg.failover_codes.contains(&code);
+        if failover_code
+            && ctx.fast_failover
+            && !ctx.final_sent
+            && !ctx.cancelled
+            && ctx.next_candidate >= ctx.candidates.len()
+            && ctx.all_branches_done()
+        {
+            // every candidate failed: say so, naming the set, instead of relaying one failure
+            ctx.best = None;
+            ctx.fallback = (
+                503,
+                format!(
+                    "Service Unavailable (every destination of {} failed)",
+                    self.router.describe()
+                )
+                .into(),
+            );
+        }
         if !ctx.final_sent
             && !ctx.cancelled
             && self.cfg.failover_codes.contains(&code)
@@ -1019,8 +1116,8 @@ impl Proxy {
             Some(best) => best,
             None if ctx.cancelled => (487, self.local_reply(ctx, 487, "Request Terminated")),
             None => {
-                let (c, r) = ctx.fallback;
-                let data = self.local_reply(ctx, c, r);
+                let (c, r) = ctx.fallback.clone();
+                let data = self.local_reply(ctx, c, &r);
                 (c, data)
             }
         };
@@ -1102,7 +1199,7 @@ impl Proxy {
                 self.branch_failed(now, ctx, i, 408, "Request Timeout", out);
             } else if !b.provisional && b.silence_deadline.is_some_and(|d| d <= now) {
                 Stats::inc(&self.stats.branch_timeouts);
-                tracing::warn!(destination = %b.dest_uri, "destination did not answer in time");
+                tracing::warn!(destination = %b.dest.uri, "destination did not answer in time");
                 self.branch_failed(now, ctx, i, 408, "Request Timeout", out);
             } else if b.final_deadline.is_some_and(|d| d <= now) {
                 // Timer C: cancel a branch that rings forever
@@ -1111,7 +1208,7 @@ impl Proxy {
                 let b = &mut ctx.branches[i];
                 b.done = true;
                 if ctx.best.is_none() {
-                    ctx.fallback = (408, "Request Timeout");
+                    ctx.fallback = (408, "Request Timeout".into());
                 }
                 self.finalize(now, ctx, out);
             }

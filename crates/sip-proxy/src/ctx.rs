@@ -91,7 +91,7 @@ impl ClientTxn {
 /// One forwarded copy of the request.
 pub(crate) struct Branch {
     pub target: Target,
-    pub dest_uri: String,
+    pub dest: Destination,
     pub txn: ClientTxn,
     /// The request as sent (a CANCEL or ACK is built from it).
     pub request: Bytes,
@@ -168,7 +168,7 @@ pub(crate) struct Ctx {
     /// Best final non-2xx response so far: code and the message to send upstream.
     pub best: Option<(u16, Bytes)>,
     /// What to answer if no branch produced a response.
-    pub fallback: (u16, &'static str),
+    pub fallback: (u16, std::borrow::Cow<'static, str>),
     /// Initial requests give up on a silent destination after `branch_timeout` (failover);
     /// in-dialog requests have one fixed next hop and wait for Timer B/F.
     pub fast_failover: bool,

@@ -14,12 +14,13 @@ mod build;
 mod config;
 mod core;
 mod ctx;
+pub mod dispatcher;
 mod router;
 mod stats;
 mod types;
 
 pub use crate::core::Proxy;
 pub use config::{Listener, ProxyConfig};
-pub use router::{RoundRobin, Router};
+pub use router::{Probe, RoundRobin, Router};
 pub use stats::{Stat, Stats};
 pub use types::{Destination, FlowId, Origin, Source, Target, Transmit, Transport};

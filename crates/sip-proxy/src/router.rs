@@ -1,14 +1,50 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use sip_wire::Message;
 
-use crate::types::Destination;
+use crate::types::{Destination, Target};
+
+/// A health probe the router wants sent (OPTIONS or INFO to a destination).
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub id: u64,
+    pub target: Target,
+    pub uri: Arc<str>,
+    pub method: &'static str,
+    pub from: String,
+    pub max_forwards: u8,
+}
 
 /// Chooses destinations for an initial request: an ordered list, the first to try first
-/// and the rest for failover (pingora's pattern). The dispatcher implements this.
+/// and the rest for failover (pingora's pattern). The dispatcher implements this; the
+/// hooks with default bodies let it learn from traffic and probe its destinations.
 pub trait Router: Send + Sync + 'static {
     /// Appends the candidates for `req` to `out`, best first.
     fn select(&self, req: &Message, out: &mut Vec<Destination>);
+
+    /// Names what the router routes to, for reason phrases ("set 1").
+    fn describe(&self) -> String {
+        "the destination set".to_string()
+    }
+
+    /// A branch to `dest` got a reply (`ok`), or timed out / failed / answered with a
+    /// failover code (`!ok`).
+    fn on_branch_result(&self, _dest: &Destination, _ok: bool) {}
+
+    /// An initial INVITE was answered 2xx by `dest`.
+    fn on_call_answered(&self, _call_id: &str, _dest: &Destination) {}
+
+    /// A BYE for the call was seen.
+    fn on_call_ended(&self, _call_id: &str) {}
+
+    /// Appends the probes due at `now`.
+    fn due_probes(&self, _now: Instant, _out: &mut Vec<Probe>) {}
+
+    /// The final reply to probe `id`, or `None` when it could not be sent.
+    fn probe_result(&self, _now: Instant, _id: u64, _code: Option<u16>) {}
 }
 
 /// Plain round robin over a fixed list: each call starts one further along and lists every
@@ -49,10 +85,11 @@ mod tests {
 
     fn d(port: u16) -> Destination {
         Destination {
-            uri: format!("sip:127.0.0.1:{port}"),
+            uri: format!("sip:127.0.0.1:{port}").into(),
             transport: Transport::Udp,
             addr: ([127, 0, 0, 1], port).into(),
             flow: None,
+            node: None,
         }
     }
 

@@ -97,12 +97,14 @@ pub struct Transmit {
 }
 
 /// A next hop chosen by a [`crate::Router`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Destination {
     /// The destination URI as configured (for logs and the API).
-    pub uri: String,
+    pub uri: std::sync::Arc<str>,
     pub transport: Transport,
     pub addr: SocketAddr,
     /// A connection to use when it is still open (the flow token of a Record-Route).
     pub flow: Option<FlowId>,
+    /// The dispatcher destination behind it, for health feedback and call counting.
+    pub node: Option<std::sync::Arc<crate::dispatcher::Dest>>,
 }

@@ -31,10 +31,11 @@ fn proxy(backends: &[&str]) -> Proxy {
     let dests = backends
         .iter()
         .map(|b| Destination {
-            uri: format!("sip:{b}"),
+            uri: format!("sip:{b}").into(),
             transport: Transport::Udp,
             addr: addr(b),
             flow: None,
+            node: None,
         })
         .collect();
     Proxy::new(cfg, Arc::new(RoundRobin::new(dests)))
@@ -233,7 +234,7 @@ fn cancel_for_unknown_transaction_gets_481() {
 }
 
 #[test]
-fn silent_destination_fails_over_then_times_out_with_408() {
+fn silent_destinations_fail_over_then_503_names_the_set() {
     let p = proxy(&["127.0.0.1:5080", "127.0.0.1:5082"]);
     let t0 = Instant::now();
     let out = send(&p, t0, UAC, &invite("c6"));
@@ -250,7 +251,30 @@ fn silent_destination_fails_over_then_times_out_with_408() {
         .filter(|t| t.target.addr == addr(UAC))
         .map(parse)
         .collect();
-    assert_eq!(to_uac.last().unwrap().status(), Some(408));
+    let last = to_uac.last().unwrap();
+    assert_eq!(last.status(), Some(503));
+    assert!(
+        last.reason()
+            .contains("every destination of the destination set failed"),
+        "{}",
+        last.reason()
+    );
+    assert_eq!(last.get_other("Retry-After"), Some("5"));
+}
+
+#[test]
+fn a_single_silent_initial_destination_also_ends_in_503() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let t0 = Instant::now();
+    send(&p, t0, UAC, &invite("c6b"));
+    let mut o = vec![];
+    p.on_timers(t0 + Duration::from_millis(2000), &mut o);
+    let up: Vec<_> = o
+        .iter()
+        .filter(|t| t.target.addr == addr(UAC))
+        .map(parse)
+        .collect();
+    assert_eq!(up.last().unwrap().status(), Some(503));
 }
 
 #[test]

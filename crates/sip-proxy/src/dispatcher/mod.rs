@@ -1,0 +1,410 @@
+//! The dispatcher: destination sets with every OpenSIPS/Kamailio selection algorithm,
+//! health probing (OPTIONS or INFO), failure feedback from real traffic, drain, and an
+//! atomically swapped table that reloads without losing the live state of survivors.
+//!
+//! Sans-IO like the rest of the core: probes leave through [`Router::due_probes`] as values
+//! the core turns into requests; their outcomes come back through [`Router::probe_result`].
+
+mod algorithm;
+mod codes;
+mod dest;
+pub mod kamailio;
+mod ring;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use sip_wire::Message;
+
+pub use algorithm::{Algorithm, DestSet};
+pub use codes::ReplyCodes;
+pub use dest::{Dest, DestConfig, DestState, Transition};
+pub use ring::hash_key;
+
+use crate::router::{Probe, Router};
+use crate::types::{Destination, Target};
+
+/// Which destinations are probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeMode {
+    /// Every destination but the disabled ones (OpenSIPS `ds_probing_mode` 1).
+    All,
+    /// Only inactive and probing ones (mode 0).
+    OnlyFailed,
+}
+
+/// Health-probing settings.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    /// Time between probe rounds; zero turns probing off.
+    pub interval: Duration,
+    /// `OPTIONS` or `INFO`.
+    pub method: &'static str,
+    /// From URI of the probes.
+    pub from: String,
+    pub max_forwards: u8,
+    /// Consecutive failures that take an active destination down.
+    pub threshold_down: u32,
+    /// Consecutive successes that bring an inactive or probing destination back.
+    pub threshold_up: u32,
+    pub codes: ReplyCodes,
+    pub mode: ProbeMode,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            interval: Duration::from_secs(5),
+            method: "OPTIONS",
+            from: "sip:switchboard@localhost".into(),
+            max_forwards: 10,
+            threshold_down: 3,
+            threshold_up: 1,
+            codes: ReplyCodes::default(),
+            mode: ProbeMode::All,
+        }
+    }
+}
+
+/// The sets in force; replaced whole on reload.
+#[derive(Debug, Default)]
+pub struct SetTable {
+    pub sets: Vec<Arc<DestSet>>,
+}
+
+impl SetTable {
+    /// The set with this id.
+    pub fn get(&self, id: i64) -> Option<&Arc<DestSet>> {
+        self.sets.iter().find(|s| s.id == id)
+    }
+}
+
+/// A set as configured, before it is built.
+#[derive(Debug, Clone)]
+pub struct SetConfig {
+    pub id: i64,
+    pub algorithm: Algorithm,
+    pub hash_header: Option<String>,
+    pub destinations: Vec<DestConfig>,
+}
+
+struct PendingProbe {
+    dest: Arc<Dest>,
+    set: i64,
+    sent: Instant,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct ProbeBook {
+    next_round: Option<Instant>,
+    next_id: u64,
+    pending: HashMap<u64, PendingProbe>,
+}
+
+/// The dispatcher. Selection reads the current table under a read lock held for the time of
+/// an `Arc` clone; reloads swap the table.
+pub struct Dispatcher {
+    table: RwLock<Arc<SetTable>>,
+    default_set: i64,
+    max_attempts: usize,
+    probe: ProbeConfig,
+    rng: AtomicU64,
+    book: Mutex<ProbeBook>,
+    calls: Mutex<HashMap<String, Arc<Dest>>>,
+}
+
+fn log_transition(set: i64, d: &Dest, t: Option<Transition>, why: &str) {
+    if let Some(t) = t {
+        if t.to == DestState::Active {
+            tracing::info!(set, destination = %d.cfg.uri, from = t.from.as_str(), to = t.to.as_str(), why, "destination state changed");
+        } else {
+            tracing::warn!(set, destination = %d.cfg.uri, from = t.from.as_str(), to = t.to.as_str(), why, "destination state changed");
+        }
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher routing initial requests to `default_set`, trying at most
+    /// `max_attempts` destinations per request.
+    pub fn new(
+        sets: Vec<SetConfig>,
+        default_set: i64,
+        max_attempts: usize,
+        probe: ProbeConfig,
+        seed: u64,
+    ) -> Dispatcher {
+        let d = Dispatcher {
+            table: RwLock::new(Arc::new(SetTable::default())),
+            default_set,
+            max_attempts: max_attempts.max(1),
+            probe,
+            rng: AtomicU64::new(seed | 1),
+            book: Mutex::default(),
+            calls: Mutex::default(),
+        };
+        d.reload(sets, false);
+        d
+    }
+
+    /// The table in force.
+    pub fn table(&self) -> Arc<SetTable> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The probing settings.
+    pub fn probe_config(&self) -> &ProbeConfig {
+        &self.probe
+    }
+
+    /// The set initial requests go to.
+    pub fn default_set(&self) -> i64 {
+        self.default_set
+    }
+
+    /// Replaces the table atomically. With `inherit_state`, a destination present before
+    /// (same set, same URI) keeps its state, counters and RTT.
+    pub fn reload(&self, sets: Vec<SetConfig>, inherit_state: bool) -> usize {
+        let old = self.table();
+        let mut built = Vec::with_capacity(sets.len());
+        let mut n = 0;
+        for s in sets {
+            let set = DestSet::new(s.id, s.algorithm, s.hash_header, s.destinations);
+            if inherit_state {
+                if let Some(prev) = old.get(set.id) {
+                    for d in &set.dests {
+                        if let Some(p) = prev.dests.iter().find(|p| p.cfg.uri == d.cfg.uri) {
+                            d.inherit(p);
+                        }
+                    }
+                }
+            }
+            n += set.dests.len();
+            built.push(Arc::new(set));
+        }
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(SetTable { sets: built });
+        n
+    }
+
+    /// Sets a destination's state by set id and URI (`ds_set_state`).
+    pub fn set_state(&self, set: i64, uri: &str, state: DestState) -> Result<(), String> {
+        let t = self.table();
+        let s = t.get(set).ok_or_else(|| format!("no set {set}"))?;
+        let d = s
+            .dests
+            .iter()
+            .find(|d| &*d.cfg.uri == uri)
+            .ok_or_else(|| format!("no destination {uri} in set {set}"))?;
+        log_transition(set, d, d.set_state(state), "operator");
+        Ok(())
+    }
+
+    /// A call answered by `dest` (for least-calls and drain reporting).
+    pub fn call_answered(&self, call_id: &str, dest: &Arc<Dest>) {
+        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        if !calls.contains_key(call_id) {
+            dest.call_started();
+            calls.insert(call_id.to_string(), dest.clone());
+        }
+    }
+
+    /// A call ended (BYE seen).
+    pub fn call_ended(&self, call_id: &str) {
+        if let Some(d) = self
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(call_id)
+        {
+            d.call_ended();
+        }
+    }
+
+    fn feedback(&self, dest: &Arc<Dest>, ok: bool, why: &str) {
+        let t = if ok {
+            dest.record_success(self.probe.threshold_up)
+        } else {
+            dest.record_failure(self.probe.threshold_down)
+        };
+        if t.is_some() {
+            let set = self
+                .table()
+                .sets
+                .iter()
+                .find(|s| s.dests.iter().any(|d| Arc::ptr_eq(d, dest)))
+                .map_or(-1, |s| s.id);
+            log_transition(set, dest, t, why);
+        }
+    }
+
+    fn to_destination(d: &Arc<Dest>) -> Destination {
+        Destination {
+            uri: d.cfg.uri.clone(),
+            transport: d.cfg.transport,
+            addr: d.cfg.addr,
+            flow: None,
+            node: Some(d.clone()),
+        }
+    }
+
+    /// Candidates of a set for a request (the router entry point, for a given set).
+    pub fn select_in(&self, set: i64, req: &Message, out: &mut Vec<Destination>) {
+        let t = self.table();
+        let Some(s) = t.get(set) else { return };
+        let mut idx = Vec::with_capacity(self.max_attempts);
+        s.select(req, &self.rng, self.max_attempts, &mut idx);
+        out.extend(idx.into_iter().map(|i| Self::to_destination(&s.dests[i])));
+    }
+
+    /// Prometheus lines: one gauge per destination for its state and its calls.
+    pub fn metrics_text(&self) -> String {
+        let mut s = String::from("# HELP switchboard_dispatcher_destination_up 1 when the destination takes new calls\n# TYPE switchboard_dispatcher_destination_up gauge\n");
+        let t = self.table();
+        for set in &t.sets {
+            for d in &set.dests {
+                s.push_str(&format!("switchboard_dispatcher_destination_up{{set=\"{}\",destination=\"{}\",state=\"{}\"}} {}\n", set.id, d.cfg.uri, d.state().as_str(), d.selectable() as u8));
+            }
+        }
+        s.push_str("# HELP switchboard_dispatcher_destination_calls calls established on the destination\n# TYPE switchboard_dispatcher_destination_calls gauge\n");
+        for set in &t.sets {
+            for d in &set.dests {
+                s.push_str(&format!("switchboard_dispatcher_destination_calls{{set=\"{}\",destination=\"{}\"}} {}\n", set.id, d.cfg.uri, d.active_calls()));
+            }
+        }
+        s
+    }
+}
+
+impl Router for Dispatcher {
+    fn select(&self, req: &Message, out: &mut Vec<Destination>) {
+        self.select_in(self.default_set, req, out);
+    }
+
+    fn describe(&self) -> String {
+        format!("set {}", self.default_set)
+    }
+
+    fn on_branch_result(&self, dest: &Destination, ok: bool) {
+        if let Some(n) = &dest.node {
+            self.feedback(
+                n,
+                ok,
+                if ok {
+                    "reply"
+                } else {
+                    "no reply or failover reply"
+                },
+            );
+        }
+    }
+
+    fn on_call_answered(&self, call_id: &str, dest: &Destination) {
+        if let Some(n) = &dest.node {
+            self.call_answered(call_id, n);
+        }
+    }
+
+    fn on_call_ended(&self, call_id: &str) {
+        self.call_ended(call_id);
+    }
+
+    fn due_probes(&self, now: Instant, out: &mut Vec<Probe>) {
+        if self.probe.interval.is_zero() {
+            return;
+        }
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        // unanswered probes are failures
+        let expired: Vec<u64> = book
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = book.pending.remove(&id) {
+                let t = p.dest.record_failure(self.probe.threshold_down);
+                log_transition(p.set, &p.dest, t, "probe timeout");
+            }
+        }
+        if book.next_round.is_some_and(|t| t > now) {
+            return;
+        }
+        book.next_round = Some(now + self.probe.interval);
+        let timeout = self
+            .probe
+            .interval
+            .min(Duration::from_secs(4))
+            .max(Duration::from_millis(200));
+        for set in &self.table().sets {
+            for d in &set.dests {
+                let probe_it = match d.state() {
+                    DestState::Disabled => false,
+                    DestState::Inactive | DestState::Probing => true,
+                    DestState::Active | DestState::Draining => self.probe.mode == ProbeMode::All,
+                };
+                if !probe_it || book.pending.values().any(|p| Arc::ptr_eq(&p.dest, d)) {
+                    continue;
+                }
+                book.next_id += 1;
+                let id = book.next_id;
+                book.pending.insert(
+                    id,
+                    PendingProbe {
+                        dest: d.clone(),
+                        set: set.id,
+                        sent: now,
+                        deadline: now + timeout,
+                    },
+                );
+                out.push(Probe {
+                    id,
+                    target: Target {
+                        transport: d.cfg.transport,
+                        addr: d.cfg.addr,
+                        flow: None,
+                    },
+                    uri: d.cfg.uri.clone(),
+                    method: self.probe.method,
+                    from: self.probe.from.clone(),
+                    max_forwards: self.probe.max_forwards,
+                });
+            }
+        }
+    }
+
+    fn probe_result(&self, now: Instant, id: u64, code: Option<u16>) {
+        let Some(p) = self
+            .book
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .remove(&id)
+        else {
+            return;
+        };
+        let ok = code.is_some_and(|c| self.probe.codes.accepts(c));
+        if ok {
+            p.dest.record_rtt(
+                now.saturating_duration_since(p.sent)
+                    .as_micros()
+                    .min(u32::MAX as u128) as u32,
+            );
+        }
+        let t = if ok {
+            p.dest.record_success(self.probe.threshold_up)
+        } else {
+            p.dest.record_failure(self.probe.threshold_down)
+        };
+        let why = match code {
+            Some(c) if !ok => format!("probe answered {c}"),
+            Some(_) => "probe answered".to_string(),
+            None => "probe could not be sent".to_string(),
+        };
+        log_transition(p.set, &p.dest, t, &why);
+    }
+}
+
+#[cfg(test)]
+mod tests;
