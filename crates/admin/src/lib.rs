@@ -11,7 +11,16 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use sip_proxy::dispatcher::{DestConfig, Dispatcher};
 use sip_proxy::Proxy;
+
+mod dispatcher;
+
+/// Re-reads the configuration and reloads the dispatcher; returns the destination count.
+pub type ReloadFn = Box<dyn Fn(bool) -> Result<usize, String> + Send + Sync>;
+/// Validates a destination given by the API (uri, weight, priority, attrs, description).
+pub type ParseDestFn =
+    Box<dyn Fn(&str, i64, i64, &str, &str) -> Result<DestConfig, String> + Send + Sync>;
 
 /// What the management API reads.
 pub struct AdminState {
@@ -19,6 +28,9 @@ pub struct AdminState {
     pub started: Instant,
     /// Extra gauges supplied by the binary (open connections, ...).
     pub gauges: Box<dyn Fn() -> Vec<(&'static str, &'static str, u64)> + Send + Sync>,
+    pub dispatcher: Option<Arc<Dispatcher>>,
+    pub reload: Option<ReloadFn>,
+    pub parse_destination: Option<ParseDestFn>,
 }
 
 /// Builds the HTTP router.
@@ -63,6 +75,9 @@ fn statistics(st: &AdminState) -> Vec<(String, String, u64, &'static str)> {
 
 /// Runs one JSON-RPC call.
 fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, String)> {
+    if let Some(r) = dispatcher::call(st, method, params) {
+        return r;
+    }
     match method {
         "version" | "core:version" => {
             Ok(json!({ "Server": format!("switchboard {}", env!("CARGO_PKG_VERSION")) }))
@@ -98,7 +113,17 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
             }
             Ok(Value::Object(m))
         }
-        "which" | "core:which" => Ok(json!(["version", "uptime", "get_statistics", "which"])),
+        "which" | "core:which" => Ok(json!([
+            "version",
+            "uptime",
+            "get_statistics",
+            "which",
+            "ds_list",
+            "ds_set_state",
+            "ds_reload",
+            "ds_add",
+            "ds_remove"
+        ])),
         _ => Err((-32601, format!("method not found: {method}"))),
     }
 }
@@ -151,6 +176,9 @@ async fn metrics(State(st): State<Arc<AdminState>>) -> impl IntoResponse {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
         ));
     }
+    if let Some(d) = &st.dispatcher {
+        s.push_str(&d.metrics_text());
+    }
     s.push_str(&format!("# HELP switchboard_uptime_seconds seconds since start\n# TYPE switchboard_uptime_seconds gauge\nswitchboard_uptime_seconds {}\n", st.started.elapsed().as_secs()));
     (
         StatusCode::OK,
@@ -172,6 +200,9 @@ mod tests {
             proxy,
             started: Instant::now(),
             gauges: Box::new(|| vec![("tcp_connections", "open", 3)]),
+            dispatcher: None,
+            reload: None,
+            parse_destination: None,
         }
     }
 
@@ -198,5 +229,126 @@ mod tests {
             json!({"jsonrpc": "2.0", "id": 5, "method": "get_statistics", "params": {"statistics": 7}}),
         );
         assert_eq!(r["error"]["code"], -32602);
+    }
+
+    fn with_dispatcher() -> AdminState {
+        use sip_proxy::dispatcher::{Algorithm, DestState, ProbeConfig, SetConfig};
+        let dest = |port: u16| DestConfig {
+            uri: format!("sip:127.0.0.1:{port}").into(),
+            transport: sip_proxy::Transport::Udp,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            weight: 1,
+            priority: 0,
+            attrs: String::new(),
+            description: String::new(),
+            state: DestState::Active,
+        };
+        let d = Arc::new(Dispatcher::new(
+            vec![SetConfig {
+                id: 1,
+                algorithm: Algorithm::RoundRobin,
+                hash_header: None,
+                destinations: vec![dest(5080), dest(5082)],
+            }],
+            1,
+            3,
+            ProbeConfig::default(),
+            1,
+        ));
+        let mut st = state();
+        st.dispatcher = Some(d);
+        st.parse_destination = Some(Box::new(move |uri, w, _p, _a, _d| {
+            if uri.starts_with("sip:127.") && w >= 0 {
+                Ok(dest(uri[14..].parse().map_err(|_| "bad port".to_string())?))
+            } else {
+                Err(format!("bad destination {uri:?} weight {w}"))
+            }
+        }));
+        st
+    }
+
+    #[test]
+    fn ds_methods_list_set_state_add_remove_with_aliases() {
+        let st = with_dispatcher();
+        let r = one(&st, json!({"jsonrpc": "2.0", "id": 1, "method": "ds_list"}));
+        assert_eq!(
+            r["result"]["sets"][0]["destinations"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 2, "method": "dispatcher:set_state", "params": {"state": "drain", "set": 1, "destination": "sip:127.0.0.1:5080"}}),
+        );
+        assert_eq!(r["result"]["state"], "draining", "{r}");
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 3, "method": "ds_set_state", "params": ["i", 1, "sip:127.0.0.1:5082"]}),
+        );
+        assert_eq!(r["result"]["state"], "inactive");
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 4, "method": "ds_set_state", "params": ["sleepy", 1, "sip:127.0.0.1:5082"]}),
+        );
+        assert_eq!(r["error"]["code"], -32602);
+        assert!(r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown state"));
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 5, "method": "ds_set_state", "params": ["a", 9, "sip:127.0.0.1:5082"]}),
+        );
+        assert_eq!(r["error"]["message"], "no set 9");
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 6, "method": "ds_add", "params": {"set": 1, "uri": "sip:127.0.0.1:5084"}}),
+        );
+        assert_eq!(r["result"]["added"], "sip:127.0.0.1:5084", "{r}");
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 7, "method": "ds_add", "params": {"set": 1, "uri": "sip:127.0.0.1:5084"}}),
+        );
+        assert!(r["error"]["message"].as_str().unwrap().contains("already"));
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 8, "method": "ds_add", "params": {"set": 1, "uri": "sip:bad", "weight": -1}}),
+        );
+        assert_eq!(r["error"]["code"], -32602);
+        let list = one(&st, json!({"jsonrpc": "2.0", "id": 9, "method": "ds_list"}));
+        let states: Vec<&str> = list["result"]["sets"][0]["destinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            states,
+            vec!["draining", "inactive", "active"],
+            "add keeps the others' state"
+        );
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 10, "method": "ds_remove", "params": [1, "sip:127.0.0.1:5080"]}),
+        );
+        assert_eq!(r["result"]["removed"], "sip:127.0.0.1:5080");
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 11, "method": "ds_remove", "params": [1, "sip:127.0.0.1:5080"]}),
+        );
+        assert!(r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no destination"));
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 12, "method": "ds_reload"}),
+        );
+        assert!(r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not available"));
     }
 }

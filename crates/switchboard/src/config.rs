@@ -20,7 +20,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub transactions: RawTransactions,
     #[serde(default)]
-    pub dispatcher: RawDispatcher,
+    pub dispatcher: crate::dispatch_config::RawDispatcher,
     #[serde(default)]
     pub routing: RawRouting,
     #[serde(default)]
@@ -111,26 +111,6 @@ impl Default for RawTransactions {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawDispatcher {
-    #[serde(default)]
-    pub set: Vec<RawSet>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSet {
-    pub id: i64,
-    #[serde(default = "d_alg")]
-    pub algorithm: String,
-    pub destinations: Vec<String>,
-}
-
-fn d_alg() -> String {
-    "round-robin".into()
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct RawRouting {
     pub default_set: Option<i64>,
 }
@@ -187,7 +167,7 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
-fn err(
+pub(crate) fn err(
     key: impl Into<String>,
     value: impl std::fmt::Display,
     why: impl Into<String>,
@@ -208,7 +188,7 @@ pub struct Config {
     pub udp_workers: usize,
     pub tcp_idle_timeout: Duration,
     pub max_message_size: usize,
-    pub destinations: Vec<Destination>,
+    pub dispatcher: crate::dispatch_config::DispatcherSettings,
     pub default_set: i64,
     pub management: SocketAddr,
     pub log_level: String,
@@ -260,10 +240,11 @@ pub fn parse_destination(key: &str, s: &str) -> Result<Destination, ConfigError>
         })?;
     let port = uri.port.unwrap_or(5060);
     Ok(Destination {
-        uri: s.to_string(),
+        uri: s.into(),
         transport,
         addr: SocketAddr::new(ip, port),
         flow: None,
+        node: None,
     })
 }
 
@@ -370,41 +351,8 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
             failover_codes.push(*c as u16);
         }
     }
-    let mut destinations = Vec::new();
-    let mut ids = std::collections::HashSet::new();
-    for (i, s) in raw.dispatcher.set.iter().enumerate() {
-        if s.id < 0 {
-            errors.push(err(
-                format!("dispatcher.set[{i}].id"),
-                s.id,
-                "must not be negative",
-            ));
-        }
-        if !ids.insert(s.id) {
-            errors.push(err(
-                format!("dispatcher.set[{i}].id"),
-                s.id,
-                "duplicate set id",
-            ));
-        }
-        if !matches!(s.algorithm.as_str(), "round-robin" | "4") {
-            errors.push(err(format!("dispatcher.set[{i}].algorithm"), format!("{:?}", s.algorithm), "unknown algorithm (this version has round-robin; the others come with the dispatcher)"));
-        }
-        if s.destinations.is_empty() {
-            errors.push(err(
-                format!("dispatcher.set[{i}].destinations"),
-                "[]",
-                "a set needs at least one destination",
-            ));
-        }
-        for (j, d) in s.destinations.iter().enumerate() {
-            match parse_destination(&format!("dispatcher.set[{i}].destinations[{j}]"), d) {
-                Ok(dest) if Some(s.id) == raw.routing.default_set => destinations.push(dest),
-                Ok(_) => {}
-                Err(e) => errors.push(e),
-            }
-        }
-    }
+    let dispatcher = crate::dispatch_config::validate(&raw.dispatcher, &mut errors);
+    let ids: std::collections::HashSet<i64> = dispatcher.sets.iter().map(|s| s.id).collect();
     let default_set = match raw.routing.default_set {
         Some(id) if ids.contains(&id) => id,
         Some(id) => {
@@ -469,7 +417,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         udp_workers: raw.sip.udp_workers,
         tcp_idle_timeout: Duration::from_secs(raw.sip.tcp_idle_timeout_s.max(1)),
         max_message_size: raw.sip.max_message_size,
-        destinations,
+        dispatcher,
         default_set,
         management,
         log_level: raw.log.level,
@@ -490,7 +438,11 @@ mod tests {
         let c = load(EMBEDDED_DEFAULT, 1).unwrap();
         assert_eq!(c.udp, vec!["127.0.0.1:5060".parse::<SocketAddr>().unwrap()]);
         assert_eq!(c.tcp, vec!["127.0.0.1:5060".parse::<SocketAddr>().unwrap()]);
-        let ports: Vec<u16> = c.destinations.iter().map(|d| d.addr.port()).collect();
+        let ports: Vec<u16> = c.dispatcher.sets[0]
+            .destinations
+            .iter()
+            .map(|d| d.addr.port())
+            .collect();
         assert_eq!(ports, vec![5080, 5082]);
         assert_eq!(
             c.management,
@@ -551,9 +503,9 @@ level = "loud"
             "transactions.t1_ms",
             "transactions.failover_codes[0]",
             "dispatcher.set[0].algorithm",
-            "dispatcher.set[0].destinations[0]",
-            "dispatcher.set[0].destinations[1]",
-            "dispatcher.set[0].destinations[2]",
+            "dispatcher.set[0].destinations[0].uri",
+            "dispatcher.set[0].destinations[1].uri",
+            "dispatcher.set[0].destinations[2].uri",
             "dispatcher.set[1].id",
             "dispatcher.set[1].destinations",
             "routing.default_set",
@@ -563,6 +515,91 @@ level = "loud"
             assert!(keys.contains(&k), "missing error for {k}: {keys:?}");
         }
         assert!(errs.iter().all(|e| !e.why.is_empty()));
+    }
+
+    #[test]
+    fn dispatcher_refusals_name_key_and_reason() {
+        let text = r#"
+[dispatcher]
+probe_reply_codes = "code=abc"
+probe_mode = "sometimes"
+probe_method = "PING"
+max_attempts = 0
+[[dispatcher.set]]
+id = 1
+algorithm = 42
+destinations = [
+  { uri = "sip:127.0.0.1:5080", weight = -1 },
+  { uri = "sip:127.0.0.1:5082", colour = "red" },
+  { weight = 2 },
+  "sip:127.0.0.1:5088",
+  "sip:127.0.0.1:5088",
+  { uri = "sip:127.0.0.1:5086", state = "sleepy" },
+]
+[[dispatcher.set]]
+id = 2
+algorithm = "hash-value"
+destinations = ["sip:127.0.0.1:5090", "sip:127.0.0.1:5090"]
+[routing]
+default_set = 1
+"#;
+        let errs = load(text, 1).unwrap_err();
+        let find = |k: &str| {
+            errs.iter()
+                .find(|e| e.key == k)
+                .unwrap_or_else(|| panic!("no error for {k}: {errs:?}"))
+        };
+        assert!(find("dispatcher.probe_reply_codes")
+            .why
+            .contains("not a number"));
+        find("dispatcher.probe_mode");
+        find("dispatcher.probe_method");
+        find("dispatcher.max_attempts");
+        assert!(find("dispatcher.set[0].algorithm")
+            .why
+            .contains("unknown algorithm"));
+        assert!(find("dispatcher.set[0].destinations[0].weight")
+            .why
+            .contains("0..=10000"));
+        assert!(find("dispatcher.set[0].destinations[1].colour")
+            .why
+            .contains("unknown key"));
+        assert!(find("dispatcher.set[0].destinations[2].uri")
+            .why
+            .contains("needs a uri"));
+        assert!(find("dispatcher.set[0].destinations[4]")
+            .why
+            .contains("duplicate destination"));
+        find("dispatcher.set[0].destinations[5].state");
+        find("dispatcher.set[1].hash_header");
+        find("dispatcher.set[1].destinations[1]");
+    }
+
+    #[test]
+    fn destination_tables_and_numbers_are_accepted() {
+        let text = r#"
+[[dispatcher.set]]
+id = 7
+algorithm = 9
+destinations = [{ uri = "sip:127.0.0.1:5080;transport=tcp", weight = 3, priority = 2, attrs = "pstn", description = "fs1" }, "sip:[::1]:5082"]
+[routing]
+default_set = 7
+"#;
+        let c = load(text, 1).unwrap();
+        let s = &c.dispatcher.sets[0];
+        assert_eq!(
+            s.algorithm,
+            sip_proxy::dispatcher::Algorithm::WeightedRandom
+        );
+        assert_eq!(
+            (
+                s.destinations[0].weight,
+                s.destinations[0].priority,
+                s.destinations[0].transport
+            ),
+            (3, 2, Transport::Tcp)
+        );
+        assert_eq!(s.destinations[1].addr, "[::1]:5082".parse().unwrap());
     }
 
     #[test]

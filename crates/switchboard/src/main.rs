@@ -1,6 +1,8 @@
 //! `switchboard`: SIP edge proxy, registrar and load balancer for FreeSWITCH clusters.
 
+mod cli;
 mod config;
+mod dispatch_config;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +34,14 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Inspect and change the dispatcher of a running switchboard (JSON-RPC).
+    Dispatcher {
+        /// The management endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:8888/mi", global = true)]
+        mi: String,
+        #[command(subcommand)]
+        cmd: cli::DispatcherCmd,
+    },
 }
 
 fn read_config(path: &Option<PathBuf>) -> anyhow::Result<(String, String)> {
@@ -60,6 +70,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.cmd {
         Cmd::Check { config } => check(&config),
         Cmd::Run { config } => run(&config),
+        Cmd::Dispatcher { mi, cmd } => cli::dispatcher(&mi, cmd),
     };
     match result {
         Ok(code) => code,
@@ -81,7 +92,7 @@ fn check(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let (text, name) = read_config(path)?;
     match config::load(&text, 0) {
         Ok(c) => {
-            println!("{name}: ok ({} udp, {} tcp listeners, {} destinations in set {}, management on {})", c.udp.len(), c.tcp.len(), c.destinations.len(), c.default_set, c.management);
+            println!("{name}: ok ({} udp, {} tcp listeners, {} destinations, default set {}, management on {})", c.udp.len(), c.tcp.len(), c.dispatcher.sets.iter().map(|s| s.destinations.len()).sum::<usize>(), c.default_set, c.management);
             Ok(std::process::ExitCode::SUCCESS)
         }
         Err(errors) => {
@@ -89,6 +100,26 @@ fn check(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::from(1))
         }
     }
+}
+
+/// `ds_reload`: re-reads the configuration file (the embedded default stays as it is) and
+/// swaps the dispatcher's sets.
+fn reload_fn(path: Option<PathBuf>, d: Arc<sip_proxy::dispatcher::Dispatcher>) -> admin::ReloadFn {
+    Box::new(move |inherit| {
+        let (text, name) = read_config(&path).map_err(|e| e.to_string())?;
+        let cfg = config::load(&text, 0).map_err(|errs| {
+            format!(
+                "{name}: {}",
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?;
+        let n = d.reload(cfg.dispatcher.sets, inherit);
+        tracing::info!(config = %name, destinations = n, inherit, "dispatcher reloaded");
+        Ok(n)
+    })
 }
 
 fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
@@ -111,7 +142,15 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         .enable_all()
         .thread_name("switchboard-rt")
         .build()?;
-    let router = Arc::new(sip_proxy::RoundRobin::new(cfg.destinations.clone()));
+    let d = &cfg.dispatcher;
+    let dispatcher = Arc::new(sip_proxy::dispatcher::Dispatcher::new(
+        d.sets.clone(),
+        cfg.default_set,
+        d.max_attempts,
+        d.probe.clone(),
+        cfg.proxy.salt,
+    ));
+    let router = dispatcher.clone();
     let proxy = Arc::new(sip_proxy::Proxy::new(cfg.proxy.clone(), router));
     let net_cfg = net::NetConfig {
         udp: cfg.udp.clone(),
@@ -133,6 +172,20 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
                 n2.connections() as u64,
             )]
         }),
+        dispatcher: Some(dispatcher.clone()),
+        reload: Some(reload_fn(path.clone(), dispatcher.clone())),
+        parse_destination: Some(Box::new(|uri, weight, priority, attrs, description| {
+            dispatch_config::dest_from_parts(
+                "destination",
+                uri,
+                weight,
+                priority,
+                attrs,
+                description,
+                "active",
+            )
+            .map_err(|e| e.to_string())
+        })),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mgmt = cfg.management;
@@ -146,7 +199,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             tracing::error!(error = %e, address = %mgmt, "management API failed");
         }
     });
-    tracing::info!(config = %name, udp = ?cfg.udp, tcp = ?cfg.tcp, management = %cfg.management, destinations = cfg.destinations.len(), "switchboard started");
+    tracing::info!(config = %name, udp = ?cfg.udp, tcp = ?cfg.tcp, management = %cfg.management, sets = cfg.dispatcher.sets.len(), "switchboard started");
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

@@ -5,6 +5,8 @@
 /// One destination line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListEntry {
+    /// Line number in the file (1-based).
+    pub line: usize,
     pub set: i64,
     pub uri: String,
     pub flags: i64,
@@ -25,7 +27,7 @@ pub fn parse_list(text: &str) -> (Vec<ListEntry>, Vec<(usize, String)>) {
             continue;
         }
         match parse_line(line) {
-            Ok(e) => ok.push(e),
+            Ok(e) => ok.push(ListEntry { line: n + 1, ..e }),
             Err(why) => bad.push((n + 1, why)),
         }
     }
@@ -65,6 +67,7 @@ fn parse_line(line: &str) -> Result<ListEntry, String> {
         }
     }
     Ok(ListEntry {
+        line: 0,
         set,
         uri,
         flags,
@@ -86,6 +89,7 @@ mod tests {
         assert_eq!(
             ok[1],
             ListEntry {
+                line: 3,
                 set: 1,
                 uri: "sip:127.0.0.1:5082".into(),
                 flags: 0,

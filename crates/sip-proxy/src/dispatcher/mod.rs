@@ -114,6 +114,8 @@ pub struct Dispatcher {
     rng: AtomicU64,
     book: Mutex<ProbeBook>,
     calls: Mutex<HashMap<String, Arc<Dest>>>,
+    /// The configuration the table was built from (runtime adds and removes edit it).
+    configs: Mutex<Vec<SetConfig>>,
 }
 
 fn log_transition(set: i64, d: &Dest, t: Option<Transition>, why: &str) {
@@ -144,6 +146,7 @@ impl Dispatcher {
             rng: AtomicU64::new(seed | 1),
             book: Mutex::default(),
             calls: Mutex::default(),
+            configs: Mutex::default(),
         };
         d.reload(sets, false);
         d
@@ -167,6 +170,7 @@ impl Dispatcher {
     /// Replaces the table atomically. With `inherit_state`, a destination present before
     /// (same set, same URI) keeps its state, counters and RTT.
     pub fn reload(&self, sets: Vec<SetConfig>, inherit_state: bool) -> usize {
+        *self.configs.lock().unwrap_or_else(|p| p.into_inner()) = sets.clone();
         let old = self.table();
         let mut built = Vec::with_capacity(sets.len());
         let mut n = 0;
@@ -186,6 +190,50 @@ impl Dispatcher {
         }
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(SetTable { sets: built });
         n
+    }
+
+    /// Adds a destination at run time (a new set when `set` does not exist yet); every
+    /// other destination keeps its state.
+    pub fn add_destination(&self, set: i64, dest: DestConfig) -> Result<(), String> {
+        let mut sets = self
+            .configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match sets.iter_mut().find(|s| s.id == set) {
+            Some(s) if s.destinations.iter().any(|d| d.uri == dest.uri) => {
+                return Err(format!("{} is already in set {set}", dest.uri))
+            }
+            Some(s) => s.destinations.push(dest),
+            None => sets.push(SetConfig {
+                id: set,
+                algorithm: Algorithm::RoundRobin,
+                hash_header: None,
+                destinations: vec![dest],
+            }),
+        }
+        self.reload(sets, true);
+        Ok(())
+    }
+
+    /// Removes a destination at run time.
+    pub fn remove_destination(&self, set: i64, uri: &str) -> Result<(), String> {
+        let mut sets = self
+            .configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let s = sets
+            .iter_mut()
+            .find(|s| s.id == set)
+            .ok_or_else(|| format!("no set {set}"))?;
+        let before = s.destinations.len();
+        s.destinations.retain(|d| &*d.uri != uri);
+        if s.destinations.len() == before {
+            return Err(format!("no destination {uri} in set {set}"));
+        }
+        self.reload(sets, true);
+        Ok(())
     }
 
     /// Sets a destination's state by set id and URI (`ds_set_state`).

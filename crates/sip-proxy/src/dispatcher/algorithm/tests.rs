@@ -113,7 +113,8 @@ fn random_and_round_robin_use_every_destination() {
 fn hash_algorithms_keep_a_key_on_one_destination() {
     let dests = || vec![cfg(1, 1, 0), cfg(2, 1, 0), cfg(3, 1, 0)];
     let rng = AtomicU64::new(1);
-    let cases: Vec<(Algorithm, Box<dyn Fn(usize, usize) -> Message>)> = vec![
+    type MakeReq = Box<dyn Fn(usize, usize) -> Message>;
+    let cases: Vec<(Algorithm, MakeReq)> = vec![
         (
             Algorithm::HashCallId,
             Box::new(|k, i| {

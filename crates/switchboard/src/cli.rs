@@ -1,0 +1,191 @@
+//! `switchboard dispatcher ...`: talks JSON-RPC to a running instance, and converts Kamailio
+//! `dispatcher.list` files to configuration.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use crate::config::parse_destination;
+
+#[derive(Subcommand)]
+pub enum DispatcherCmd {
+    /// List sets, destinations, their state, calls and probe RTT.
+    List {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a destination to a set of the running instance.
+    Add {
+        #[arg(long)]
+        set: i64,
+        #[arg(long)]
+        uri: String,
+        #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+        weight: i64,
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        priority: i64,
+        #[arg(long, default_value = "")]
+        attrs: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Remove a destination from a set of the running instance.
+    Remove {
+        #[arg(long)]
+        set: i64,
+        #[arg(long)]
+        uri: String,
+    },
+    /// Set a destination's state: active, inactive, probing, disabled, draining.
+    SetState {
+        #[arg(long)]
+        set: i64,
+        #[arg(long)]
+        uri: String,
+        state: String,
+    },
+    /// Reload the sets from the configuration file.
+    Reload {
+        /// Start every destination afresh instead of keeping the live state.
+        #[arg(long)]
+        no_inherit: bool,
+    },
+    /// Convert a Kamailio dispatcher.list to [[dispatcher.set]] tables (printed); bad lines
+    /// are reported and skipped.
+    ImportKamailio { file: PathBuf },
+}
+
+/// A minimal HTTP/1.1 POST of one JSON-RPC request.
+fn rpc(mi: &str, method: &str, params: Value) -> Result<Value, String> {
+    let rest = mi
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("--mi {mi:?}: only http:// URLs are supported"))?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
+    let mut s = TcpStream::connect(host)
+        .map_err(|e| format!("cannot reach {mi}: {e} (is switchboard running?)"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .map_err(|e| format!("reading the reply: {e}"))?;
+    let (head, payload) = resp.split_once("\r\n\r\n").ok_or("malformed HTTP reply")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("HTTP error: {}", head.lines().next().unwrap_or("")));
+    }
+    let v: Value =
+        serde_json::from_str(payload.trim()).map_err(|e| format!("bad JSON reply: {e}"))?;
+    if let Some(e) = v.get("error") {
+        return Err(e
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("error")
+            .to_string());
+    }
+    Ok(v.get("result").cloned().unwrap_or(Value::Null))
+}
+
+fn print_list(v: &Value) {
+    println!(
+        "{:<6} {:<38} {:<10} {:>6} {:>8} {:>6} {:>8}  description",
+        "set", "destination", "state", "weight", "priority", "calls", "rtt_ms"
+    );
+    for s in v["sets"].as_array().into_iter().flatten() {
+        for d in s["destinations"].as_array().into_iter().flatten() {
+            println!(
+                "{:<6} {:<38} {:<10} {:>6} {:>8} {:>6} {:>8.2}  {}",
+                s["id"].to_string(),
+                d["uri"].as_str().unwrap_or(""),
+                d["state"].as_str().unwrap_or(""),
+                d["weight"].to_string(),
+                d["priority"].to_string(),
+                d["calls"].to_string(),
+                d["rtt_ms"].as_f64().unwrap_or(0.0),
+                d["description"].as_str().unwrap_or("")
+            );
+        }
+    }
+}
+
+fn import_kamailio(file: &PathBuf) -> Result<ExitCode, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let (entries, mut bad) = sip_proxy::dispatcher::kamailio::parse_list(&text);
+    let mut sets: Vec<(i64, Vec<String>)> = Vec::new();
+    for e in &entries {
+        if let Err(err) = parse_destination("destination", &e.uri) {
+            bad.push((e.line, err.to_string()));
+            continue;
+        }
+        let line = format!(
+            "  {{ uri = {:?}, weight = {}, priority = {}, attrs = {:?} }},",
+            e.uri, e.weight, e.priority, e.attrs
+        );
+        match sets.iter_mut().find(|(id, _)| *id == e.set) {
+            Some((_, v)) => v.push(line),
+            None => sets.push((e.set, vec![line])),
+        }
+    }
+    bad.sort();
+    for (line, why) in &bad {
+        eprintln!("{}: line {line}: {why} (skipped)", file.display());
+    }
+    if sets.is_empty() {
+        return Err(format!("{}: no usable destination", file.display()));
+    }
+    println!("# imported from {}", file.display());
+    for (id, dests) in &sets {
+        println!(
+            "[[dispatcher.set]]\nid = {id}\nalgorithm = \"round-robin\"\ndestinations = [\n{}\n]\n",
+            dests.join("\n")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs one dispatcher subcommand.
+pub fn dispatcher(mi: &str, cmd: DispatcherCmd) -> anyhow::Result<ExitCode> {
+    let r = match cmd {
+        DispatcherCmd::List { json } => rpc(mi, "ds_list", json!({})).map(|v| {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print_list(&v);
+            }
+            ExitCode::SUCCESS
+        }),
+        DispatcherCmd::Add { set, uri, weight, priority, attrs, description } => rpc(mi, "ds_add", json!({"set": set, "uri": uri, "weight": weight, "priority": priority, "attrs": attrs, "description": description})).map(|v| {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }),
+        DispatcherCmd::Remove { set, uri } => rpc(mi, "ds_remove", json!({"set": set, "uri": uri})).map(|v| {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }),
+        DispatcherCmd::SetState { set, uri, state } => rpc(mi, "ds_set_state", json!({"state": state, "set": set, "destination": uri})).map(|v| {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }),
+        DispatcherCmd::Reload { no_inherit } => rpc(mi, "ds_reload", json!({"inherit_state": !no_inherit})).map(|v| {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }),
+        DispatcherCmd::ImportKamailio { file } => import_kamailio(&file),
+    };
+    match r {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
