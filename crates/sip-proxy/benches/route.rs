@@ -53,6 +53,7 @@ fn bench(c: &mut Criterion) {
             transport: Transport::Udp,
             addr: format!("127.0.0.1:{}", 5080 + 2 * i).parse().unwrap(),
             flow: None,
+            node: None,
         })
         .collect();
     let p = Proxy::new(cfg, Arc::new(RoundRobin::new(dests)));

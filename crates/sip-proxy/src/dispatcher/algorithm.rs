@@ -237,6 +237,8 @@ impl DestSet {
         if n == 0 || max == 0 {
             return;
         }
+        // never look for more candidates than the set has (the ring walk would scan it all)
+        let max = max.min(n);
         let hash = |key: &str| hash_key(key.as_bytes());
         match self.algorithm {
             Algorithm::HashCallId => {
@@ -366,18 +368,24 @@ impl DestSet {
 
     /// The `max` selectable destinations with the lowest `key`, lowest first.
     fn best_by(&self, max: usize, out: &mut Vec<usize>, key: impl Fn(&Dest) -> u64) {
-        let start = out.len();
+        // one pass keeping the `max` best (max is small): O(n), no sort of the whole set;
+        // ties rotate so equal keys share the load
+        let rot = self.counter.fetch_add(1, Ordering::Relaxed);
+        let n = self.dests.len().max(1);
+        let mut best: Vec<((u64, usize), usize)> = Vec::with_capacity(max + 1);
         for (i, d) in self.dests.iter().enumerate() {
             if !d.selectable() {
                 continue;
             }
-            out.push(i);
+            let k = (key(d), (i + n - rot % n) % n);
+            if best.len() == max && best.last().is_some_and(|(bk, _)| k >= *bk) {
+                continue;
+            }
+            let pos = best.partition_point(|(bk, _)| *bk <= k);
+            best.insert(pos, (k, i));
+            best.truncate(max);
         }
-        // rotate ties so equal keys share the load
-        let rot = self.counter.fetch_add(1, Ordering::Relaxed);
-        let n = self.dests.len().max(1);
-        out[start..].sort_by_key(|&i| (key(&self.dests[i]), (i + n - rot % n) % n));
-        out.truncate(start + max);
+        out.extend(best.into_iter().map(|(_, i)| i));
     }
 }
 
