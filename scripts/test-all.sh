@@ -32,5 +32,9 @@ cargo build -q --release --manifest-path fuzz/Cargo.toml
 fuzz/target/release/parse_print -runs=0 crates/sip-wire/tests/torture/valid crates/sip-wire/tests/torture/invalid >/tmp/sb-fuzz.log 2>&1 || { tail -5 /tmp/sb-fuzz.log; exit 1; }
 echo "== release build"
 cargo build --release -q
-echo "== end-to-end (SIPp)"
-tests/e2e/run.sh
+echo "== end-to-end (SIPp): proxy"
+e2e_rc=0
+tests/e2e/run.sh || e2e_rc=1
+echo "== end-to-end (SIPp): dispatcher"
+tests/e2e/dispatcher.sh || e2e_rc=1
+exit $e2e_rc
