@@ -33,6 +33,10 @@ config() { # backend-transport
 [sip]
 listen = ["udp:127.0.0.1:$P", "tcp:127.0.0.1:$P"]
 max_message_size = 16384
+# probing off: these cases count the calls each SIPp callee saw, and SIPp -aa counts every
+# answered OPTIONS probe as an incoming call (probing has its own suite, dispatcher.sh)
+[dispatcher]
+probe_interval_s = 0
 [[dispatcher.set]]
 id = 1
 destinations = ["sip:127.0.0.1:$B1$tp", "sip:127.0.0.1:$B2$tp"]
