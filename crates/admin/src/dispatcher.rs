@@ -134,13 +134,28 @@ pub fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcResult> 
             if set < 0 {
                 return Err((-32602, format!("set {set} must not be negative")));
             }
-            d.add_destination(set, dest).map_err(|e| (-32001, e))?;
+            d.add_destination(set, dest.clone())
+                .map_err(|e| (-32001, e))?;
+            if let Some(persist) = &st.store_add {
+                if let Err(e) = persist(set, &dest) {
+                    let _ = d.remove_destination(set, &uri);
+                    return Err((-32002, format!("not added: {e}")));
+                }
+            }
             Ok(json!({"set": set, "added": uri}))
         })(),
         "ds_remove" => (|| {
             let set = int_param(params, "set", 0, None)?;
             let uri = str_param(params, "uri", 1)?;
             d.remove_destination(set, &uri).map_err(|e| (-32001, e))?;
+            if let Some(persist) = &st.store_remove {
+                persist(set, &uri).map_err(|e| {
+                    (
+                        -32002,
+                        format!("removed from the running table, but not from the database: {e}"),
+                    )
+                })?;
+            }
             Ok(json!({"set": set, "removed": uri}))
         })(),
         _ => unreachable!("filtered above"),

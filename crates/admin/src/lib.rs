@@ -31,7 +31,16 @@ pub struct AdminState {
     pub dispatcher: Option<Arc<Dispatcher>>,
     pub reload: Option<ReloadFn>,
     pub parse_destination: Option<ParseDestFn>,
+    /// Writes an added destination to the database (source = database).
+    pub store_add: Option<StoreAddFn>,
+    /// Deletes a removed destination from the database (source = database).
+    pub store_remove: Option<StoreRemoveFn>,
 }
+
+/// Persists `ds_add`.
+pub type StoreAddFn = Box<dyn Fn(i64, &DestConfig) -> Result<(), String> + Send + Sync>;
+/// Persists `ds_remove`.
+pub type StoreRemoveFn = Box<dyn Fn(i64, &str) -> Result<(), String> + Send + Sync>;
 
 /// Builds the HTTP router.
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -203,6 +212,8 @@ mod tests {
             dispatcher: None,
             reload: None,
             parse_destination: None,
+            store_add: None,
+            store_remove: None,
         }
     }
 

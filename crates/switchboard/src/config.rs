@@ -27,6 +27,25 @@ pub struct RawConfig {
     pub management: RawManagement,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub database: RawDatabase,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    #[serde(default = "d_db_url")]
+    pub url: String,
+}
+
+fn d_db_url() -> String {
+    "sqlite://switchboard.db".into()
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        RawDatabase { url: d_db_url() }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +211,8 @@ pub struct Config {
     pub default_set: i64,
     pub management: SocketAddr,
     pub log_level: String,
+    /// `sqlite://PATH`; opened only when a feature needs the database.
+    pub database_url: String,
 }
 
 /// Parses TOML text; a syntax error or unknown key comes back as one error line.
@@ -393,6 +414,23 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
             "must be error, warn, info, debug or trace",
         ));
     }
+    let db = raw.database.url.trim();
+    if db.starts_with("postgres://")
+        || db.starts_with("postgresql://")
+        || db.starts_with("mysql://")
+    {
+        errors.push(err(
+            "database.url",
+            format!("{db:?}"),
+            "PostgreSQL and MySQL are not supported yet (sqlite://PATH)",
+        ));
+    } else if !db.starts_with("sqlite://") || db.len() <= "sqlite://".len() {
+        errors.push(err(
+            "database.url",
+            format!("{db:?}"),
+            "must be sqlite://PATH",
+        ));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -421,6 +459,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         default_set,
         management,
         log_level: raw.log.level,
+        database_url: raw.database.url.trim().to_string(),
     })
 }
 

@@ -32,8 +32,18 @@ pub struct RawDispatcher {
     pub probe_reply_codes: String,
     #[serde(default = "d_mode")]
     pub probe_mode: String,
+    /// `config`: destinations inline; `database`: from the `dispatcher` table.
+    #[serde(default = "d_source")]
+    pub source: String,
+    /// Write state changes to the table's `state` column (source = database).
+    #[serde(default)]
+    pub persist_state: bool,
     #[serde(default)]
     pub set: Vec<RawSet>,
+}
+
+fn d_source() -> String {
+    "config".into()
 }
 
 fn d_attempts() -> i64 {
@@ -73,6 +83,8 @@ impl Default for RawDispatcher {
             probe_threshold_up: d_up(),
             probe_reply_codes: String::new(),
             probe_mode: d_mode(),
+            source: d_source(),
+            persist_state: false,
             set: Vec::new(),
         }
     }
@@ -86,6 +98,7 @@ pub struct RawSet {
     pub algorithm: toml::Value,
     #[serde(default)]
     pub hash_header: Option<String>,
+    #[serde(default)]
     pub destinations: Vec<toml::Value>,
 }
 
@@ -96,6 +109,9 @@ fn d_alg() -> toml::Value {
 /// The validated dispatcher settings.
 #[derive(Debug, Clone)]
 pub struct DispatcherSettings {
+    /// Destinations come from the database table; `sets` then carry only the algorithms.
+    pub from_database: bool,
+    pub persist_state: bool,
     pub sets: Vec<SetConfig>,
     pub probe: ProbeConfig,
     pub max_attempts: usize,
@@ -194,6 +210,25 @@ fn dest_from_value(key: &str, v: &toml::Value) -> Result<DestConfig, ConfigError
 
 /// Validates the section, pushing every error.
 pub fn validate(raw: &RawDispatcher, errors: &mut Vec<ConfigError>) -> DispatcherSettings {
+    let from_database = match raw.source.as_str() {
+        "config" => false,
+        "database" => true,
+        other => {
+            errors.push(err(
+                "dispatcher.source",
+                format!("{other:?}"),
+                "must be config or database",
+            ));
+            false
+        }
+    };
+    if raw.persist_state && !from_database {
+        errors.push(err(
+            "dispatcher.persist_state",
+            true,
+            "needs source = \"database\"",
+        ));
+    }
     let mut sets = Vec::new();
     let mut ids = std::collections::HashSet::new();
     for (i, s) in raw.set.iter().enumerate() {
@@ -223,11 +258,18 @@ pub fn validate(raw: &RawDispatcher, errors: &mut Vec<ConfigError>) -> Dispatche
                 "algorithm hash-value needs the header whose value is hashed",
             ));
         }
-        if s.destinations.is_empty() {
+        if s.destinations.is_empty() && !from_database {
             errors.push(err(
                 format!("{key}.destinations"),
                 "[]",
                 "a set needs at least one destination",
+            ));
+        }
+        if !s.destinations.is_empty() && from_database {
+            errors.push(err(
+                format!("{key}.destinations"),
+                "[...]",
+                "with source = \"database\" destinations come from the dispatcher table",
             ));
         }
         let mut dests: Vec<DestConfig> = Vec::new();
@@ -325,8 +367,117 @@ pub fn validate(raw: &RawDispatcher, errors: &mut Vec<ConfigError>) -> Dispatche
         mode,
     };
     DispatcherSettings {
+        from_database,
+        persist_state: raw.persist_state,
         sets,
         probe,
         max_attempts: raw.max_attempts.clamp(1, 16) as usize,
+    }
+}
+
+/// Builds sets from `dispatcher` table rows: the algorithm of a set comes from the
+/// `[[dispatcher.set]]` with its id (round robin otherwise). A row that does not validate is
+/// returned as a problem (row id and reason) and skipped; the others still load.
+pub fn sets_from_rows(
+    rows: &[store::DispatcherRow],
+    configured: &[SetConfig],
+) -> (Vec<SetConfig>, Vec<String>) {
+    let mut sets: Vec<SetConfig> = configured
+        .iter()
+        .map(|s| SetConfig {
+            destinations: Vec::new(),
+            ..s.clone()
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for r in rows {
+        let key = format!("dispatcher row {}", r.id);
+        let Ok(weight) = r.weight.trim().parse::<i64>() else {
+            problems.push(format!("{key}: weight {:?} is not a number (fs:// weights are not supported yet); row skipped", r.weight));
+            continue;
+        };
+        let state = match r.state {
+            0 => "active",
+            1 => "inactive",
+            2 => "probing",
+            3 => "disabled",
+            4 => "draining",
+            other => {
+                problems.push(format!("{key}: state {other} is not 0 (active), 1 (inactive) or 2 (probing); row skipped"));
+                continue;
+            }
+        };
+        if r.setid < 0 {
+            problems.push(format!("{key}: setid {} is negative; row skipped", r.setid));
+            continue;
+        }
+        match dest_from_parts(
+            &key,
+            &r.destination,
+            weight,
+            r.priority,
+            r.attrs.as_deref().unwrap_or(""),
+            r.description.as_deref().unwrap_or(""),
+            state,
+        ) {
+            Ok(d) => {
+                let set = match sets.iter_mut().position(|s| s.id == r.setid) {
+                    Some(i) => &mut sets[i],
+                    None => {
+                        sets.push(SetConfig {
+                            id: r.setid,
+                            algorithm: Algorithm::RoundRobin,
+                            hash_header: None,
+                            destinations: Vec::new(),
+                        });
+                        sets.last_mut().expect("just pushed")
+                    }
+                };
+                if set.destinations.iter().any(|o| o.uri == d.uri) {
+                    problems.push(format!(
+                        "{key}: {} is already in set {}; row skipped",
+                        d.uri, r.setid
+                    ));
+                } else {
+                    set.destinations.push(d);
+                }
+            }
+            Err(e) => problems.push(format!("{e}; row skipped")),
+        }
+    }
+    (sets, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, setid: i64, dest: &str, state: i64, weight: &str) -> store::DispatcherRow {
+        store::DispatcherRow { id, setid, destination: dest.into(), socket: None, state, probe_mode: 0, weight: weight.into(), priority: 0, attrs: None, description: Some("d".into()) }
+    }
+
+    #[test]
+    fn table_rows_become_sets_and_bad_rows_are_skipped_with_a_reason() {
+        let configured = vec![SetConfig { id: 1, algorithm: Algorithm::HashCallId, hash_header: None, destinations: vec![] }];
+        let rows = vec![
+            row(1, 1, "sip:127.0.0.1:5080", 0, "2"),
+            row(2, 1, "sip:127.0.0.1:5082", 4, "1"),
+            row(3, 1, "sip:127.0.0.1:5084", 0, "fs://admin@127.0.0.1"),
+            row(4, 1, "sip:nowhere.example", 0, "1"),
+            row(5, 1, "sip:127.0.0.1:5080", 0, "1"),
+            row(6, 2, "sip:127.0.0.1:5090", 9, "1"),
+            row(7, 3, "sip:127.0.0.1:5092", 1, "-1"),
+            row(8, 5, "sip:127.0.0.1:5094", 2, "1"),
+        ];
+        let (sets, problems) = sets_from_rows(&rows, &configured);
+        assert_eq!(sets.len(), 2, "set 1 (configured) and set 5 (table only)");
+        assert_eq!(sets[0].algorithm, Algorithm::HashCallId);
+        assert_eq!(sets[0].destinations.len(), 2);
+        assert_eq!((sets[0].destinations[0].weight, sets[0].destinations[1].state), (2, DestState::Draining));
+        assert_eq!((sets[1].id, sets[1].algorithm, sets[1].destinations[0].state), (5, Algorithm::RoundRobin, DestState::Probing));
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        for (p, needle) in problems.iter().zip(["row 3", "row 4", "row 5", "row 6", "row 7"]) {
+            assert!(p.contains(needle) && p.contains("skipped"), "{p}");
+        }
     }
 }

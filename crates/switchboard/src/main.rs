@@ -102,9 +102,35 @@ fn check(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
+/// Reads the `dispatcher` table into sets; bad rows are logged once and skipped.
+fn table_sets(
+    h: &tokio::runtime::Handle,
+    s: &store::Store,
+    configured: &[sip_proxy::dispatcher::SetConfig],
+) -> Result<Vec<sip_proxy::dispatcher::SetConfig>, String> {
+    let (rows, bad) = h.block_on(s.dispatcher_rows()).map_err(|e| e.to_string())?;
+    for b in &bad {
+        tracing::warn!(row = ?b.id, reason = %b.reason, "dispatcher row skipped");
+    }
+    let (sets, problems) = dispatch_config::sets_from_rows(&rows, configured);
+    for p in &problems {
+        tracing::warn!(problem = %p, "dispatcher row skipped");
+    }
+    tracing::info!(
+        rows = rows.len(),
+        skipped = bad.len() + problems.len(),
+        "dispatcher table loaded"
+    );
+    Ok(sets)
+}
+
 /// `ds_reload`: re-reads the configuration file (the embedded default stays as it is) and
 /// swaps the dispatcher's sets.
-fn reload_fn(path: Option<PathBuf>, d: Arc<sip_proxy::dispatcher::Dispatcher>) -> admin::ReloadFn {
+fn reload_fn(
+    path: Option<PathBuf>,
+    d: Arc<sip_proxy::dispatcher::Dispatcher>,
+    store: Option<(store::Store, tokio::runtime::Handle)>,
+) -> admin::ReloadFn {
     Box::new(move |inherit| {
         let (text, name) = read_config(&path).map_err(|e| e.to_string())?;
         let cfg = config::load(&text, 0).map_err(|errs| {
@@ -116,7 +142,11 @@ fn reload_fn(path: Option<PathBuf>, d: Arc<sip_proxy::dispatcher::Dispatcher>) -
                     .join("; ")
             )
         })?;
-        let n = d.reload(cfg.dispatcher.sets, inherit);
+        let sets = match &store {
+            Some((s, h)) => tokio::task::block_in_place(|| table_sets(h, s, &cfg.dispatcher.sets))?,
+            None => cfg.dispatcher.sets,
+        };
+        let n = d.reload(sets, inherit);
         tracing::info!(config = %name, destinations = n, inherit, "dispatcher reloaded");
         Ok(n)
     })
@@ -143,13 +173,36 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         .thread_name("switchboard-rt")
         .build()?;
     let d = &cfg.dispatcher;
+    let store = match d.from_database {
+        true => Some(
+            rt.block_on(store::Store::open(&cfg.database_url))
+                .with_context(|| format!("opening {}", cfg.database_url))?,
+        ),
+        false => None,
+    };
+    let sets = match &store {
+        Some(s) => table_sets(rt.handle(), s, &d.sets).map_err(|e| anyhow::anyhow!(e))?,
+        None => d.sets.clone(),
+    };
     let dispatcher = Arc::new(sip_proxy::dispatcher::Dispatcher::new(
-        d.sets.clone(),
+        sets,
         cfg.default_set,
         d.max_attempts,
         d.probe.clone(),
         cfg.proxy.salt,
     ));
+    if let (Some(s), true) = (&store, d.persist_state) {
+        let (s, h) = (s.clone(), rt.handle().clone());
+        dispatcher.set_transition_hook(Box::new(move |set, uri, state| {
+            let (s, uri) = (s.clone(), uri.to_string());
+            h.spawn(async move {
+                if let Err(e) = s.set_dispatcher_state(set, &uri, state.db_code()).await {
+                    tracing::warn!(set, destination = %uri, error = %e, "could not persist the destination state");
+                }
+            });
+        }));
+    }
+    let store_ctx = store.clone().map(|s| (s, rt.handle().clone()));
     let router = dispatcher.clone();
     let proxy = Arc::new(sip_proxy::Proxy::new(cfg.proxy.clone(), router));
     let net_cfg = net::NetConfig {
@@ -173,7 +226,35 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             )]
         }),
         dispatcher: Some(dispatcher.clone()),
-        reload: Some(reload_fn(path.clone(), dispatcher.clone())),
+        reload: Some(reload_fn(
+            path.clone(),
+            dispatcher.clone(),
+            store_ctx.clone(),
+        )),
+        store_add: store_ctx.clone().map(|(s, h)| -> admin::StoreAddFn {
+            Box::new(move |set, d| {
+                tokio::task::block_in_place(|| {
+                    h.block_on(s.insert_dispatcher(
+                        set,
+                        &d.uri,
+                        d.state.db_code(),
+                        &d.weight.to_string(),
+                        d.priority as i64,
+                        &d.attrs,
+                        &d.description,
+                    ))
+                })
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+            })
+        }),
+        store_remove: store_ctx.clone().map(|(s, h)| -> admin::StoreRemoveFn {
+            Box::new(move |set, uri| {
+                tokio::task::block_in_place(|| h.block_on(s.delete_dispatcher(set, uri)))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        }),
         parse_destination: Some(Box::new(|uri, weight, priority, attrs, description| {
             dispatch_config::dest_from_parts(
                 "destination",

@@ -54,6 +54,12 @@ impl DestState {
         }
     }
 
+    /// The value written to the table's `state` column: the OpenSIPS codes 0–2, and 3 and 4
+    /// for our disabled and draining (OpenSIPS reads those as inactive).
+    pub fn db_code(self) -> i64 {
+        self as i64
+    }
+
     fn to_u8(self) -> u8 {
         self as u8
     }

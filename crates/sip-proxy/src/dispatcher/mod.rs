@@ -116,10 +116,24 @@ pub struct Dispatcher {
     calls: Mutex<HashMap<String, Arc<Dest>>>,
     /// The configuration the table was built from (runtime adds and removes edit it).
     configs: Mutex<Vec<SetConfig>>,
+    /// Called on every state change (set, URI, new state): persistence to the table.
+    hook: RwLock<Option<TransitionHook>>,
 }
 
-fn log_transition(set: i64, d: &Dest, t: Option<Transition>, why: &str) {
+/// Observer of destination state changes.
+pub type TransitionHook = Box<dyn Fn(i64, &str, DestState) + Send + Sync>;
+
+fn log_transition(
+    hook: &RwLock<Option<TransitionHook>>,
+    set: i64,
+    d: &Dest,
+    t: Option<Transition>,
+    why: &str,
+) {
     if let Some(t) = t {
+        if let Some(h) = hook.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            h(set, &d.cfg.uri, t.to);
+        }
         if t.to == DestState::Active {
             tracing::info!(set, destination = %d.cfg.uri, from = t.from.as_str(), to = t.to.as_str(), why, "destination state changed");
         } else {
@@ -147,9 +161,15 @@ impl Dispatcher {
             book: Mutex::default(),
             calls: Mutex::default(),
             configs: Mutex::default(),
+            hook: RwLock::new(None),
         };
         d.reload(sets, false);
         d
+    }
+
+    /// Installs the observer of state changes (e.g. writing the table's `state` column).
+    pub fn set_transition_hook(&self, hook: TransitionHook) {
+        *self.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     /// The table in force.
@@ -245,7 +265,7 @@ impl Dispatcher {
             .iter()
             .find(|d| &*d.cfg.uri == uri)
             .ok_or_else(|| format!("no destination {uri} in set {set}"))?;
-        log_transition(set, d, d.set_state(state), "operator");
+        log_transition(&self.hook, set, d, d.set_state(state), "operator");
         Ok(())
     }
 
@@ -283,7 +303,7 @@ impl Dispatcher {
                 .iter()
                 .find(|s| s.dests.iter().any(|d| Arc::ptr_eq(d, dest)))
                 .map_or(-1, |s| s.id);
-            log_transition(set, dest, t, why);
+            log_transition(&self.hook, set, dest, t, why);
         }
     }
 
@@ -373,7 +393,7 @@ impl Router for Dispatcher {
         for id in expired {
             if let Some(p) = book.pending.remove(&id) {
                 let t = p.dest.record_failure(self.probe.threshold_down);
-                log_transition(p.set, &p.dest, t, "probe timeout");
+                log_transition(&self.hook, p.set, &p.dest, t, "probe timeout");
             }
         }
         if book.next_round.is_some_and(|t| t > now) {
@@ -450,7 +470,7 @@ impl Router for Dispatcher {
             Some(_) => "probe answered".to_string(),
             None => "probe could not be sent".to_string(),
         };
-        log_transition(p.set, &p.dest, t, &why);
+        log_transition(&self.hook, p.set, &p.dest, t, &why);
     }
 }
 

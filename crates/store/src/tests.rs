@@ -1,0 +1,108 @@
+//! The storage battery, against a real SQLite file.
+
+use super::*;
+
+async fn fresh() -> (Store, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!(
+        "sb-store-{}-{:?}.db",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_file(&path);
+    let s = Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    (s, path)
+}
+
+#[tokio::test]
+async fn insert_read_update_delete_round_trip() {
+    let (s, path) = fresh().await;
+    let id = s
+        .insert_dispatcher(1, "sip:127.0.0.1:5080", 0, "3", 5, "pstn", "fs1")
+        .await
+        .unwrap();
+    s.insert_dispatcher(1, "sip:127.0.0.1:5082", 0, "1", 0, "", "")
+        .await
+        .unwrap();
+    let (rows, bad) = s.dispatcher_rows().await.unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        rows[0],
+        DispatcherRow {
+            id,
+            setid: 1,
+            destination: "sip:127.0.0.1:5080".into(),
+            socket: None,
+            state: 0,
+            probe_mode: 0,
+            weight: "3".into(),
+            priority: 5,
+            attrs: Some("pstn".into()),
+            description: Some("fs1".into())
+        }
+    );
+    assert_eq!(
+        s.set_dispatcher_state(1, "sip:127.0.0.1:5080", 1)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.dispatcher_rows().await.unwrap().0[0].state, 1);
+    assert_eq!(
+        s.delete_dispatcher(1, "sip:127.0.0.1:5080").await.unwrap(),
+        1
+    );
+    assert_eq!(
+        s.delete_dispatcher(1, "sip:127.0.0.1:5080").await.unwrap(),
+        0
+    );
+    assert_eq!(s.dispatcher_rows().await.unwrap().0.len(), 1);
+    // reopening keeps the data and does not recreate the table
+    drop(s);
+    let s = Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    assert_eq!(s.dispatcher_rows().await.unwrap().0.len(), 1);
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn a_bad_row_is_reported_and_the_others_load() {
+    let (s, path) = fresh().await;
+    s.insert_dispatcher(1, "sip:127.0.0.1:5080", 0, "1", 0, "", "")
+        .await
+        .unwrap();
+    // SQLite lets an operator store text in an integer column
+    s.execute("INSERT INTO dispatcher (setid, destination) VALUES ('one', 'sip:127.0.0.1:5082')")
+        .await
+        .unwrap();
+    s.execute(
+        "INSERT INTO dispatcher (setid, destination, weight) VALUES (1, 'sip:127.0.0.1:5084', 2)",
+    )
+    .await
+    .unwrap();
+    let (rows, bad) = s.dispatcher_rows().await.unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r.destination.as_str())
+            .collect::<Vec<_>>(),
+        vec!["sip:127.0.0.1:5080", "sip:127.0.0.1:5084"]
+    );
+    assert_eq!(rows[1].weight, "2", "an integer weight reads as text");
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].id, Some(2));
+    assert!(bad[0].reason.contains("setid"), "{}", bad[0].reason);
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn unsupported_urls_are_refused() {
+    for url in ["postgres://x", "sqlite://", "file.db"] {
+        assert!(
+            matches!(Store::open(url).await, Err(StoreError::Url(_))),
+            "{url}"
+        );
+    }
+}
