@@ -453,12 +453,28 @@ mod tests {
     use super::*;
 
     fn row(id: i64, setid: i64, dest: &str, state: i64, weight: &str) -> store::DispatcherRow {
-        store::DispatcherRow { id, setid, destination: dest.into(), socket: None, state, probe_mode: 0, weight: weight.into(), priority: 0, attrs: None, description: Some("d".into()) }
+        store::DispatcherRow {
+            id,
+            setid,
+            destination: dest.into(),
+            socket: None,
+            state,
+            probe_mode: 0,
+            weight: weight.into(),
+            priority: 0,
+            attrs: None,
+            description: Some("d".into()),
+        }
     }
 
     #[test]
     fn table_rows_become_sets_and_bad_rows_are_skipped_with_a_reason() {
-        let configured = vec![SetConfig { id: 1, algorithm: Algorithm::HashCallId, hash_header: None, destinations: vec![] }];
+        let configured = vec![SetConfig {
+            id: 1,
+            algorithm: Algorithm::HashCallId,
+            hash_header: None,
+            destinations: vec![],
+        }];
         let rows = vec![
             row(1, 1, "sip:127.0.0.1:5080", 0, "2"),
             row(2, 1, "sip:127.0.0.1:5082", 4, "1"),
@@ -473,10 +489,22 @@ mod tests {
         assert_eq!(sets.len(), 2, "set 1 (configured) and set 5 (table only)");
         assert_eq!(sets[0].algorithm, Algorithm::HashCallId);
         assert_eq!(sets[0].destinations.len(), 2);
-        assert_eq!((sets[0].destinations[0].weight, sets[0].destinations[1].state), (2, DestState::Draining));
-        assert_eq!((sets[1].id, sets[1].algorithm, sets[1].destinations[0].state), (5, Algorithm::RoundRobin, DestState::Probing));
+        assert_eq!(
+            (
+                sets[0].destinations[0].weight,
+                sets[0].destinations[1].state
+            ),
+            (2, DestState::Draining)
+        );
+        assert_eq!(
+            (sets[1].id, sets[1].algorithm, sets[1].destinations[0].state),
+            (5, Algorithm::RoundRobin, DestState::Probing)
+        );
         assert_eq!(problems.len(), 5, "{problems:#?}");
-        for (p, needle) in problems.iter().zip(["row 3", "row 4", "row 5", "row 6", "row 7"]) {
+        for (p, needle) in problems
+            .iter()
+            .zip(["row 3", "row 4", "row 5", "row 6", "row 7"])
+        {
             assert!(p.contains(needle) && p.contains("skipped"), "{p}");
         }
     }

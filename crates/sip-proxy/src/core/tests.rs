@@ -639,3 +639,30 @@ fn late_failure_on_an_abandoned_branch_is_acked_not_relayed() {
     assert_eq!(parse(&o[0]).method(), Some(Method::Ack));
     assert_eq!(o[0].target.addr.port(), 5080);
 }
+
+#[test]
+fn cancel_during_failover_stops_it_and_answers_487() {
+    let p = proxy(&["127.0.0.1:5080", "127.0.0.1:5082"]);
+    let t0 = Instant::now();
+    send(&p, t0, UAC, &invite("cf1"));
+    // the first destination stays silent; the caller gives up before the branch timer fires
+    let cancel = invite("cf1")
+        .replace("INVITE sip", "CANCEL sip")
+        .replace("1 INVITE", "1 CANCEL");
+    let o = send(&p, t0 + Duration::from_millis(1500), UAC, &cancel);
+    assert_eq!(parse(&o[0]).status(), Some(200));
+    assert!(o.iter().all(|t| t.target.addr.port() != 5082));
+    let mut o = vec![];
+    p.on_timers(t0 + Duration::from_millis(2000), &mut o);
+    assert!(
+        o.iter().all(|t| t.target.addr.port() != 5082),
+        "no failover after CANCEL"
+    );
+    let up: Vec<_> = o
+        .iter()
+        .filter(|t| t.target.addr == addr(UAC))
+        .map(parse)
+        .collect();
+    assert_eq!(up.last().map(|m| m.status()), Some(Some(487)));
+    assert_eq!(p.stats().failovers.load(Ordering::Relaxed), 0);
+}
