@@ -1,0 +1,345 @@
+//! The request and response pipeline (RFC 3261 §16).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use sip_txn::{
+    server_key, server_key_for, ClientInvite, ClientNonInvite, RequestAction, ResponseAction,
+    ServerInvite, ServerNonInvite, TxnEvent,
+};
+use sip_wire::{
+    salvage, split_commas, Editor, HeaderName, Message, Method, NameAddr, ParseError, Scheme, Uri,
+    Via,
+};
+
+use crate::build::SERVER;
+use crate::build::{
+    local_response, make_ack, make_cancel, make_orphan_ack_bye, salvage_response, strip_top_via,
+};
+use crate::config::ProxyConfig;
+use crate::ctx::{Branch, ClientTxn, Ctx, Plan, ServerTxn};
+use crate::router::{Probe, Router};
+use crate::stats::Stats;
+use crate::types::{Destination, Origin, Source, Target, Transmit, Transport};
+
+/// Our branch parameters start with this after the magic cookie.
+const BRANCH_PREFIX: &str = "z9hG4bKsb";
+/// Stateless (2xx ACK) branches.
+const STATELESS_PREFIX: &str = "z9hG4bKsbA";
+/// Health probes (OPTIONS/INFO) the dispatcher sends.
+const PROBE_PREFIX: &str = "z9hG4bKsbP";
+/// Marks a probe's [`Origin`], so a send failure goes back to the router.
+const PROBE_ORIGIN: u64 = 1 << 63;
+/// To-tags of responses the proxy generates itself.
+const TAG_PREFIX: &str = "sbx7";
+
+#[derive(Default)]
+struct Shard {
+    ctxs: HashMap<u64, Ctx>,
+    by_key: HashMap<String, u64>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+/// A refusal: status, reason and extra header lines.
+struct Reject {
+    code: u16,
+    reason: String,
+    extra: Vec<String>,
+}
+
+fn reject(code: u16, reason: impl Into<String>) -> Reject {
+    Reject {
+        code,
+        reason: reason.into(),
+        extra: Vec::new(),
+    }
+}
+
+enum Decision {
+    /// Answer locally with 200 OK (OPTIONS to the proxy itself).
+    LocalOk,
+    /// Forward to a fixed next hop (in-dialog) or to router candidates (initial).
+    Forward {
+        plan: Plan,
+        candidates: Vec<Destination>,
+    },
+}
+
+/// The stateful proxy core. Shared by every receive thread; state is sharded by key.
+pub struct Proxy {
+    cfg: ProxyConfig,
+    router: Arc<dyn Router>,
+    shards: Box<[Mutex<Shard>]>,
+    counter: AtomicU64,
+    stats: Stats,
+}
+
+fn hash64<T: Hash + ?Sized>(salt: u64, v: &T) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    salt.hash(&mut h);
+    v.hash(&mut h);
+    h.finish()
+}
+
+/// Parses `z9hG4bKsb<loop>.<id>.<idx>`.
+fn parse_branch(b: &str) -> Option<(u32, u64, u32)> {
+    let rest = b.strip_prefix(BRANCH_PREFIX)?;
+    let mut it = rest.split('.');
+    let l = u32::from_str_radix(it.next()?, 16).ok()?;
+    let id = u64::from_str_radix(it.next()?, 16).ok()?;
+    let idx = u32::from_str_radix(it.next()?, 16).ok()?;
+    Some((l, id, idx))
+}
+
+fn host_ip(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+impl Proxy {
+    /// Creates the core with its settings and the router for initial requests.
+    pub fn new(cfg: ProxyConfig, router: Arc<dyn Router>) -> Proxy {
+        let n = cfg.shards.max(1);
+        Proxy {
+            shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
+            cfg,
+            router,
+            counter: AtomicU64::new(1),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Contexts (proxied requests whose transactions are still alive).
+    pub fn active_contexts(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|s| s.ctxs.len()).unwrap_or(0))
+            .sum()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.cfg
+    }
+
+    fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
+        match self.shards[i].lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn shard_of_key(&self, key: &str) -> usize {
+        (hash64(0, key) % self.shards.len() as u64) as usize
+    }
+
+    fn shard_of_id(&self, id: u64) -> usize {
+        (id % self.shards.len() as u64) as usize
+    }
+
+    fn listener(&self, t: Transport) -> Option<SocketAddr> {
+        self.cfg
+            .listeners
+            .iter()
+            .find(|l| l.transport == t)
+            .map(|l| l.advertise)
+    }
+
+    fn local_tag(&self, req_call_id: &str) -> String {
+        format!(
+            "{TAG_PREFIX}{:x}",
+            hash64(self.cfg.salt, req_call_id) as u32
+        )
+    }
+
+    /// True when host/port name this proxy (a listener address or an alias).
+    fn is_us_host(&self, host: &str, port: Option<u16>) -> bool {
+        if let Some(ip) = host_ip(host) {
+            let port = port.unwrap_or(5060);
+            return self
+                .cfg
+                .listeners
+                .iter()
+                .any(|l| l.advertise.ip() == ip && l.advertise.port() == port);
+        }
+        self.cfg
+            .aliases
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(host))
+            && port.is_none_or(|p| self.cfg.listeners.iter().any(|l| l.advertise.port() == p))
+    }
+
+    fn is_us(&self, uri: &Uri) -> bool {
+        matches!(uri.scheme, Scheme::Sip | Scheme::Sips) && self.is_us_host(uri.host, uri.port)
+    }
+
+    // ----- entry points -----------------------------------------------------------------
+
+    /// Handles one received message (a datagram, or one framed stream message).
+    pub fn on_message(&self, now: Instant, src: Source, data: Bytes, out: &mut Vec<Transmit>) {
+        if data.len() > self.cfg.max_message_size {
+            return self.on_bad_message(src, &data, ParseError::TooLarge(data.len()), out);
+        }
+        match Message::parse(data.clone()) {
+            Ok(msg) if msg.is_request() => self.on_request(now, src, msg, out),
+            Ok(msg) => self.on_response(now, msg, out),
+            Err(e) => self.on_bad_message(src, &data, e, out),
+        }
+    }
+
+    /// Fires every expired timer.
+    pub fn on_timers(&self, now: Instant, out: &mut Vec<Transmit>) {
+        let mut probes = Vec::new();
+        self.router.due_probes(now, &mut probes);
+        for p in probes {
+            self.send_probe(p, out);
+        }
+        for i in 0..self.shards.len() {
+            let mut g = self.lock(i);
+            let shard = &mut *g;
+            while let Some(&Reverse((t, id))) = shard.timers.peek() {
+                if t > now {
+                    break;
+                }
+                shard.timers.pop();
+                let Some(ctx) = shard.ctxs.get_mut(&id) else {
+                    continue;
+                };
+                if ctx.armed == Some(t) {
+                    ctx.armed = None;
+                }
+                self.ctx_timeout(now, ctx, out);
+                self.settle(shard, id);
+            }
+        }
+    }
+
+    /// The earliest timer of any context.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        (0..self.shards.len())
+            .filter_map(|i| self.lock(i).timers.peek().map(|r| r.0 .0))
+            .min()
+    }
+
+    /// A transmission tagged with `origin` could not be sent (connection refused, ...).
+    pub fn on_transport_error(&self, now: Instant, origin: Origin, out: &mut Vec<Transmit>) {
+        Stats::inc(&self.stats.transport_errors);
+        if origin.ctx & PROBE_ORIGIN != 0 {
+            return self
+                .router
+                .probe_result(now, origin.ctx & !PROBE_ORIGIN, None);
+        }
+        let s = self.shard_of_id(origin.ctx);
+        let mut g = self.lock(s);
+        let shard = &mut *g;
+        let Some(ctx) = shard.ctxs.get_mut(&origin.ctx) else {
+            return;
+        };
+        let Some(b) = ctx.branches.get_mut(origin.branch as usize) else {
+            return;
+        };
+        if b.txn.on_transport_error() == Some(TxnEvent::Timeout) && !b.done {
+            tracing::warn!(destination = %b.dest.uri, "destination unreachable");
+            self.branch_failed(
+                now,
+                ctx,
+                origin.branch as usize,
+                503,
+                "Service Unavailable (destination unreachable)",
+                out,
+            );
+        }
+        self.settle(shard, origin.ctx);
+    }
+
+    /// Writes and queues one health probe.
+    fn send_probe(&self, p: Probe, out: &mut Vec<Transmit>) {
+        let Some(local) = self.listener(p.target.transport) else {
+            return self.router.probe_result(Instant::now(), p.id, None);
+        };
+        let data = format!(
+            "{m} {uri} SIP/2.0\r\nVia: SIP/2.0/{t} {local};branch={PROBE_PREFIX}{id:x}\r\nMax-Forwards: {mf}\r\nFrom: <{from}>;tag=sbp{id:x}\r\nTo: <{uri}>\r\nCall-ID: sbp{id:x}.{salt:x}@{ip}\r\nCSeq: 1 {m}\r\nUser-Agent: {SERVER}\r\nContent-Length: 0\r\n\r\n",
+            m = p.method,
+            uri = p.uri,
+            t = p.target.transport.via_name(),
+            id = p.id,
+            mf = p.max_forwards,
+            from = p.from,
+            salt = self.cfg.salt as u32,
+            ip = local.ip(),
+        );
+        out.push(Transmit {
+            target: p.target,
+            data: Bytes::from(data),
+            origin: Some(Origin {
+                ctx: PROBE_ORIGIN | p.id,
+                branch: 0,
+            }),
+        });
+    }
+
+    // ----- malformed input --------------------------------------------------------------
+
+    fn on_bad_message(&self, src: Source, data: &[u8], e: ParseError, out: &mut Vec<Transmit>) {
+        Stats::inc(&self.stats.bad_messages);
+        let s = salvage(data);
+        tracing::warn!(source = %src.addr, transport = %src.transport, error = %e, "malformed message");
+        if s.is_request && s.has_via && s.method != "ACK" {
+            let call_id = s
+                .lines
+                .iter()
+                .find(|l| l.starts_with("Call-ID:"))
+                .map_or("", |l| l.as_str());
+            let tag = self.local_tag(call_id);
+            let data = salvage_response(&s.lines, e.status(), &e.reason(), &tag);
+            Stats::inc(&self.stats.local_replies);
+            out.push(Transmit {
+                target: Target {
+                    transport: src.transport,
+                    addr: src.addr,
+                    flow: src.flow,
+                },
+                data,
+                origin: None,
+            });
+        }
+    }
+
+    fn reply_stateless(&self, src: &Source, req: &Message, r: Reject, out: &mut Vec<Transmit>) {
+        if req.method() == Some(Method::Ack) {
+            return;
+        }
+        Stats::inc(&self.stats.local_replies);
+        let tag = self.local_tag(req.call_id());
+        let data = local_response(req, r.code, &r.reason, &tag, &r.extra);
+        out.push(Transmit {
+            target: Target {
+                transport: src.transport,
+                addr: src.addr,
+                flow: src.flow,
+            },
+            data,
+            origin: None,
+        });
+    }
+}
+
+mod request;
+mod response;
+mod timers;
+
+#[cfg(test)]
+mod tests;

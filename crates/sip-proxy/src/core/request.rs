@@ -1,0 +1,601 @@
+//! The request path: validation and routing (§16.3–§16.5), branches (§16.6), the stateless
+//! 2xx ACK (§16.11), CANCEL (§16.10).
+
+use super::*;
+
+impl Proxy {
+    pub(super) fn on_request(
+        &self,
+        now: Instant,
+        src: Source,
+        msg: Message,
+        out: &mut Vec<Transmit>,
+    ) {
+        Stats::inc(&self.stats.rcv_requests);
+        let Ok(key) = server_key(&msg) else {
+            return self.reply_stateless(&src, &msg, reject(400, "Bad Request (Via)"), out);
+        };
+        match msg.method() {
+            Some(Method::Ack) => return self.on_ack(now, src, msg, key, out),
+            Some(Method::Cancel) => return self.on_cancel(now, src, msg, out),
+            _ => {}
+        }
+        let si = self.shard_of_key(&key);
+        {
+            let mut g = self.lock(si);
+            let shard = &mut *g;
+            if let Some(&id) = shard.by_key.get(&key) {
+                if let Some(ctx) = shard.ctxs.get_mut(&id) {
+                    match &mut ctx.server {
+                        ServerTxn::Invite(s) => s.on_invite(),
+                        ServerTxn::NonInvite(s) => s.on_request(),
+                    };
+                    Stats::inc(&self.stats.retransmissions_absorbed);
+                    self.flush_server(ctx, out);
+                    return;
+                }
+            }
+        }
+        let decision = match self.decide(&src, &msg) {
+            Ok(d) => d,
+            Err(r) => return self.reply_stateless(&src, &msg, r, out),
+        };
+        let (plan, candidates) = match decision {
+            Decision::LocalOk => {
+                let extra = vec!["Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE".to_string(), "Accept: application/sdp".to_string()];
+                return self.reply_stateless(
+                    &src,
+                    &msg,
+                    Reject {
+                        code: 200,
+                        reason: "OK".into(),
+                        extra,
+                    },
+                    out,
+                );
+            }
+            Decision::Forward { plan, candidates } => (plan, candidates),
+        };
+        let invite = msg.method() == Some(Method::Invite);
+        let in_dialog = msg.to_tag().is_some();
+        if msg.method() == Some(Method::Bye) {
+            self.router.on_call_ended(msg.call_id());
+        }
+        let reliable = src.transport.is_reliable();
+        let id =
+            self.counter.fetch_add(1, Ordering::Relaxed) * self.shards.len() as u64 + si as u64;
+        let server = if invite {
+            ServerTxn::Invite(ServerInvite::new(reliable, self.cfg.timers))
+        } else {
+            ServerTxn::NonInvite(ServerNonInvite::new(reliable, self.cfg.timers))
+        };
+        let mut ctx = Ctx {
+            id,
+            key: key.clone(),
+            invite,
+            resp_target: Target {
+                transport: src.transport,
+                addr: src.addr,
+                flow: src.flow,
+            },
+            server,
+            req: Some(msg),
+            plan,
+            candidates,
+            next_candidate: 0,
+            branches: Vec::with_capacity(1),
+            best: None,
+            fallback: (503, "Service Unavailable (no destination)".into()),
+            fast_failover: !in_dialog,
+            final_sent: false,
+            cancelled: false,
+            armed: None,
+        };
+        if invite {
+            let trying = ctx
+                .req
+                .as_ref()
+                .map(|r| local_response(r, 100, "Trying", "", &[]))
+                .unwrap_or_default();
+            ctx.server.send_response(now, 100, trying);
+            self.flush_server(&mut ctx, out);
+        }
+        if !self.start_branch(now, &mut ctx, out) {
+            self.finalize(now, &mut ctx, out);
+        }
+        let mut g = self.lock(si);
+        let shard = &mut *g;
+        shard.by_key.insert(key, id);
+        shard.ctxs.insert(id, ctx);
+        self.settle(shard, id);
+    }
+
+    /// Validation and routing of a new request (§16.3, §16.4, §16.5).
+    pub(super) fn decide(&self, src: &Source, msg: &Message) -> Result<Decision, Reject> {
+        let method = msg.method().unwrap_or(Method::Other);
+        let uri = msg.uri().map_err(|e| reject(400, e.reason()))?;
+        if let Scheme::Other(s) = uri.scheme {
+            let _ = s;
+            return Err(reject(416, "Unsupported URI Scheme"));
+        }
+        let mf = msg.max_forwards().map_err(|e| reject(400, e.reason()))?;
+        let to_tag = msg.to_tag().is_some();
+        if mf == Some(0) {
+            if method == Method::Options && self.is_us(&uri) && uri.user.is_none() && !to_tag {
+                return Ok(Decision::LocalOk);
+            }
+            return Err(reject(483, "Too Many Hops"));
+        }
+        if let Some(pr) = msg.get(HeaderName::ProxyRequire) {
+            let mut r = reject(420, "Bad Extension");
+            r.extra.push(format!("Unsupported: {pr}"));
+            return Err(r);
+        }
+        let loop_hash = self.loop_hash(msg);
+        for via in msg.vias().flatten() {
+            if self.is_us_host(via.host, via.port)
+                && via
+                    .branch()
+                    .and_then(parse_branch)
+                    .is_some_and(|(l, _, _)| l == loop_hash)
+            {
+                return Err(reject(482, "Loop Detected"));
+            }
+        }
+        // Route: pop the values that name us (two of them after a double Record-Route)
+        let routes: Vec<&str> = msg.values(HeaderName::Route).collect();
+        let mut popped = 0;
+        let mut last_popped: Option<NameAddr> = None;
+        while popped < routes.len() {
+            let na =
+                NameAddr::parse(routes[popped], "Route").map_err(|e| reject(400, e.reason()))?;
+            if !self.is_us(&na.uri) {
+                break;
+            }
+            last_popped = Some(na);
+            popped += 1;
+        }
+        // strict-router fix-up (§16.4): our Record-Route URI arrived as Request-URI
+        let mut new_ruri = None;
+        let mut drop_last = false;
+        if routes.len() > popped && self.is_us(&uri) && uri.is_loose() {
+            let last = NameAddr::parse(routes[routes.len() - 1], "Route")
+                .map_err(|e| reject(400, e.reason()))?;
+            new_ruri = Some(last.uri.raw.to_string());
+            drop_last = true;
+        }
+        let remaining = routes.len() - popped - drop_last as usize;
+        let plan_base = |record_route: bool| -> Result<Plan, Reject> {
+            Ok(Plan {
+                route_edits: route_edits(msg, popped, drop_last.then(|| routes.len() - 1)),
+                new_ruri: new_ruri.clone(),
+                record_route,
+                in_transport: src.transport,
+                in_flow: src.flow,
+                via_fix: via_fix(msg, src),
+                max_forwards: msg.position(HeaderName::MaxForwards).zip(mf),
+                loop_hash,
+            })
+        };
+        if to_tag {
+            if popped == 0 && new_ruri.is_none() {
+                return Err(reject(404, "Not Here (no route to follow)"));
+            }
+            let next = if remaining > 0 {
+                NameAddr::parse(routes[popped], "Route")
+                    .map_err(|e| reject(400, e.reason()))?
+                    .uri
+            } else {
+                Uri::parse(new_ruri.as_deref().unwrap_or(msg.uri_str()))
+                    .map_err(|e| reject(400, e.reason()))?
+            };
+            let target = self.resolve(&next, last_popped.as_ref().map(|n| &n.uri))?;
+            // the flow token of our own Record-Route picks the connection back to the peer
+            let dest = Destination {
+                uri: next.raw.into(),
+                node: None,
+                transport: target.transport,
+                addr: target.addr,
+                flow: target.flow,
+            };
+            return Ok(Decision::Forward {
+                plan: plan_base(false)?,
+                candidates: vec![dest],
+            });
+        }
+        if remaining > 0 {
+            return Err(reject(403, "Forbidden (preloaded Route to another host)"));
+        }
+        if method == Method::Options && self.is_us(&uri) && uri.user.is_none() {
+            return Ok(Decision::LocalOk);
+        }
+        let mut candidates = Vec::with_capacity(4);
+        self.router.select(msg, &mut candidates);
+        if candidates.is_empty() {
+            let mut r = reject(
+                503,
+                format!(
+                    "Service Unavailable (no destination available in {})",
+                    self.router.describe()
+                ),
+            );
+            r.extra.push("Retry-After: 5".into());
+            return Err(r);
+        }
+        let rr = matches!(
+            method,
+            Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
+        );
+        Ok(Decision::Forward {
+            plan: plan_base(rr)?,
+            candidates,
+        })
+    }
+
+    /// The next hop of a URI: an IP literal, with the transport from the URI, or from the
+    /// last Route we popped (the leg it faces), and that Route's flow token.
+    pub(super) fn resolve(&self, uri: &Uri, popped: Option<&Uri>) -> Result<Target, Reject> {
+        let transport = match uri.transport() {
+            Some(t) => Transport::parse(t).ok_or_else(|| {
+                reject(503, format!("Service Unavailable (unknown transport {t})"))
+            })?,
+            None if uri.scheme == Scheme::Sips => Transport::Tls,
+            None => popped
+                .and_then(|p| p.transport())
+                .and_then(Transport::parse)
+                .unwrap_or(Transport::Udp),
+        };
+        let ip = host_ip(uri.host).ok_or_else(|| {
+            reject(
+                503,
+                format!("Service Unavailable (cannot resolve {})", uri.host),
+            )
+        })?;
+        let port = uri.port.unwrap_or(if transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        });
+        let flow = popped
+            .and_then(|p| p.user)
+            .and_then(|u| u.strip_prefix('f'))
+            .and_then(|h| u64::from_str_radix(h, 16).ok());
+        Ok(Target {
+            transport,
+            addr: SocketAddr::new(ip, port),
+            flow,
+        })
+    }
+
+    pub(super) fn loop_hash(&self, msg: &Message) -> u32 {
+        let from_tag = msg.from_tag().unwrap_or("");
+        let to_tag = msg.to_tag().unwrap_or("");
+        let seq = msg.cseq().map(|c| c.seq).unwrap_or(0);
+        let route = msg.get(HeaderName::Route).unwrap_or("");
+        hash64(
+            self.cfg.salt,
+            &(msg.uri_str(), from_tag, to_tag, msg.call_id(), seq, route),
+        ) as u32
+    }
+
+    /// Creates the next branch from the remaining candidates. False when none is left.
+    pub(super) fn start_branch(
+        &self,
+        now: Instant,
+        ctx: &mut Ctx,
+        out: &mut Vec<Transmit>,
+    ) -> bool {
+        while ctx.next_candidate < ctx.candidates.len() {
+            let dest = ctx.candidates[ctx.next_candidate].clone();
+            ctx.next_candidate += 1;
+            let idx = ctx.branches.len() as u32;
+            let branch = format!(
+                "{BRANCH_PREFIX}{:x}.{:x}.{:x}",
+                ctx.plan.loop_hash, ctx.id, idx
+            );
+            let Some(data) = ctx
+                .req
+                .as_ref()
+                .and_then(|req| self.build_forward(req, &ctx.plan, dest.transport, &branch))
+            else {
+                tracing::warn!(destination = %dest.uri, transport = %dest.transport, "no listener for the destination's transport");
+                ctx.fallback = (
+                    503,
+                    "Service Unavailable (no listener for transport)".into(),
+                );
+                continue;
+            };
+            let target = Target {
+                transport: dest.transport,
+                addr: dest.addr,
+                flow: dest.flow,
+            };
+            let reliable = dest.transport.is_reliable();
+            let txn = if ctx.invite {
+                ClientTxn::Invite(ClientInvite::new(
+                    now,
+                    data.clone(),
+                    reliable,
+                    self.cfg.timers,
+                ))
+            } else {
+                ClientTxn::NonInvite(ClientNonInvite::new(
+                    now,
+                    data.clone(),
+                    reliable,
+                    self.cfg.timers,
+                ))
+            };
+            let final_deadline = ctx.invite.then(|| now + self.cfg.timers.t1 * 360);
+            ctx.branches.push(Branch {
+                target,
+                dest,
+                txn,
+                request: data,
+                provisional: false,
+                done: false,
+                cancel_pending: false,
+                cancel: None,
+                bye: None,
+                silence_deadline: ctx.fast_failover.then(|| now + self.cfg.branch_timeout),
+                final_deadline,
+            });
+            Stats::inc(&self.stats.fwd_requests);
+            self.flush_branch(ctx, idx as usize, out);
+            return true;
+        }
+        false
+    }
+
+    /// The branch's copy of the request (§16.6): our Via on top, Record-Route, Route values
+    /// naming us removed, Max-Forwards decremented, received/rport on the sender's Via.
+    pub(super) fn build_forward(
+        &self,
+        req: &Message,
+        plan: &Plan,
+        out_t: Transport,
+        branch: &str,
+    ) -> Option<Bytes> {
+        let ours = self.listener(out_t)?;
+        let mut e = Editor::new(req);
+        if let Some(r) = &plan.new_ruri {
+            e.start_line(format_args!("{} {} SIP/2.0", req.method_str(), r));
+        }
+        e.push_top(format_args!(
+            "Via: SIP/2.0/{} {};branch={}",
+            out_t.via_name(),
+            ours,
+            branch
+        ));
+        if plan.record_route {
+            let tp = |t: Transport| {
+                t.uri_param()
+                    .map(|p| format!(";transport={p}"))
+                    .unwrap_or_default()
+            };
+            if out_t != plan.in_transport || plan.in_transport.is_reliable() {
+                // RFC 5658 double Record-Route; the inbound one carries the flow token
+                let inbound = self.listener(plan.in_transport).unwrap_or(ours);
+                let user = plan.in_flow.map(|f| format!("f{f:x}@")).unwrap_or_default();
+                e.push_top(format_args!("Record-Route: <sip:{}{};lr>", ours, tp(out_t)));
+                e.push_top(format_args!(
+                    "Record-Route: <sip:{}{}{};lr>",
+                    user,
+                    inbound,
+                    tp(plan.in_transport)
+                ));
+            } else {
+                e.push_top(format_args!("Record-Route: <sip:{};lr>", ours));
+            }
+        }
+        if let Some((idx, line)) = &plan.via_fix {
+            e.replace(*idx, format_args!("{line}"));
+        }
+        for (idx, rep) in &plan.route_edits {
+            match rep {
+                None => e.remove(*idx),
+                Some(l) => e.replace(*idx, format_args!("{l}")),
+            };
+        }
+        match plan.max_forwards {
+            Some((idx, v)) => e.replace(idx, format_args!("Max-Forwards: {}", v.saturating_sub(1))),
+            None => e.append(format_args!("Max-Forwards: {}", self.cfg.max_forwards)),
+        };
+        Some(Bytes::from(e.finish()))
+    }
+
+    pub(super) fn on_ack(
+        &self,
+        now: Instant,
+        src: Source,
+        msg: Message,
+        key: String,
+        out: &mut Vec<Transmit>,
+    ) {
+        {
+            let si = self.shard_of_key(&key);
+            let mut g = self.lock(si);
+            if let Some(&id) = g.by_key.get(&key) {
+                if let Some(ctx) = g.ctxs.get_mut(&id) {
+                    if let ServerTxn::Invite(s) = &mut ctx.server {
+                        if s.on_ack(now) == RequestAction::Absorbed {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        let to_tag = msg.to_tag().map(str::to_string);
+        if to_tag.as_deref().is_none_or(|t| t.starts_with(TAG_PREFIX)) {
+            return; // ACK for a reply we generated, or a stray ACK with no dialog
+        }
+        // ACK for a 2xx: stateless, along the route set (§16.11)
+        let Ok(Decision::Forward { plan, candidates }) = self.decide(&src, &msg) else {
+            Stats::inc(&self.stats.dropped);
+            return;
+        };
+        let Some(dest) = candidates.first() else {
+            return;
+        };
+        let in_branch = msg.branch().unwrap_or("");
+        let branch = format!("{STATELESS_PREFIX}{:x}", hash64(self.cfg.salt, in_branch));
+        if let Some(data) = self.build_forward(&msg, &plan, dest.transport, &branch) {
+            Stats::inc(&self.stats.stateless_acks);
+            out.push(Transmit {
+                target: Target {
+                    transport: dest.transport,
+                    addr: dest.addr,
+                    flow: dest.flow,
+                },
+                data,
+                origin: None,
+            });
+        }
+    }
+
+    pub(super) fn on_cancel(
+        &self,
+        now: Instant,
+        src: Source,
+        msg: Message,
+        out: &mut Vec<Transmit>,
+    ) {
+        let Ok(inv_key) = server_key_for(&msg, "INVITE") else {
+            return;
+        };
+        let si = self.shard_of_key(&inv_key);
+        let mut g = self.lock(si);
+        let shard = &mut *g;
+        let Some(&id) = shard.by_key.get(&inv_key) else {
+            drop(g);
+            return self.reply_stateless(
+                &src,
+                &msg,
+                reject(481, "Call/Transaction Does Not Exist"),
+                out,
+            );
+        };
+        let Some(ctx) = shard.ctxs.get_mut(&id) else {
+            return;
+        };
+        // §16.10: answer the CANCEL at once, then cancel the pending branches
+        Stats::inc(&self.stats.local_replies);
+        let tag = self.local_tag(msg.call_id());
+        out.push(Transmit {
+            target: Target {
+                transport: src.transport,
+                addr: src.addr,
+                flow: src.flow,
+            },
+            data: local_response(&msg, 200, "OK", &tag, &[]),
+            origin: None,
+        });
+        if !ctx.final_sent && !ctx.cancelled {
+            ctx.cancelled = true;
+            for i in 0..ctx.branches.len() {
+                self.cancel_branch(now, ctx, i, out);
+            }
+        }
+        self.settle(shard, id);
+    }
+
+    pub(super) fn cancel_branch(
+        &self,
+        now: Instant,
+        ctx: &mut Ctx,
+        i: usize,
+        out: &mut Vec<Transmit>,
+    ) {
+        let b = &mut ctx.branches[i];
+        if b.done || b.cancel.is_some() || !ctx.invite {
+            return;
+        }
+        if !b.provisional {
+            b.cancel_pending = true; // §9.1: wait for a provisional before sending CANCEL
+            return;
+        }
+        let Ok(inv) = Message::parse_raw(b.request.clone()) else {
+            return;
+        };
+        let cancel = make_cancel(&inv);
+        b.cancel = Some(ClientNonInvite::new(
+            now,
+            cancel,
+            b.target.transport.is_reliable(),
+            self.cfg.timers,
+        ));
+        b.cancel_pending = false;
+        self.flush_branch(ctx, i, out);
+    }
+}
+
+/// The replacement for the first Via line when the sender's Via needs `received`/`rport`.
+fn via_fix(msg: &Message, src: &Source) -> Option<(usize, String)> {
+    let idx = msg.position(HeaderName::Via)?;
+    let h = msg.headers()[idx];
+    let mut values = split_commas(msg.value(&h));
+    let top = values.next()?;
+    let via = Via::parse(top).ok()?;
+    let rport_wanted = via.rport() == Some(None);
+    let received_needed = host_ip(via.host) != Some(src.addr.ip());
+    if !rport_wanted && !received_needed {
+        return None;
+    }
+    let mut s = format!("Via: SIP/2.0/{} {}", via.transport, via.sent_by);
+    for (n, v) in via.params.iter() {
+        if n.eq_ignore_ascii_case("received") {
+            continue;
+        }
+        if n.eq_ignore_ascii_case("rport") {
+            s.push_str(&format!(";rport={}", src.addr.port()));
+            continue;
+        }
+        s.push(';');
+        s.push_str(n);
+        if let Some(v) = v {
+            s.push('=');
+            s.push_str(v);
+        }
+    }
+    s.push_str(&format!(";received={}", src.addr.ip()));
+    for rest in values {
+        s.push_str(", ");
+        s.push_str(rest);
+    }
+    Some((idx, s))
+}
+
+/// Header edits that drop the first `popped` Route values and, for the strict-router
+/// fix-up, the value at index `drop`.
+fn route_edits(msg: &Message, popped: usize, drop: Option<usize>) -> Vec<(usize, Option<String>)> {
+    let mut edits = Vec::new();
+    if popped == 0 && drop.is_none() {
+        return edits;
+    }
+    let mut n = 0;
+    for (idx, h) in msg.headers().iter().enumerate() {
+        if h.name != HeaderName::Route {
+            continue;
+        }
+        let vals: Vec<&str> = split_commas(msg.value(h)).collect();
+        let keep: Vec<&str> = vals
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| !(n + j < popped || drop == Some(n + j)))
+            .map(|(_, v)| *v)
+            .collect();
+        n += vals.len();
+        if keep.len() == vals.len() {
+            continue;
+        }
+        edits.push((
+            idx,
+            if keep.is_empty() {
+                None
+            } else {
+                Some(format!("Route: {}", keep.join(", ")))
+            },
+        ));
+    }
+    edits
+}

@@ -1,0 +1,355 @@
+//! The response path: matching a branch, hop-by-hop ACK, failover, best-response selection
+//! and relaying upstream (§16.7), abandoned branches, orphaned 2xx.
+
+use super::*;
+
+impl Proxy {
+    pub(super) fn on_response(&self, now: Instant, msg: Message, out: &mut Vec<Transmit>) {
+        Stats::inc(&self.stats.rcv_replies);
+        let code = msg.status().unwrap_or(0);
+        if let Some(id) = msg
+            .branch()
+            .and_then(|b| b.strip_prefix(PROBE_PREFIX))
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+        {
+            if code >= 200 {
+                self.router.probe_result(now, id, Some(code));
+            }
+            return;
+        }
+        let Some((_, id, idx)) = msg.branch().and_then(parse_branch) else {
+            Stats::inc(&self.stats.dropped);
+            return;
+        };
+        let is_invite = msg.cseq().is_ok_and(|c| c.method == "INVITE");
+        let si = self.shard_of_id(id);
+        let mut g = self.lock(si);
+        let shard = &mut *g;
+        let Some(ctx) = shard.ctxs.get_mut(&id) else {
+            drop(g);
+            if is_invite && (200..300).contains(&code) {
+                self.forward_response_stateless(&msg, out); // late 2xx retransmission (§16.7 step 5)
+            } else {
+                Stats::inc(&self.stats.dropped);
+            }
+            return;
+        };
+        let idx = idx as usize;
+        let Some(b) = ctx.branches.get_mut(idx) else {
+            return;
+        };
+        if msg.cseq().is_ok_and(|c| c.method == "CANCEL") {
+            if let Some(c) = &mut b.cancel {
+                c.on_response(now, code);
+            }
+            return;
+        }
+        let req = b.request.clone();
+        if ctx.invite && msg.cseq().is_ok_and(|c| c.method == "BYE") {
+            if let Some(t) = &mut b.bye {
+                t.on_response(now, code);
+            }
+            return self.settle(shard, id);
+        }
+        if ctx.invite && b.done && b.txn.is_terminated() {
+            self.on_abandoned_branch_response(now, ctx, idx, code, &msg, out);
+            return self.settle(shard, id);
+        }
+        let action = match &mut b.txn {
+            ClientTxn::Invite(t) => t.on_response(now, code, || match Message::parse_raw(req) {
+                Ok(inv) => make_ack(&inv, &msg),
+                Err(_) => Bytes::new(),
+            }),
+            ClientTxn::NonInvite(t) => t.on_response(now, code),
+        };
+        self.flush_branch(ctx, idx, out);
+        if action == ResponseAction::Absorb {
+            return self.settle(shard, id);
+        }
+        let b = &mut ctx.branches[idx];
+        if !b.provisional {
+            // the destination is alive unless it answered with a failover code
+            let ok = !self.cfg.failover_codes.contains(&code);
+            self.router.on_branch_result(&b.dest, ok);
+        }
+        match code {
+            100..=199 => {
+                b.provisional = true;
+                if b.cancel_pending {
+                    self.cancel_branch(now, ctx, idx, out);
+                }
+                if code > 100 && !ctx.final_sent {
+                    self.send_upstream(now, ctx, code, strip_top_via(&msg), out);
+                }
+            }
+            200..=299 => {
+                b.provisional = true;
+                b.done = true;
+                let first = !ctx.final_sent;
+                ctx.final_sent = true;
+                if first && ctx.invite && ctx.fast_failover {
+                    self.router.on_call_answered(msg.call_id(), &b.dest);
+                }
+                self.send_upstream(now, ctx, code, strip_top_via(&msg), out);
+                if first {
+                    for i in 0..ctx.branches.len() {
+                        if i != idx && !ctx.branches[i].done {
+                            self.cancel_branch(now, ctx, i, out);
+                        }
+                    }
+                }
+            }
+            _ => {
+                b.done = true;
+                let rank = |c: u16| if c >= 600 { 0 } else { c / 100 };
+                if ctx
+                    .best
+                    .as_ref()
+                    .is_none_or(|(bc, _)| rank(code) < rank(*bc))
+                {
+                    ctx.best = Some((code, strip_top_via(&msg)));
+                }
+                self.after_branch_final(now, ctx, code, out);
+            }
+        }
+        self.settle(shard, id);
+    }
+
+    /// A response on an INVITE branch the proxy gave up on (silence) or whose final is over.
+    /// A 2xx is relayed when nothing final went upstream yet (§16.7 step 5) and then wins; a
+    /// 2xx after another 2xx was relayed is an orphan the proxy ends itself (ACK, then BYE),
+    /// so the caller never holds two dialogs and the media server frees the channel. A
+    /// provisional gets the branch cancelled; a failure gets its hop-by-hop ACK.
+    pub(super) fn on_abandoned_branch_response(
+        &self,
+        now: Instant,
+        ctx: &mut Ctx,
+        idx: usize,
+        code: u16,
+        msg: &Message,
+        out: &mut Vec<Transmit>,
+    ) {
+        match code {
+            100..=199 => {
+                let b = &mut ctx.branches[idx];
+                b.provisional = true;
+                if b.cancel.is_none() {
+                    b.done = false;
+                    self.cancel_branch(now, ctx, idx, out);
+                    ctx.branches[idx].done = true;
+                }
+            }
+            200..=299 if !ctx.final_sent => {
+                tracing::info!(call_id = ctx.call_id(), destination = %ctx.branches[idx].dest.uri, "late 2xx on an abandoned branch relayed");
+                ctx.final_sent = true;
+                if ctx.fast_failover {
+                    self.router
+                        .on_call_answered(msg.call_id(), &ctx.branches[idx].dest);
+                }
+                self.send_upstream(now, ctx, code, strip_top_via(msg), out);
+                for i in 0..ctx.branches.len() {
+                    if i != idx {
+                        self.cancel_branch(now, ctx, i, out);
+                    }
+                }
+            }
+            200..=299 => {
+                let b = &mut ctx.branches[idx];
+                let Ok(inv) = Message::parse_raw(b.request.clone()) else {
+                    return;
+                };
+                let Some(via_host) = self.listener(b.target.transport) else {
+                    return;
+                };
+                let branch = inv
+                    .top_via()
+                    .ok()
+                    .and_then(|v| v.branch().map(str::to_string))
+                    .unwrap_or_default();
+                let Some((ack, bye)) = make_orphan_ack_bye(
+                    &inv,
+                    msg,
+                    &via_host.to_string(),
+                    b.target.transport.via_name(),
+                    &branch,
+                ) else {
+                    return;
+                };
+                out.push(Transmit {
+                    target: b.target,
+                    data: ack,
+                    origin: None,
+                });
+                if b.bye.is_none() {
+                    tracing::info!(call_id = msg.call_id(), destination = %b.dest.uri, "orphaned 2xx: ACK and BYE sent by the proxy");
+                    b.bye = Some(ClientNonInvite::new(
+                        now,
+                        bye,
+                        b.target.transport.is_reliable(),
+                        self.cfg.timers,
+                    ));
+                    Stats::inc(&self.stats.orphans_ended);
+                }
+                self.flush_branch(ctx, idx, out);
+            }
+            _ => {
+                let b = &ctx.branches[idx];
+                if let Ok(inv) = Message::parse_raw(b.request.clone()) {
+                    out.push(Transmit {
+                        target: b.target,
+                        data: make_ack(&inv, msg),
+                        origin: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A branch ended without a response we relay yet: fail over or finish.
+    pub(super) fn branch_failed(
+        &self,
+        now: Instant,
+        ctx: &mut Ctx,
+        i: usize,
+        code: u16,
+        reason: &'static str,
+        out: &mut Vec<Transmit>,
+    ) {
+        let b = &mut ctx.branches[i];
+        b.done = true;
+        b.txn.terminate();
+        if ctx.best.is_none() {
+            ctx.fallback = (code, reason.into());
+        }
+        let dest = ctx.branches[i].dest.clone();
+        self.router.on_branch_result(&dest, false);
+        self.after_branch_final(now, ctx, code, out);
+    }
+
+    pub(super) fn after_branch_final(
+        &self,
+        now: Instant,
+        ctx: &mut Ctx,
+        code: u16,
+        out: &mut Vec<Transmit>,
+    ) {
+        let failover_code = self.cfg.failover_codes.contains(&code);
+        if failover_code
+            && ctx.fast_failover
+            && !ctx.final_sent
+            && !ctx.cancelled
+            && ctx.next_candidate >= ctx.candidates.len()
+            && ctx.all_branches_done()
+        {
+            // every candidate failed: say so, naming the set, instead of relaying one failure
+            ctx.best = None;
+            ctx.fallback = (
+                503,
+                format!(
+                    "Service Unavailable (every destination of {} failed)",
+                    self.router.describe()
+                )
+                .into(),
+            );
+        }
+        if !ctx.final_sent
+            && !ctx.cancelled
+            && self.cfg.failover_codes.contains(&code)
+            && ctx.next_candidate < ctx.candidates.len()
+        {
+            Stats::inc(&self.stats.failovers);
+            tracing::info!(
+                call_id = ctx.call_id(),
+                code,
+                "failover to the next destination"
+            );
+            ctx.best = None;
+            if self.start_branch(now, ctx, out) {
+                return;
+            }
+        }
+        self.finalize(now, ctx, out);
+    }
+
+    /// Sends the best final response once every branch is done (§16.7 step 6).
+    pub(super) fn finalize(&self, now: Instant, ctx: &mut Ctx, out: &mut Vec<Transmit>) {
+        if ctx.final_sent || !ctx.all_branches_done() {
+            return;
+        }
+        ctx.final_sent = true;
+        let (code, data) = match ctx.best.take() {
+            Some((503, _)) => (
+                500,
+                self.local_reply(ctx, 500, "Server Internal Error (503 from downstream)"),
+            ),
+            Some(best) => best,
+            None if ctx.cancelled => (487, self.local_reply(ctx, 487, "Request Terminated")),
+            None => {
+                let (c, r) = ctx.fallback.clone();
+                let data = self.local_reply(ctx, c, &r);
+                (c, data)
+            }
+        };
+        self.send_upstream(now, ctx, code, data, out);
+    }
+
+    pub(super) fn local_reply(&self, ctx: &Ctx, code: u16, reason: &str) -> Bytes {
+        Stats::inc(&self.stats.local_replies);
+        let extra = if code == 503 {
+            vec!["Retry-After: 5".to_string()]
+        } else {
+            vec![]
+        };
+        match &ctx.req {
+            Some(req) => local_response(req, code, reason, &self.local_tag(req.call_id()), &extra),
+            None => Bytes::new(),
+        }
+    }
+
+    pub(super) fn send_upstream(
+        &self,
+        now: Instant,
+        ctx: &mut Ctx,
+        code: u16,
+        data: Bytes,
+        out: &mut Vec<Transmit>,
+    ) {
+        Stats::inc(&self.stats.fwd_replies);
+        if ctx.server.send_response(now, code, data.clone()) {
+            self.flush_server(ctx, out);
+        } else if (200..300).contains(&code) && ctx.invite {
+            out.push(Transmit {
+                target: ctx.resp_target,
+                data,
+                origin: None,
+            });
+        }
+    }
+
+    pub(super) fn forward_response_stateless(&self, msg: &Message, out: &mut Vec<Transmit>) {
+        let Some(next) = msg.vias().nth(1).and_then(Result::ok) else {
+            return;
+        };
+        let Some(target) = via_target(&next) else {
+            return;
+        };
+        Stats::inc(&self.stats.fwd_replies);
+        out.push(Transmit {
+            target,
+            data: strip_top_via(msg),
+            origin: None,
+        });
+    }
+}
+
+/// Where a response goes by a Via value (§18.2.2 with RFC 3581): received and rport win.
+fn via_target(v: &Via) -> Option<Target> {
+    let transport = Transport::parse(v.transport)?;
+    let ip = v.received().and_then(host_ip).or_else(|| host_ip(v.host))?;
+    let port = v.rport().flatten().or(v.port).unwrap_or(5060);
+    Some(Target {
+        transport,
+        addr: SocketAddr::new(ip, port),
+        flow: None,
+    })
+}
