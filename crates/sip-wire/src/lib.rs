@@ -10,22 +10,24 @@
 
 mod edit;
 mod error;
+mod frame;
 mod header;
 mod message;
 mod name_addr;
 mod params;
+mod salvage;
 mod split;
 mod uri;
 mod via;
 
 pub use edit::Editor;
 pub use error::ParseError;
+pub use frame::{frame_stream, Framing};
 pub use header::{HeaderName, Method};
-pub use message::{
-    frame_stream, salvage, CSeq, Framing, Header, Message, Salvage, Span, StartLine,
-};
+pub use message::{CSeq, Header, Message, Span, StartLine};
 pub use name_addr::NameAddr;
 pub use params::Params;
+pub use salvage::{salvage, Salvage};
 pub use split::split_commas;
 pub use uri::{Scheme, Uri};
 pub use via::Via;

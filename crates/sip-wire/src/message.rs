@@ -119,7 +119,7 @@ fn slot(name: HeaderName) -> Option<usize> {
 }
 
 /// The end-of-headers searcher, built once.
-fn crlf2() -> &'static memchr::memmem::Finder<'static> {
+pub(crate) fn crlf2() -> &'static memchr::memmem::Finder<'static> {
     static F: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
     F.get_or_init(|| memchr::memmem::Finder::new(b"\r\n\r\n"))
 }
@@ -139,63 +139,7 @@ fn is_token(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
 }
 
-/// Where a stream (TCP, TLS) buffer stands: a whole message, keepalive CRLFs, or not yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// More bytes are needed.
-    NeedMore,
-    /// `n` bytes of CRLF keepalive (RFC 5626 §4.4.1); `ping` when a double CRLF asks for a pong.
-    KeepAlive { len: usize, ping: bool },
-    /// A complete message of this many bytes starts the buffer.
-    Message(usize),
-}
-
-/// Frames a stream buffer by its header section and Content-Length (RFC 3261 §18.3).
-pub fn frame_stream(buf: &[u8], max: usize) -> Result<Framing, ParseError> {
-    let lead = buf
-        .iter()
-        .take_while(|&&b| b == b'\r' || b == b'\n')
-        .count();
-    if lead > 0 {
-        if lead == buf.len() && lead < 4 && buf.starts_with(b"\r\n\r") {
-            return Ok(Framing::NeedMore);
-        }
-        let ping = buf.starts_with(b"\r\n\r\n");
-        return Ok(Framing::KeepAlive {
-            len: if ping { 4 } else { lead.clamp(1, 2) },
-            ping,
-        });
-    }
-    let Some(end) = crlf2().find(buf) else {
-        if buf.len() > max {
-            return Err(ParseError::TooLarge(buf.len()));
-        }
-        return Ok(Framing::NeedMore);
-    };
-    let body_start = end + 4;
-    let mut clen = 0usize;
-    let head = &buf[..end];
-    for line in head.split(|&b| b == b'\n') {
-        let Some(colon) = memchr::memchr(b':', line) else {
-            continue;
-        };
-        let name = trim_bytes(&line[..colon]);
-        if HeaderName::from_bytes(name) == HeaderName::ContentLength {
-            let v = trim_bytes(&line[colon + 1..]);
-            clen = parse_u32(v).ok_or(ParseError::ContentLength)? as usize;
-        }
-    }
-    let total = body_start + clen;
-    if total > max {
-        return Err(ParseError::TooLarge(total));
-    }
-    if buf.len() < total {
-        return Ok(Framing::NeedMore);
-    }
-    Ok(Framing::Message(total))
-}
-
-fn trim_bytes(b: &[u8]) -> &[u8] {
+pub(crate) fn trim_bytes(b: &[u8]) -> &[u8] {
     let s = b
         .iter()
         .position(|c| !c.is_ascii_whitespace())
@@ -207,7 +151,7 @@ fn trim_bytes(b: &[u8]) -> &[u8] {
     &b[s..e.max(s)]
 }
 
-fn parse_u32(b: &[u8]) -> Option<u32> {
+pub(crate) fn parse_u32(b: &[u8]) -> Option<u32> {
     if b.is_empty() || b.len() > 10 || !b.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -779,67 +723,6 @@ fn parse_start_line(b: &[u8], start: usize, end: usize) -> Result<StartLine, Par
         method_span: Span::new(start, start + sp1),
         uri: Span::new(start + sp1 + 1, start + sp1 + 1 + sp2),
     })
-}
-
-/// What a malformed message still lets a server copy into its error response.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Salvage {
-    /// True when the first line does not look like a status line.
-    pub is_request: bool,
-    /// The request method, if the request line has one.
-    pub method: String,
-    /// Whole header lines (`Name: value`), in order, for Via, From, To, Call-ID and CSeq.
-    pub lines: Vec<String>,
-    /// True when at least one Via line was found.
-    pub has_via: bool,
-}
-
-/// Scans a message that failed to parse for the headers an error response must echo
-/// (RFC 3261 §8.2.6.2). Lines with control characters are left out.
-pub fn salvage(buf: &[u8]) -> Salvage {
-    let text = String::from_utf8_lossy(buf);
-    let mut out = Salvage::default();
-    let mut lines = text
-        .split('\n')
-        .map(|l| l.trim_end_matches('\r'))
-        .skip_while(|l| l.trim().is_empty());
-    if let Some(first) = lines.next() {
-        out.is_request = !first.starts_with("SIP/");
-        out.method = first.split(' ').next().unwrap_or("").to_string();
-    }
-    for line in lines {
-        if line.is_empty() {
-            break;
-        }
-        if line.bytes().any(|c| c < 0x20 && c != b'\t') || line.len() > 4096 {
-            continue;
-        }
-        let Some(colon) = line.find(':') else {
-            continue;
-        };
-        let name = HeaderName::from_bytes(line[..colon].trim().as_bytes());
-        let value = line[colon + 1..].trim();
-        let canon = match name {
-            HeaderName::Via => {
-                if split_commas(value)
-                    .next()
-                    .and_then(|v| Via::parse(v).ok())
-                    .is_none()
-                {
-                    continue;
-                }
-                out.has_via = true;
-                "Via"
-            }
-            HeaderName::From => "From",
-            HeaderName::To => "To",
-            HeaderName::CallId => "Call-ID",
-            HeaderName::CSeq => "CSeq",
-            _ => continue,
-        };
-        out.lines.push(format!("{canon}: {value}"));
-    }
-    out
 }
 
 #[cfg(test)]

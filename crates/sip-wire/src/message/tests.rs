@@ -1,4 +1,5 @@
 use super::*;
+use crate::{frame_stream, salvage, Framing};
 
 fn parse(s: &str) -> Result<Message, ParseError> {
     Message::parse(Bytes::copy_from_slice(s.as_bytes()))
