@@ -27,9 +27,8 @@ cargo test --workspace -q 2>&1 | tee /tmp/sb-unit.log | grep -E '^(test result|e
 grep -q 'FAILED\|error\[' /tmp/sb-unit.log && { echo "unit tests failed"; exit 1; }
 echo "== benches compile"
 cargo bench --workspace --no-run -q
-echo "== fuzz target builds and replays the torture corpus"
-cargo build -q --release --manifest-path fuzz/Cargo.toml
-fuzz/target/release/parse_print -runs=0 crates/sip-wire/tests/torture/valid crates/sip-wire/tests/torture/invalid >/tmp/sb-fuzz.log 2>&1 || { tail -5 /tmp/sb-fuzz.log; exit 1; }
+echo "== fuzz: parse -> print -> re-parse, coverage-guided, 30 s from the torture corpus"
+fuzz/run.sh 30
 echo "== release build"
 cargo build --release -q
 echo "== end-to-end (SIPp): proxy"
