@@ -4,25 +4,13 @@
 # interval x threshold, back after restart), drain, OPTIONS probing, CLI refusals.
 # Prints one line per case and "N passed, M failed"; exits non-zero on failure.
 set -uo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-SC="$ROOT/tests/e2e/scenarios"
-SB="$ROOT/target/release/switchboard"
+source "$(dirname "$0")/lib.sh"
 WORK=$(mktemp -d /tmp/sb-ds.XXXXXX)
 BASE=$(( ${E2E_BASE:-35000} + 200 ))
 P=$((BASE + 60)); B1=$((BASE + 80)); B2=$((BASE + 82)); B3=$((BASE + 84)); UACP=$((BASE + 70)); MGMT=$((BASE + 88))
 MI="http://127.0.0.1:$MGMT/mi"
-PIDS=(); PASS=0; FAIL=0
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  PIDS=()
-}
-trap 'cleanup; rm -rf "$WORK"' EXIT
-busy() { ss -Hlun "sport = :$1" | grep -q . || ss -Hltn "sport = :$1" | grep -q .; }
-for port in $P $B1 $B2 $B3 $UACP $MGMT; do busy $port && { echo "port $port busy: set E2E_BASE"; exit 2; }; done
-[ -x "$SB" ] || { echo "build first: cargo build --release"; exit 2; }
-result() { if [ "$2" = 0 ]; then PASS=$((PASS + 1)); echo "ok   $1 ($3)"; else FAIL=$((FAIL + 1)); echo "FAIL $1 ($3)"; fi; }
+need_free $P $B1 $B2 $B3 $UACP $MGMT
+need_binary
 
 config() { # algorithm destinations-toml [probe-interval]
   cat > "$WORK/sb.toml" <<TOML
@@ -57,7 +45,6 @@ start_uas() { # port [extra]
   echo "SIPp UAS on $port did not start"; exit 1
 }
 kill_uas() { for port in "$@"; do eval "kill -KILL \$UAS_$port" 2>/dev/null; eval "wait \$UAS_$port" 2>/dev/null; rm -f "$WORK/uas-$port.csv"; done; }
-col() { awk -F';' -v want="$2" 'NR==1{for(i=1;i<=NF;i++) if($i==want) c=i; next} {v=$c} END{print (v==""?0:v)+0}' "$1" 2>/dev/null || echo 0; }
 incoming() { col "$WORK/uas-$1.csv" 'IncomingCall(C)'; }
 uac() { # calls rate hold_ms [extra]
   local n=$1 r=$2 d=$3; shift 3

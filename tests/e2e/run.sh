@@ -4,28 +4,13 @@
 # never collides with a switchboard or Kamailio on 5060. Every process is stopped by PID.
 # Prints one line per case and "N passed, M failed" at the end; exits non-zero on failure.
 set -uo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-SC="$ROOT/tests/e2e/scenarios"
-SB="$ROOT/target/release/switchboard"
+source "$(dirname "$0")/lib.sh"
 WORK=$(mktemp -d /tmp/sb-e2e.XXXXXX)
 BASE=${E2E_BASE:-35000}
 P=$((BASE + 60)); B1=$((BASE + 80)); B2=$((BASE + 82)); UACP=$((BASE + 70)); MGMT=$((BASE + 88))
-PIDS=(); PASS=0; FAIL=0
 
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  PIDS=()
-}
-trap 'cleanup; rm -rf "$WORK"' EXIT
-busy() { ss -Hlun "sport = :$1" | grep -q . || ss -Hltn "sport = :$1" | grep -q .; }
-for port in $P $B1 $B2 $UACP $MGMT; do busy $port && { echo "port $port busy: set E2E_BASE"; exit 2; }; done
-[ -x "$SB" ] || { echo "build first: cargo build --release"; exit 2; }
-
-result() { # name ok(0/1) detail
-  if [ "$2" = 0 ]; then PASS=$((PASS + 1)); echo "ok   $1 ($3)"; else FAIL=$((FAIL + 1)); echo "FAIL $1 ($3)"; fi
-}
+need_free $P $B1 $B2 $UACP $MGMT
+need_binary
 
 config() { # backend-transport
   local tp=""; [ "$1" = tcp ] && tp=";transport=tcp"
@@ -63,7 +48,6 @@ start_uas() { # port scenario transport(u1|t1) [extra]
   echo "SIPp UAS on $port did not start"; exit 1
 }
 stop_uas() { for p in "$@"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
-col() { awk -F';' -v want="$2" 'NR==1{for(i=1;i<=NF;i++) if($i==want) c=i; next} {v=$c} END{print (v==""?0:v)+0}' "$1" 2>/dev/null || echo 0; }
 
 uac() { # scenario calls rate transport extra...
   local sc=$1 n=$2 r=$3 t=$4; shift 4

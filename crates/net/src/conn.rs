@@ -100,6 +100,11 @@ fn run_conn(
         let mut buf = BytesMut::with_capacity(8192);
         let mut out = Vec::new();
         let idle = net.cfg.tcp_idle_timeout;
+        let src = Source {
+            transport: Transport::Tcp,
+            addr: peer,
+            flow: Some(flow),
+        };
         'conn: loop {
             match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
@@ -124,32 +129,14 @@ fn run_conn(
                     }
                     Ok(Framing::Message(n)) => {
                         let data = buf.split_to(n).freeze();
-                        net.proxy.on_message(
-                            Instant::now(),
-                            Source {
-                                transport: Transport::Tcp,
-                                addr: peer,
-                                flow: Some(flow),
-                            },
-                            data,
-                            &mut out,
-                        );
+                        net.proxy.on_message(Instant::now(), src, data, &mut out);
                         net.dispatch(&mut out);
                     }
                     Err(e) => {
                         // a stream cannot resynchronise after a framing error: answer and close
                         let data = buf.split().freeze();
                         tracing::warn!(%peer, error = %e, "tcp framing error, closing");
-                        net.proxy.on_message(
-                            Instant::now(),
-                            Source {
-                                transport: Transport::Tcp,
-                                addr: peer,
-                                flow: Some(flow),
-                            },
-                            data,
-                            &mut out,
-                        );
+                        net.proxy.on_message(Instant::now(), src, data, &mut out);
                         net.dispatch(&mut out);
                         break 'conn;
                     }

@@ -1,0 +1,21 @@
+# Shared helpers of the end-to-end suites: sourced, never run. Every process a suite starts
+# goes into PIDS and is stopped by PID on exit; every port is checked free first.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+SC="$ROOT/tests/e2e/scenarios"
+SB="$ROOT/target/release/switchboard"
+PIDS=(); PASS=0; FAIL=0
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  sleep 0.3
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  PIDS=()
+}
+trap 'cleanup; rm -rf "${WORK:-/nonexistent}"' EXIT
+busy() { ss -Hlun "sport = :$1" | grep -q . || ss -Hltn "sport = :$1" | grep -q .; }
+need_free() { local port; for port in "$@"; do busy "$port" && { echo "port $port busy: set E2E_BASE"; exit 2; }; done; }
+need_binary() { [ -x "$SB" ] || { echo "build first: cargo build --release"; exit 2; }; }
+# result NAME RC DETAIL: counts and prints one case
+result() { if [ "$2" = 0 ]; then PASS=$((PASS + 1)); echo "ok   $1 ($3)"; else FAIL=$((FAIL + 1)); echo "FAIL $1 ($3)"; fi; }
+# col CSV COLUMN: the last row's value of a SIPp stat column
+col() { awk -F';' -v want="$2" 'NR==1{for(i=1;i<=NF;i++) if($i==want) c=i; next} {v=$c} END{print (v==""?0:v)+0}' "$1" 2>/dev/null || echo 0; }
