@@ -68,13 +68,18 @@ result "weights 1:3 split within 5% over 4000 calls" $? "backends=$a:$b share=$s
 stop_sb; kill_uas $B1 $B2
 
 # ---- hash stickiness ----------------------------------------------------------------------
-config hash-from "\"sip:127.0.0.1:$B1\", \"sip:127.0.0.1:$B2\", \"sip:127.0.0.1:$B3\"" 0
-start_sb; start_uas $B1; start_uas $B2; start_uas $B3; sleep 0.3
-uac 150 100 0; rc=$?; sleep 1
-a=$(incoming $B1); b=$(incoming $B2); c=$(incoming $B3)
-max=$(printf '%s\n' $a $b $c | sort -n | tail -1)
-[ $rc = 0 ] && [ "$max" = 150 ]; result "hash-from keeps one caller on one destination" $? "backends=$a/$b/$c"
-stop_sb; kill_uas $B1 $B2 $B3
+# SIPp's caller sends the same From, To, R-URI and Subject on every call: each of these hashes
+# must put all calls on one destination
+for alg in hash-from hash-to hash-ruri hash-value; do
+  config $alg "\"sip:127.0.0.1:$B1\", \"sip:127.0.0.1:$B2\", \"sip:127.0.0.1:$B3\"" 0
+  [ $alg = hash-value ] && sed -i 's/^algorithm = "hash-value"$/algorithm = "hash-value"\nhash_header = "Subject"/' "$WORK/sb.toml"
+  start_sb; start_uas $B1; start_uas $B2; start_uas $B3; sleep 0.3
+  uac 150 100 0; rc=$?; sleep 1.2
+  a=$(incoming $B1); b=$(incoming $B2); c=$(incoming $B3)
+  max=$(printf '%s\n' $a $b $c | sort -n | tail -1)
+  [ $rc = 0 ] && [ "$max" = 150 ]; result "$alg keeps one key on one destination" $? "backends=$a/$b/$c"
+  stop_sb; kill_uas $B1 $B2 $B3
+done
 
 config hash-callid "\"sip:127.0.0.1:$B1\", \"sip:127.0.0.1:$B2\", \"sip:127.0.0.1:$B3\"" 0
 start_sb; start_uas $B1; start_uas $B2; start_uas $B3; sleep 0.3

@@ -509,6 +509,15 @@ impl Message {
             .map(|h| self.span_str(h.value))
     }
 
+    /// The first value of any header by name, long or compact form, any case (known headers
+    /// included, unlike [`Message::get_other`]).
+    pub fn get_named(&self, name: &str) -> Option<&str> {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            HeaderName::Other => self.get_other(name),
+            known => self.get(known),
+        }
+    }
+
     /// Every line value of a header, in order (each may hold several comma-separated values).
     pub fn all(&self, name: HeaderName) -> impl Iterator<Item = &str> + '_ {
         let from = slot(name).map_or(0, |s| {

@@ -264,7 +264,7 @@ impl DestSet {
                 let v = self
                     .hash_header
                     .as_deref()
-                    .and_then(|h| req.get_other(h))
+                    .and_then(|h| req.get_named(h))
                     .unwrap_or(req.call_id());
                 self.ring.lookup(hash(v), max, |i| self.ok(i), out)
             }

@@ -261,3 +261,19 @@ fn print_then_reparse_gives_the_same_message() {
     };
     assert_eq!(names(&again), names(&m));
 }
+
+#[test]
+fn get_named_finds_known_and_extension_headers() {
+    let m = parse(INVITE).unwrap();
+    assert_eq!(m.get_named("content-type"), Some("application/sdp"));
+    assert_eq!(
+        m.get_named("i"),
+        Some("a84b4c76e66710@pc33.atlanta.example.com")
+    );
+    assert_eq!(m.get_named("X-Nope"), None);
+    assert_eq!(
+        m.get_other("Content-Type"),
+        None,
+        "get_other only sees extension headers"
+    );
+}

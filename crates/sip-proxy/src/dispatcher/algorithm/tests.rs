@@ -336,3 +336,35 @@ fn candidates_exclude_unavailable_destinations_and_respect_max_attempts() {
     );
     assert!(out.is_empty());
 }
+
+#[test]
+fn hash_value_works_on_a_known_header_too() {
+    let set = DestSet::new(
+        1,
+        Algorithm::HashValue,
+        Some("Subject".into()),
+        vec![cfg(1, 1, 0), cfg(2, 1, 0), cfg(3, 1, 0)],
+    );
+    let rng = AtomicU64::new(1);
+    let first = pick(
+        &set,
+        &req("s0", "sip:a@h", "sip:b@h", "sip:b@h", "Subject: same\r\n"),
+        &rng,
+    );
+    for i in 1..30 {
+        assert_eq!(
+            pick(
+                &set,
+                &req(
+                    &format!("s{i}"),
+                    "sip:a@h",
+                    "sip:b@h",
+                    "sip:b@h",
+                    "Subject: same\r\n"
+                ),
+                &rng
+            ),
+            first
+        );
+    }
+}
