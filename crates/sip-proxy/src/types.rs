@@ -71,6 +71,18 @@ pub struct Source {
     pub flow: Option<FlowId>,
 }
 
+impl Source {
+    /// Where a reply to this source goes: back to its address, over its connection if any
+    /// (symmetric response routing, like RFC 3581 rport for every client).
+    pub fn reply_target(&self) -> Target {
+        Target {
+            transport: self.transport,
+            addr: self.addr,
+            flow: self.flow,
+        }
+    }
+}
+
 /// Where a message must go. When `flow` is set and still open, the driver uses it;
 /// otherwise it sends to (or connects to) `addr`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -307,11 +307,7 @@ impl Proxy {
             let data = salvage_response(&s.lines, e.status(), &e.reason(), &tag);
             Stats::inc(&self.stats.local_replies);
             out.push(Transmit {
-                target: Target {
-                    transport: src.transport,
-                    addr: src.addr,
-                    flow: src.flow,
-                },
+                target: src.reply_target(),
                 data,
                 origin: None,
             });
@@ -326,11 +322,7 @@ impl Proxy {
         let tag = self.local_tag(req.call_id());
         let data = local_response(req, r.code, &r.reason, &tag, &r.extra);
         out.push(Transmit {
-            target: Target {
-                transport: src.transport,
-                addr: src.addr,
-                flow: src.flow,
-            },
+            target: src.reply_target(),
             data,
             origin: None,
         });

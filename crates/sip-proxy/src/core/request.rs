@@ -73,11 +73,7 @@ impl Proxy {
             id,
             key: key.clone(),
             invite,
-            resp_target: Target {
-                transport: src.transport,
-                addr: src.addr,
-                flow: src.flow,
-            },
+            resp_target: src.reply_target(),
             server,
             req: Some(msg),
             plan,
@@ -482,11 +478,7 @@ impl Proxy {
         Stats::inc(&self.stats.local_replies);
         let tag = self.local_tag(msg.call_id());
         out.push(Transmit {
-            target: Target {
-                transport: src.transport,
-                addr: src.addr,
-                flow: src.flow,
-            },
+            target: src.reply_target(),
             data: local_response(&msg, 200, "OK", &tag, &[]),
             origin: None,
         });
