@@ -36,4 +36,6 @@ e2e_rc=0
 tests/e2e/run.sh || e2e_rc=1
 echo "== end-to-end (SIPp): dispatcher"
 tests/e2e/dispatcher.sh || e2e_rc=1
+echo "== end-to-end (SIPp): registrar"
+tests/e2e/registrar.sh || e2e_rc=1
 exit $e2e_rc

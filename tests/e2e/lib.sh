@@ -11,7 +11,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   PIDS=()
 }
-trap 'cleanup; rm -rf "${WORK:-/nonexistent}"' EXIT
+trap 'cleanup; [ -n "${KEEP_WORK:-}" ] || rm -rf "${WORK:-/nonexistent}"' EXIT
 busy() { ss -Hlun "sport = :$1" | grep -q . || ss -Hltn "sport = :$1" | grep -q .; }
 need_free() { local port; for port in "$@"; do busy "$port" && { echo "port $port busy: set E2E_BASE"; exit 2; }; done; }
 need_binary() { [ -x "$SB" ] || { echo "build first: cargo build --release"; exit 2; }; }

@@ -15,6 +15,9 @@ use sip_proxy::dispatcher::{DestConfig, Dispatcher};
 use sip_proxy::Proxy;
 
 mod dispatcher;
+mod registrar;
+
+pub use registrar::{Loaded, SubscriberStore};
 
 /// Re-reads the configuration and reloads the dispatcher; returns the destination count.
 pub type ReloadFn = Box<dyn Fn(bool) -> Result<usize, String> + Send + Sync>;
@@ -35,6 +38,8 @@ pub struct AdminState {
     pub store_add: Option<StoreAddFn>,
     /// Deletes a removed destination from the database (source = database).
     pub store_remove: Option<StoreRemoveFn>,
+    /// The subscriber table (registrar).
+    pub subscribers: Option<Box<dyn SubscriberStore>>,
 }
 
 /// Persists `ds_add`.
@@ -87,6 +92,9 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
     if let Some(r) = dispatcher::call(st, method, params) {
         return r;
     }
+    if let Some(r) = registrar::call(st, method, params) {
+        return r;
+    }
     match method {
         "version" | "core:version" => {
             Ok(json!({ "Server": format!("switchboard {}", env!("CARGO_PKG_VERSION")) }))
@@ -131,7 +139,17 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
             "ds_set_state",
             "ds_reload",
             "ds_add",
-            "ds_remove"
+            "ds_remove",
+            "ul_dump",
+            "ul_show_contact",
+            "ul_rm",
+            "ul_rm_contact",
+            "subscriber_add",
+            "subscriber_passwd",
+            "subscriber_remove",
+            "subscriber_list",
+            "subscriber_reload",
+            "auth_unban"
         ])),
         _ => Err((-32601, format!("method not found: {method}"))),
     }
@@ -188,6 +206,10 @@ async fn metrics(State(st): State<Arc<AdminState>>) -> impl IntoResponse {
     if let Some(d) = &st.dispatcher {
         s.push_str(&d.metrics_text());
     }
+    if let Some(r) = st.proxy.registrar() {
+        let (aors, contacts) = r.counts();
+        s.push_str(&format!("# HELP switchboard_registered_aors addresses-of-record with a binding\n# TYPE switchboard_registered_aors gauge\nswitchboard_registered_aors {aors}\n# HELP switchboard_registered_contacts bindings in the location table\n# TYPE switchboard_registered_contacts gauge\nswitchboard_registered_contacts {contacts}\n# HELP switchboard_subscribers subscribers with credentials\n# TYPE switchboard_subscribers gauge\nswitchboard_subscribers {}\n", r.subscriber_count()));
+    }
     s.push_str(&format!("# HELP switchboard_uptime_seconds seconds since start\n# TYPE switchboard_uptime_seconds gauge\nswitchboard_uptime_seconds {}\n", st.started.elapsed().as_secs()));
     (
         StatusCode::OK,
@@ -214,7 +236,159 @@ mod tests {
             parse_destination: None,
             store_add: None,
             store_remove: None,
+            subscribers: None,
         }
+    }
+
+    #[derive(Default)]
+    struct MemSubscribers(std::sync::Mutex<Vec<(String, String, String)>>);
+
+    impl SubscriberStore for MemSubscribers {
+        fn upsert(&self, user: &str, domain: &str, password: &str) -> Result<(), String> {
+            let mut g = self.0.lock().unwrap();
+            g.retain(|(u, d, _)| !(u == user && d == domain));
+            g.push((user.into(), domain.into(), password.into()));
+            Ok(())
+        }
+        fn remove(&self, user: &str, domain: &str) -> Result<bool, String> {
+            let mut g = self.0.lock().unwrap();
+            let n = g.len();
+            g.retain(|(u, d, _)| !(u == user && d == domain));
+            Ok(g.len() < n)
+        }
+        fn load(
+            &self,
+        ) -> Result<
+            (
+                Vec<(String, String, sip_proxy::registrar::Credential)>,
+                Vec<String>,
+            ),
+            String,
+        > {
+            let g = self.0.lock().unwrap();
+            Ok((
+                g.iter()
+                    .map(|(u, d, p)| {
+                        (
+                            u.clone(),
+                            d.clone(),
+                            sip_proxy::registrar::Credential::from_password(u, d, p),
+                        )
+                    })
+                    .collect(),
+                vec![],
+            ))
+        }
+    }
+
+    #[test]
+    fn usrloc_and_subscriber_methods() {
+        use sip_proxy::registrar::{Registrar, RegistrarConfig};
+        let reg = Arc::new(Registrar::new(
+            RegistrarConfig {
+                domains: vec!["example.com".into()],
+                auth: false,
+                ..RegistrarConfig::default()
+            },
+            (Instant::now(), 1_800_000_000),
+        ));
+        let cfg = sip_proxy::ProxyConfig {
+            listeners: vec![sip_proxy::Listener {
+                transport: sip_proxy::Transport::Udp,
+                advertise: "127.0.0.1:5060".parse().unwrap(),
+            }],
+            ..sip_proxy::ProxyConfig::default()
+        };
+        let proxy = Arc::new(
+            Proxy::new(cfg, Arc::new(sip_proxy::RoundRobin::new(vec![])))
+                .with_registrar(reg.clone()),
+        );
+        let mut st = state();
+        st.proxy = proxy.clone();
+        st.subscribers = Some(Box::new(MemSubscribers::default()));
+        let rpc = |m: &str, p: Value| {
+            one(
+                &st,
+                json!({"jsonrpc": "2.0", "id": 1, "method": m, "params": p}),
+            )
+        };
+        let r = rpc(
+            "subscriber_add",
+            json!({"aor": "alice@example.com", "password": "pw"}),
+        );
+        assert_eq!(r["result"]["subscriber"], "alice@example.com", "{r}");
+        assert!(reg.has_subscriber("alice", "example.com"));
+        for (p, why) in [
+            (
+                json!({"aor": "alice@other.org", "password": "pw"}),
+                "not served",
+            ),
+            (
+                json!({"aor": "al ice@example.com", "password": "pw"}),
+                "username",
+            ),
+            (json!({"aor": "bob@example.com", "password": ""}), "empty"),
+            (json!({"aor": "bob@example.com"}), "password"),
+        ] {
+            let r = rpc("subscriber_add", p.clone());
+            assert!(
+                r["error"]["message"].as_str().unwrap().contains(why),
+                "{p}: {r}"
+            );
+        }
+        let r = rpc(
+            "subscriber_passwd",
+            json!({"aor": "bob@example.com", "password": "x"}),
+        );
+        assert_eq!(r["error"]["code"], 404);
+        let r = rpc("subscriber_list", json!({}));
+        assert_eq!(r["result"]["subscribers"], json!(["alice@example.com"]));
+        // a registration through the proxy, then usrloc
+        let mut out = vec![];
+        proxy.on_message(
+            Instant::now(),
+            sip_proxy::Source { transport: sip_proxy::Transport::Udp, addr: "127.0.0.1:40000".parse().unwrap(), flow: None },
+            bytes_of("REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK1\r\nFrom: <sip:alice@example.com>;tag=1\r\nTo: <sip:alice@example.com>\r\nCall-ID: r1\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@127.0.0.1:40000>, <sip:alice@127.0.0.1:40001>\r\nContent-Length: 0\r\n\r\n"),
+            &mut out,
+        );
+        let r = rpc("ul_dump", json!({}));
+        assert_eq!(
+            r["result"]["Domains"][0]["AORs"][0]["AOR"], "alice@example.com",
+            "{r}"
+        );
+        let r = rpc("ul_show_contact", json!(["location", "alice@example.com"]));
+        assert_eq!(r["result"]["Contacts"].as_array().unwrap().len(), 2, "{r}");
+        let r = rpc(
+            "ul_rm_contact",
+            json!(["location", "alice@example.com", "sip:alice@127.0.0.1:40001"]),
+        );
+        assert_eq!(r["result"]["removed"], "sip:alice@127.0.0.1:40001", "{r}");
+        let r = rpc(
+            "ul_rm_contact",
+            json!(["location", "alice@example.com", "sip:alice@127.0.0.1:40001"]),
+        );
+        assert_eq!(r["error"]["code"], 404);
+        let r = rpc("ul_rm", json!({"aor": "alice@example.com"}));
+        assert_eq!(r["result"]["removed"], 1);
+        let r = rpc("ul_show_contact", json!({"aor": "alice@example.com"}));
+        assert_eq!(r["error"]["code"], 404);
+        let r = rpc("subscriber_remove", json!(["alice@example.com"]));
+        assert_eq!(r["result"]["removed"], "alice@example.com");
+        assert!(!reg.has_subscriber("alice", "example.com"));
+        // without a registrar: a clear error
+        let plain = state();
+        let r = one(
+            &plain,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "ul_dump"}),
+        );
+        assert!(r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not enabled"));
+    }
+
+    fn bytes_of(s: &str) -> bytes::Bytes {
+        bytes::Bytes::copy_from_slice(s.as_bytes())
     }
 
     #[test]

@@ -54,6 +54,7 @@ fn bench(c: &mut Criterion) {
             addr: format!("127.0.0.1:{}", 5080 + 2 * i).parse().unwrap(),
             flow: None,
             node: None,
+            route: None,
         })
         .collect();
     let p = Proxy::new(cfg, Arc::new(RoundRobin::new(dests)));

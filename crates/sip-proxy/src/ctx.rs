@@ -150,6 +150,10 @@ pub(crate) struct Plan {
     pub max_forwards: Option<(usize, u8)>,
     /// Loop-detection hash carried in our branch (§16.6 step 8).
     pub loop_hash: u32,
+    /// Each branch's Request-URI is its destination's URI (registered contacts).
+    pub ruri_from_dest: bool,
+    /// Start every candidate at once (parallel forking) instead of one after another.
+    pub parallel: bool,
 }
 
 pub(crate) struct Ctx {

@@ -15,6 +15,7 @@ mod config;
 mod core;
 mod ctx;
 pub mod dispatcher;
+pub mod registrar;
 mod router;
 mod stats;
 mod types;

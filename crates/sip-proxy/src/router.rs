@@ -42,9 +42,14 @@ pub trait Router: Send + Sync + 'static {
 
     /// Appends the probes due at `now`.
     fn due_probes(&self, _now: Instant, _out: &mut Vec<Probe>) {}
-
     /// The final reply to probe `id`, or `None` when it could not be sent.
     fn probe_result(&self, _now: Instant, _id: u64, _code: Option<u16>) {}
+
+    /// True when `addr` is one of the router's destinations (a media server calling out,
+    /// OpenSIPS' `ds_is_in_list` / `lb_is_destination`).
+    fn is_destination(&self, _addr: std::net::SocketAddr) -> bool {
+        false
+    }
 }
 
 /// Plain round robin over a fixed list: each call starts one further along and lists every
@@ -90,6 +95,7 @@ mod tests {
             addr: ([127, 0, 0, 1], port).into(),
             flow: None,
             node: None,
+            route: None,
         }
     }
 

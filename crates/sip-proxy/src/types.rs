@@ -119,4 +119,7 @@ pub struct Destination {
     pub flow: Option<FlowId>,
     /// The dispatcher destination behind it, for health feedback and call counting.
     pub node: Option<std::sync::Arc<crate::dispatcher::Dest>>,
+    /// Route header values to put on the request (a registered contact's Path, RFC 3327);
+    /// `uri` then becomes the Request-URI and `addr` is the first Route's.
+    pub route: Option<std::sync::Arc<str>>,
 }

@@ -8,6 +8,7 @@
 //! through byte for byte.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod edit;
 mod error;
 mod frame;

@@ -38,6 +38,49 @@ pub struct DispatcherRow {
     pub description: Option<String>,
 }
 
+/// One `subscriber` row (OpenSIPS 3 schema, version 8): a plain `password`, or the HA1
+/// hashes, or both.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SubscriberRow {
+    pub username: String,
+    pub domain: String,
+    pub password: String,
+    pub ha1: String,
+    pub ha1_sha256: String,
+    pub email_address: String,
+}
+
+/// One `location` row (OpenSIPS 3 usrloc schema). `received` is a SIP URI of the source
+/// address with its transport; `cflags` holds `NAT` for contacts behind NAT; `kv_store`
+/// carries `reg-id` as JSON.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LocationRow {
+    pub contact_id: i64,
+    pub username: String,
+    pub domain: String,
+    pub contact: String,
+    pub received: Option<String>,
+    pub path: Option<String>,
+    /// UNIX time.
+    pub expires: i64,
+    pub q: f64,
+    pub callid: String,
+    pub cseq: i64,
+    pub cflags: String,
+    pub user_agent: String,
+    pub sip_instance: Option<String>,
+    pub kv_store: Option<String>,
+    /// UNIX time.
+    pub last_modified: i64,
+}
+
+/// A location change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LocationOp {
+    Upsert(Box<LocationRow>),
+    Delete(i64),
+}
+
 /// A row that could not be read, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadRow {
@@ -62,6 +105,41 @@ const CREATE_DISPATCHER: &str = "CREATE TABLE IF NOT EXISTS dispatcher (
     priority INTEGER DEFAULT 0 NOT NULL,
     attrs CHAR(128) DEFAULT NULL,
     description CHAR(64) DEFAULT NULL
+)";
+
+const CREATE_SUBSCRIBER: &str = "CREATE TABLE IF NOT EXISTS subscriber (
+    id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    username CHAR(64) DEFAULT '' NOT NULL,
+    domain CHAR(64) DEFAULT '' NOT NULL,
+    password CHAR(25) DEFAULT '' NOT NULL,
+    email_address CHAR(64) DEFAULT NULL,
+    ha1 CHAR(64) DEFAULT '' NOT NULL,
+    ha1_sha256 CHAR(64) DEFAULT '' NOT NULL,
+    ha1_sha512t256 CHAR(64) DEFAULT '' NOT NULL,
+    rpid CHAR(255) DEFAULT NULL,
+    CONSTRAINT subscriber_account_idx UNIQUE (username, domain)
+)";
+
+const CREATE_LOCATION: &str = "CREATE TABLE IF NOT EXISTS location (
+    contact_id INTEGER PRIMARY KEY NOT NULL,
+    username CHAR(64) DEFAULT '' NOT NULL,
+    domain CHAR(64) DEFAULT NULL,
+    contact TEXT NOT NULL,
+    received CHAR(255) DEFAULT NULL,
+    path CHAR(255) DEFAULT NULL,
+    expires INTEGER NOT NULL,
+    q FLOAT(10,2) DEFAULT 1.0 NOT NULL,
+    callid CHAR(255) DEFAULT 'Default-Call-ID' NOT NULL,
+    cseq INTEGER DEFAULT 13 NOT NULL,
+    last_modified INTEGER DEFAULT 0 NOT NULL,
+    flags INTEGER DEFAULT 0 NOT NULL,
+    cflags CHAR(255) DEFAULT NULL,
+    user_agent CHAR(255) DEFAULT '' NOT NULL,
+    socket CHAR(64) DEFAULT NULL,
+    methods INTEGER DEFAULT NULL,
+    sip_instance CHAR(255) DEFAULT NULL,
+    kv_store TEXT(512) DEFAULT NULL,
+    attr CHAR(255) DEFAULT NULL
 )";
 
 const CREATE_VERSION: &str = "CREATE TABLE IF NOT EXISTS version (
@@ -95,11 +173,171 @@ impl Store {
     async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::query(CREATE_VERSION).execute(&self.pool).await?;
         sqlx::query(CREATE_DISPATCHER).execute(&self.pool).await?;
+        sqlx::query(CREATE_SUBSCRIBER).execute(&self.pool).await?;
+        sqlx::query(CREATE_LOCATION).execute(&self.pool).await?;
         sqlx::query(
-            "INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('dispatcher', 9)",
+            "INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('dispatcher', 9), ('subscriber', 8), ('location', 1013)",
         )
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    // ----- subscriber ----------------------------------------------------------------
+
+    /// Every `subscriber` row: the readable ones, and the others with the reason.
+    pub async fn subscriber_rows(&self) -> Result<(Vec<SubscriberRow>, Vec<BadRow>), StoreError> {
+        let rows = sqlx::query("SELECT id, username, domain, password, ha1, ha1_sha256, email_address FROM subscriber ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for r in rows {
+            let id: Option<i64> = r.try_get("id").ok();
+            let text = |c: &str| {
+                r.try_get::<Option<String>, _>(c)
+                    .map(Option::unwrap_or_default)
+                    .map_err(|_| format!("column {c} is not text"))
+            };
+            let read = || -> Result<SubscriberRow, String> {
+                Ok(SubscriberRow {
+                    username: text("username")?,
+                    domain: text("domain")?,
+                    password: text("password")?,
+                    ha1: text("ha1")?,
+                    ha1_sha256: text("ha1_sha256")?,
+                    email_address: text("email_address")?,
+                })
+            };
+            match read() {
+                Ok(row) if row.username.is_empty() => bad.push(BadRow {
+                    id,
+                    reason: "empty username".into(),
+                }),
+                Ok(row) => good.push(row),
+                Err(reason) => bad.push(BadRow { id, reason }),
+            }
+        }
+        Ok((good, bad))
+    }
+
+    /// Adds or replaces a subscriber (by username and domain).
+    pub async fn upsert_subscriber(&self, s: &SubscriberRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM subscriber WHERE username = ? AND domain = ?")
+            .bind(&s.username)
+            .bind(&s.domain)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO subscriber (username, domain, password, ha1, ha1_sha256, email_address) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&s.username)
+            .bind(&s.domain)
+            .bind(&s.password)
+            .bind(&s.ha1)
+            .bind(&s.ha1_sha256)
+            .bind(&s.email_address)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a subscriber; returns the rows removed.
+    pub async fn delete_subscriber(&self, username: &str, domain: &str) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM subscriber WHERE username = ? AND domain = ?")
+                .bind(username)
+                .bind(domain)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    // ----- location --------------------------------------------------------------------
+
+    /// Every `location` row.
+    pub async fn location_rows(&self) -> Result<(Vec<LocationRow>, Vec<BadRow>), StoreError> {
+        let rows = sqlx::query("SELECT contact_id, username, domain, contact, received, path, expires, q, callid, cseq, cflags, user_agent, sip_instance, kv_store, last_modified FROM location ORDER BY contact_id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for r in rows {
+            let id: Option<i64> = r.try_get("contact_id").ok();
+            let read = || -> Result<LocationRow, String> {
+                let int = |c: &str| {
+                    r.try_get::<i64, _>(c)
+                        .map_err(|_| format!("column {c} is not an integer"))
+                };
+                let text = |c: &str| {
+                    r.try_get::<Option<String>, _>(c)
+                        .map_err(|_| format!("column {c} is not text"))
+                };
+                Ok(LocationRow {
+                    contact_id: int("contact_id")?,
+                    username: text("username")?.unwrap_or_default(),
+                    domain: text("domain")?.unwrap_or_default(),
+                    contact: text("contact")?.unwrap_or_default(),
+                    received: text("received")?,
+                    path: text("path")?,
+                    expires: int("expires")?,
+                    q: r.try_get::<f64, _>("q")
+                        .map_err(|_| "column q is not a number".to_string())?,
+                    callid: text("callid")?.unwrap_or_default(),
+                    cseq: int("cseq")?,
+                    cflags: text("cflags")?.unwrap_or_default(),
+                    user_agent: text("user_agent")?.unwrap_or_default(),
+                    sip_instance: text("sip_instance")?,
+                    kv_store: text("kv_store")?,
+                    last_modified: int("last_modified").unwrap_or(0),
+                })
+            };
+            match read() {
+                Ok(row) => good.push(row),
+                Err(reason) => bad.push(BadRow { id, reason }),
+            }
+        }
+        Ok((good, bad))
+    }
+
+    /// Applies a batch of location changes in one transaction (the write-behind flush).
+    pub async fn apply_location(&self, ops: &[LocationOp]) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for op in ops {
+            match op {
+                LocationOp::Upsert(l) => {
+                    sqlx::query("INSERT OR REPLACE INTO location (contact_id, username, domain, contact, received, path, expires, q, callid, cseq, last_modified, flags, cflags, user_agent, socket, methods, sip_instance, kv_store) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL, NULL, ?, ?)")
+                        .bind(l.contact_id)
+                        .bind(&l.username)
+                        .bind(&l.domain)
+                        .bind(&l.contact)
+                        .bind(&l.received)
+                        .bind(&l.path)
+                        .bind(l.expires)
+                        .bind(l.q)
+                        .bind(&l.callid)
+                        .bind(l.cseq)
+                        .bind(l.last_modified)
+                        .bind(&l.cflags)
+                        .bind(&l.user_agent)
+                        .bind(&l.sip_instance)
+                        .bind(&l.kv_store)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                LocationOp::Delete(id) => {
+                    sqlx::query("DELETE FROM location WHERE contact_id = ?")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
         Ok(())
     }
 

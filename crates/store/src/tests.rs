@@ -106,3 +106,84 @@ async fn unsupported_urls_are_refused() {
         );
     }
 }
+
+#[tokio::test]
+async fn subscribers_upsert_read_delete_and_bad_rows() {
+    let (s, path) = fresh().await;
+    let alice = SubscriberRow {
+        username: "alice".into(),
+        domain: "example.com".into(),
+        password: "secret".into(),
+        ..SubscriberRow::default()
+    };
+    s.upsert_subscriber(&alice).await.unwrap();
+    let mut changed = alice.clone();
+    changed.password = "other".into();
+    s.upsert_subscriber(&changed).await.unwrap();
+    // an operator's row with only HA1, and a broken one
+    s.execute(
+        "INSERT INTO subscriber (username, domain, ha1) VALUES ('bob', 'example.com', '0123')",
+    )
+    .await
+    .unwrap();
+    s.execute(
+        "INSERT INTO subscriber (username, domain, password) VALUES ('', 'example.com', 'x')",
+    )
+    .await
+    .unwrap();
+    let (rows, bad) = s.subscriber_rows().await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0].password, "other", "replaced, not duplicated");
+    assert_eq!(rows[1].ha1, "0123");
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].reason, "empty username");
+    assert_eq!(
+        s.delete_subscriber("alice", "example.com").await.unwrap(),
+        1
+    );
+    assert_eq!(
+        s.delete_subscriber("alice", "example.com").await.unwrap(),
+        0
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn location_batches_apply_in_one_transaction() {
+    let (s, path) = fresh().await;
+    let row = LocationRow {
+        contact_id: 7,
+        username: "alice".into(),
+        domain: "example.com".into(),
+        contact: "sip:alice@10.0.0.5:5060".into(),
+        received: Some("sip:127.0.0.1:40000".into()),
+        expires: 1_800_000_060,
+        q: 0.5,
+        callid: "c1".into(),
+        cseq: 3,
+        cflags: "NAT".into(),
+        user_agent: "ua".into(),
+        kv_store: Some("{\"reg-id\":\"1\"}".into()),
+        ..LocationRow::default()
+    };
+    let mut second = row.clone();
+    second.contact_id = 8;
+    s.apply_location(&[
+        LocationOp::Upsert(Box::new(row.clone())),
+        LocationOp::Upsert(Box::new(second)),
+    ])
+    .await
+    .unwrap();
+    let mut refreshed = row.clone();
+    refreshed.cseq = 4;
+    s.apply_location(&[
+        LocationOp::Upsert(Box::new(refreshed.clone())),
+        LocationOp::Delete(8),
+    ])
+    .await
+    .unwrap();
+    let (rows, bad) = s.location_rows().await.unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(rows, vec![refreshed]);
+    let _ = std::fs::remove_file(path);
+}

@@ -189,3 +189,121 @@ pub fn dispatcher(mi: &str, cmd: DispatcherCmd) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+#[derive(Subcommand)]
+pub enum SubscriberCmd {
+    /// Add a subscriber (or replace its password): `subscriber add alice@example.com --password S`.
+    Add {
+        aor: String,
+        #[arg(long)]
+        password: String,
+    },
+    /// Change a subscriber's password.
+    Passwd {
+        aor: String,
+        #[arg(long)]
+        password: String,
+    },
+    /// Remove a subscriber.
+    Remove { aor: String },
+    /// List the subscribers in the database.
+    List,
+    /// Re-read the subscriber table (after editing it with SQL).
+    Reload,
+}
+
+#[derive(Subcommand)]
+pub enum UlCmd {
+    /// Every registered AOR and its contacts.
+    Dump {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The contacts of one AOR.
+    Show { aor: String },
+    /// Remove an AOR with all its contacts.
+    Rm { aor: String },
+    /// Remove one contact of an AOR.
+    RmContact { aor: String, contact: String },
+}
+
+fn done(r: Result<Value, String>) -> anyhow::Result<ExitCode> {
+    match r {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Runs one subscriber subcommand.
+pub fn subscriber(mi: &str, cmd: SubscriberCmd) -> anyhow::Result<ExitCode> {
+    done(match cmd {
+        SubscriberCmd::Add { aor, password } => rpc(
+            mi,
+            "subscriber_add",
+            json!({"aor": aor, "password": password}),
+        ),
+        SubscriberCmd::Passwd { aor, password } => rpc(
+            mi,
+            "subscriber_passwd",
+            json!({"aor": aor, "password": password}),
+        ),
+        SubscriberCmd::Remove { aor } => rpc(mi, "subscriber_remove", json!({"aor": aor})),
+        SubscriberCmd::List => rpc(mi, "subscriber_list", json!({})),
+        SubscriberCmd::Reload => rpc(mi, "subscriber_reload", json!({})),
+    })
+}
+
+fn print_contacts(v: &Value) {
+    println!(
+        "{:<28} {:<44} {:>7} {:>5} {:<26} nat",
+        "aor", "contact", "expires", "q", "received"
+    );
+    let aors = v["Domains"][0]["AORs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| vec![v.clone()]);
+    for a in &aors {
+        for c in a["Contacts"].as_array().into_iter().flatten() {
+            println!(
+                "{:<28} {:<44} {:>7} {:>5} {:<26} {}",
+                a["AOR"].as_str().unwrap_or(""),
+                c["Contact"].as_str().unwrap_or(""),
+                c["Expires"].to_string(),
+                c["Q"].to_string(),
+                c["Received"].as_str().unwrap_or(""),
+                if c["Cflags"] == "NAT" { "yes" } else { "no" }
+            );
+        }
+    }
+}
+
+/// Runs one location (usrloc) subcommand.
+pub fn ul(mi: &str, cmd: UlCmd) -> anyhow::Result<ExitCode> {
+    let table = |r: Result<Value, String>| match r {
+        Ok(v) => {
+            print_contacts(&v);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+    };
+    match cmd {
+        UlCmd::Dump { json: true } => done(rpc(mi, "ul_dump", json!({}))),
+        UlCmd::Dump { json: false } => table(rpc(mi, "ul_dump", json!({}))),
+        UlCmd::Show { aor } => table(rpc(mi, "ul_show_contact", json!({"aor": aor}))),
+        UlCmd::Rm { aor } => done(rpc(mi, "ul_rm", json!({"aor": aor}))),
+        UlCmd::RmContact { aor, contact } => done(rpc(
+            mi,
+            "ul_rm_contact",
+            json!({"aor": aor, "contact": contact}),
+        )),
+    }
+}

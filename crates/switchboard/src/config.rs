@@ -29,6 +29,7 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub database: RawDatabase,
+    pub registrar: Option<crate::registrar_config::RawRegistrar>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +214,8 @@ pub struct Config {
     pub log_level: String,
     /// `sqlite://PATH`; opened only when a feature needs the database.
     pub database_url: String,
+    /// The registrar, when the section is present.
+    pub registrar: Option<crate::registrar_config::RegistrarSettings>,
 }
 
 /// Parses TOML text; a syntax error or unknown key comes back as one error line.
@@ -266,6 +269,7 @@ pub fn parse_destination(key: &str, s: &str) -> Result<Destination, ConfigError>
         addr: SocketAddr::new(ip, port),
         flow: None,
         node: None,
+        route: None,
     })
 }
 
@@ -373,6 +377,10 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         }
     }
     let dispatcher = crate::dispatch_config::validate(&raw.dispatcher, &mut errors);
+    let registrar = raw
+        .registrar
+        .as_ref()
+        .map(|r| crate::registrar_config::validate(r, &mut errors));
     let ids: std::collections::HashSet<i64> = dispatcher.sets.iter().map(|s| s.id).collect();
     let default_set = match raw.routing.default_set {
         Some(id) if ids.contains(&id) => id,
@@ -460,6 +468,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         management,
         log_level: raw.log.level,
         database_url: raw.database.url.trim().to_string(),
+        registrar,
     })
 }
 

@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod dispatch_config;
+mod registrar_config;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,6 +43,20 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::DispatcherCmd,
     },
+    /// Manage the subscribers (digest credentials) of a running switchboard.
+    Subscriber {
+        #[arg(long, default_value = "http://127.0.0.1:8888/mi", global = true)]
+        mi: String,
+        #[command(subcommand)]
+        cmd: cli::SubscriberCmd,
+    },
+    /// Inspect and change the location table (registered contacts) of a running switchboard.
+    Ul {
+        #[arg(long, default_value = "http://127.0.0.1:8888/mi", global = true)]
+        mi: String,
+        #[command(subcommand)]
+        cmd: cli::UlCmd,
+    },
 }
 
 fn read_config(path: &Option<PathBuf>) -> anyhow::Result<(String, String)> {
@@ -71,6 +86,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Check { config } => check(&config),
         Cmd::Run { config } => run(&config),
         Cmd::Dispatcher { mi, cmd } => cli::dispatcher(&mi, cmd),
+        Cmd::Subscriber { mi, cmd } => cli::subscriber(&mi, cmd),
+        Cmd::Ul { mi, cmd } => cli::ul(&mi, cmd),
     };
     match result {
         Ok(code) => code,
@@ -142,9 +159,11 @@ fn reload_fn(
                     .join("; ")
             )
         })?;
-        let sets = match &store {
-            Some((s, h)) => tokio::task::block_in_place(|| table_sets(h, s, &cfg.dispatcher.sets))?,
-            None => cfg.dispatcher.sets,
+        let sets = match (&store, cfg.dispatcher.from_database) {
+            (Some((s, h)), true) => {
+                tokio::task::block_in_place(|| table_sets(h, s, &cfg.dispatcher.sets))?
+            }
+            _ => cfg.dispatcher.sets,
         };
         let n = d.reload(sets, inherit);
         tracing::info!(config = %name, destinations = n, inherit, "dispatcher reloaded");
@@ -173,16 +192,16 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         .thread_name("switchboard-rt")
         .build()?;
     let d = &cfg.dispatcher;
-    let store = match d.from_database {
+    let store = match d.from_database || cfg.registrar.is_some() {
         true => Some(
             rt.block_on(store::Store::open(&cfg.database_url))
                 .with_context(|| format!("opening {}", cfg.database_url))?,
         ),
         false => None,
     };
-    let sets = match &store {
-        Some(s) => table_sets(rt.handle(), s, &d.sets).map_err(|e| anyhow::anyhow!(e))?,
-        None => d.sets.clone(),
+    let sets = match (&store, d.from_database) {
+        (Some(s), true) => table_sets(rt.handle(), s, &d.sets).map_err(|e| anyhow::anyhow!(e))?,
+        _ => d.sets.clone(),
     };
     let dispatcher = Arc::new(sip_proxy::dispatcher::Dispatcher::new(
         sets,
@@ -203,8 +222,17 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         }));
     }
     let store_ctx = store.clone().map(|s| (s, rt.handle().clone()));
+    // the dispatcher writes through to its table only when the table is its source
+    let ds_store = store_ctx.clone().filter(|_| d.from_database);
     let router = dispatcher.clone();
-    let proxy = Arc::new(sip_proxy::Proxy::new(cfg.proxy.clone(), router));
+    let mut proxy = sip_proxy::Proxy::new(cfg.proxy.clone(), router);
+    let mut flusher = None;
+    if let (Some(rs), Some((s, h))) = (&cfg.registrar, &store_ctx) {
+        let (reg, task) = start_registrar(rs, s, h)?;
+        proxy = proxy.with_registrar(reg.clone());
+        flusher = task.map(|t| (reg, t));
+    }
+    let proxy = Arc::new(proxy);
     let net_cfg = net::NetConfig {
         udp: cfg.udp.clone(),
         tcp: cfg.tcp.clone(),
@@ -229,9 +257,9 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         reload: Some(reload_fn(
             path.clone(),
             dispatcher.clone(),
-            store_ctx.clone(),
+            ds_store.clone(),
         )),
-        store_add: store_ctx.clone().map(|(s, h)| -> admin::StoreAddFn {
+        store_add: ds_store.clone().map(|(s, h)| -> admin::StoreAddFn {
             Box::new(move |set, d| {
                 tokio::task::block_in_place(|| {
                     h.block_on(s.insert_dispatcher(
@@ -248,13 +276,17 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
                 .map_err(|e| e.to_string())
             })
         }),
-        store_remove: store_ctx.clone().map(|(s, h)| -> admin::StoreRemoveFn {
+        store_remove: ds_store.clone().map(|(s, h)| -> admin::StoreRemoveFn {
             Box::new(move |set, uri| {
                 tokio::task::block_in_place(|| h.block_on(s.delete_dispatcher(set, uri)))
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             })
         }),
+        subscribers: store_ctx
+            .clone()
+            .filter(|_| cfg.registrar.is_some())
+            .map(|(s, h)| -> Box<dyn admin::SubscriberStore> { Box::new(DbSubscribers { s, h }) }),
         parse_destination: Some(Box::new(|uri, weight, priority, attrs, description| {
             dispatch_config::dest_from_parts(
                 "destination",
@@ -294,6 +326,130 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let _ = rt.block_on(async {
         tokio::time::timeout(std::time::Duration::from_secs(2), admin_task).await
     });
+    if let (Some((reg, task)), Some((s, _))) = (flusher, &store_ctx) {
+        task.abort();
+        let ops = registrar_config::location_ops(reg.take_events());
+        if let Err(e) = rt.block_on(s.apply_location(&ops)) {
+            tracing::warn!(error = %e, "could not write the last location changes");
+        }
+    }
     tracing::info!(active_transactions = proxy.active_contexts(), "stopped");
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The subscriber table, for the management API.
+struct DbSubscribers {
+    s: store::Store,
+    h: tokio::runtime::Handle,
+}
+
+impl admin::SubscriberStore for DbSubscribers {
+    fn upsert(&self, user: &str, domain: &str, password: &str) -> Result<(), String> {
+        let row = store::SubscriberRow {
+            username: user.into(),
+            domain: domain.into(),
+            password: password.into(),
+            ..Default::default()
+        };
+        tokio::task::block_in_place(|| self.h.block_on(self.s.upsert_subscriber(&row)))
+            .map_err(|e| e.to_string())
+    }
+
+    fn remove(&self, user: &str, domain: &str) -> Result<bool, String> {
+        tokio::task::block_in_place(|| self.h.block_on(self.s.delete_subscriber(user, domain)))
+            .map(|n| n > 0)
+            .map_err(|e| e.to_string())
+    }
+
+    fn load(&self) -> Result<admin::Loaded, String> {
+        tokio::task::block_in_place(|| load_subscribers(&self.h, &self.s))
+    }
+}
+
+use sip_proxy::registrar::Registrar;
+
+/// Every subscriber row as credentials; bad rows come back as reasons.
+fn load_subscribers(h: &tokio::runtime::Handle, s: &store::Store) -> Result<admin::Loaded, String> {
+    let (rows, bad) = h.block_on(s.subscriber_rows()).map_err(|e| e.to_string())?;
+    let mut problems: Vec<String> = bad
+        .iter()
+        .map(|b| format!("subscriber row {:?}: {}", b.id, b.reason))
+        .collect();
+    let mut all = Vec::new();
+    for r in &rows {
+        match registrar_config::credential(r) {
+            Ok(c) => all.push((r.username.clone(), r.domain.to_ascii_lowercase(), c)),
+            Err(why) => problems.push(format!("subscriber {}@{}: {why}", r.username, r.domain)),
+        }
+    }
+    Ok((all, problems))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Builds the registrar: credentials from the subscriber table, bindings restored from the
+/// location table, and the write-behind task that persists changes every 200 ms.
+fn start_registrar(
+    rs: &registrar_config::RegistrarSettings,
+    s: &store::Store,
+    h: &tokio::runtime::Handle,
+) -> anyhow::Result<(Arc<Registrar>, Option<tokio::task::JoinHandle<()>>)> {
+    let now = Instant::now();
+    let reg = Arc::new(Registrar::new(rs.core.clone(), (now, unix_now())));
+    let (creds, problems) = load_subscribers(h, s).map_err(|e| anyhow::anyhow!(e))?;
+    for p in &problems {
+        tracing::warn!(problem = %p, "subscriber skipped");
+    }
+    tracing::info!(
+        subscribers = creds.len(),
+        skipped = problems.len(),
+        "subscribers loaded"
+    );
+    reg.load_credentials(creds);
+    if !rs.persist {
+        return Ok((reg, None));
+    }
+    let (rows, bad) = h.block_on(s.location_rows())?;
+    let mut bindings = Vec::new();
+    for r in &rows {
+        match registrar_config::binding(r, now) {
+            Ok(b) => bindings.push(b),
+            Err(why) => {
+                tracing::warn!(contact_id = r.contact_id, reason = %why, "location row skipped")
+            }
+        }
+    }
+    for b in &bad {
+        tracing::warn!(row = ?b.id, reason = %b.reason, "location row skipped");
+    }
+    let restored = reg.restore(now, bindings);
+    tracing::info!(rows = rows.len(), restored, "location restored");
+    let (r2, s2) = (reg.clone(), s.clone());
+    let task = h.spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        let mut pending: Vec<store::LocationOp> = Vec::new();
+        loop {
+            tick.tick().await;
+            pending.extend(registrar_config::location_ops(r2.take_events()));
+            if pending.is_empty() {
+                continue;
+            }
+            match s2.apply_location(&pending).await {
+                Ok(()) => pending.clear(),
+                Err(e) => {
+                    tracing::warn!(error = %e, changes = pending.len(), "could not persist location changes; retrying");
+                    if pending.len() > 1_000_000 {
+                        tracing::error!(dropped = pending.len(), "location write-behind queue full: dropping");
+                        pending.clear();
+                    }
+                }
+            }
+        }
+    });
+    Ok((reg, Some(task)))
 }

@@ -24,6 +24,7 @@ use crate::build::{
 };
 use crate::config::ProxyConfig;
 use crate::ctx::{Branch, ClientTxn, Ctx, Plan, ServerTxn};
+use crate::registrar::{CallAuth, Fork, KeepAlive, Registrar, RegistrarMode, Reply};
 use crate::router::{Probe, Router};
 use crate::stats::Stats;
 use crate::types::{Destination, Origin, Source, Target, Transmit, Transport};
@@ -36,6 +37,13 @@ const STATELESS_PREFIX: &str = "z9hG4bKsbA";
 const PROBE_PREFIX: &str = "z9hG4bKsbP";
 /// Marks a probe's [`Origin`], so a send failure goes back to the router.
 const PROBE_ORIGIN: u64 = 1 << 63;
+/// NAT keepalives (OPTIONS) to registered contacts.
+const KEEPALIVE_PREFIX: &str = "z9hG4bKsbK";
+/// Marks a keepalive's [`Origin`], so a send failure goes back to the registrar.
+const KEEPALIVE_ORIGIN: u64 = 1 << 62;
+/// How long a locally answered request's reply is kept to answer its retransmissions
+/// (Timer J, 64*T1).
+const ANSWERED_TTL: std::time::Duration = std::time::Duration::from_secs(32);
 /// To-tags of responses the proxy generates itself.
 const TAG_PREFIX: &str = "sbx7";
 
@@ -44,6 +52,9 @@ struct Shard {
     ctxs: HashMap<u64, Ctx>,
     by_key: HashMap<String, u64>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Replies the proxy itself gave (REGISTER, challenges), by server transaction key.
+    answered: HashMap<String, (Instant, Bytes)>,
+    next_clean: Option<Instant>,
 }
 
 /// A refusal: status, reason and extra header lines.
@@ -51,6 +62,8 @@ struct Reject {
     code: u16,
     reason: String,
     extra: Vec<String>,
+    /// Hold the reply back this long (a source guessing passwords).
+    delay: Option<std::time::Duration>,
 }
 
 fn reject(code: u16, reason: impl Into<String>) -> Reject {
@@ -58,7 +71,31 @@ fn reject(code: u16, reason: impl Into<String>) -> Reject {
         code,
         reason: reason.into(),
         extra: Vec::new(),
+        delay: None,
     }
+}
+
+impl From<Reply> for Reject {
+    fn from(r: Reply) -> Reject {
+        Reject {
+            code: r.code,
+            reason: r.reason,
+            extra: r.extra,
+            delay: r.delay,
+        }
+    }
+}
+
+/// Where the registrar sends an initial request.
+enum UserRoute {
+    /// To the registered contacts of the callee.
+    Location {
+        candidates: Vec<Destination>,
+        strip: Vec<usize>,
+        parallel: bool,
+    },
+    /// To the router (media servers); `strip` removes consumed credentials.
+    Dispatch { strip: Vec<usize> },
 }
 
 enum Decision {
@@ -78,6 +115,9 @@ pub struct Proxy {
     shards: Box<[Mutex<Shard>]>,
     counter: AtomicU64,
     stats: Stats,
+    registrar: Option<Arc<Registrar>>,
+    /// Replies held back, with the time to send them.
+    delayed: Mutex<Vec<(Instant, Transmit)>>,
 }
 
 fn hash64<T: Hash + ?Sized>(salt: u64, v: &T) -> u64 {
@@ -114,7 +154,20 @@ impl Proxy {
             router,
             counter: AtomicU64::new(1),
             stats: Stats::default(),
+            registrar: None,
+            delayed: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Adds the registrar and location service.
+    pub fn with_registrar(mut self, r: Arc<Registrar>) -> Proxy {
+        self.registrar = Some(r);
+        self
+    }
+
+    /// The registrar, when configured.
+    pub fn registrar(&self) -> Option<&Arc<Registrar>> {
+        self.registrar.as_ref()
     }
 
     /// The counters.
@@ -207,9 +260,33 @@ impl Proxy {
         for p in probes {
             self.send_probe(p, out);
         }
+        if let Some(reg) = &self.registrar {
+            let mut pings = Vec::new();
+            reg.tick(now, &mut pings);
+            for k in pings {
+                self.send_keepalive(k, out);
+            }
+        }
+        {
+            let mut d = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
+            if !d.is_empty() {
+                let mut i = 0;
+                while i < d.len() {
+                    if d[i].0 <= now {
+                        out.push(d.swap_remove(i).1);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+        }
         for i in 0..self.shards.len() {
             let mut g = self.lock(i);
             let shard = &mut *g;
+            if shard.next_clean.is_none_or(|t| t <= now) {
+                shard.next_clean = Some(now + std::time::Duration::from_secs(1));
+                shard.answered.retain(|_, (t, _)| *t > now);
+            }
             while let Some(&Reverse((t, id))) = shard.timers.peek() {
                 if t > now {
                     break;
@@ -241,6 +318,12 @@ impl Proxy {
             return self
                 .router
                 .probe_result(now, origin.ctx & !PROBE_ORIGIN, None);
+        }
+        if origin.ctx & KEEPALIVE_ORIGIN != 0 {
+            if let Some(reg) = &self.registrar {
+                reg.on_ping_failed(origin.ctx & !KEEPALIVE_ORIGIN);
+            }
+            return;
         }
         let s = self.shard_of_id(origin.ctx);
         let mut g = self.lock(s);
@@ -290,6 +373,33 @@ impl Proxy {
             }),
         });
     }
+    /// Writes one NAT keepalive: OPTIONS over UDP, a CRLFCRLF ping over a connection
+    /// (RFC 5626 §4.4.1).
+    fn send_keepalive(&self, k: KeepAlive, out: &mut Vec<Transmit>) {
+        let data = if k.target.transport.is_reliable() {
+            Bytes::from_static(b"\r\n\r\n")
+        } else {
+            let Some(local) = self.listener(k.target.transport) else {
+                return;
+            };
+            Bytes::from(format!(
+                "OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={KEEPALIVE_PREFIX}{id:x}\r\nMax-Forwards: 70\r\nFrom: <{from}>;tag=sbk{id:x}\r\nTo: <{uri}>\r\nCall-ID: sbk{id:x}.{salt:x}@{ip}\r\nCSeq: 1 OPTIONS\r\nUser-Agent: {SERVER}\r\nContent-Length: 0\r\n\r\n",
+                uri = k.uri,
+                id = k.id,
+                from = k.from,
+                salt = self.cfg.salt as u32,
+                ip = local.ip(),
+            ))
+        };
+        out.push(Transmit {
+            target: k.target,
+            data,
+            origin: Some(Origin {
+                ctx: KEEPALIVE_ORIGIN | k.id,
+                branch: 0,
+            }),
+        });
+    }
 
     // ----- malformed input --------------------------------------------------------------
 
@@ -326,6 +436,42 @@ impl Proxy {
             data,
             origin: None,
         });
+    }
+
+    /// A reply of the registrar or of authentication: remembered under the transaction
+    /// key so a retransmission gets the same bytes (not a second nonce check), and held
+    /// back when the source keeps failing.
+    #[allow(clippy::too_many_arguments)]
+    fn reply_answered(
+        &self,
+        now: Instant,
+        si: usize,
+        key: String,
+        src: &Source,
+        req: &Message,
+        r: Reject,
+        out: &mut Vec<Transmit>,
+    ) {
+        Stats::inc(&self.stats.local_replies);
+        let tag = self.local_tag(req.call_id());
+        let data = local_response(req, r.code, &r.reason, &tag, &r.extra);
+        self.lock(si)
+            .answered
+            .insert(key, (now + ANSWERED_TTL, data.clone()));
+        let t = Transmit {
+            target: src.reply_target(),
+            data,
+            origin: None,
+        };
+        match r.delay {
+            Some(d) => {
+                let mut q = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
+                if q.len() < 10_000 {
+                    q.push((now + d, t));
+                }
+            }
+            None => out.push(t),
+        }
     }
 }
 

@@ -35,24 +35,45 @@ impl Proxy {
                     return;
                 }
             }
+            if let Some((_, data)) = shard.answered.get(&key) {
+                Stats::inc(&self.stats.retransmissions_absorbed);
+                out.push(Transmit {
+                    target: src.reply_target(),
+                    data: data.clone(),
+                    origin: None,
+                });
+                return;
+            }
         }
-        let decision = match self.decide(&src, &msg) {
+        if let Some(reg) = &self.registrar {
+            let trusted = self.router.is_destination(src.addr) || reg.is_trusted_ip(src.addr.ip());
+            if !trusted && reg.is_banned(src.addr.ip(), now) {
+                Stats::inc(&self.stats.dropped);
+                return;
+            }
+            if msg.method() == Some(Method::Register)
+                && reg.config().mode == RegistrarMode::Local
+                && msg.uri().is_ok_and(|u| {
+                    u.user.is_none() && (self.is_us(&u) || reg.is_local_domain(u.host))
+                })
+            {
+                let r = reg.register(now, &src, &msg, trusted);
+                return self.reply_answered(now, si, key, &src, &msg, r.into(), out);
+            }
+        }
+        let decision = match self.decide(now, &src, &msg) {
             Ok(d) => d,
+            Err(r) if self.registrar.is_some() => {
+                return self.reply_answered(now, si, key, &src, &msg, r, out)
+            }
             Err(r) => return self.reply_stateless(&src, &msg, r, out),
         };
         let (plan, candidates) = match decision {
             Decision::LocalOk => {
-                let extra = vec!["Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE".to_string(), "Accept: application/sdp".to_string()];
-                return self.reply_stateless(
-                    &src,
-                    &msg,
-                    Reject {
-                        code: 200,
-                        reason: "OK".into(),
-                        extra,
-                    },
-                    out,
-                );
+                let extra = vec!["Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE, REGISTER".to_string(), "Accept: application/sdp".to_string()];
+                let mut r = reject(200, "OK");
+                r.extra = extra;
+                return self.reply_stateless(&src, &msg, r, out);
             }
             Decision::Forward { plan, candidates } => (plan, candidates),
         };
@@ -98,6 +119,8 @@ impl Proxy {
         }
         if !self.start_branch(now, &mut ctx, out) {
             self.finalize(now, &mut ctx, out);
+        } else if ctx.plan.parallel {
+            while self.start_branch(now, &mut ctx, out) {}
         }
         let mut g = self.lock(si);
         let shard = &mut *g;
@@ -107,7 +130,12 @@ impl Proxy {
     }
 
     /// Validation and routing of a new request (§16.3, §16.4, §16.5).
-    pub(super) fn decide(&self, src: &Source, msg: &Message) -> Result<Decision, Reject> {
+    pub(super) fn decide(
+        &self,
+        now: Instant,
+        src: &Source,
+        msg: &Message,
+    ) -> Result<Decision, Reject> {
         let method = msg.method().unwrap_or(Method::Other);
         let uri = msg.uri().map_err(|e| reject(400, e.reason()))?;
         if let Scheme::Other(s) = uri.scheme {
@@ -171,6 +199,8 @@ impl Proxy {
                 via_fix: via_fix(msg, src),
                 max_forwards: msg.position(HeaderName::MaxForwards).zip(mf),
                 loop_hash,
+                ruri_from_dest: false,
+                parallel: false,
             })
         };
         if to_tag {
@@ -190,6 +220,7 @@ impl Proxy {
             let dest = Destination {
                 uri: next.raw.into(),
                 node: None,
+                route: None,
                 transport: target.transport,
                 addr: target.addr,
                 flow: target.flow,
@@ -204,6 +235,27 @@ impl Proxy {
         }
         if method == Method::Options && self.is_us(&uri) && uri.user.is_none() {
             return Ok(Decision::LocalOk);
+        }
+        let mut strip = Vec::new();
+        if let Some(reg) = &self.registrar {
+            match self.decide_user(now, reg, src, msg, &uri)? {
+                UserRoute::Location {
+                    candidates,
+                    strip,
+                    parallel,
+                } => {
+                    let mut plan = plan_base(matches!(
+                        method,
+                        Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
+                    ))?;
+                    plan.route_edits
+                        .extend(strip.into_iter().map(|i| (i, None)));
+                    plan.ruri_from_dest = true;
+                    plan.parallel = parallel;
+                    return Ok(Decision::Forward { plan, candidates });
+                }
+                UserRoute::Dispatch { strip: s } => strip = s,
+            }
         }
         let mut candidates = Vec::with_capacity(4);
         self.router.select(msg, &mut candidates);
@@ -222,9 +274,57 @@ impl Proxy {
             method,
             Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
         );
-        Ok(Decision::Forward {
-            plan: plan_base(rr)?,
+        let mut plan = plan_base(rr)?;
+        plan.route_edits
+            .extend(strip.into_iter().map(|i| (i, None)));
+        Ok(Decision::Forward { plan, candidates })
+    }
+
+    /// Registrar routing of an initial request: authenticate local users (`407`), and send
+    /// calls to local users (from a media server, or between users when direct) to their
+    /// registered contacts.
+    fn decide_user(
+        &self,
+        now: Instant,
+        reg: &Registrar,
+        src: &Source,
+        msg: &Message,
+        uri: &Uri,
+    ) -> Result<UserRoute, Reject> {
+        let trusted = self.router.is_destination(src.addr);
+        let mut strip = Vec::new();
+        match reg.authorize_call(now, src, msg, trusted) {
+            CallAuth::Refuse(r) => return Err(r.into()),
+            CallAuth::User(_) => {
+                // consume the credentials: the media server must not see them
+                for (i, h) in msg.headers().iter().enumerate() {
+                    if h.name == HeaderName::ProxyAuthorization {
+                        strip.push(i);
+                    }
+                }
+            }
+            CallAuth::Trusted => {}
+        }
+        let trusted = trusted || reg.is_trusted_ip(src.addr.ip());
+        let Some(user) = uri.user.filter(|u| !u.is_empty()) else {
+            return Ok(UserRoute::Dispatch { strip });
+        };
+        let cfg = reg.config();
+        let domain = if self.is_us(uri) && !cfg.domains.is_empty() {
+            cfg.domains[0].clone()
+        } else if reg.is_local_domain(uri.host) {
+            uri.host.to_ascii_lowercase()
+        } else {
+            return Ok(UserRoute::Dispatch { strip });
+        };
+        if !(trusted || (cfg.direct_user_calls && reg.knows(user, &domain, now))) {
+            return Ok(UserRoute::Dispatch { strip });
+        }
+        let candidates = reg.lookup(user, &domain, now).map_err(Reject::from)?;
+        Ok(UserRoute::Location {
             candidates,
+            strip,
+            parallel: cfg.fork == Fork::Parallel,
         })
     }
 
@@ -289,11 +389,9 @@ impl Proxy {
                 "{BRANCH_PREFIX}{:x}.{:x}.{:x}",
                 ctx.plan.loop_hash, ctx.id, idx
             );
-            let Some(data) = ctx
-                .req
-                .as_ref()
-                .and_then(|req| self.build_forward(req, &ctx.plan, dest.transport, &branch))
-            else {
+            let Some(data) = ctx.req.as_ref().and_then(|req| {
+                self.build_forward(req, &ctx.plan, dest.transport, &branch, Some(&dest))
+            }) else {
                 tracing::warn!(destination = %dest.uri, transport = %dest.transport, "no listener for the destination's transport");
                 ctx.fallback = (
                     503,
@@ -351,11 +449,18 @@ impl Proxy {
         plan: &Plan,
         out_t: Transport,
         branch: &str,
+        dest: Option<&Destination>,
     ) -> Option<Bytes> {
         let ours = self.listener(out_t)?;
         let mut e = Editor::new(req);
         if let Some(r) = &plan.new_ruri {
             e.start_line(format_args!("{} {} SIP/2.0", req.method_str(), r));
+        }
+        if let Some(d) = dest.filter(|_| plan.ruri_from_dest) {
+            e.start_line(format_args!("{} {} SIP/2.0", req.method_str(), d.uri));
+            if let Some(route) = &d.route {
+                e.push_top(format_args!("Route: {route}"));
+            }
         }
         e.push_top(format_args!(
             "Via: SIP/2.0/{} {};branch={}",
@@ -426,7 +531,7 @@ impl Proxy {
             return; // ACK for a reply we generated, or a stray ACK with no dialog
         }
         // ACK for a 2xx: stateless, along the route set (§16.11)
-        let Ok(Decision::Forward { plan, candidates }) = self.decide(&src, &msg) else {
+        let Ok(Decision::Forward { plan, candidates }) = self.decide(now, &src, &msg) else {
             Stats::inc(&self.stats.dropped);
             return;
         };
@@ -435,7 +540,7 @@ impl Proxy {
         };
         let in_branch = msg.branch().unwrap_or("");
         let branch = format!("{STATELESS_PREFIX}{:x}", hash64(self.cfg.salt, in_branch));
-        if let Some(data) = self.build_forward(&msg, &plan, dest.transport, &branch) {
+        if let Some(data) = self.build_forward(&msg, &plan, dest.transport, &branch, None) {
             Stats::inc(&self.stats.stateless_acks);
             out.push(Transmit {
                 target: Target {

@@ -17,6 +17,17 @@ impl Proxy {
             }
             return;
         }
+        if let Some(id) = msg
+            .branch()
+            .and_then(|b| b.strip_prefix(KEEPALIVE_PREFIX))
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+        {
+            // any answer, even 404 or 405, shows the binding is alive
+            if let Some(reg) = &self.registrar {
+                reg.on_pong(id);
+            }
+            return;
+        }
         let Some((_, id, idx)) = msg.branch().and_then(parse_branch) else {
             Stats::inc(&self.stats.dropped);
             return;
@@ -233,8 +244,15 @@ impl Proxy {
         code: u16,
         out: &mut Vec<Transmit>,
     ) {
-        let failover_code = self.cfg.failover_codes.contains(&code);
+        // contacts of a user fork serially on any failure but 6xx; media servers on the
+        // configured failover codes
+        let failover_code = if ctx.plan.ruri_from_dest {
+            (300..600).contains(&code)
+        } else {
+            self.cfg.failover_codes.contains(&code)
+        };
         if failover_code
+            && !ctx.plan.ruri_from_dest
             && ctx.fast_failover
             && !ctx.final_sent
             && !ctx.cancelled
@@ -254,7 +272,7 @@ impl Proxy {
         }
         if !ctx.final_sent
             && !ctx.cancelled
-            && self.cfg.failover_codes.contains(&code)
+            && failover_code
             && ctx.next_candidate < ctx.candidates.len()
         {
             Stats::inc(&self.stats.failovers);

@@ -36,6 +36,7 @@ fn proxy(backends: &[&str]) -> Proxy {
             addr: addr(b),
             flow: None,
             node: None,
+            route: None,
         })
         .collect();
     Proxy::new(cfg, Arc::new(RoundRobin::new(dests)))

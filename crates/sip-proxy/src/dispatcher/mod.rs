@@ -314,6 +314,7 @@ impl Dispatcher {
             addr: d.cfg.addr,
             flow: None,
             node: Some(d.clone()),
+            route: None,
         }
     }
 
@@ -352,6 +353,13 @@ impl Router for Dispatcher {
 
     fn describe(&self) -> String {
         format!("set {}", self.default_set)
+    }
+
+    fn is_destination(&self, addr: std::net::SocketAddr) -> bool {
+        self.table()
+            .sets
+            .iter()
+            .any(|s| s.dests.iter().any(|d| d.cfg.addr == addr))
     }
 
     fn on_branch_result(&self, dest: &Destination, ok: bool) {

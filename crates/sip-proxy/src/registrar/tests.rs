@@ -1,0 +1,881 @@
+//! Registrar scenarios through the proxy core, on a virtual clock.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sip_wire::auth::{ha1, hex, Algorithm};
+
+use super::*;
+use crate::config::{Listener, ProxyConfig};
+use crate::router::RoundRobin;
+use crate::types::Transmit;
+use crate::Proxy;
+
+const EPOCH_UNIX: u64 = 1_800_000_000;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn setup(f: impl FnOnce(&mut RegistrarConfig)) -> (Proxy, Arc<Registrar>, Instant) {
+    let now = Instant::now();
+    let mut rc = RegistrarConfig {
+        domains: vec!["example.com".into()],
+        secret: b"test-secret".to_vec(),
+        trusted: vec![parse_cidr("127.0.0.9").unwrap()],
+        fail: FailPolicy {
+            slow_after: 0,
+            ban_after: 0,
+            ..FailPolicy::default()
+        },
+        ..RegistrarConfig::default()
+    };
+    f(&mut rc);
+    let reg = Arc::new(Registrar::new(rc, (now, EPOCH_UNIX)));
+    reg.set_credential(
+        "alice",
+        "example.com",
+        Credential::from_password("alice", "example.com", "secret1"),
+    );
+    reg.set_credential(
+        "bob",
+        "example.com",
+        Credential::from_password("bob", "example.com", "secret2"),
+    );
+    let cfg = ProxyConfig {
+        listeners: vec![Listener {
+            transport: Transport::Udp,
+            advertise: addr("127.0.0.1:5060"),
+        }],
+        ..ProxyConfig::default()
+    };
+    let media = vec![Destination {
+        uri: "sip:127.0.0.1:5080".into(),
+        transport: Transport::Udp,
+        addr: addr("127.0.0.1:5080"),
+        flow: None,
+        node: None,
+        route: None,
+    }];
+    let p = Proxy::new(cfg, Arc::new(RoundRobin::new(media))).with_registrar(reg.clone());
+    (p, reg, now)
+}
+
+fn send(p: &Proxy, now: Instant, from: &str, msg: &str) -> Vec<Transmit> {
+    let mut out = vec![];
+    p.on_message(
+        now,
+        Source {
+            transport: Transport::Udp,
+            addr: addr(from),
+            flow: None,
+        },
+        Bytes::copy_from_slice(msg.as_bytes()),
+        &mut out,
+    );
+    out
+}
+
+fn parse(t: &Transmit) -> Message {
+    Message::parse(t.data.clone())
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&t.data)))
+}
+
+fn register(user: &str, branch: &str, cseq: u32, contact: &str, extra: &str) -> String {
+    format!(
+        "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK{branch};rport\r\nFrom: <sip:{user}@example.com>;tag=r1\r\nTo: <sip:{user}@example.com>\r\nCall-ID: reg-{user}\r\nCSeq: {cseq} REGISTER\r\nContact: {contact}\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+}
+
+fn param<'a>(h: &'a str, name: &str) -> &'a str {
+    let i = h.find(&format!("{name}=")).unwrap() + name.len() + 1;
+    let rest = &h[i..];
+    if let Some(r) = rest.strip_prefix('"') {
+        &r[..r.find('"').unwrap()]
+    } else {
+        rest.split([',', ' ']).next().unwrap()
+    }
+}
+
+/// Credentials answering `challenge` (a WWW-/Proxy-Authenticate value).
+fn answer(challenge: &str, user: &str, pass: &str, method: &str, uri: &str, nc: u32) -> String {
+    let realm = param(challenge, "realm");
+    let nonce = param(challenge, "nonce");
+    let alg = Algorithm::parse(param(challenge, "algorithm")).unwrap();
+    let h1 = ha1(alg, user, realm, pass);
+    let h2 = alg.hash_colon(&[method.as_bytes(), uri.as_bytes()]);
+    let nc = format!("{nc:08x}");
+    let cnonce = hex(&nc.as_bytes()[..4]);
+    let resp = alg.hash_colon(&[
+        h1.as_bytes(),
+        nonce.as_bytes(),
+        nc.as_bytes(),
+        cnonce.as_bytes(),
+        b"auth",
+        h2.as_bytes(),
+    ]);
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm={}, qop=auth, nc={nc}, cnonce=\"{cnonce}\"",
+        alg.name()
+    )
+}
+
+/// REGISTER, take the challenge (the `pick`-th offer), answer it; returns the final reply.
+fn register_auth(
+    p: &Proxy,
+    now: Instant,
+    user: &str,
+    pass: &str,
+    contact: &str,
+    pick: usize,
+    cseq: u32,
+) -> Message {
+    let out = send(
+        p,
+        now,
+        "127.0.0.1:40000",
+        &register(user, &format!("a{cseq}"), cseq, contact, ""),
+    );
+    let r = parse(&out[0]);
+    assert_eq!(
+        r.status(),
+        Some(401),
+        "{}",
+        String::from_utf8_lossy(&out[0].data)
+    );
+    let ch: Vec<&str> = r.all(HeaderName::WwwAuthenticate).collect();
+    let auth = answer(ch[pick], user, pass, "REGISTER", "sip:example.com", 1);
+    let out = send(
+        p,
+        now,
+        "127.0.0.1:40000",
+        &register(
+            user,
+            &format!("b{cseq}"),
+            cseq + 1,
+            contact,
+            &format!("Authorization: {auth}\r\n"),
+        ),
+    );
+    parse(&out[0])
+}
+
+#[test]
+fn register_with_sha256_and_md5_digest() {
+    let (p, reg, now) = setup(|_| {});
+    let out = send(
+        &p,
+        now,
+        "127.0.0.1:40000",
+        &register("alice", "x1", 1, "<sip:alice@10.0.0.5:5060>", ""),
+    );
+    let r = parse(&out[0]);
+    assert_eq!(r.status(), Some(401));
+    let ch: Vec<&str> = r.all(HeaderName::WwwAuthenticate).collect();
+    assert_eq!(ch.len(), 2);
+    assert!(
+        ch[0].contains("algorithm=MD5") && ch[1].contains("algorithm=SHA-256"),
+        "{ch:?}"
+    );
+    assert!(ch[0].contains("qop=\"auth\"") && ch[0].contains("realm=\"example.com\""));
+    assert!(
+        reg.show("alice@example.com", now).is_empty(),
+        "nothing stored before auth"
+    );
+
+    let ok = register_auth(
+        &p,
+        now,
+        "alice",
+        "secret1",
+        "<sip:alice@10.0.0.5:5060>",
+        0,
+        10,
+    );
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(
+        ok.get(HeaderName::Contact),
+        Some("<sip:alice@10.0.0.5:5060>;expires=3600")
+    );
+    let ok = register_auth(&p, now, "bob", "secret2", "<sip:bob@10.0.0.6:5060>", 1, 20);
+    assert_eq!(ok.status(), Some(200));
+    let b = reg.show("bob@example.com", now);
+    assert_eq!(b.len(), 1);
+    assert!(b[0].nat);
+    assert_eq!(b[0].source.addr, addr("127.0.0.1:40000"));
+}
+
+#[test]
+fn wrong_password_and_unknown_user_look_alike() {
+    let (p, reg, now) = setup(|_| {});
+    let wrong = register_auth(&p, now, "alice", "guess", "<sip:alice@10.0.0.5>", 0, 1);
+    let unknown = register_auth(&p, now, "mallory", "guess", "<sip:m@10.0.0.5>", 0, 3);
+    assert_eq!(wrong.status(), Some(401));
+    assert_eq!(
+        (wrong.status(), wrong.reason()),
+        (unknown.status(), unknown.reason())
+    );
+    assert_eq!(reg.counts(), (0, 0));
+}
+
+#[test]
+fn authenticated_user_must_match_to() {
+    let (p, reg, now) = setup(|_| {});
+    let out = send(
+        &p,
+        now,
+        "127.0.0.1:40000",
+        &register("bob", "m1", 1, "<sip:bob@10.0.0.5>", ""),
+    );
+    let ch = parse(&out[0])
+        .get(HeaderName::WwwAuthenticate)
+        .unwrap()
+        .to_string();
+    let auth = answer(&ch, "alice", "secret1", "REGISTER", "sip:example.com", 1);
+    let out = send(
+        &p,
+        now,
+        "127.0.0.1:40000",
+        &register(
+            "bob",
+            "m2",
+            2,
+            "<sip:bob@10.0.0.5>",
+            &format!("Authorization: {auth}\r\n"),
+        ),
+    );
+    let r = parse(&out[0]);
+    assert_eq!(r.status(), Some(403));
+    assert!(r.reason().contains("does not match To"), "{}", r.reason());
+    assert_eq!(reg.counts(), (0, 0));
+}
+
+#[test]
+fn replayed_nc_is_refused_but_a_retransmission_gets_the_same_reply() {
+    let (p, reg, now) = setup(|_| {});
+    let out = send(
+        &p,
+        now,
+        "127.0.0.1:40000",
+        &register("alice", "n1", 1, "<sip:alice@10.0.0.5>", ""),
+    );
+    let ch = parse(&out[0])
+        .get(HeaderName::WwwAuthenticate)
+        .unwrap()
+        .to_string();
+    let auth = answer(&ch, "alice", "secret1", "REGISTER", "sip:example.com", 1);
+    let msg = register(
+        "alice",
+        "n2",
+        2,
+        "<sip:alice@10.0.0.5>",
+        &format!("Authorization: {auth}\r\n"),
+    );
+    let first = send(&p, now, "127.0.0.1:40000", &msg);
+    assert_eq!(parse(&first[0]).status(), Some(200));
+    let again = send(&p, now, "127.0.0.1:40000", &msg);
+    assert_eq!(
+        again[0].data, first[0].data,
+        "retransmission answered from the transaction"
+    );
+    // the same credentials in a new transaction: a replay
+    let replay = register(
+        "alice",
+        "n3",
+        3,
+        "<sip:alice@10.0.0.5>",
+        &format!("Authorization: {auth}\r\n"),
+    );
+    let r = parse(&send(&p, now, "127.0.0.1:40000", &replay)[0]);
+    assert_eq!(r.status(), Some(401));
+    assert!(r.reason().contains("replayed"), "{}", r.reason());
+    assert_eq!(
+        reg.show("alice@example.com", now)[0].cseq,
+        2,
+        "the replay changed nothing"
+    );
+    // the next nc on the same nonce is fine
+    let auth2 = answer(&ch, "alice", "secret1", "REGISTER", "sip:example.com", 2);
+    let r = parse(
+        &send(
+            &p,
+            now,
+            "127.0.0.1:40000",
+            &register(
+                "alice",
+                "n4",
+                4,
+                "<sip:alice@10.0.0.5>",
+                &format!("Authorization: {auth2}\r\n"),
+            ),
+        )[0],
+    );
+    assert_eq!(r.status(), Some(200));
+}
+
+#[test]
+fn foreign_and_stale_nonces() {
+    let (p, _reg, now) = setup(|_| {});
+    let other = Authenticator::new(
+        b"another-secret".to_vec(),
+        vec![Algorithm::Md5],
+        30,
+        FailPolicy::default(),
+    );
+    let ch = other
+        .challenge(false, EPOCH_UNIX, "example.com", false)
+        .remove(0);
+    let ch = ch.trim_start_matches("WWW-Authenticate: ");
+    let auth = answer(ch, "alice", "secret1", "REGISTER", "sip:example.com", 1);
+    let r = parse(
+        &send(
+            &p,
+            now,
+            "127.0.0.1:40000",
+            &register(
+                "alice",
+                "f1",
+                1,
+                "<sip:alice@10.0.0.5>",
+                &format!("Authorization: {auth}\r\n"),
+            ),
+        )[0],
+    );
+    assert_eq!(r.status(), Some(401));
+    assert!(
+        r.reason().contains("nonce not issued here"),
+        "{}",
+        r.reason()
+    );
+
+    let out = send(
+        &p,
+        now,
+        "127.0.0.1:40000",
+        &register("alice", "s1", 2, "<sip:alice@10.0.0.5>", ""),
+    );
+    let ch = parse(&out[0])
+        .get(HeaderName::WwwAuthenticate)
+        .unwrap()
+        .to_string();
+    let auth = answer(&ch, "alice", "secret1", "REGISTER", "sip:example.com", 1);
+    let later = now + Duration::from_secs(31);
+    let r = parse(
+        &send(
+            &p,
+            later,
+            "127.0.0.1:40000",
+            &register(
+                "alice",
+                "s2",
+                3,
+                "<sip:alice@10.0.0.5>",
+                &format!("Authorization: {auth}\r\n"),
+            ),
+        )[0],
+    );
+    assert_eq!(r.status(), Some(401));
+    assert!(r
+        .get(HeaderName::WwwAuthenticate)
+        .unwrap()
+        .contains("stale=true"));
+}
+
+#[test]
+fn malformed_authorization_is_a_precise_400() {
+    let (p, reg, now) = setup(|_| {});
+    for (bad, why) in [
+        ("Digest username=\"alice\", realm=\"example.com\"", "missing nonce"),
+        ("Digest username=alice, realm=\"example.com\", nonce=\"n\", uri=\"sip:x\", response=\"0\"", "malformed auth-param"),
+        ("Basic YWxpY2U6c2VjcmV0MQ==", "not Digest"),
+    ] {
+        let r = parse(&send(&p, now, "127.0.0.1:40000", &register("alice", &format!("m{}", why.len()), 1, "<sip:alice@10.0.0.5>", &format!("Authorization: {bad}\r\n")))[0]);
+        assert_eq!(r.status(), Some(400), "{bad}");
+        assert!(r.reason().contains(why), "{bad}: {}", r.reason());
+    }
+    assert_eq!(reg.counts(), (0, 0));
+}
+
+/// A registrar without authentication, for the location tests.
+fn open() -> (Proxy, Arc<Registrar>, Instant) {
+    setup(|c| c.auth = false)
+}
+
+fn reg_status(
+    p: &Proxy,
+    now: Instant,
+    branch: &str,
+    cseq: u32,
+    contact: &str,
+    extra: &str,
+) -> Message {
+    parse(
+        &send(
+            p,
+            now,
+            "127.0.0.1:40000",
+            &register("alice", branch, cseq, contact, extra),
+        )[0],
+    )
+}
+
+#[test]
+fn bad_expires_and_contacts_are_refused_and_store_nothing() {
+    let (p, reg, now) = open();
+    for (i, (contact, extra, code, why)) in [
+        (
+            "<sip:alice@10.0.0.5>",
+            "Expires: -1\r\n",
+            400,
+            "not a number",
+        ),
+        (
+            "<sip:alice@10.0.0.5>",
+            "Expires: 99999999999\r\n",
+            400,
+            "above 2^32-1",
+        ),
+        (
+            "<sip:alice@10.0.0.5>;expires=99999999999",
+            "",
+            400,
+            "above 2^32-1",
+        ),
+        ("<>", "", 400, "Contact"),
+        (";expires=30", "", 400, "Contact"),
+        ("", "", 400, "Contact without URI"),
+        ("<mailto:a@b>", "", 400, "not a SIP URI"),
+        ("<sip:alice@10.0.0.5>;q=2", "", 400, "q-value"),
+        ("*", "", 400, "Expires: 0"),
+        (
+            "*, <sip:alice@10.0.0.5>",
+            "Expires: 0\r\n",
+            400,
+            "other contacts",
+        ),
+        ("<sip:alice@10.0.0.5>", "Expires: 10\r\n", 423, "Too Brief"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = reg_status(&p, now, &format!("b{i}"), 1, contact, extra);
+        assert_eq!(r.status(), Some(code), "{contact} {extra}: {}", r.reason());
+        assert!(
+            r.reason().contains(why),
+            "{contact} {extra}: {}",
+            r.reason()
+        );
+        if code == 423 {
+            assert_eq!(r.get_named("Min-Expires"), Some("60"));
+        }
+    }
+    assert_eq!(reg.counts(), (0, 0));
+}
+
+#[test]
+fn refresh_query_unregister_and_star() {
+    let (p, reg, now) = open();
+    let r = reg_status(&p, now, "r1", 1, "<sip:alice@10.0.0.5>;expires=99999", "");
+    assert_eq!(
+        r.get(HeaderName::Contact),
+        Some("<sip:alice@10.0.0.5>;expires=7200"),
+        "clamped to max_expires"
+    );
+    let r = reg_status(
+        &p,
+        now,
+        "r2",
+        2,
+        "<sip:alice@10.0.0.7>;q=0.5",
+        "Expires: 120\r\n",
+    );
+    let contacts: Vec<&str> = r.all(HeaderName::Contact).collect();
+    assert_eq!(
+        contacts,
+        [
+            "<sip:alice@10.0.0.5>;expires=7200",
+            "<sip:alice@10.0.0.7>;expires=120;q=0.5"
+        ]
+    );
+    // out-of-order CSeq on the same Call-ID
+    let r = reg_status(&p, now, "r3", 2, "<sip:alice@10.0.0.7>", "");
+    assert_eq!(r.status(), Some(400));
+    // a query lists without changing
+    let q = "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKq\r\nFrom: <sip:alice@example.com>;tag=1\r\nTo: <sip:alice@example.com>\r\nCall-ID: q\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n".to_string();
+    assert_eq!(
+        parse(&send(&p, now, "127.0.0.1:40000", &q)[0])
+            .all(HeaderName::Contact)
+            .count(),
+        2
+    );
+    let r = reg_status(&p, now, "r4", 3, "<sip:alice@10.0.0.7>;expires=0", "");
+    assert_eq!(r.all(HeaderName::Contact).count(), 1);
+    let r = reg_status(&p, now, "r5", 4, "*", "Expires: 0\r\n");
+    assert_eq!(r.status(), Some(200));
+    assert_eq!(reg.counts(), (0, 0));
+    let ev = reg.take_events();
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e, LocEvent::Removed { .. }))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn max_contacts_replaces_the_oldest_or_refuses() {
+    let (p, reg, now) = setup(|c| {
+        c.auth = false;
+        c.max_contacts = 2;
+    });
+    for (i, h) in ["10.0.0.1", "10.0.0.2", "10.0.0.3"].iter().enumerate() {
+        let t = now + Duration::from_secs(i as u64 * 2);
+        let r = reg_status(
+            &p,
+            t,
+            &format!("m{i}"),
+            i as u32 + 1,
+            &format!("<sip:alice@{h}>"),
+            "",
+        );
+        assert_eq!(r.status(), Some(200));
+    }
+    let uris: Vec<String> = reg
+        .show("alice@example.com", now)
+        .iter()
+        .map(|b| b.uri.to_string())
+        .collect();
+    assert_eq!(uris.len(), 2);
+    assert!(
+        !uris.contains(&"sip:alice@10.0.0.1".to_string()),
+        "{uris:?}"
+    );
+
+    let (p, reg, now) = setup(|c| {
+        c.auth = false;
+        c.max_contacts = 1;
+        c.reject_over_max = true;
+    });
+    assert_eq!(
+        reg_status(&p, now, "x1", 1, "<sip:alice@10.0.0.1>", "").status(),
+        Some(200)
+    );
+    let r = reg_status(&p, now, "x2", 2, "<sip:alice@10.0.0.2>", "");
+    assert_eq!(r.status(), Some(403));
+    assert_eq!(reg.show("alice@example.com", now).len(), 1);
+    // refreshing the existing one is still fine
+    assert_eq!(
+        reg_status(&p, now, "x3", 3, "<sip:alice@10.0.0.1>", "").status(),
+        Some(200)
+    );
+}
+
+#[test]
+fn instance_and_reg_id_replace_the_old_binding() {
+    let (p, reg, now) = open();
+    reg_status(
+        &p,
+        now,
+        "i1",
+        1,
+        "<sip:alice@10.0.0.1>;+sip.instance=\"<urn:uuid:1>\";reg-id=1",
+        "",
+    );
+    reg_status(
+        &p,
+        now,
+        "i2",
+        2,
+        "<sip:alice@10.0.0.9:5999>;+sip.instance=\"<urn:uuid:1>\";reg-id=1",
+        "",
+    );
+    let b = reg.show("alice@example.com", now);
+    assert_eq!(b.len(), 1);
+    assert_eq!(&*b[0].uri, "sip:alice@10.0.0.9:5999");
+    assert_eq!(b[0].instance.as_deref(), Some("<urn:uuid:1>"));
+}
+
+fn invite_to(user: &str, call: &str) -> String {
+    format!("INVITE sip:{user}@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.9:5080;branch=z9hG4bK-{call}\r\nFrom: <sip:fs@127.0.0.9>;tag=ft\r\nTo: <sip:{user}@example.com>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+}
+
+fn response_to(req: &Message, code: u16) -> String {
+    let mut s = format!("SIP/2.0 {code} X\r\n");
+    for v in req.all(HeaderName::Via) {
+        s.push_str(&format!("Via: {v}\r\n"));
+    }
+    s.push_str(&format!(
+        "From: {}\r\nTo: {};tag=tt\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
+        req.get(HeaderName::From).unwrap(),
+        req.get(HeaderName::To).unwrap(),
+        req.call_id(),
+        req.get(HeaderName::CSeq).unwrap()
+    ));
+    s
+}
+
+#[test]
+fn calls_from_a_media_server_reach_contacts_in_q_order_behind_nat() {
+    let (p, _reg, now) = open();
+    // from 127.0.0.1:40000, contacts naming private addresses: NAT
+    reg_status(&p, now, "q1", 1, "<sip:alice@10.0.0.5:5060>;q=0.3", "");
+    let r = "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.6;branch=z9hG4bKq2\r\nFrom: <sip:alice@example.com>;tag=1\r\nTo: <sip:alice@example.com>\r\nCall-ID: other\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@10.0.0.6:5060>;q=0.9\r\nContent-Length: 0\r\n\r\n".to_string();
+    assert_eq!(
+        parse(&send(&p, now, "127.0.0.1:40001", &r)[0]).status(),
+        Some(200)
+    );
+
+    let out = send(&p, now, "127.0.0.9:5080", &invite_to("alice", "c1"));
+    assert_eq!(parse(&out[0]).status(), Some(100));
+    let first = parse(&out[1]);
+    assert_eq!(
+        first.uri_str(),
+        "sip:alice@10.0.0.6:5060",
+        "q=0.9 first, R-URI is the contact"
+    );
+    assert_eq!(
+        out[1].target.addr,
+        addr("127.0.0.1:40001"),
+        "sent where it registered from"
+    );
+    // busy: serial forking goes on to the next contact
+    let out = send(&p, now, "127.0.0.1:40001", &response_to(&first, 486));
+    let fwd: Vec<Message> = out
+        .iter()
+        .map(parse)
+        .filter(|m| m.is_request() && m.method() == Some(sip_wire::Method::Invite))
+        .collect();
+    assert_eq!(fwd.len(), 1);
+    assert_eq!(fwd[0].uri_str(), "sip:alice@10.0.0.5:5060");
+}
+
+#[test]
+fn unknown_user_404_known_without_contact_480() {
+    let (p, _reg, now) = open();
+    let r = parse(&send(&p, now, "127.0.0.9:5080", &invite_to("nobody", "c1"))[0]);
+    assert_eq!(r.status(), Some(404));
+    let r = parse(&send(&p, now, "127.0.0.9:5080", &invite_to("bob", "c2"))[0]);
+    assert_eq!(r.status(), Some(480));
+}
+
+#[test]
+fn calls_from_users_are_challenged_and_credentials_consumed() {
+    let (p, _reg, now) = setup(|_| {});
+    let inv = "INVITE sip:5000@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKi1\r\nFrom: <sip:alice@example.com>;tag=a\r\nTo: <sip:5000@example.com>\r\nCall-ID: i1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    let r = parse(&send(&p, now, "127.0.0.1:40000", inv)[0]);
+    assert_eq!(r.status(), Some(407));
+    let ch = r.get(HeaderName::ProxyAuthenticate).unwrap().to_string();
+    let auth = answer(&ch, "alice", "secret1", "INVITE", "sip:5000@example.com", 1);
+    let inv2 = inv
+        .replace("z9hG4bKi1", "z9hG4bKi2")
+        .replace("CSeq: 1", "CSeq: 2")
+        .replace(
+            "Content-Length",
+            &format!("Proxy-Authorization: {auth}\r\nContent-Length"),
+        );
+    let out = send(&p, now, "127.0.0.1:40000", &inv2);
+    let fwd = parse(out.last().unwrap());
+    assert_eq!(
+        out.last().unwrap().target.addr,
+        addr("127.0.0.1:5080"),
+        "to the media server"
+    );
+    assert!(
+        fwd.get(HeaderName::ProxyAuthorization).is_none(),
+        "credentials consumed"
+    );
+    // someone else's From with alice's password
+    let auth = answer(&ch, "alice", "secret1", "INVITE", "sip:5000@example.com", 2);
+    let inv3 = inv
+        .replace("z9hG4bKi1", "z9hG4bKi2")
+        .replace("CSeq: 1", "CSeq: 2")
+        .replace(
+            "Content-Length",
+            &format!("Proxy-Authorization: {auth}\r\nContent-Length"),
+        )
+        .replace("sip:alice@example.com>;tag=a", "sip:bob@example.com>;tag=a")
+        .replace("z9hG4bKi2", "z9hG4bKi3");
+    let r = parse(&send(&p, now, "127.0.0.1:40000", &inv3)[0]);
+    assert_eq!(r.status(), Some(403), "{}", r.reason());
+    // a caller from another domain may only call into ours
+    let relay = inv
+        .replace("sip:5000@example.com SIP", "sip:5000@elsewhere.net SIP")
+        .replace("alice@example.com", "eve@evil.org")
+        .replace("z9hG4bKi1", "z9hG4bKi9");
+    assert_eq!(
+        parse(&send(&p, now, "127.0.0.1:40000", &relay)[0]).status(),
+        Some(403)
+    );
+}
+
+#[test]
+fn keepalives_remove_a_silent_contact_and_keep_an_answering_one() {
+    let (p, reg, now) = setup(|c| {
+        c.auth = false;
+        c.ping_interval = Duration::from_secs(1);
+        c.ping_max_missed = 2;
+    });
+    reg_status(&p, now, "k1", 1, "<sip:alice@10.0.0.5>", "");
+    let r = "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.6;branch=z9hG4bKk2\r\nFrom: <sip:bob@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\nCall-ID: k2\r\nCSeq: 1 REGISTER\r\nContact: <sip:bob@10.0.0.6>\r\nContent-Length: 0\r\n\r\n".to_string();
+    send(&p, now, "127.0.0.1:40002", &r);
+    for s in 1..=4u64 {
+        let mut out = vec![];
+        p.on_timers(now + Duration::from_millis(s * 1000 + 1), &mut out);
+        for t in &out {
+            let m = parse(t);
+            assert_eq!(m.method(), Some(sip_wire::Method::Options));
+            if t.target.addr == addr("127.0.0.1:40002") {
+                // bob answers
+                let mut o = vec![];
+                p.on_message(
+                    now,
+                    Source {
+                        transport: Transport::Udp,
+                        addr: t.target.addr,
+                        flow: None,
+                    },
+                    Bytes::from(response_to(&m, 200)),
+                    &mut o,
+                );
+            }
+        }
+    }
+    assert!(
+        reg.show("alice@example.com", now).is_empty(),
+        "alice never answered"
+    );
+    assert_eq!(reg.show("bob@example.com", now).len(), 1);
+}
+
+#[test]
+fn bindings_expire_and_persist_through_events() {
+    let (p, reg, now) = open();
+    reg_status(&p, now, "e1", 1, "<sip:alice@10.0.0.5>;expires=60", "");
+    let ev = reg.take_events();
+    let saved: Vec<(String, Binding)> = ev
+        .into_iter()
+        .filter_map(|e| match e {
+            LocEvent::Saved { aor, binding } => Some((aor, *binding)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0].1.expires_unix, EPOCH_UNIX + 60);
+    // a new process 10 s later restores it with 50 s left
+    let later = now + Duration::from_secs(10);
+    let fresh = Registrar::new(RegistrarConfig::default(), (later, EPOCH_UNIX + 10));
+    assert_eq!(fresh.restore(later, saved), 1);
+    let b = fresh.show("alice@example.com", later);
+    assert_eq!(b[0].expires_at.duration_since(later).as_secs(), 50);
+    // the sweep drops it once expired
+    let mut out = vec![];
+    p.on_timers(now + Duration::from_secs(61), &mut out);
+    assert!(reg
+        .show("alice@example.com", now + Duration::from_secs(61))
+        .is_empty());
+    assert!(matches!(reg.take_events()[..], [LocEvent::Removed { .. }]));
+}
+
+#[test]
+fn repeated_failures_are_slowed_then_banned() {
+    let (p, reg, now) = setup(|c| {
+        c.fail = FailPolicy {
+            window: Duration::from_secs(60),
+            slow_after: 1,
+            ban_after: 3,
+            ban_time: Duration::from_secs(100),
+        };
+    });
+    let r1 = register_auth(&p, now, "alice", "bad", "<sip:alice@10.0.0.5>", 0, 1);
+    assert_eq!(r1.status(), Some(401));
+    // the second failure is held back
+    let out = send(
+        &p,
+        now,
+        "127.0.0.1:40000",
+        &register("alice", "h1", 5, "<sip:alice@10.0.0.5>", ""),
+    );
+    let ch = parse(&out[0])
+        .get(HeaderName::WwwAuthenticate)
+        .unwrap()
+        .to_string();
+    let auth = answer(&ch, "alice", "bad", "REGISTER", "sip:example.com", 1);
+    let out = send(
+        &p,
+        now,
+        "127.0.0.1:40000",
+        &register(
+            "alice",
+            "h2",
+            6,
+            "<sip:alice@10.0.0.5>",
+            &format!("Authorization: {auth}\r\n"),
+        ),
+    );
+    assert!(out.is_empty(), "reply delayed");
+    let mut later = vec![];
+    p.on_timers(now + Duration::from_millis(600), &mut later);
+    assert_eq!(
+        later
+            .iter()
+            .filter(|t| parse(t).status() == Some(401))
+            .count(),
+        1
+    );
+    // the third: banned; then silence, even with the right password
+    let auth = answer(&ch, "alice", "bad", "REGISTER", "sip:example.com", 2);
+    send(
+        &p,
+        now,
+        "127.0.0.1:40000",
+        &register(
+            "alice",
+            "h3",
+            7,
+            "<sip:alice@10.0.0.5>",
+            &format!("Authorization: {auth}\r\n"),
+        ),
+    );
+    assert!(reg.is_banned("127.0.0.1".parse().unwrap(), now));
+    assert!(send(
+        &p,
+        now,
+        "127.0.0.1:40000",
+        &register("alice", "h4", 8, "<sip:alice@10.0.0.5>", "")
+    )
+    .is_empty());
+    // the trusted network is never banned
+    assert!(!send(&p, now, "127.0.0.9:5080", &invite_to("alice", "t1")).is_empty());
+}
+
+#[test]
+fn helpers_parse_values() {
+    assert_eq!(parse_q("0.5"), Some(500));
+    assert_eq!(parse_q("1"), Some(1000));
+    assert_eq!(parse_q("1.000"), Some(1000));
+    assert_eq!(parse_q("0.125"), Some(125));
+    assert_eq!(parse_q("1.5"), None);
+    assert_eq!(parse_q("0.1234"), None);
+    assert_eq!(parse_q("abc"), None);
+    assert_eq!(format_q(500), "0.5");
+    assert_eq!(format_q(125), "0.125");
+    assert!(is_private("10.1.2.3".parse().unwrap()));
+    assert!(is_private("100.64.0.1".parse().unwrap()));
+    assert!(!is_private("100.128.0.1".parse().unwrap()));
+    assert!(!is_private("8.8.8.8".parse().unwrap()));
+    assert!(in_cidr(
+        "192.168.1.7".parse().unwrap(),
+        parse_cidr("192.168.0.0/16").unwrap()
+    ));
+    assert!(!in_cidr(
+        "192.169.1.7".parse().unwrap(),
+        parse_cidr("192.168.0.0/16").unwrap()
+    ));
+    assert_eq!(parse_cidr("10.0.0.0/33"), None);
+    assert!(contact_nat("sip:a@10.0.0.5:5060", addr("127.0.0.1:5060")));
+    assert!(contact_nat(
+        "sip:a@abc.invalid;transport=ws",
+        addr("127.0.0.1:5060")
+    ));
+    assert!(!contact_nat("sip:a@127.0.0.1:5070", addr("127.0.0.1:5070")));
+}
