@@ -192,5 +192,35 @@ a=$(contacts alice@127.0.0.1 | wc -l); b=$(contacts bob@127.0.0.1 | wc -l)
 [ "$a" = 0 ] && [ "$b" = 1 ]; result "keepalive-removes-silent-contact" $? "after 4.5 s at 1 s x 2 missed: silent=$a answering=$b"
 kill -KILL $AGENT_PID 2>/dev/null; wait $AGENT_PID 2>/dev/null
 
+# ---- forward mode: REGISTER relayed to the media server with a Path, the call comes back --
+kill -TERM $SB_PID; wait $SB_PID 2>/dev/null
+config 'mode = "forward"'
+start_sb
+forward_case() { # name agent-port [sipp transport args]
+  local name=$1 port=$2; shift 2
+  rm -f "$WORK"/fs-registrar_*_messages.log
+  (cd "$WORK" && sipp -sf "$SC/fs-registrar.xml" -i 127.0.0.1 -p $FS -m 1 -nostdin -timeout 15s -trace_msg \
+    >"$WORK/fsr.out" 2>&1 </dev/null) &
+  local fsr=$!; PIDS+=($fsr)
+  for _ in $(seq 50); do busy $FS && break; sleep 0.1; done
+  sipp 127.0.0.1:$P -sf "$SC/reg-plain.xml" -oocsf "$SC/agent-answer.xml" -s dora -set chost 10.0.0.5 \
+    -d 8000 -m 1 -i 127.0.0.1 -p "$port" -aa -nostdin -timeout 30s "$@" >"$WORK/fwd-agent.out" 2>&1 </dev/null &
+  AGENT_PID=$!; PIDS+=($AGENT_PID)
+  wait $fsr; local rc_reg=$?
+  local log; log=$(ls "$WORK"/fs-registrar_*_messages.log 2>/dev/null | head -1)
+  local contact path
+  contact=$(grep -m1 '^Contact:' "$log" 2>/dev/null | sed -E 's/^Contact: *<([^>]*)>.*/\1/' | tr -d '\r')
+  path=$(grep -m1 '^Path:' "$log" 2>/dev/null | sed -E 's/^Path: *//' | tr -d '\r')
+  sleep 0.3 # the 200 reaches the agent
+  sipp 127.0.0.1:$P -sf "$SC/fs-route-call.xml" -s dora -set ruri "$contact" -set route "$path" -m 1 \
+    -i 127.0.0.1 -p $FS -nostdin -timeout 20s -recv_timeout 8000 >"$WORK/fs.out" 2>&1 </dev/null
+  local rc=$?
+  kill -KILL $AGENT_PID 2>/dev/null; wait $AGENT_PID 2>/dev/null
+  [ $rc_reg = 0 ] && [ $rc = 0 ] && [[ "$contact" != *10.0.0.5* ]] && [ -n "$path" ]
+  result "$name" $? "media server stored $contact via $path; call rc=$rc"
+}
+forward_case "forward-mode-udp" $AG
+forward_case "forward-mode-tcp-flow" $AG2 -t t1
+
 echo "registrar e2e: $PASS passed, $FAIL failed"
 [ $FAIL = 0 ]

@@ -154,6 +154,8 @@ pub(crate) struct Plan {
     pub ruri_from_dest: bool,
     /// Start every candidate at once (parallel forking) instead of one after another.
     pub parallel: bool,
+    /// Header lines added on top (Path and Supported of a forwarded REGISTER).
+    pub extra_top: Vec<String>,
 }
 
 pub(crate) struct Ctx {

@@ -25,6 +25,12 @@ pub trait Router: Send + Sync + 'static {
     /// Appends the candidates for `req` to `out`, best first.
     fn select(&self, req: &Message, out: &mut Vec<Destination>);
 
+    /// Candidates chosen by a consistent hash of `key` (an AOR in forward-mode
+    /// registration, so a user stays on one media server); the plain selection by default.
+    fn select_by_key(&self, _key: &str, req: &Message, out: &mut Vec<Destination>) {
+        self.select(req, out)
+    }
+
     /// Names what the router routes to, for reason phrases ("set 1").
     fn describe(&self) -> String {
         "the destination set".to_string()

@@ -477,6 +477,12 @@ impl Proxy {
 
 mod request;
 mod response;
+
+/// Forward-mode Contact rewriting, for the registrar tests.
+#[cfg(test)]
+pub(crate) fn public_contact_for_test(v: &str, src: &Source) -> String {
+    request::public_contact(v, src).unwrap_or_else(|e| e)
+}
 mod timers;
 
 #[cfg(test)]

@@ -201,6 +201,7 @@ impl Proxy {
                 loop_hash,
                 ruri_from_dest: false,
                 parallel: false,
+                extra_top: Vec::new(),
             })
         };
         if to_tag {
@@ -233,8 +234,37 @@ impl Proxy {
         if remaining > 0 {
             return Err(reject(403, "Forbidden (preloaded Route to another host)"));
         }
+        if popped > 0 && new_ruri.is_none() && !self.is_us(&uri) && self.is_trusted(src) {
+            // a media server follows a Path (or an outbound proxy Route) to a user: the
+            // Request-URI is the target, the popped Route's flow token the connection
+            let target = self.resolve(&uri, last_popped.as_ref().map(|n| &n.uri))?;
+            let dest = Destination {
+                uri: uri.raw.into(),
+                node: None,
+                route: None,
+                transport: target.transport,
+                addr: target.addr,
+                flow: target.flow,
+            };
+            return Ok(Decision::Forward {
+                plan: plan_base(matches!(
+                    method,
+                    Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
+                ))?,
+                candidates: vec![dest],
+            });
+        }
         if method == Method::Options && self.is_us(&uri) && uri.user.is_none() {
             return Ok(Decision::LocalOk);
+        }
+        if method == Method::Register {
+            if let Some(reg) = self
+                .registrar
+                .as_ref()
+                .filter(|r| r.config().mode == RegistrarMode::Forward)
+            {
+                return self.forward_register(reg, src, msg, plan_base(false)?);
+            }
         }
         let mut strip = Vec::new();
         if let Some(reg) = &self.registrar {
@@ -277,6 +307,82 @@ impl Proxy {
         let mut plan = plan_base(rr)?;
         plan.route_edits
             .extend(strip.into_iter().map(|i| (i, None)));
+        Ok(Decision::Forward { plan, candidates })
+    }
+
+    /// True when `src` is a media server (a dispatcher destination) or in a trusted network.
+    pub(super) fn is_trusted(&self, src: &Source) -> bool {
+        self.router.is_destination(src.addr)
+            || self
+                .registrar
+                .as_ref()
+                .is_some_and(|r| r.is_trusted_ip(src.addr.ip()))
+    }
+
+    /// Forward mode (seeds 001 and 003): the REGISTER goes to a media server chosen by a
+    /// hash of the AOR, with our Path (carrying the client's connection as a flow token) so
+    /// the media server stores the proxy as the way to the user, and with Contacts that
+    /// name the client's public address instead of a private, `.invalid` or WebSocket one.
+    fn forward_register(
+        &self,
+        reg: &Registrar,
+        src: &Source,
+        msg: &Message,
+        mut plan: Plan,
+    ) -> Result<Decision, Reject> {
+        let to = msg.to().map_err(|e| reject(400, e.reason()))?;
+        if !reg.is_local_domain(to.uri.host) && !self.is_us(&to.uri) {
+            return Err(reject(
+                403,
+                format!("Forbidden (domain {} is not served here)", to.uri.host),
+            ));
+        }
+        let aor = format!(
+            "{}@{}",
+            to.uri.user.unwrap_or(""),
+            to.uri.host.to_ascii_lowercase()
+        );
+        let mut candidates = Vec::with_capacity(4);
+        self.router.select_by_key(&aor, msg, &mut candidates);
+        let Some(first) = candidates.first() else {
+            let mut r = reject(
+                503,
+                format!(
+                    "Service Unavailable (no destination available in {})",
+                    self.router.describe()
+                ),
+            );
+            r.extra.push("Retry-After: 5".into());
+            return Err(r);
+        };
+        let facing = self
+            .listener(first.transport)
+            .ok_or_else(|| reject(503, "Service Unavailable (no listener for transport)"))?;
+        let token = src.flow.map(|f| format!("f{f:x}@")).unwrap_or_default();
+        let tp = src
+            .transport
+            .uri_param()
+            .map(|t| format!(";sbt={t}"))
+            .unwrap_or_default();
+        plan.extra_top
+            .push(format!("Path: <sip:{token}{facing};lr{tp}>"));
+        if !msg
+            .values(HeaderName::Supported)
+            .any(|s| s.eq_ignore_ascii_case("path"))
+        {
+            plan.extra_top.push("Supported: path".into());
+        }
+        for (i, h) in msg.headers().iter().enumerate() {
+            if h.name != HeaderName::Contact {
+                continue;
+            }
+            let mut vals = Vec::new();
+            for v in split_commas(msg.value(h)) {
+                vals.push(public_contact(v, src).map_err(|e| reject(400, e))?);
+            }
+            plan.route_edits
+                .push((i, Some(format!("Contact: {}", vals.join(", ")))));
+        }
         Ok(Decision::Forward { plan, candidates })
     }
 
@@ -337,7 +443,7 @@ impl Proxy {
             })?,
             None if uri.scheme == Scheme::Sips => Transport::Tls,
             None => popped
-                .and_then(|p| p.transport())
+                .and_then(|p| p.params.value("sbt").or(p.transport()))
                 .and_then(Transport::parse)
                 .unwrap_or(Transport::Udp),
         };
@@ -455,6 +561,9 @@ impl Proxy {
         let mut e = Editor::new(req);
         if let Some(r) = &plan.new_ruri {
             e.start_line(format_args!("{} {} SIP/2.0", req.method_str(), r));
+        }
+        for line in &plan.extra_top {
+            e.push_top(format_args!("{line}"));
         }
         if let Some(d) = dest.filter(|_| plan.ruri_from_dest) {
             e.start_line(format_args!("{} {} SIP/2.0", req.method_str(), d.uri));
@@ -695,4 +804,57 @@ fn route_edits(msg: &Message, popped: usize, drop: Option<usize>) -> Vec<(usize,
         ));
     }
     edits
+}
+
+/// A Contact value rewritten for a media server that must reach the client through us: the
+/// host and port become the address the REGISTER came from when the Contact does not name it
+/// (NAT, `.invalid`), and `transport=ws`/`wss` is dropped (seed 001). `*` passes unchanged.
+pub(super) fn public_contact(v: &str, src: &Source) -> Result<String, String> {
+    if v.trim() == "*" {
+        return Ok(v.to_string());
+    }
+    let na = NameAddr::parse(v, "Contact").map_err(|e| format!("Bad Request (Contact: {e})"))?;
+    let u = na.uri;
+    if !matches!(u.scheme, Scheme::Sip | Scheme::Sips) || u.host.is_empty() {
+        return Ok(v.to_string());
+    }
+    let ws = u
+        .transport()
+        .is_some_and(|t| t.eq_ignore_ascii_case("ws") || t.eq_ignore_ascii_case("wss"));
+    let port = u.port.unwrap_or(5060);
+    let names_source = host_ip(u.host) == Some(src.addr.ip()) && port == src.addr.port();
+    if names_source && !ws {
+        return Ok(v.to_string());
+    }
+    let scheme = if u.scheme == Scheme::Sips {
+        "sips"
+    } else {
+        "sip"
+    };
+    let user = u.user.map(|x| format!("{x}@")).unwrap_or_default();
+    let host = match src.addr {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    };
+    let mut params = String::new();
+    for (n, val) in u.params.iter() {
+        if n.eq_ignore_ascii_case("transport") {
+            continue;
+        }
+        params.push(';');
+        params.push_str(n);
+        if let Some(val) = val {
+            params.push('=');
+            params.push_str(val);
+        }
+    }
+    if let Some(t) = src.transport.uri_param().filter(|_| !ws) {
+        params.push_str(";transport=");
+        params.push_str(t);
+    }
+    let display = na.display.map(|d| format!("{d} ")).unwrap_or_default();
+    Ok(format!(
+        "{display}<{scheme}:{user}{host}{params}>{}",
+        na.params.as_str()
+    ))
 }

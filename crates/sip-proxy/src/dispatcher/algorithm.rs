@@ -231,6 +231,16 @@ impl DestSet {
         self.dests[i].selectable()
     }
 
+    /// Pushes up to `max` selectable destination indexes by a consistent hash of `key`,
+    /// whatever the set's algorithm.
+    pub fn select_key(&self, key: &str, max: usize, out: &mut Vec<usize>) {
+        let max = max.min(self.dests.len());
+        if max > 0 {
+            self.ring
+                .lookup(hash_key(key.as_bytes()), max, |i| self.ok(i), out);
+        }
+    }
+
     /// Pushes up to `max` selectable destination indexes for `req`, best first.
     pub fn select(&self, req: &Message, rng: &AtomicU64, max: usize, out: &mut Vec<usize>) {
         let n = self.dests.len();

@@ -355,6 +355,16 @@ impl Router for Dispatcher {
         format!("set {}", self.default_set)
     }
 
+    fn select_by_key(&self, key: &str, _req: &Message, out: &mut Vec<Destination>) {
+        let t = self.table();
+        let Some(s) = t.get(self.default_set) else {
+            return;
+        };
+        let mut idx = Vec::with_capacity(self.max_attempts);
+        s.select_key(key, self.max_attempts, &mut idx);
+        out.extend(idx.into_iter().map(|i| Self::to_destination(&s.dests[i])));
+    }
+
     fn is_destination(&self, addr: std::net::SocketAddr) -> bool {
         self.table()
             .sets

@@ -879,3 +879,65 @@ fn helpers_parse_values() {
     ));
     assert!(!contact_nat("sip:a@127.0.0.1:5070", addr("127.0.0.1:5070")));
 }
+
+#[test]
+fn forward_mode_relays_register_with_path_and_public_contact_then_routes_the_call_back() {
+    let (p, reg, now) = setup(|c| c.mode = RegistrarMode::Forward);
+    let r = register(
+        "alice",
+        "fw1",
+        1,
+        "<sip:alice@abc123.invalid;transport=ws;ob>;+sip.instance=\"<urn:uuid:1>\"",
+        "",
+    );
+    let out = send(&p, now, "127.0.0.1:40000", &r);
+    assert_eq!(out.len(), 1, "relayed, not answered");
+    assert_eq!(out[0].target.addr, addr("127.0.0.1:5080"));
+    let fwd = parse(&out[0]);
+    assert_eq!(fwd.get(HeaderName::Path), Some("<sip:127.0.0.1:5060;lr>"));
+    assert_eq!(fwd.get(HeaderName::Supported), Some("path"));
+    assert_eq!(
+        fwd.get(HeaderName::Contact),
+        Some("<sip:alice@127.0.0.1:40000;ob>;+sip.instance=\"<urn:uuid:1>\""),
+        "no .invalid host, no transport=ws for the media server"
+    );
+    assert!(fwd.get(HeaderName::Authorization).is_none());
+    assert_eq!(reg.counts(), (0, 0), "nothing kept here");
+    // the media server's 200 goes back to the client
+    let out = send(&p, now, "127.0.0.1:5080", &response_to(&fwd, 200));
+    assert_eq!(out[0].target.addr, addr("127.0.0.1:40000"));
+    // the media server (trusted) calls the stored contact through the Path
+    let inv = "INVITE sip:alice@127.0.0.1:40000;ob SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.9:5080;branch=z9hG4bKfwc\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:fs@127.0.0.9>;tag=f\r\nTo: <sip:alice@example.com>\r\nCall-ID: fwc\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    let out = send(&p, now, "127.0.0.9:5080", inv);
+    let call = out.iter().find(|t| parse(t).is_request()).expect("relayed");
+    assert_eq!(call.target.addr, addr("127.0.0.1:40000"));
+    assert!(
+        parse(call).get(HeaderName::Route).is_none(),
+        "our Route popped"
+    );
+    // the same from an untrusted source is not relayed to an arbitrary Request-URI
+    let out = send(
+        &p,
+        now,
+        "127.0.0.1:40001",
+        &inv.replace("z9hG4bKfwc", "z9hG4bKfwd"),
+    );
+    assert!(out.iter().all(|t| t.target.addr != addr("127.0.0.1:40000")));
+}
+
+#[test]
+fn forward_mode_keeps_a_contact_that_names_its_source() {
+    let src = Source {
+        transport: Transport::Tcp,
+        addr: addr("127.0.0.1:40000"),
+        flow: Some(7),
+    };
+    assert_eq!(
+        crate::core::public_contact_for_test("<sip:a@127.0.0.1:40000;transport=tcp>", &src),
+        "<sip:a@127.0.0.1:40000;transport=tcp>"
+    );
+    assert_eq!(
+        crate::core::public_contact_for_test("\"A\" <sip:a@10.0.0.5>;expires=60", &src),
+        "\"A\" <sip:a@127.0.0.1:40000;transport=tcp>;expires=60"
+    );
+}
