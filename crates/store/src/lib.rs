@@ -302,40 +302,67 @@ impl Store {
     }
 
     /// Applies a batch of location changes in one transaction (the write-behind flush).
+    /// Consecutive upserts go as multi-row `INSERT OR REPLACE` statements (up to 50 rows),
+    /// consecutive deletes as one `IN` list each: order is kept between the runs.
     pub async fn apply_location(&self, ops: &[LocationOp]) -> Result<(), StoreError> {
         if ops.is_empty() {
             return Ok(());
         }
+        const CHUNK: usize = 50;
         let mut tx = self.pool.begin().await?;
-        for op in ops {
-            match op {
-                LocationOp::Upsert(l) => {
-                    sqlx::query("INSERT OR REPLACE INTO location (contact_id, username, domain, contact, received, path, expires, q, callid, cseq, last_modified, flags, cflags, user_agent, socket, methods, sip_instance, kv_store) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL, NULL, ?, ?)")
-                        .bind(l.contact_id)
-                        .bind(&l.username)
-                        .bind(&l.domain)
-                        .bind(&l.contact)
-                        .bind(&l.received)
-                        .bind(&l.path)
-                        .bind(l.expires)
-                        .bind(l.q)
-                        .bind(&l.callid)
-                        .bind(l.cseq)
-                        .bind(l.last_modified)
-                        .bind(&l.cflags)
-                        .bind(&l.user_agent)
-                        .bind(&l.sip_instance)
-                        .bind(&l.kv_store)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                LocationOp::Delete(id) => {
-                    sqlx::query("DELETE FROM location WHERE contact_id = ?")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+        let mut i = 0;
+        while i < ops.len() {
+            let upsert = matches!(ops[i], LocationOp::Upsert(_));
+            let mut j = i;
+            while j < ops.len()
+                && j - i < CHUNK
+                && matches!(ops[j], LocationOp::Upsert(_)) == upsert
+            {
+                j += 1;
             }
+            let run = &ops[i..j];
+            if upsert {
+                let mut sql = String::from("INSERT OR REPLACE INTO location (contact_id, username, domain, contact, received, path, expires, q, callid, cseq, last_modified, flags, cflags, user_agent, socket, methods, sip_instance, kv_store) VALUES ");
+                for k in 0..run.len() {
+                    if k > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL, NULL, ?, ?)");
+                }
+                let mut q = sqlx::query(&sql);
+                for op in run {
+                    if let LocationOp::Upsert(l) = op {
+                        q = q
+                            .bind(l.contact_id)
+                            .bind(&l.username)
+                            .bind(&l.domain)
+                            .bind(&l.contact)
+                            .bind(&l.received)
+                            .bind(&l.path)
+                            .bind(l.expires)
+                            .bind(l.q)
+                            .bind(&l.callid)
+                            .bind(l.cseq)
+                            .bind(l.last_modified)
+                            .bind(&l.cflags)
+                            .bind(&l.user_agent)
+                            .bind(&l.sip_instance)
+                            .bind(&l.kv_store);
+                    }
+                }
+                q.execute(&mut *tx).await?;
+            } else {
+                let marks = vec!["?"; run.len()].join(", ");
+                let sql = format!("DELETE FROM location WHERE contact_id IN ({marks})");
+                let mut q = sqlx::query(&sql);
+                for op in run {
+                    if let LocationOp::Delete(id) = op {
+                        q = q.bind(*id);
+                    }
+                }
+                q.execute(&mut *tx).await?;
+            }
+            i = j;
         }
         tx.commit().await?;
         Ok(())

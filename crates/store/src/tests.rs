@@ -187,3 +187,35 @@ async fn location_batches_apply_in_one_transaction() {
     assert_eq!(rows, vec![refreshed]);
     let _ = std::fs::remove_file(path);
 }
+
+#[tokio::test]
+async fn large_location_batches_keep_their_order() {
+    let (s, path) = fresh().await;
+    let row = |id: i64, cseq: i64| LocationRow {
+        contact_id: id,
+        username: format!("u{id}"),
+        domain: "d".into(),
+        contact: format!("sip:u{id}@10.0.0.1"),
+        expires: 1_800_000_000,
+        q: 1.0,
+        callid: "c".into(),
+        cseq,
+        ..LocationRow::default()
+    };
+    // 120 upserts (three statements), the same id twice (the last wins), then deletes of
+    // 1..=60 (two statements), then id 5 upserted again after its delete
+    let mut ops: Vec<LocationOp> = (1..=120)
+        .map(|i| LocationOp::Upsert(Box::new(row(i, 1))))
+        .collect();
+    ops.push(LocationOp::Upsert(Box::new(row(100, 2))));
+    ops.extend((1..=60).map(LocationOp::Delete));
+    ops.push(LocationOp::Upsert(Box::new(row(5, 3))));
+    s.apply_location(&ops).await.unwrap();
+    let (rows, bad) = s.location_rows().await.unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(rows.len(), 61);
+    assert_eq!(rows[0].contact_id, 5);
+    assert_eq!(rows[0].cseq, 3);
+    assert_eq!(rows.iter().find(|r| r.contact_id == 100).unwrap().cseq, 2);
+    let _ = std::fs::remove_file(path);
+}

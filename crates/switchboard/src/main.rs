@@ -300,6 +300,14 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             .map_err(|e| e.to_string())
         })),
     });
+    rt.spawn(async {
+        let mut t = tokio::time::interval(std::time::Duration::from_secs(15));
+        t.tick().await;
+        loop {
+            t.tick().await;
+            tokio::task::spawn_blocking(release_free_memory);
+        }
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mgmt = cfg.management;
     let mut rx = stop_rx.clone();
@@ -336,6 +344,23 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     tracing::info!(active_transactions = proxy.active_contexts(), "stopped");
     Ok(std::process::ExitCode::SUCCESS)
 }
+
+/// Gives the allocator's free pages back to the kernel (glibc keeps what bursts of short-lived
+/// buffers freed — replies kept for retransmissions, nonce counters, write-behind batches —
+/// in its per-thread arenas, so RSS would show the peak, not what is held).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() {
+    extern "C" {
+        fn malloc_trim(pad: usize) -> i32;
+    }
+    // SAFETY: malloc_trim takes no pointer, is thread-safe, and only returns free memory.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
 
 /// The subscriber table, for the management API.
 struct DbSubscribers {
@@ -412,6 +437,7 @@ fn start_registrar(
     );
     reg.load_credentials(creds);
     if !rs.persist {
+        reg.set_persistence(false);
         return Ok((reg, None));
     }
     let (rows, bad) = h.block_on(s.location_rows())?;

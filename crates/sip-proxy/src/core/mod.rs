@@ -286,6 +286,9 @@ impl Proxy {
             if shard.next_clean.is_none_or(|t| t <= now) {
                 shard.next_clean = Some(now + std::time::Duration::from_secs(1));
                 shard.answered.retain(|_, (t, _)| *t > now);
+                if shard.answered.capacity() > 4 * shard.answered.len() + 64 {
+                    shard.answered.shrink_to_fit(); // a burst of registrations is over
+                }
             }
             while let Some(&Reverse((t, id))) = shard.timers.peek() {
                 if t > now {

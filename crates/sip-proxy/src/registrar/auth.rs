@@ -74,6 +74,9 @@ pub enum Verdict {
 /// (user, lowercase domain).
 type UserKey = (Box<str>, Box<str>);
 
+/// Nonce → its counter state.
+type NcTable = HashMap<Box<str>, NcState>;
+
 struct NcState {
     /// Highest nc accepted and a bitmap of the 64 below it.
     max: u32,
@@ -94,8 +97,11 @@ pub(crate) struct Authenticator {
     policy: FailPolicy,
     seq: std::sync::atomic::AtomicU32,
     creds: RwLock<HashMap<UserKey, Credential>>,
-    nc: Mutex<HashMap<Box<str>, NcState>>,
+    /// Nonce counters, sharded by nonce so concurrent checks rarely meet on one lock.
+    nc: Box<[Mutex<NcTable>]>,
     fails: Mutex<HashMap<IpAddr, Fails>>,
+    /// Bans in force (a lock-free "none" on the hot path).
+    bans: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -119,8 +125,9 @@ impl Authenticator {
             policy,
             seq: std::sync::atomic::AtomicU32::new(0),
             creds: RwLock::new(HashMap::new()),
-            nc: Mutex::new(HashMap::new()),
+            nc: (0..16).map(|_| Mutex::new(HashMap::new())).collect(),
             fails: Mutex::new(HashMap::new()),
+            bans: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -280,7 +287,11 @@ impl Authenticator {
             };
         }
         if let Some(nc) = c.nc_value() {
-            let mut g = lock(&self.nc);
+            let shard = c
+                .nonce
+                .bytes()
+                .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+            let mut g = lock(&self.nc[shard % self.nc.len()]);
             let st = g.entry(c.nonce.into()).or_insert(NcState {
                 max: 0,
                 seen: 0,
@@ -314,6 +325,7 @@ impl Authenticator {
         f.count += 1;
         if p.ban_after > 0 && f.count >= p.ban_after && f.banned_until.is_none() {
             f.banned_until = Some(now + p.ban_time);
+            self.bans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(source = %ip, failures = f.count, ban_secs = p.ban_time.as_secs(), "authentication failures: source banned");
         }
         (p.slow_after > 0 && f.count > p.slow_after).then(|| {
@@ -330,6 +342,9 @@ impl Authenticator {
     }
 
     pub fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.bans.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return false;
+        }
         let g = lock(&self.fails);
         g.get(&ip)
             .and_then(|f| f.banned_until)
@@ -338,17 +353,30 @@ impl Authenticator {
 
     /// Forgets expired nonce counters, failure windows and bans.
     pub fn sweep(&self, now: Instant, unix: u64) {
-        lock(&self.nc).retain(|_, s| s.expires_unix >= unix);
+        for s in self.nc.iter() {
+            let mut g = lock(s);
+            g.retain(|_, s| s.expires_unix >= unix);
+            if g.capacity() > 4 * g.len() + 64 {
+                g.shrink_to_fit();
+            }
+        }
         let w = self.policy.window;
-        lock(&self.fails).retain(|_, f| match f.banned_until {
+        let mut g = lock(&self.fails);
+        g.retain(|_, f| match f.banned_until {
             Some(t) => t > now,
             None => now.duration_since(f.since) <= w,
         });
+        let bans = g.values().filter(|f| f.banned_until.is_some()).count();
+        self.bans.store(bans, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Lifts a ban (management).
     pub fn unban(&self, ip: IpAddr) -> bool {
-        lock(&self.fails).remove(&ip).is_some()
+        let mut g = lock(&self.fails);
+        let hit = g.remove(&ip).is_some();
+        let bans = g.values().filter(|f| f.banned_until.is_some()).count();
+        self.bans.store(bans, std::sync::atomic::Ordering::Relaxed);
+        hit
     }
 }
 

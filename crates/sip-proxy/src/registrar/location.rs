@@ -29,7 +29,8 @@ pub struct Binding {
     /// `+sip.instance` and `reg-id` (RFC 5626).
     pub instance: Option<Box<str>>,
     pub reg_id: Option<u32>,
-    pub user_agent: Option<Box<str>>,
+    /// Shared between the bindings of the same User-Agent (phones of one model).
+    pub user_agent: Option<std::sync::Arc<str>>,
     /// UNIX seconds of the last REGISTER that saved or refreshed it.
     pub updated_unix: u64,
     /// Keepalive pings sent without an answer since the last one answered.

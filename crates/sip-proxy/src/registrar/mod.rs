@@ -155,6 +155,8 @@ pub struct Registrar {
     loc: Location,
     auth: Authenticator,
     events: Mutex<Vec<LocEvent>>,
+    persist: std::sync::atomic::AtomicBool,
+    agents: Mutex<HashSet<Arc<str>>>,
     pongs: Mutex<HashSet<u64>>,
     next_id: AtomicU64,
     /// The wall clock at a known instant: `unix(now)` without reading the clock.
@@ -283,6 +285,8 @@ impl Registrar {
             ),
             loc: Location::new(64),
             events: Mutex::new(Vec::new()),
+            persist: std::sync::atomic::AtomicBool::new(true),
+            agents: Mutex::new(HashSet::new()),
             pongs: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
             rounds: Mutex::new((epoch.0, epoch.0 + cfg.ping_interval)),
@@ -293,6 +297,35 @@ impl Registrar {
 
     pub fn config(&self) -> &RegistrarConfig {
         &self.cfg
+    }
+
+    /// One shared copy of each User-Agent string (bounded: past 10,000 distinct ones, each
+    /// binding gets its own).
+    fn intern_ua(&self, s: &str) -> Arc<str> {
+        let mut g = lock(&self.agents);
+        if let Some(a) = g.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = s.into();
+        if g.len() < 10_000 {
+            g.insert(a.clone());
+        }
+        a
+    }
+
+    /// Queues changes for the write-behind (nothing when persistence is off).
+    fn queue(&self, ev: Vec<LocEvent>) {
+        if !ev.is_empty() && self.persist.load(Ordering::Relaxed) {
+            lock(&self.events).extend(ev);
+        }
+    }
+
+    /// Turns the change queue on or off (off: no database behind the location table).
+    pub fn set_persistence(&self, on: bool) {
+        self.persist.store(on, Ordering::Relaxed);
+        if !on {
+            lock(&self.events).clear();
+        }
     }
 
     fn unix(&self, now: Instant) -> u64 {
@@ -474,12 +507,12 @@ impl Registrar {
             let p: Vec<&str> = msg.values(HeaderName::Path).collect();
             (!p.is_empty()).then(|| p.join(", "))
         };
-        let ua = msg.get_named("User-Agent").map(|s| s.into());
+        let ua = msg.get_named("User-Agent").map(|s| self.intern_ua(s));
         let unix = self.unix(now);
         let mut events = Vec::new();
         let max = self.cfg.max_contacts;
-        let bindings = match contacts {
-            None => self.loc.lookup(&aor, now), // a query
+        let lines = match contacts {
+            None => self.loc.with(&aor, |v| contact_lines(v, now)), // a query
             Some(Err(())) => {
                 // `*`: remove every binding (§10.3 step 6)
                 self.loc.with(&aor, |v| {
@@ -564,7 +597,11 @@ impl Registrar {
                         });
                         match idx {
                             Some(i) => v[i] = b,
-                            None => v.push(b),
+                            None => {
+                                // one at a time: a Vec's first push would make room for 4
+                                v.reserve_exact(1);
+                                v.push(b)
+                            }
                         }
                     }
                     // expired ones go now; then the oldest beyond max_contacts
@@ -582,25 +619,13 @@ impl Registrar {
                             events.push(LocEvent::Removed { id: b.id });
                         }
                     }
-                    Ok(())
-                })?;
-                self.loc.lookup(&aor, now)
+                    Ok(contact_lines(v, now))
+                })?
             }
         };
-        if !events.is_empty() {
-            lock(&self.events).extend(events);
-        }
+        self.queue(events);
         let mut r = reply(200, "OK");
-        for b in &bindings {
-            let left = b.expires_at.saturating_duration_since(now).as_secs();
-            let q = if b.q == 1000 {
-                String::new()
-            } else {
-                format!(";q={}", format_q(b.q))
-            };
-            r.extra
-                .push(format!("Contact: <{}>;expires={left}{q}", b.uri));
-        }
+        r.extra = lines;
         if let Some(p) = &path {
             if msg
                 .values(HeaderName::Supported)
@@ -755,7 +780,7 @@ impl Registrar {
             }
             ev.len()
         });
-        lock(&self.events).extend(ev);
+        self.queue(ev);
         n
     }
 
@@ -772,7 +797,7 @@ impl Registrar {
             })
         });
         let hit = !ev.is_empty();
-        lock(&self.events).extend(ev);
+        self.queue(ev);
         hit
     }
 
@@ -792,12 +817,15 @@ impl Registrar {
         let mut n = 0;
         for (aor, mut b) in rows {
             if b.expires_unix <= unix {
-                lock(&self.events).push(LocEvent::Removed { id: b.id });
+                self.queue(vec![LocEvent::Removed { id: b.id }]);
                 continue;
             }
             b.expires_at = now + Duration::from_secs(b.expires_unix - unix);
             self.next_id.fetch_max(b.id + 1, Ordering::Relaxed);
-            self.loc.with(&normalize_aor(&aor), |v| v.push(b));
+            self.loc.with(&normalize_aor(&aor), |v| {
+                v.reserve_exact(1);
+                v.push(b)
+            });
             n += 1;
         }
         n
@@ -861,9 +889,7 @@ impl Registrar {
                 true
             });
         });
-        if !ev.is_empty() {
-            lock(&self.events).extend(ev);
-        }
+        self.queue(ev);
     }
 
     /// A contact answered its keepalive.
@@ -884,8 +910,24 @@ impl Registrar {
                 !hit
             })
         });
-        lock(&self.events).extend(ev);
+        self.queue(ev);
     }
+}
+
+/// The Contact lines of a 200 to REGISTER: every live binding, best q first.
+fn contact_lines(v: &[Binding], now: Instant) -> Vec<String> {
+    let mut live: Vec<&Binding> = v.iter().filter(|b| b.expires_at > now).collect();
+    live.sort_by(|a, b| b.q.cmp(&a.q).then(b.updated_unix.cmp(&a.updated_unix)));
+    live.iter()
+        .map(|b| {
+            let left = b.expires_at.saturating_duration_since(now).as_secs();
+            if b.q == 1000 {
+                format!("Contact: <{}>;expires={left}", b.uri)
+            } else {
+                format!("Contact: <{}>;expires={left};q={}", b.uri, format_q(b.q))
+            }
+        })
+        .collect()
 }
 
 fn normalize_aor(aor: &str) -> String {
