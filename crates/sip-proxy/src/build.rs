@@ -17,14 +17,34 @@ pub(crate) fn local_response(
     to_tag: &str,
     extra: &[String],
 ) -> Bytes {
+    local_response_via(req, code, reason, to_tag, extra, None)
+}
+
+/// [`local_response`] with the first Via header line replaced by `top_via` (the sender's Via
+/// with `received`/`rport` filled in, RFC 3581).
+pub(crate) fn local_response_via(
+    req: &Message,
+    code: u16,
+    reason: &str,
+    to_tag: &str,
+    extra: &[String],
+    top_via: Option<&str>,
+) -> Bytes {
     let mut s = String::with_capacity(512);
     let _ = write!(s, "SIP/2.0 {code} {reason}\r\n");
+    let mut top_via = top_via;
     for h in req.headers() {
         let v = req.value(h);
         match h.name {
-            HeaderName::Via => {
-                let _ = write!(s, "Via: {v}\r\n");
-            }
+            HeaderName::Via => match top_via.take() {
+                Some(line) => {
+                    s.push_str(line);
+                    s.push_str("\r\n");
+                }
+                None => {
+                    let _ = write!(s, "Via: {v}\r\n");
+                }
+            },
             HeaderName::From => {
                 let _ = write!(s, "From: {v}\r\n");
             }

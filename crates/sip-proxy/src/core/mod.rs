@@ -20,7 +20,8 @@ use sip_wire::{
 
 use crate::build::SERVER;
 use crate::build::{
-    local_response, make_ack, make_cancel, make_orphan_ack_bye, salvage_response, strip_top_via,
+    local_response, local_response_via, make_ack, make_cancel, make_orphan_ack_bye,
+    salvage_response, strip_top_via,
 };
 use crate::config::ProxyConfig;
 use crate::ctx::{Branch, ClientTxn, Ctx, Plan, ServerTxn};
@@ -433,7 +434,15 @@ impl Proxy {
         }
         Stats::inc(&self.stats.local_replies);
         let tag = self.local_tag(req.call_id());
-        let data = local_response(req, r.code, &r.reason, &tag, &r.extra);
+        let via = request::via_fix(req, src);
+        let data = local_response_via(
+            req,
+            r.code,
+            &r.reason,
+            &tag,
+            &r.extra,
+            via.as_ref().map(|v| v.1.as_str()),
+        );
         out.push(Transmit {
             target: src.reply_target(),
             data,
@@ -457,7 +466,15 @@ impl Proxy {
     ) {
         Stats::inc(&self.stats.local_replies);
         let tag = self.local_tag(req.call_id());
-        let data = local_response(req, r.code, &r.reason, &tag, &r.extra);
+        let via = request::via_fix(req, src);
+        let data = local_response_via(
+            req,
+            r.code,
+            &r.reason,
+            &tag,
+            &r.extra,
+            via.as_ref().map(|v| v.1.as_str()),
+        );
         self.lock(si)
             .answered
             .insert(key, (now + ANSWERED_TTL, data.clone()));

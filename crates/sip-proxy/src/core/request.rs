@@ -736,7 +736,7 @@ impl Proxy {
 }
 
 /// The replacement for the first Via line when the sender's Via needs `received`/`rport`.
-fn via_fix(msg: &Message, src: &Source) -> Option<(usize, String)> {
+pub(super) fn via_fix(msg: &Message, src: &Source) -> Option<(usize, String)> {
     let idx = msg.position(HeaderName::Via)?;
     let h = msg.headers()[idx];
     let mut values = split_commas(msg.value(&h));

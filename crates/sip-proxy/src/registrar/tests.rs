@@ -941,3 +941,60 @@ fn forward_mode_keeps_a_contact_that_names_its_source() {
         "\"A\" <sip:a@127.0.0.1:40000;transport=tcp>;expires=60"
     );
 }
+
+#[test]
+fn register_reply_tells_the_client_its_public_address() {
+    let (p, _reg, now) = open();
+    let r = reg_status(&p, now, "v1", 1, "<sip:alice@10.0.0.5>", "");
+    let via = r.top_via().unwrap();
+    assert_eq!(
+        via.rport(),
+        Some(Some(40000)),
+        "{:?}",
+        r.get(HeaderName::Via)
+    );
+    assert_eq!(via.received(), Some("127.0.0.1"));
+}
+
+#[test]
+fn parallel_forking_rings_every_contact_and_cancels_the_rest_on_answer() {
+    let (p, _reg, now) = setup(|c| {
+        c.auth = false;
+        c.fork = Fork::Parallel;
+    });
+    reg_status(&p, now, "p1", 1, "<sip:alice@10.0.0.5:5060>", "");
+    let r = "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.6;branch=z9hG4bKp2\r\nFrom: <sip:alice@example.com>;tag=1\r\nTo: <sip:alice@example.com>\r\nCall-ID: other\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@10.0.0.6:5060>\r\nContent-Length: 0\r\n\r\n";
+    send(&p, now, "127.0.0.1:40001", r);
+    let out = send(&p, now, "127.0.0.9:5080", &invite_to("alice", "pc"));
+    let invites: Vec<&Transmit> = out.iter().filter(|t| parse(t).is_request()).collect();
+    assert_eq!(invites.len(), 2, "both contacts at once");
+    // one rings, the other answers: the ringing one is cancelled
+    let a = parse(invites[0]);
+    let b = parse(invites[1]);
+    send(&p, now, "127.0.0.1:40000", &response_to(&a, 180));
+    let out = send(&p, now, "127.0.0.1:40001", &response_to(&b, 200));
+    assert!(
+        out.iter()
+            .any(|t| parse(t).method() == Some(sip_wire::Method::Cancel)),
+        "the other branch is cancelled"
+    );
+    assert!(
+        out.iter().any(|t| parse(t).status() == Some(200)),
+        "the 200 goes upstream"
+    );
+}
+
+#[test]
+fn a_user_calling_a_registered_user_goes_direct_or_to_the_media_server() {
+    for (direct, want) in [(true, "127.0.0.1:40000"), (false, "127.0.0.1:5080")] {
+        let (p, _reg, now) = setup(|c| {
+            c.auth = false;
+            c.direct_user_calls = direct;
+        });
+        reg_status(&p, now, "d1", 1, "<sip:alice@10.0.0.5>", "");
+        let inv = "INVITE sip:alice@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:41000;branch=z9hG4bKuu\r\nFrom: <sip:bob@example.com>;tag=b\r\nTo: <sip:alice@example.com>\r\nCall-ID: uu\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+        let out = send(&p, now, "127.0.0.1:41000", inv);
+        let fwd = out.iter().find(|t| parse(t).is_request()).expect("relayed");
+        assert_eq!(fwd.target.addr, addr(want), "direct={direct}");
+    }
+}
