@@ -998,3 +998,70 @@ fn a_user_calling_a_registered_user_goes_direct_or_to_the_media_server() {
         assert_eq!(fwd.target.addr, addr(want), "direct={direct}");
     }
 }
+
+#[test]
+fn a_contact_registered_through_an_edge_proxy_is_reached_through_its_path() {
+    let (p, _reg, now) = open();
+    let r = register(
+        "alice",
+        "pa1",
+        1,
+        "<sip:alice@10.0.0.5:5060>",
+        "Path: <sip:edge@192.0.2.10:5070;lr>\r\nSupported: path\r\n",
+    );
+    let ok = parse(&send(&p, now, "192.0.2.10:5070", &r)[0]);
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(
+        ok.get(HeaderName::Path),
+        Some("<sip:edge@192.0.2.10:5070;lr>"),
+        "Path echoed (Supported: path)"
+    );
+    let out = send(&p, now, "127.0.0.9:5080", &invite_to("alice", "pth"));
+    let fwd = out.iter().find(|t| parse(t).is_request()).expect("relayed");
+    assert_eq!(
+        fwd.target.addr,
+        addr("192.0.2.10:5070"),
+        "to the first Path hop"
+    );
+    let m = parse(fwd);
+    assert_eq!(m.uri_str(), "sip:alice@10.0.0.5:5060");
+    assert_eq!(
+        m.get(HeaderName::Route),
+        Some("<sip:edge@192.0.2.10:5070;lr>")
+    );
+}
+
+#[test]
+fn a_tcp_contact_gets_crlf_keepalives_and_goes_when_its_connection_is_gone() {
+    let (p, reg, now) = setup(|c| {
+        c.auth = false;
+        c.ping_interval = Duration::from_secs(1);
+    });
+    let r = register("alice", "tc1", 1, "<sip:alice@10.0.0.5;transport=tcp>", "");
+    let mut out = vec![];
+    p.on_message(
+        now,
+        Source {
+            transport: Transport::Tcp,
+            addr: addr("127.0.0.1:45000"),
+            flow: Some(9),
+        },
+        Bytes::from(r),
+        &mut out,
+    );
+    assert_eq!(parse(&out[0]).status(), Some(200));
+    assert_eq!(
+        out[0].target.flow,
+        Some(9),
+        "the reply goes back over the connection"
+    );
+    let mut pings = vec![];
+    p.on_timers(now + Duration::from_millis(1001), &mut pings);
+    assert_eq!(pings.len(), 1);
+    assert_eq!(&pings[0].data[..], b"\r\n\r\n");
+    assert_eq!(pings[0].target.flow, Some(9));
+    // the driver cannot send it: the connection is closed
+    let mut o = vec![];
+    p.on_transport_error(now, pings[0].origin.unwrap(), &mut o);
+    assert!(reg.show("alice@example.com", now).is_empty());
+}
