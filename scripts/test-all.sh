@@ -38,4 +38,6 @@ echo "== end-to-end (SIPp): dispatcher"
 tests/e2e/dispatcher.sh || e2e_rc=1
 echo "== end-to-end (SIPp): registrar"
 tests/e2e/registrar.sh || e2e_rc=1
+echo "== end-to-end (SIPp): dialogs"
+tests/e2e/dialog.sh || e2e_rc=1
 exit $e2e_rc

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use sip_proxy::dispatcher::{DestConfig, Dispatcher};
 use sip_proxy::Proxy;
 
+mod dialog;
 mod dispatcher;
 mod registrar;
 
@@ -95,6 +96,9 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
     if let Some(r) = registrar::call(st, method, params) {
         return r;
     }
+    if let Some(r) = dialog::call(st, method, params) {
+        return r;
+    }
     match method {
         "version" | "core:version" => {
             Ok(json!({ "Server": format!("switchboard {}", env!("CARGO_PKG_VERSION")) }))
@@ -149,7 +153,10 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
             "subscriber_remove",
             "subscriber_list",
             "subscriber_reload",
-            "auth_unban"
+            "auth_unban",
+            "dlg_list",
+            "dlg_end_dlg",
+            "profile_get_size"
         ])),
         _ => Err((-32601, format!("method not found: {method}"))),
     }
@@ -205,6 +212,13 @@ async fn metrics(State(st): State<Arc<AdminState>>) -> impl IntoResponse {
     }
     if let Some(d) = &st.dispatcher {
         s.push_str(&d.metrics_text());
+    }
+    if let Some(d) = st.proxy.dialogs() {
+        let (total, per) = d.counts();
+        s.push_str(&format!("# HELP switchboard_dialogs dialogs tracked (early and confirmed)\n# TYPE switchboard_dialogs gauge\nswitchboard_dialogs {total}\n# HELP switchboard_node_dialogs dialogs per media server\n# TYPE switchboard_node_dialogs gauge\n"));
+        for (n, c) in per {
+            s.push_str(&format!("switchboard_node_dialogs{{node=\"{n}\"}} {c}\n"));
+        }
     }
     if let Some(r) = st.proxy.registrar() {
         let (aors, contacts) = r.counts();

@@ -14,6 +14,7 @@ mod build;
 mod config;
 mod core;
 mod ctx;
+pub mod dialog;
 pub mod dispatcher;
 pub mod registrar;
 mod router;

@@ -31,6 +31,9 @@ stats! {
     transport_errors: "sends that failed at the transport",
     stateless_acks: "ACKs for 2xx relayed statelessly",
     orphans_ended: "late 2xx from abandoned branches ended by the proxy with ACK and BYE",
+    local_requests: "requests the proxy sent itself (BYE of dialogs it ended)",
+    dialogs_refused: "in-dialog requests refused with 481 (no such dialog)",
+    dialogs_timed_out: "dialogs ended by the proxy at the end of their lifetime",
 }
 
 /// One counter value.

@@ -30,6 +30,36 @@ pub struct RawConfig {
     #[serde(default)]
     pub database: RawDatabase,
     pub registrar: Option<crate::registrar_config::RawRegistrar>,
+    #[serde(default)]
+    pub dialog: RawDialog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDialog {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "d_lifetime")]
+    pub lifetime_s: u64,
+    #[serde(default = "d_true")]
+    pub honour_session_expires: bool,
+}
+
+fn d_lifetime() -> u64 {
+    6 * 3600
+}
+fn d_true() -> bool {
+    true
+}
+
+impl Default for RawDialog {
+    fn default() -> Self {
+        RawDialog {
+            enabled: false,
+            lifetime_s: d_lifetime(),
+            honour_session_expires: true,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +246,8 @@ pub struct Config {
     pub database_url: String,
     /// The registrar, when the section is present.
     pub registrar: Option<crate::registrar_config::RegistrarSettings>,
+    /// Dialog tracking, when enabled.
+    pub dialog: Option<sip_proxy::dialog::DialogConfig>,
 }
 
 /// Parses TOML text; a syntax error or unknown key comes back as one error line.
@@ -381,6 +413,17 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         .registrar
         .as_ref()
         .map(|r| crate::registrar_config::validate(r, &mut errors));
+    if raw.dialog.lifetime_s < 10 || raw.dialog.lifetime_s > 7 * 86400 {
+        errors.push(err(
+            "dialog.lifetime_s",
+            raw.dialog.lifetime_s,
+            "must be 10..=604800 seconds",
+        ));
+    }
+    let dialog = raw.dialog.enabled.then(|| sip_proxy::dialog::DialogConfig {
+        lifetime: Duration::from_secs(raw.dialog.lifetime_s),
+        honour_session_expires: raw.dialog.honour_session_expires,
+    });
     let ids: std::collections::HashSet<i64> = dispatcher.sets.iter().map(|s| s.id).collect();
     let default_set = match raw.routing.default_set {
         Some(id) if ids.contains(&id) => id,
@@ -469,6 +512,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         log_level: raw.log.level,
         database_url: raw.database.url.trim().to_string(),
         registrar,
+        dialog,
     })
 }
 
@@ -506,6 +550,23 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(on_disk, EMBEDDED_DEFAULT);
+    }
+
+    #[test]
+    fn dialog_section_is_validated() {
+        assert!(
+            load(EMBEDDED_DEFAULT, 1).unwrap().dialog.is_none(),
+            "off by default"
+        );
+        let on = EMBEDDED_DEFAULT.replace(
+            "enabled = false\nlifetime_s = 21600",
+            "enabled = true\nlifetime_s = 60",
+        );
+        let d = load(&on, 1).unwrap().dialog.unwrap();
+        assert_eq!(d.lifetime.as_secs(), 60);
+        let bad = EMBEDDED_DEFAULT.replace("lifetime_s = 21600", "lifetime_s = 5");
+        let e = load(&bad, 1).unwrap_err();
+        assert_eq!(e[0].key, "dialog.lifetime_s");
     }
 
     #[test]

@@ -238,6 +238,12 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         proxy = proxy.with_registrar(reg.clone());
         flusher = task.map(|t| (reg, t));
     }
+    if let Some(dc) = &cfg.dialog {
+        proxy = proxy.with_dialogs(Arc::new(sip_proxy::dialog::Dialogs::new(
+            dc.clone(),
+            (Instant::now(), unix_now()),
+        )));
+    }
     let proxy = Arc::new(proxy);
     let net_cfg = net::NetConfig {
         udp: cfg.udp.clone(),

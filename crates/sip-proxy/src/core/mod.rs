@@ -25,6 +25,7 @@ use crate::build::{
 };
 use crate::config::ProxyConfig;
 use crate::ctx::{Branch, ClientTxn, Ctx, Plan, ServerTxn};
+use crate::dialog::{ByeOut, Dialog, Dialogs, Leg};
 use crate::registrar::{CallAuth, Fork, KeepAlive, Registrar, RegistrarMode, Reply};
 use crate::router::{Probe, Router};
 use crate::stats::Stats;
@@ -38,6 +39,8 @@ const STATELESS_PREFIX: &str = "z9hG4bKsbA";
 const PROBE_PREFIX: &str = "z9hG4bKsbP";
 /// Marks a probe's [`Origin`], so a send failure goes back to the router.
 const PROBE_ORIGIN: u64 = 1 << 63;
+/// BYEs the proxy sends itself to end a dialog.
+const DIALOG_BYE_PREFIX: &str = "z9hG4bKsbB";
 /// NAT keepalives (OPTIONS) to registered contacts.
 const KEEPALIVE_PREFIX: &str = "z9hG4bKsbK";
 /// Marks a keepalive's [`Origin`], so a send failure goes back to the registrar.
@@ -117,6 +120,7 @@ pub struct Proxy {
     counter: AtomicU64,
     stats: Stats,
     registrar: Option<Arc<Registrar>>,
+    dialogs: Option<Arc<Dialogs>>,
     /// Replies held back, with the time to send them.
     delayed: Mutex<Vec<(Instant, Transmit)>>,
 }
@@ -156,6 +160,7 @@ impl Proxy {
             counter: AtomicU64::new(1),
             stats: Stats::default(),
             registrar: None,
+            dialogs: None,
             delayed: Mutex::new(Vec::new()),
         }
     }
@@ -164,6 +169,49 @@ impl Proxy {
     pub fn with_registrar(mut self, r: Arc<Registrar>) -> Proxy {
         self.registrar = Some(r);
         self
+    }
+
+    /// Adds dialog tracking.
+    pub fn with_dialogs(mut self, d: Arc<Dialogs>) -> Proxy {
+        self.dialogs = Some(d);
+        self
+    }
+
+    /// The dialog table, when tracking is on.
+    pub fn dialogs(&self) -> Option<&Arc<Dialogs>> {
+        self.dialogs.as_ref()
+    }
+
+    /// Ends dialog `id` from the middle: BYE to both sides (sent on the next timer tick).
+    pub fn end_dialog(&self, now: Instant, id: u64) -> Option<Dialog> {
+        let d = self.dialogs.as_ref()?;
+        let (dlg, byes) = d.end(id, &|t| self.via_for(t))?;
+        tracing::info!(call_id = %dlg.call_id, id, "dialog ended by management");
+        let mut q = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
+        for b in byes {
+            q.push((now, self.bye_transmit(b)));
+        }
+        Some(dlg)
+    }
+
+    /// `SIP/2.0/UDP host:port` of our listener for a transport.
+    fn via_for(&self, t: Transport) -> String {
+        let l = self
+            .listener(t)
+            .or_else(|| self.cfg.listeners.first().map(|l| l.advertise));
+        match l {
+            Some(a) => format!("SIP/2.0/{} {a}", t.via_name()),
+            None => format!("SIP/2.0/{} 0.0.0.0", t.via_name()),
+        }
+    }
+
+    fn bye_transmit(&self, b: ByeOut) -> Transmit {
+        Stats::inc(&self.stats.local_requests);
+        Transmit {
+            target: b.target,
+            data: Bytes::from(b.data),
+            origin: None,
+        }
     }
 
     /// The registrar, when configured.
@@ -260,6 +308,17 @@ impl Proxy {
         self.router.due_probes(now, &mut probes);
         for p in probes {
             self.send_probe(p, out);
+        }
+        if let Some(d) = &self.dialogs {
+            let mut ended = Vec::new();
+            d.sweep(now, &|t| self.via_for(t), &mut ended);
+            for (dlg, byes) in ended {
+                tracing::info!(call_id = %dlg.call_id, id = dlg.id, state = dlg.state.as_str(), "dialog lifetime over: BYE to both sides");
+                Stats::inc(&self.stats.dialogs_timed_out);
+                for b in byes {
+                    out.push(self.bye_transmit(b));
+                }
+            }
         }
         if let Some(reg) = &self.registrar {
             let mut pings = Vec::new();

@@ -81,6 +81,15 @@ impl Proxy {
         let in_dialog = msg.to_tag().is_some();
         if msg.method() == Some(Method::Bye) {
             self.router.on_call_ended(msg.call_id());
+            if let Some(d) = &self.dialogs {
+                if let Some((dlg, who)) = d.on_bye(
+                    msg.call_id(),
+                    msg.from_tag().unwrap_or(""),
+                    msg.to_tag().unwrap_or(""),
+                ) {
+                    tracing::debug!(call_id = %dlg.call_id, id = dlg.id, hung_up = who.as_str(), "dialog ended");
+                }
+            }
         }
         let reliable = src.transport.is_reliable();
         let id =
@@ -207,6 +216,40 @@ impl Proxy {
         if to_tag {
             if popped == 0 && new_ruri.is_none() {
                 return Err(reject(404, "Not Here (no route to follow)"));
+            }
+            if let Some(d) = &self.dialogs {
+                // INVITE-dialog requests must belong to a dialog we know (event dialogs of
+                // SUBSCRIBE/NOTIFY are not tracked and pass)
+                if matches!(
+                    method,
+                    Method::Bye
+                        | Method::Invite
+                        | Method::Update
+                        | Method::Prack
+                        | Method::Info
+                        | Method::Refer
+                ) {
+                    let refresh = matches!(method, Method::Invite | Method::Update).then(|| {
+                        msg.get(HeaderName::SessionExpires)
+                            .and_then(crate::dialog::parse_session_expires)
+                    });
+                    let seq = msg.cseq().map(|c| c.seq).unwrap_or(0);
+                    let known = d.on_request(
+                        now,
+                        msg.call_id(),
+                        msg.from_tag().unwrap_or(""),
+                        msg.to_tag().unwrap_or(""),
+                        seq,
+                        refresh,
+                    );
+                    if !known {
+                        Stats::inc(&self.stats.dialogs_refused);
+                        return Err(reject(
+                            481,
+                            "Call/Transaction Does Not Exist (no such dialog)",
+                        ));
+                    }
+                }
             }
             let next = if remaining > 0 {
                 NameAddr::parse(routes[popped], "Route")

@@ -28,6 +28,12 @@ impl Proxy {
             }
             return;
         }
+        if msg
+            .branch()
+            .is_some_and(|b| b.starts_with(DIALOG_BYE_PREFIX))
+        {
+            return; // the answer to a BYE the proxy sent to end a dialog
+        }
         let Some((_, id, idx)) = msg.branch().and_then(parse_branch) else {
             Stats::inc(&self.stats.dropped);
             return;
@@ -90,6 +96,7 @@ impl Proxy {
                     self.cancel_branch(now, ctx, idx, out);
                 }
                 if code > 100 && !ctx.final_sent {
+                    self.track_dialog(now, ctx, idx, &msg, false);
                     self.send_upstream(now, ctx, code, strip_top_via(&msg), out);
                 }
             }
@@ -100,6 +107,7 @@ impl Proxy {
                 ctx.final_sent = true;
                 if first && ctx.invite && ctx.fast_failover {
                     self.router.on_call_answered(msg.call_id(), &b.dest);
+                    self.track_dialog(now, ctx, idx, &msg, true);
                 }
                 self.send_upstream(now, ctx, code, strip_top_via(&msg), out);
                 if first {
@@ -156,6 +164,7 @@ impl Proxy {
                 if ctx.fast_failover {
                     self.router
                         .on_call_answered(msg.call_id(), &ctx.branches[idx].dest);
+                    self.track_dialog(now, ctx, idx, msg, true);
                 }
                 self.send_upstream(now, ctx, code, strip_top_via(msg), out);
                 for i in 0..ctx.branches.len() {
@@ -308,7 +317,73 @@ impl Proxy {
                 (c, data)
             }
         };
+        if let (Some(d), Some(req)) = (&self.dialogs, &ctx.req) {
+            if ctx.invite && ctx.fast_failover {
+                d.on_failure(req.call_id(), req.from_tag().unwrap_or(""));
+            }
+        }
         self.send_upstream(now, ctx, code, data, out);
+    }
+
+    /// An initial INVITE got a provisional with a to-tag (early dialog) or a 2xx
+    /// (confirmed): the dialog table learns both legs.
+    pub(super) fn track_dialog(
+        &self,
+        now: Instant,
+        ctx: &Ctx,
+        idx: usize,
+        msg: &Message,
+        confirmed: bool,
+    ) {
+        let Some(d) = &self.dialogs else {
+            return;
+        };
+        let Some(req) = ctx.req.as_ref().filter(|_| ctx.invite && ctx.fast_failover) else {
+            return;
+        };
+        let (Some(from_tag), Some(to_tag)) = (req.from_tag(), msg.to_tag()) else {
+            return;
+        };
+        let contact_of = |m: &Message| {
+            m.get(HeaderName::Contact)
+                .and_then(|c| split_commas(c).next())
+                .and_then(|v| NameAddr::parse(v, "Contact").ok())
+                .map(|n| n.uri.raw.to_string())
+        };
+        let b = &ctx.branches[idx];
+        let caller = Leg {
+            party: req.get(HeaderName::From).unwrap_or("").into(),
+            contact: contact_of(req)
+                .or_else(|| req.from().ok().map(|f| f.uri.raw.to_string()))
+                .unwrap_or_default()
+                .into(),
+            target: ctx.resp_target,
+            cseq: req.cseq().map(|c| c.seq).unwrap_or(1),
+        };
+        let callee = Leg {
+            party: msg.get(HeaderName::To).unwrap_or("").into(),
+            contact: contact_of(msg)
+                .unwrap_or_else(|| b.dest.uri.to_string())
+                .into(),
+            target: b.target,
+            cseq: 0,
+        };
+        let se = msg
+            .get(HeaderName::SessionExpires)
+            .or(req.get(HeaderName::SessionExpires))
+            .and_then(crate::dialog::parse_session_expires);
+        d.on_answer(
+            now,
+            d.unix(now),
+            confirmed,
+            req.call_id(),
+            from_tag,
+            to_tag,
+            caller,
+            callee,
+            b.dest.node.as_ref().map(|_| b.dest.uri.clone()),
+            se,
+        );
     }
 
     pub(super) fn local_reply(&self, ctx: &Ctx, code: u16, reason: &str) -> Bytes {

@@ -667,3 +667,122 @@ fn cancel_during_failover_stops_it_and_answers_487() {
     assert_eq!(up.last().map(|m| m.status()), Some(Some(487)));
     assert_eq!(p.stats().failovers.load(Ordering::Relaxed), 0);
 }
+
+fn with_dialogs(p: Proxy, lifetime_s: u64, now: Instant) -> Proxy {
+    p.with_dialogs(Arc::new(crate::dialog::Dialogs::new(
+        crate::dialog::DialogConfig {
+            lifetime: Duration::from_secs(lifetime_s),
+            honour_session_expires: true,
+        },
+        (now, 1_800_000_000),
+    )))
+}
+
+fn dlg_req(m: &str, call: &str, seq: u32, br: &str, from_tag: &str, to_tag: &str) -> String {
+    format!("{m} sip:b@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{br}\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:a@h>;tag={from_tag}\r\nTo: <sip:svc@h>;tag={to_tag}\r\nCall-ID: {call}\r\nCSeq: {seq} {m}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+}
+
+/// INVITE through the proxy answered 200 by the backend: the dialog exists.
+fn answered_call(p: &Proxy, now: Instant, call: &str) {
+    let fwd = parse(&send(p, now, UAC, &invite(call))[1]);
+    let mut o = vec![];
+    p.on_message(now, udp("127.0.0.1:5080"), answer(&fwd, 180, "tt"), &mut o);
+    p.on_message(now, udp("127.0.0.1:5080"), answer(&fwd, 200, "tt"), &mut o);
+}
+
+#[test]
+fn dialogs_validate_in_dialog_requests_and_end_on_bye() {
+    let now = Instant::now();
+    let p = with_dialogs(proxy(&["127.0.0.1:5080"]), 3600, now);
+    answered_call(&p, now, "d1");
+    let d = p.dialogs().unwrap();
+    assert_eq!(d.list().len(), 1);
+    assert_eq!(d.list()[0].state, crate::dialog::DialogState::Confirmed);
+    // a BYE with a wrong to-tag, or for another Call-ID: 481, not relayed
+    for bad in [
+        dlg_req("BYE", "d1", 2, "b1", "ft", "zz"),
+        dlg_req("BYE", "nope", 2, "b2", "ft", "tt"),
+    ] {
+        let o = send(&p, now, UAC, &bad);
+        assert_eq!(o.len(), 1);
+        assert_eq!(parse(&o[0]).status(), Some(481));
+    }
+    // a re-INVITE and the real BYE pass
+    let o = send(&p, now, UAC, &dlg_req("INVITE", "d1", 3, "ri", "ft", "tt"));
+    assert!(o.iter().any(|t| t.target.addr == addr("127.0.0.1:5080")));
+    let o = send(&p, now, UAC, &dlg_req("BYE", "d1", 4, "b3", "ft", "tt"));
+    assert_eq!(o[0].target.addr, addr("127.0.0.1:5080"));
+    assert!(d.list().is_empty(), "ended by the BYE");
+    // the ACK of the 2xx is never refused; NOTIFY (event dialogs) passes
+    let o = send(&p, now, UAC, &dlg_req("NOTIFY", "d1", 5, "n1", "ft", "tt"));
+    assert_eq!(o[0].target.addr, addr("127.0.0.1:5080"));
+    assert_eq!(p.stats().dialogs_refused.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn a_failed_call_leaves_no_dialog_and_the_lifetime_ends_a_call_with_two_byes() {
+    let now = Instant::now();
+    let p = with_dialogs(proxy(&["127.0.0.1:5080"]), 10, now);
+    let fwd = parse(&send(&p, now, UAC, &invite("d2"))[1]);
+    let mut o = vec![];
+    p.on_message(now, udp("127.0.0.1:5080"), answer(&fwd, 180, "tt"), &mut o);
+    assert_eq!(p.dialogs().unwrap().list().len(), 1, "early");
+    p.on_message(now, udp("127.0.0.1:5080"), answer(&fwd, 486, "tt"), &mut o);
+    assert!(p.dialogs().unwrap().list().is_empty(), "failed: gone");
+
+    answered_call(&p, now, "d3");
+    let mut o = vec![];
+    p.on_timers(now + Duration::from_secs(11), &mut o);
+    let byes: Vec<(SocketAddr, Message)> = o
+        .iter()
+        .map(|t| (t.target.addr, parse(t)))
+        .filter(|(_, m)| m.method() == Some(Method::Bye))
+        .collect();
+    assert_eq!(byes.len(), 2, "{o:?}");
+    let to_callee = byes
+        .iter()
+        .find(|(a, _)| *a == addr("127.0.0.1:5080"))
+        .expect("callee");
+    assert_eq!(
+        to_callee.1.uri_str(),
+        "sip:b@127.0.0.1:5080",
+        "to the 200's Contact"
+    );
+    assert_eq!(to_callee.1.from_tag(), Some("ft"));
+    assert_eq!(to_callee.1.to_tag(), Some("tt"));
+    let to_caller = byes.iter().find(|(a, _)| *a == addr(UAC)).expect("caller");
+    assert_eq!(
+        to_caller.1.uri_str(),
+        "sip:a@127.0.0.1:5070",
+        "to the INVITE's Contact"
+    );
+    assert_eq!(to_caller.1.from_tag(), Some("tt"));
+    assert!(p.dialogs().unwrap().list().is_empty());
+    // their answers are absorbed
+    let mut o2 = vec![];
+    p.on_message(
+        now,
+        udp("127.0.0.1:5080"),
+        answer(&to_callee.1, 200, "tt"),
+        &mut o2,
+    );
+    assert!(o2.is_empty());
+}
+
+#[test]
+fn management_ends_a_dialog() {
+    let now = Instant::now();
+    let p = with_dialogs(proxy(&["127.0.0.1:5080"]), 3600, now);
+    answered_call(&p, now, "d4");
+    let id = p.dialogs().unwrap().list()[0].id;
+    assert!(p.end_dialog(now, id).is_some());
+    assert!(p.end_dialog(now, id).is_none());
+    let mut o = vec![];
+    p.on_timers(now, &mut o);
+    assert_eq!(
+        o.iter()
+            .filter(|t| parse(t).method() == Some(Method::Bye))
+            .count(),
+        2
+    );
+}

@@ -1,0 +1,602 @@
+//! Dialog tracking for INVITE dialogs (OpenSIPS' `dialog` module): early and confirmed
+//! dialogs keyed by Call-ID and the caller's tag, the legs needed to end a call from the
+//! middle (BYE to both sides on lifetime expiry or on request), validation of in-dialog
+//! requests, and counts per media server. Sans-IO: the core passes the time and sends what
+//! [`Dialogs::sweep`] and [`Dialogs::end`] return.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::types::{Target, Transport};
+
+/// Dialog settings.
+#[derive(Debug, Clone)]
+pub struct DialogConfig {
+    /// The longest a dialog may live (OpenSIPS `default_timeout`; 6 h).
+    pub lifetime: Duration,
+    /// A Session-Expires shorter than the lifetime bounds it (refreshed by re-INVITE/UPDATE).
+    pub honour_session_expires: bool,
+}
+
+impl Default for DialogConfig {
+    fn default() -> Self {
+        DialogConfig {
+            lifetime: Duration::from_secs(6 * 3600),
+            honour_session_expires: true,
+        }
+    }
+}
+
+/// Where a dialog stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialogState {
+    Early,
+    Confirmed,
+}
+
+impl DialogState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialogState::Early => "early",
+            DialogState::Confirmed => "confirmed",
+        }
+    }
+}
+
+/// One side of a dialog.
+#[derive(Debug, Clone)]
+pub struct Leg {
+    /// The From (caller) or To (callee) header value, with its tag.
+    pub party: Box<str>,
+    /// Its Contact URI (where a BYE goes).
+    pub contact: Box<str>,
+    /// How to reach it: the caller's source, the callee's branch target.
+    pub target: Target,
+    /// The highest CSeq it sent.
+    pub cseq: u32,
+}
+
+/// One tracked dialog.
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    pub id: u64,
+    pub call_id: Box<str>,
+    pub from_tag: Box<str>,
+    pub to_tag: Box<str>,
+    pub state: DialogState,
+    pub caller: Leg,
+    pub callee: Leg,
+    /// The media server (destination URI) the call went to.
+    pub node: Option<Arc<str>>,
+    pub created_unix: u64,
+    pub answered_unix: Option<u64>,
+    pub expires_at: Instant,
+    pub session_expires: Option<u32>,
+}
+
+/// Why a dialog ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    CallerBye,
+    CalleeBye,
+    Lifetime,
+    Management,
+}
+
+impl Ending {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::CallerBye => "caller",
+            Ending::CalleeBye => "callee",
+            Ending::Lifetime => "lifetime",
+            Ending::Management => "management",
+        }
+    }
+}
+
+/// A BYE the proxy sends itself.
+#[derive(Debug, Clone)]
+pub struct ByeOut {
+    pub target: Target,
+    pub data: String,
+}
+
+type Key = (Box<str>, Box<str>);
+
+/// The dialog table, sharded by Call-ID.
+pub struct Dialogs {
+    cfg: DialogConfig,
+    shards: Box<[Mutex<HashMap<Key, Dialog>>]>,
+    next_id: AtomicU64,
+    next_sweep: Mutex<Option<Instant>>,
+    epoch: (Instant, u64),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn shard_hash(call_id: &str) -> usize {
+    call_id
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+}
+
+/// `Session-Expires: 1800;refresher=uac` → 1800.
+pub fn parse_session_expires(v: &str) -> Option<u32> {
+    v.split(';').next()?.trim().parse().ok()
+}
+
+impl Dialogs {
+    /// A table; `epoch` pairs an instant with the UNIX time at it.
+    pub fn new(cfg: DialogConfig, epoch: (Instant, u64)) -> Dialogs {
+        Dialogs {
+            epoch,
+            cfg,
+            shards: (0..64).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_id: AtomicU64::new(1),
+            next_sweep: Mutex::new(None),
+        }
+    }
+
+    /// UNIX seconds at `now`.
+    pub fn unix(&self, now: Instant) -> u64 {
+        self.epoch.1 + now.saturating_duration_since(self.epoch.0).as_secs()
+    }
+
+    pub fn config(&self) -> &DialogConfig {
+        &self.cfg
+    }
+
+    fn shard(&self, call_id: &str) -> std::sync::MutexGuard<'_, HashMap<Key, Dialog>> {
+        lock(&self.shards[shard_hash(call_id) % self.shards.len()])
+    }
+
+    fn deadline(&self, now: Instant, se: Option<u32>) -> Instant {
+        let mut life = self.cfg.lifetime;
+        if let (true, Some(se)) = (self.cfg.honour_session_expires, se) {
+            // the refresher has the whole interval; allow a little for the re-INVITE itself
+            life = life.min(Duration::from_secs(se as u64 + 32));
+        }
+        now + life
+    }
+
+    /// A provisional with a to-tag (early) or a 2xx (confirmed) to an initial INVITE.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_answer(
+        &self,
+        now: Instant,
+        unix: u64,
+        confirmed: bool,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+        caller: Leg,
+        callee: Leg,
+        node: Option<Arc<str>>,
+        session_expires: Option<u32>,
+    ) {
+        let mut g = self.shard(call_id);
+        let key: Key = (call_id.into(), from_tag.into());
+        let expires_at = self.deadline(now, session_expires);
+        match g.get_mut(&key) {
+            Some(d) => {
+                if d.state == DialogState::Confirmed {
+                    return; // a retransmitted 2xx, or a second fork's answer
+                }
+                d.to_tag = to_tag.into();
+                d.callee = callee;
+                if node.is_some() {
+                    d.node = node;
+                }
+                if confirmed {
+                    d.state = DialogState::Confirmed;
+                    d.answered_unix = Some(unix);
+                    d.expires_at = expires_at;
+                    d.session_expires = session_expires;
+                }
+            }
+            None => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                g.insert(
+                    key,
+                    Dialog {
+                        id,
+                        call_id: call_id.into(),
+                        from_tag: from_tag.into(),
+                        to_tag: to_tag.into(),
+                        state: if confirmed {
+                            DialogState::Confirmed
+                        } else {
+                            DialogState::Early
+                        },
+                        caller,
+                        callee,
+                        node,
+                        created_unix: unix,
+                        answered_unix: confirmed.then_some(unix),
+                        expires_at: if confirmed {
+                            expires_at
+                        } else {
+                            now + Duration::from_secs(300) // an early dialog rings at most Timer C
+                        },
+                        session_expires,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The initial INVITE failed: its early dialog goes.
+    pub fn on_failure(&self, call_id: &str, from_tag: &str) {
+        let mut g = self.shard(call_id);
+        let key: Key = (call_id.into(), from_tag.into());
+        if g.get(&key).is_some_and(|d| d.state == DialogState::Early) {
+            g.remove(&key);
+        }
+    }
+
+    /// Finds the dialog of an in-dialog request (from either side) and applies `f`.
+    pub fn with<R>(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+        f: impl FnOnce(&mut Dialog, bool) -> R,
+    ) -> Option<R> {
+        let mut g = self.shard(call_id);
+        if let Some(d) = g
+            .get_mut(&(call_id.into(), from_tag.into()))
+            .filter(|d| d.state == DialogState::Early || &*d.to_tag == to_tag)
+        {
+            return Some(f(d, true));
+        }
+        g.get_mut(&(call_id.into(), to_tag.into()))
+            .filter(|d| &*d.to_tag == from_tag)
+            .map(|d| f(d, false))
+    }
+
+    /// An in-dialog request passed: count its CSeq, refresh on re-INVITE/UPDATE.
+    pub fn on_request(
+        &self,
+        now: Instant,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+        cseq: u32,
+        refresh: Option<Option<u32>>,
+    ) -> bool {
+        let dl = |se| self.deadline(now, se);
+        self.with(call_id, from_tag, to_tag, |d, from_caller| {
+            let leg = if from_caller {
+                &mut d.caller
+            } else {
+                &mut d.callee
+            };
+            leg.cseq = leg.cseq.max(cseq);
+            if let Some(se) = refresh {
+                let se = se.or(d.session_expires);
+                d.session_expires = se;
+                d.expires_at = dl(se);
+            }
+        })
+        .is_some()
+    }
+
+    /// Removes the dialog a BYE ends; returns it with who hung up.
+    pub fn on_bye(&self, call_id: &str, from_tag: &str, to_tag: &str) -> Option<(Dialog, Ending)> {
+        let mut g = self.shard(call_id);
+        let key: Key = (call_id.into(), from_tag.into());
+        if g.get(&key).is_some_and(|d| &*d.to_tag == to_tag) {
+            return g.remove(&key).map(|d| (d, Ending::CallerBye));
+        }
+        let key: Key = (call_id.into(), to_tag.into());
+        if g.get(&key).is_some_and(|d| &*d.to_tag == from_tag) {
+            return g.remove(&key).map(|d| (d, Ending::CalleeBye));
+        }
+        None
+    }
+
+    /// Every dialog (a copy), for the management API.
+    pub fn list(&self) -> Vec<Dialog> {
+        let mut v: Vec<Dialog> = self
+            .shards
+            .iter()
+            .flat_map(|s| lock(s).values().cloned().collect::<Vec<_>>())
+            .collect();
+        v.sort_by_key(|d| d.id);
+        v
+    }
+
+    /// Dialogs held, and how many per media server.
+    pub fn counts(&self) -> (usize, HashMap<Arc<str>, usize>) {
+        let mut total = 0;
+        let mut per = HashMap::new();
+        for s in self.shards.iter() {
+            for d in lock(s).values() {
+                total += 1;
+                if let Some(n) = &d.node {
+                    *per.entry(n.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+        (total, per)
+    }
+
+    /// Ends a dialog from the middle: removes it and returns the BYEs for both sides.
+    pub fn end(&self, id: u64, via: &dyn Fn(Transport) -> String) -> Option<(Dialog, Vec<ByeOut>)> {
+        for s in self.shards.iter() {
+            let mut g = lock(s);
+            let key = g.iter().find(|(_, d)| d.id == id).map(|(k, _)| k.clone());
+            if let Some(k) = key {
+                let d = g.remove(&k)?;
+                let byes = byes_for(&d, via);
+                return Some((d, byes));
+            }
+        }
+        None
+    }
+
+    /// Once a second: dialogs past their lifetime are removed, with BYEs to both sides
+    /// for confirmed ones.
+    pub fn sweep(
+        &self,
+        now: Instant,
+        via: &dyn Fn(Transport) -> String,
+        out: &mut Vec<(Dialog, Vec<ByeOut>)>,
+    ) {
+        {
+            let mut t = lock(&self.next_sweep);
+            if t.is_some_and(|t| now < t) {
+                return;
+            }
+            *t = Some(now + Duration::from_secs(1));
+        }
+        for s in self.shards.iter() {
+            let mut g = lock(s);
+            let expired: Vec<Key> = g
+                .iter()
+                .filter(|(_, d)| d.expires_at <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in expired {
+                if let Some(d) = g.remove(&k) {
+                    let byes = if d.state == DialogState::Confirmed {
+                        byes_for(&d, via)
+                    } else {
+                        Vec::new()
+                    };
+                    out.push((d, byes));
+                }
+            }
+        }
+    }
+
+    /// Puts back dialogs persisted before a restart.
+    pub fn restore(&self, dialogs: Vec<Dialog>) {
+        for d in dialogs {
+            self.next_id.fetch_max(d.id + 1, Ordering::Relaxed);
+            let key: Key = (d.call_id.clone(), d.from_tag.clone());
+            self.shard(&d.call_id).insert(key, d);
+        }
+    }
+}
+
+/// BYE to the callee (as the caller) and to the caller (as the callee). `via` gives the
+/// Via value (`SIP/2.0/UDP host:port`) of the listener for a transport.
+fn byes_for(d: &Dialog, via: &dyn Fn(Transport) -> String) -> Vec<ByeOut> {
+    let bye = |uri: &str, from: &str, to: &str, seq: u32, n: u8, t: Transport| {
+        let via = via(t);
+        format!(
+            "BYE {uri} SIP/2.0\r\nVia: {via};branch=z9hG4bKsbB{:x}.{n}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {seq} BYE\r\nReason: SIP;cause=200;text=\"dialog ended by the proxy\"\r\nUser-Agent: {}\r\nContent-Length: 0\r\n\r\n",
+            d.id,
+            d.call_id,
+            crate::build::SERVER
+        )
+    };
+    vec![
+        ByeOut {
+            target: d.callee.target,
+            data: bye(
+                &d.callee.contact,
+                &d.caller.party,
+                &d.callee.party,
+                d.caller.cseq + 1,
+                0,
+                d.callee.target.transport,
+            ),
+        },
+        ByeOut {
+            target: d.caller.target,
+            data: bye(
+                &d.caller.contact,
+                &d.callee.party,
+                &d.caller.party,
+                d.callee.cseq.max(1) + 1,
+                1,
+                d.caller.target.transport,
+            ),
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(_: Transport) -> String {
+        "SIP/2.0/UDP 127.0.0.1:5060".into()
+    }
+
+    fn leg(party: &str, port: u16, cseq: u32) -> Leg {
+        Leg {
+            party: party.into(),
+            contact: format!("sip:x@127.0.0.1:{port}").into(),
+            target: Target {
+                transport: Transport::Udp,
+                addr: ([127, 0, 0, 1], port).into(),
+                flow: None,
+            },
+            cseq,
+        }
+    }
+
+    #[test]
+    fn early_confirmed_bye_from_either_side() {
+        let t = Dialogs::new(DialogConfig::default(), (Instant::now(), 0));
+        let now = Instant::now();
+        t.on_answer(
+            now,
+            1,
+            false,
+            "c",
+            "ft",
+            "tt",
+            leg("<sip:a@h>;tag=ft", 1, 1),
+            leg("<sip:b@h>;tag=tt", 2, 0),
+            None,
+            None,
+        );
+        assert_eq!(t.list()[0].state, DialogState::Early);
+        t.on_answer(
+            now,
+            2,
+            true,
+            "c",
+            "ft",
+            "tt",
+            leg("<sip:a@h>;tag=ft", 1, 1),
+            leg("<sip:b@h>;tag=tt", 2, 0),
+            Some("sip:fs1".into()),
+            None,
+        );
+        assert_eq!(t.list()[0].state, DialogState::Confirmed);
+        assert_eq!(t.counts().1.get("sip:fs1"), Some(&1));
+        assert!(
+            t.on_request(now, "c", "tt", "ft", 5, None),
+            "from the callee"
+        );
+        assert!(!t.on_request(now, "c", "zz", "ft", 5, None), "unknown tag");
+        let (d, who) = t.on_bye("c", "tt", "ft").unwrap();
+        assert_eq!(who, Ending::CalleeBye);
+        assert_eq!(d.callee.cseq, 5);
+        assert!(t.list().is_empty());
+        assert!(t.on_bye("c", "ft", "tt").is_none());
+    }
+
+    #[test]
+    fn lifetime_and_session_expires_end_with_byes_to_both_sides() {
+        let t = Dialogs::new(
+            DialogConfig {
+                lifetime: Duration::from_secs(10),
+                honour_session_expires: true,
+            },
+            (Instant::now(), 0),
+        );
+        let now = Instant::now();
+        t.on_answer(
+            now,
+            1,
+            true,
+            "c1",
+            "f1",
+            "t1",
+            leg("<sip:a@h>;tag=f1", 1, 3),
+            leg("<sip:b@h>;tag=t1", 2, 0),
+            None,
+            None,
+        );
+        t.on_answer(
+            now,
+            1,
+            true,
+            "c2",
+            "f2",
+            "t2",
+            leg("<sip:a@h>;tag=f2", 3, 1),
+            leg("<sip:b@h>;tag=t2", 4, 0),
+            None,
+            Some(90),
+        );
+        let mut out = vec![];
+        t.sweep(now + Duration::from_secs(9), &v, &mut out);
+        assert!(out.is_empty());
+        t.sweep(now + Duration::from_secs(11), &v, &mut out);
+        assert_eq!(
+            out.len(),
+            2,
+            "the lifetime bounds both (Session-Expires 90 s > 10 s)"
+        );
+        let byes = &out.iter().find(|(d, _)| &*d.call_id == "c1").unwrap().1;
+        assert_eq!(byes.len(), 2);
+        assert!(byes[0].data.starts_with("BYE sip:x@127.0.0.1:2 SIP/2.0"));
+        assert!(byes[0].data.contains("CSeq: 4 BYE"), "{}", byes[0].data);
+        assert!(byes[0]
+            .data
+            .contains("From: <sip:a@h>;tag=f1\r\nTo: <sip:b@h>;tag=t1"));
+        assert!(byes[1]
+            .data
+            .contains("From: <sip:b@h>;tag=t1\r\nTo: <sip:a@h>;tag=f1"));
+        assert_eq!(byes[1].target.addr.port(), 1);
+        // Session-Expires shorter than the lifetime
+        let t = Dialogs::new(DialogConfig::default(), (Instant::now(), 0));
+        t.on_answer(
+            now,
+            1,
+            true,
+            "c3",
+            "f3",
+            "t3",
+            leg("a", 1, 1),
+            leg("b", 2, 0),
+            None,
+            Some(60),
+        );
+        let mut out = vec![];
+        t.sweep(now + Duration::from_secs(93), &v, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(parse_session_expires("1800;refresher=uac"), Some(1800));
+        assert_eq!(parse_session_expires("x"), None);
+    }
+
+    #[test]
+    fn management_end_and_failed_early_dialogs() {
+        let t = Dialogs::new(DialogConfig::default(), (Instant::now(), 0));
+        let now = Instant::now();
+        t.on_answer(
+            now,
+            1,
+            false,
+            "c",
+            "f",
+            "t",
+            leg("a", 1, 1),
+            leg("b", 2, 0),
+            None,
+            None,
+        );
+        t.on_failure("c", "f");
+        assert!(t.list().is_empty());
+        t.on_answer(
+            now,
+            1,
+            true,
+            "c",
+            "f",
+            "t",
+            leg("a", 1, 1),
+            leg("b", 2, 0),
+            None,
+            None,
+        );
+        let id = t.list()[0].id;
+        let (_, byes) = t.end(id, &v).unwrap();
+        assert_eq!(byes.len(), 2);
+        assert!(t.end(id, &v).is_none());
+    }
+}
