@@ -40,4 +40,6 @@ echo "== end-to-end (SIPp): registrar"
 tests/e2e/registrar.sh || e2e_rc=1
 echo "== end-to-end (SIPp): dialogs"
 tests/e2e/dialog.sh || e2e_rc=1
+echo "== end-to-end (SIPp): resource balancer"
+tests/e2e/balancer.sh || e2e_rc=1
 exit $e2e_rc

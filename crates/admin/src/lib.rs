@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use sip_proxy::dispatcher::{DestConfig, Dispatcher};
 use sip_proxy::Proxy;
 
+mod balancer;
 mod dialog;
 mod dispatcher;
 mod registrar;
@@ -41,6 +42,8 @@ pub struct AdminState {
     pub store_remove: Option<StoreRemoveFn>,
     /// The subscriber table (registrar).
     pub subscribers: Option<Box<dyn SubscriberStore>>,
+    /// The resource balancer, when configured.
+    pub balancer: Option<Arc<sip_proxy::balancer::Balancer>>,
 }
 
 /// Persists `ds_add`.
@@ -97,6 +100,9 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
         return r;
     }
     if let Some(r) = dialog::call(st, method, params) {
+        return r;
+    }
+    if let Some(r) = balancer::call(st, method, params) {
         return r;
     }
     match method {
@@ -156,7 +162,10 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
             "auth_unban",
             "dlg_list",
             "dlg_end_dlg",
-            "profile_get_size"
+            "profile_get_size",
+            "lb_list",
+            "lb_resize",
+            "lb_status"
         ])),
         _ => Err((-32601, format!("method not found: {method}"))),
     }
@@ -251,6 +260,7 @@ mod tests {
             store_add: None,
             store_remove: None,
             subscribers: None,
+            balancer: None,
         }
     }
 

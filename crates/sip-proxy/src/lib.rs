@@ -10,6 +10,7 @@
 //! server transaction and the client transactions of its branches (§16.6–§16.7).
 #![forbid(unsafe_code)]
 
+pub mod balancer;
 mod build;
 mod config;
 mod core;

@@ -51,6 +51,17 @@ pub trait Router: Send + Sync + 'static {
     /// The final reply to probe `id`, or `None` when it could not be sent.
     fn probe_result(&self, _now: Instant, _id: u64, _code: Option<u16>) {}
 
+    /// Names what the router would route `req` to, for the reason phrase of a `503`.
+    fn describe_for(&self, _req: &Message) -> String {
+        self.describe()
+    }
+
+    /// A branch of a new call (initial INVITE) was sent to `dest`.
+    fn on_attempt(&self, _call_id: &str, _dest: &Destination) {}
+
+    /// That branch ended without a 2xx (a failure, a timeout, a cancel).
+    fn on_attempt_failed(&self, _call_id: &str, _dest: &Destination) {}
+
     /// True when `addr` is one of the router's destinations (a media server calling out,
     /// OpenSIPS' `ds_is_in_list` / `lb_is_destination`).
     fn is_destination(&self, _addr: std::net::SocketAddr) -> bool {

@@ -32,6 +32,7 @@ pub struct RawConfig {
     pub registrar: Option<crate::registrar_config::RawRegistrar>,
     #[serde(default)]
     pub dialog: RawDialog,
+    pub balancer: Option<crate::balancer_config::RawBalancer>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,6 +249,8 @@ pub struct Config {
     pub registrar: Option<crate::registrar_config::RegistrarSettings>,
     /// Dialog tracking, when enabled.
     pub dialog: Option<sip_proxy::dialog::DialogConfig>,
+    /// The resource balancer for calls, when the section is present.
+    pub balancer: Option<crate::balancer_config::BalancerSettings>,
 }
 
 /// Parses TOML text; a syntax error or unknown key comes back as one error line.
@@ -420,6 +423,17 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
             "must be 10..=604800 seconds",
         ));
     }
+    let balancer = raw
+        .balancer
+        .as_ref()
+        .map(|b| crate::balancer_config::validate(b, &mut errors));
+    if balancer.is_some() && !raw.dialog.enabled {
+        errors.push(err(
+            "dialog.enabled",
+            "false",
+            "the balancer counts calls for as long as their dialogs live: enable dialog tracking",
+        ));
+    }
     let dialog = raw.dialog.enabled.then(|| sip_proxy::dialog::DialogConfig {
         lifetime: Duration::from_secs(raw.dialog.lifetime_s),
         honour_session_expires: raw.dialog.honour_session_expires,
@@ -513,6 +527,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         database_url: raw.database.url.trim().to_string(),
         registrar,
         dialog,
+        balancer,
     })
 }
 

@@ -1,5 +1,6 @@
 //! `switchboard`: SIP edge proxy, registrar and load balancer for FreeSWITCH clusters.
 
+mod balancer_config;
 mod cli;
 mod config;
 mod dispatch_config;
@@ -230,7 +231,20 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let store_ctx = store.clone().map(|s| (s, rt.handle().clone()));
     // the dispatcher writes through to its table only when the table is its source
     let ds_store = store_ctx.clone().filter(|_| d.from_database);
-    let router = dispatcher.clone();
+    let balancer = cfg.balancer.as_ref().map(|b| {
+        Arc::new(sip_proxy::balancer::Balancer::new(
+            b.nodes.clone(),
+            b.route.clone(),
+            cfg.proxy.salt,
+        ))
+    });
+    let router: Arc<dyn sip_proxy::Router> = match &balancer {
+        Some(b) => Arc::new(sip_proxy::balancer::CallRouter {
+            dispatcher: dispatcher.clone(),
+            balancer: b.clone(),
+        }),
+        None => dispatcher.clone(),
+    };
     let mut proxy = sip_proxy::Proxy::new(cfg.proxy.clone(), router);
     let mut flusher = None;
     if let (Some(rs), Some((s, h))) = (&cfg.registrar, &store_ctx) {
@@ -295,6 +309,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
                     .map_err(|e| e.to_string())
             })
         }),
+        balancer: balancer.clone(),
         subscribers: store_ctx
             .clone()
             .filter(|_| cfg.registrar.is_some())

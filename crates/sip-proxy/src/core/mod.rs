@@ -187,6 +187,7 @@ impl Proxy {
         let d = self.dialogs.as_ref()?;
         let (dlg, byes) = d.end(id, &|t| self.via_for(t))?;
         tracing::info!(call_id = %dlg.call_id, id, "dialog ended by management");
+        self.router.on_call_ended(&dlg.call_id);
         let mut q = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
         for b in byes {
             q.push((now, self.bye_transmit(b)));
@@ -315,6 +316,7 @@ impl Proxy {
             for (dlg, byes) in ended {
                 tracing::info!(call_id = %dlg.call_id, id = dlg.id, state = dlg.state.as_str(), "dialog lifetime over: BYE to both sides");
                 Stats::inc(&self.stats.dialogs_timed_out);
+                self.router.on_call_ended(&dlg.call_id);
                 for b in byes {
                     out.push(self.bye_transmit(b));
                 }

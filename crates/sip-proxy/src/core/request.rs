@@ -337,7 +337,7 @@ impl Proxy {
                 503,
                 format!(
                     "Service Unavailable (no destination available in {})",
-                    self.router.describe()
+                    self.router.describe_for(msg)
                 ),
             );
             r.extra.push("Retry-After: 5".into());
@@ -584,6 +584,11 @@ impl Proxy {
                 final_deadline,
             });
             Stats::inc(&self.stats.fwd_requests);
+            if ctx.invite && ctx.fast_failover && !ctx.plan.ruri_from_dest {
+                let call_id = ctx.call_id().to_string();
+                self.router
+                    .on_attempt(&call_id, &ctx.branches[idx as usize].dest);
+            }
             self.flush_branch(ctx, idx as usize, out);
             return true;
         }

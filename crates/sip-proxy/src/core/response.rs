@@ -120,6 +120,9 @@ impl Proxy {
             }
             _ => {
                 b.done = true;
+                if ctx.invite && ctx.fast_failover {
+                    self.router.on_attempt_failed(msg.call_id(), &b.dest);
+                }
                 let rank = |c: u16| if c >= 600 { 0 } else { c / 100 };
                 if ctx
                     .best
@@ -243,6 +246,10 @@ impl Proxy {
         }
         let dest = ctx.branches[i].dest.clone();
         self.router.on_branch_result(&dest, false);
+        if ctx.invite && ctx.fast_failover {
+            let call_id = ctx.call_id().to_string();
+            self.router.on_attempt_failed(&call_id, &dest);
+        }
         self.after_branch_final(now, ctx, code, out);
     }
 

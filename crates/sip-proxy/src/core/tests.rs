@@ -786,3 +786,89 @@ fn management_ends_a_dialog() {
         2
     );
 }
+
+fn balanced(now: Instant) -> (Proxy, Arc<crate::balancer::Balancer>) {
+    use crate::balancer::{parse_resources, Balancer, CallRouter, LbFlags, LbNodeConfig, LbRoute};
+    let node = |id: i64, port: u16| LbNodeConfig {
+        id,
+        group: 1,
+        uri: format!("sip:127.0.0.1:{port}").into(),
+        transport: Transport::Udp,
+        addr: addr(&format!("127.0.0.1:{port}")),
+        resources: parse_resources("pstn=1").unwrap(),
+        enabled: true,
+        description: String::new(),
+    };
+    let b = Arc::new(Balancer::new(
+        vec![node(1, 5080), node(2, 5082)],
+        LbRoute {
+            group: 1,
+            resources: vec!["pstn".into()],
+            flags: LbFlags::default(),
+        },
+        1,
+    ));
+    let d = Arc::new(crate::dispatcher::Dispatcher::new(
+        vec![],
+        1,
+        3,
+        crate::dispatcher::ProbeConfig::default(),
+        1,
+    ));
+    let cfg = ProxyConfig {
+        listeners: vec![Listener {
+            transport: Transport::Udp,
+            advertise: addr("127.0.0.1:5060"),
+        }],
+        ..ProxyConfig::default()
+    };
+    let p = Proxy::new(
+        cfg,
+        Arc::new(CallRouter {
+            dispatcher: d,
+            balancer: b.clone(),
+        }),
+    );
+    (with_dialogs(p, 3600, now), b)
+}
+
+#[test]
+fn balanced_calls_are_counted_until_failure_or_bye_and_refused_when_full() {
+    let now = Instant::now();
+    let (p, b) = balanced(now);
+    let used = || -> Vec<i64> { b.nodes().iter().map(|n| n.load()[0].2).collect() };
+    let f1 = parse(&send(&p, now, UAC, &invite("L1"))[1]);
+    let f2 = parse(&send(&p, now, UAC, &invite("L2"))[1]);
+    assert_eq!(used(), vec![1, 1]);
+    let full = send(&p, now, UAC, &invite("L3"));
+    let r = parse(&full[0]);
+    assert_eq!(r.status(), Some(503));
+    assert!(
+        r.reason().contains("no node with free pstn"),
+        "{}",
+        r.reason()
+    );
+    // call 1 is busy: its node is free again
+    let busy_node = send(&p, now, UAC, &invite("L1")).len(); // retransmission, absorbed
+    assert_eq!(busy_node, 1);
+    let mut o = vec![];
+    let n1 = if f1.uri_str().contains("5080") {
+        "127.0.0.1:5080"
+    } else {
+        "127.0.0.1:5082"
+    };
+    p.on_message(now, udp(n1), answer(&f1, 486, "t1"), &mut o);
+    assert_eq!(used().iter().sum::<i64>(), 1);
+    // call 2 is answered, then hung up
+    let n2 = if f2.uri_str().contains("5080") {
+        "127.0.0.1:5080"
+    } else {
+        "127.0.0.1:5082"
+    };
+    p.on_message(now, udp(n2), answer(&f2, 200, "t2"), &mut o);
+    assert_eq!(used().iter().sum::<i64>(), 1);
+    let bye = dlg_req("BYE", "L2", 2, "byeL2", "ft", "t2");
+    send(&p, now, UAC, &bye);
+    assert_eq!(used(), vec![0, 0], "released exactly once");
+    assert_eq!(b.active_calls(), 0);
+}

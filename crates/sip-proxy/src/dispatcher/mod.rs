@@ -23,6 +23,11 @@ pub use codes::ReplyCodes;
 pub use dest::{Dest, DestConfig, DestState, Transition};
 pub use ring::hash_key;
 
+/// The xorshift step the random algorithms use (shared with the balancer's tie-break).
+pub(crate) fn next_random_pub(state: &std::sync::atomic::AtomicU64) -> u64 {
+    algorithm::next_random(state)
+}
+
 use crate::router::{Probe, Router};
 use crate::types::{Destination, Target};
 

@@ -1,0 +1,599 @@
+//! The resource-based balancer (OpenSIPS `load_balancer`): groups of media servers, each
+//! with capacities per resource (`pstn=500;vm=100`). A call that needs some resources goes to
+//! the node with the most free capacity (absolute, or relative with the `r` flag; random
+//! tie-break with `s`; over capacity allowed with `n`) and is counted on it from its first
+//! branch until its failure or the end of its dialog. The count lives in one map keyed by
+//! Call-ID, so each call is released exactly once (no drift, no underflow).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::types::{Destination, Transport};
+
+/// Parses `pstn=500;vm=100` (`;` or `,` between pairs). Names are tokens, capacities
+/// integers from 0; every problem is reported with the pair it is in.
+pub fn parse_resources(s: &str) -> Result<Vec<(String, i64)>, String> {
+    let mut out: Vec<(String, i64)> = Vec::new();
+    for part in s.split([';', ',']).map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, cap) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not name=capacity"))?;
+        let name = name.trim();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(format!(
+                "{part:?}: resource name must be letters, digits, - or _"
+            ));
+        }
+        let cap: i64 = cap
+            .trim()
+            .parse()
+            .map_err(|_| format!("{part:?}: capacity must be an integer"))?;
+        if cap < 0 {
+            return Err(format!("{part:?}: capacity must not be negative"));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(format!("{part:?}: resource {name} given twice"));
+        }
+        out.push((name.to_string(), cap));
+    }
+    if out.is_empty() {
+        return Err(format!("{s:?} names no resource"));
+    }
+    Ok(out)
+}
+
+/// One node as configured.
+#[derive(Debug, Clone)]
+pub struct LbNodeConfig {
+    pub id: i64,
+    pub group: i64,
+    pub uri: Arc<str>,
+    pub transport: Transport,
+    pub addr: std::net::SocketAddr,
+    pub resources: Vec<(String, i64)>,
+    pub enabled: bool,
+    pub description: String,
+}
+
+/// A node with its live counters.
+#[derive(Debug)]
+pub struct LbNode {
+    pub cfg: LbNodeConfig,
+    capacity: Vec<AtomicI64>,
+    used: Vec<AtomicI64>,
+    enabled: AtomicBool,
+}
+
+impl LbNode {
+    fn new(cfg: LbNodeConfig) -> LbNode {
+        LbNode {
+            capacity: cfg.resources.iter().map(|r| AtomicI64::new(r.1)).collect(),
+            used: cfg.resources.iter().map(|_| AtomicI64::new(0)).collect(),
+            enabled: AtomicBool::new(cfg.enabled),
+            cfg,
+        }
+    }
+
+    fn index(&self, res: &str) -> Option<usize> {
+        self.cfg.resources.iter().position(|(n, _)| n == res)
+    }
+
+    /// (resource, capacity, in use) of every resource.
+    pub fn load(&self) -> Vec<(String, i64, i64)> {
+        self.cfg
+            .resources
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| {
+                (
+                    n.clone(),
+                    self.capacity[i].load(Ordering::Relaxed),
+                    self.used[i].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    fn destination(self: &Arc<Self>) -> Destination {
+        Destination {
+            uri: self.cfg.uri.clone(),
+            transport: self.cfg.transport,
+            addr: self.cfg.addr,
+            flow: None,
+            node: None,
+            route: None,
+        }
+    }
+}
+
+/// Selection flags (OpenSIPS `lb_start` flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LbFlags {
+    /// `r`: most free capacity relative to the node's size, not absolute.
+    pub relative: bool,
+    /// `s`: random pick among equally free nodes.
+    pub shuffle: bool,
+    /// `n`: allow a node past its capacity when every node is full.
+    pub allow_overload: bool,
+}
+
+impl LbFlags {
+    /// Parses OpenSIPS-style flag letters.
+    pub fn parse(s: &str) -> Result<LbFlags, String> {
+        let mut f = LbFlags::default();
+        for c in s.chars() {
+            match c {
+                'r' => f.relative = true,
+                's' => f.shuffle = true,
+                'n' => f.allow_overload = true,
+                other => return Err(format!("unknown flag {other:?} (r, s, n)")),
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// The balancer's routing settings: which group and resources calls use.
+#[derive(Debug, Clone)]
+pub struct LbRoute {
+    pub group: i64,
+    pub resources: Vec<String>,
+    pub flags: LbFlags,
+}
+
+/// The balancer.
+pub struct Balancer {
+    nodes: RwLock<Arc<Vec<Arc<LbNode>>>>,
+    route: LbRoute,
+    calls: Mutex<HashMap<Box<str>, Arc<LbNode>>>,
+    rng: AtomicU64,
+    /// "no capacity" is logged once per 10 s, with how many calls were refused meanwhile.
+    full_log: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Balancer {
+    pub fn new(nodes: Vec<LbNodeConfig>, route: LbRoute, seed: u64) -> Balancer {
+        Balancer {
+            nodes: RwLock::new(Arc::new(
+                nodes
+                    .into_iter()
+                    .map(|c| Arc::new(LbNode::new(c)))
+                    .collect(),
+            )),
+            route,
+            calls: Mutex::new(HashMap::new()),
+            rng: AtomicU64::new(seed | 1),
+            full_log: Mutex::new((None, 0)),
+        }
+    }
+
+    pub fn route(&self) -> &LbRoute {
+        &self.route
+    }
+
+    /// The nodes (a snapshot).
+    pub fn nodes(&self) -> Arc<Vec<Arc<LbNode>>> {
+        self.nodes
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn calls(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<LbNode>>> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Calls counted now.
+    pub fn active_calls(&self) -> usize {
+        self.calls().len()
+    }
+
+    /// Candidates for a call in `group` needing `res`, most free first. Empty when none has
+    /// capacity (and `allow_overload` is off).
+    pub fn candidates(
+        &self,
+        group: i64,
+        res: &[String],
+        flags: LbFlags,
+        out: &mut Vec<Destination>,
+    ) {
+        let nodes = self.nodes();
+        let mut scored: Vec<(f64, u64, &Arc<LbNode>)> = Vec::new();
+        for n in nodes.iter().filter(|n| n.cfg.group == group && n.enabled()) {
+            let mut free = f64::INFINITY;
+            let mut ok = true;
+            for r in res {
+                let Some(i) = n.index(r) else {
+                    ok = false;
+                    break;
+                };
+                let cap = n.capacity[i].load(Ordering::Relaxed);
+                let left = (cap - n.used[i].load(Ordering::Relaxed)) as f64;
+                let f = if flags.relative {
+                    if cap > 0 {
+                        left / cap as f64
+                    } else {
+                        f64::NEG_INFINITY
+                    }
+                } else {
+                    left
+                };
+                free = free.min(f);
+            }
+            if ok {
+                let tie = if flags.shuffle {
+                    crate::dispatcher::next_random_pub(&self.rng)
+                } else {
+                    0
+                };
+                scored.push((free, tie, n));
+            }
+        }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+        let have_room = scored.iter().any(|s| s.0 > 0.0);
+        for (free, _, n) in &scored {
+            if *free > 0.0 || (flags.allow_overload && !have_room) {
+                out.push(n.destination());
+            }
+        }
+        if out.is_empty() {
+            self.log_full(group, res);
+        }
+    }
+
+    fn log_full(&self, group: i64, res: &[String]) {
+        let mut g = self.full_log.lock().unwrap_or_else(|p| p.into_inner());
+        g.1 += 1;
+        let now = Instant::now();
+        if g.0
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+        {
+            tracing::warn!(group, resources = ?res, refused_since_last_log = g.1, "load balancer: no node has capacity");
+            *g = (Some(now), 0);
+        }
+    }
+
+    fn node_of(&self, dest: &Destination) -> Option<Arc<LbNode>> {
+        self.nodes()
+            .iter()
+            .find(|n| n.cfg.uri == dest.uri && n.cfg.addr == dest.addr)
+            .cloned()
+    }
+
+    fn add(&self, n: &LbNode, delta: i64) {
+        for r in &self.route.resources {
+            if let Some(i) = n.index(r) {
+                n.used[i].fetch_add(delta, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A branch of a new call went to `dest`: count it there (moving it off the node of a
+    /// previous, failed attempt).
+    pub fn attempt(&self, call_id: &str, dest: &Destination) {
+        let Some(n) = self.node_of(dest) else {
+            return;
+        };
+        let mut g = self.calls();
+        if let Some(old) = g.insert(call_id.into(), n.clone()) {
+            self.add(&old, -1);
+        }
+        self.add(&n, 1);
+    }
+
+    /// The attempt on `dest` failed: uncount the call if it is still counted there (a
+    /// failover may already have moved it).
+    pub fn release_if(&self, call_id: &str, dest: &Destination) {
+        let mut g = self.calls();
+        if g.get(call_id)
+            .is_some_and(|n| n.cfg.uri == dest.uri && n.cfg.addr == dest.addr)
+        {
+            if let Some(n) = g.remove(call_id) {
+                self.add(&n, -1);
+            }
+        }
+    }
+
+    /// True when the call is counted somewhere.
+    pub fn counts(&self, call_id: &str) -> bool {
+        self.calls().contains_key(call_id)
+    }
+
+    /// `lb_is_destination`: a node's address.
+    pub fn is_node(&self, addr: std::net::SocketAddr) -> bool {
+        self.nodes().iter().any(|n| n.cfg.addr == addr)
+    }
+
+    /// The call is over (failed, cancelled, hung up, expired): uncount it, once.
+    pub fn release(&self, call_id: &str) {
+        if let Some(n) = self.calls().remove(call_id) {
+            self.add(&n, -1);
+        }
+    }
+
+    /// `lb_resize`: a node's capacity for a resource.
+    pub fn resize(&self, uri: &str, res: &str, cap: i64) -> Result<(), String> {
+        if cap < 0 {
+            return Err("capacity must not be negative".into());
+        }
+        let nodes = self.nodes();
+        let n = nodes
+            .iter()
+            .find(|n| &*n.cfg.uri == uri)
+            .ok_or_else(|| format!("no node {uri}"))?;
+        let i = n
+            .index(res)
+            .ok_or_else(|| format!("node {uri} has no resource {res}"))?;
+        n.capacity[i].store(cap, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `lb_status`: enables or disables a node.
+    pub fn set_enabled(&self, uri: &str, on: bool) -> Result<(), String> {
+        let nodes = self.nodes();
+        let n = nodes
+            .iter()
+            .find(|n| &*n.cfg.uri == uri)
+            .ok_or_else(|| format!("no node {uri}"))?;
+        n.enabled.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `lb_reload`: new nodes; nodes that stay keep their counts, so no call is lost.
+    pub fn reload(&self, cfgs: Vec<LbNodeConfig>) -> usize {
+        let old = self.nodes();
+        let new: Vec<Arc<LbNode>> = cfgs
+            .into_iter()
+            .map(|c| {
+                let n = LbNode::new(c);
+                if let Some(o) = old.iter().find(|o| o.cfg.uri == n.cfg.uri) {
+                    for (i, (r, _)) in n.cfg.resources.iter().enumerate() {
+                        if let Some(j) = o.index(r) {
+                            n.used[i].store(o.used[j].load(Ordering::Relaxed), Ordering::Relaxed);
+                        }
+                    }
+                }
+                Arc::new(n)
+            })
+            .collect();
+        let count = new.len();
+        // calls counted on a node that stays move to its new record
+        {
+            let mut calls = self.calls();
+            for n in calls.values_mut() {
+                if let Some(m) = new.iter().find(|m| m.cfg.uri == n.cfg.uri) {
+                    *n = m.clone();
+                }
+            }
+        }
+        *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        count
+    }
+}
+
+/// Routes initial INVITEs (calls) through the balancer and everything else (REGISTER,
+/// MESSAGE, OPTIONS, ...) through the dispatcher; health, probing and call counts go to both.
+pub struct CallRouter {
+    pub dispatcher: Arc<crate::dispatcher::Dispatcher>,
+    pub balancer: Arc<Balancer>,
+}
+
+impl crate::Router for CallRouter {
+    fn select(&self, req: &sip_wire::Message, out: &mut Vec<Destination>) {
+        if req.method() == Some(sip_wire::Method::Invite) {
+            let r = self.balancer.route();
+            self.balancer
+                .candidates(r.group, &r.resources, r.flags, out);
+        } else {
+            self.dispatcher.select(req, out);
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.dispatcher.describe()
+    }
+
+    fn describe_for(&self, req: &sip_wire::Message) -> String {
+        if req.method() == Some(sip_wire::Method::Invite) {
+            let r = self.balancer.route();
+            format!(
+                "balancer group {}: no node with free {}",
+                r.group,
+                r.resources.join("+")
+            )
+        } else {
+            self.dispatcher.describe()
+        }
+    }
+
+    fn select_by_key(&self, key: &str, req: &sip_wire::Message, out: &mut Vec<Destination>) {
+        self.dispatcher.select_by_key(key, req, out)
+    }
+
+    fn on_branch_result(&self, dest: &Destination, ok: bool) {
+        self.dispatcher.on_branch_result(dest, ok)
+    }
+
+    fn on_attempt(&self, call_id: &str, dest: &Destination) {
+        self.balancer.attempt(call_id, dest)
+    }
+
+    fn on_attempt_failed(&self, call_id: &str, dest: &Destination) {
+        self.balancer.release_if(call_id, dest)
+    }
+
+    fn on_call_answered(&self, call_id: &str, dest: &Destination) {
+        if !self.balancer.counts(call_id) {
+            self.balancer.attempt(call_id, dest); // a late 2xx on a branch given up on
+        }
+        self.dispatcher.on_call_answered(call_id, dest)
+    }
+
+    fn on_call_ended(&self, call_id: &str) {
+        self.balancer.release(call_id);
+        self.dispatcher.on_call_ended(call_id)
+    }
+
+    fn due_probes(&self, now: Instant, out: &mut Vec<crate::Probe>) {
+        self.dispatcher.due_probes(now, out)
+    }
+
+    fn probe_result(&self, now: Instant, id: u64, code: Option<u16>) {
+        self.dispatcher.probe_result(now, id, code)
+    }
+
+    fn is_destination(&self, addr: std::net::SocketAddr) -> bool {
+        self.balancer.is_node(addr) || self.dispatcher.is_destination(addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: i64, port: u16, res: &str) -> LbNodeConfig {
+        LbNodeConfig {
+            id,
+            group: 1,
+            uri: format!("sip:127.0.0.1:{port}").into(),
+            transport: Transport::Udp,
+            addr: ([127, 0, 0, 1], port).into(),
+            resources: parse_resources(res).unwrap(),
+            enabled: true,
+            description: String::new(),
+        }
+    }
+
+    fn lb(flags: &str) -> Balancer {
+        Balancer::new(
+            vec![node(1, 5080, "pstn=30"), node(2, 5082, "pstn=10;vm=5")],
+            LbRoute {
+                group: 1,
+                resources: vec!["pstn".into()],
+                flags: LbFlags::parse(flags).unwrap(),
+            },
+            7,
+        )
+    }
+
+    fn pick(b: &Balancer) -> Option<Destination> {
+        let mut out = vec![];
+        b.candidates(1, &b.route().resources.clone(), b.route().flags, &mut out);
+        out.into_iter().next()
+    }
+
+    #[test]
+    fn resource_strings_are_checked() {
+        assert_eq!(
+            parse_resources("pstn=500; vm=100").unwrap(),
+            vec![("pstn".into(), 500), ("vm".into(), 100)]
+        );
+        for (bad, why) in [
+            ("pstn", "not name=capacity"),
+            ("pstn=-1", "negative"),
+            ("pstn=x", "integer"),
+            ("p s=1", "resource name"),
+            ("pstn=1;pstn=2", "twice"),
+            ("", "names no resource"),
+        ] {
+            let e = parse_resources(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert!(LbFlags::parse("rsn").is_ok());
+        assert!(LbFlags::parse("x").is_err());
+    }
+
+    #[test]
+    fn forty_calls_split_by_free_capacity_then_full_then_freed() {
+        let b = lb("");
+        let mut at = HashMap::new();
+        for i in 0..40 {
+            let d = pick(&b).expect("room");
+            b.attempt(&format!("c{i}"), &d);
+            *at.entry(d.addr.port()).or_insert(0) += 1;
+        }
+        assert_eq!(at[&5080], 30);
+        assert_eq!(at[&5082], 10);
+        assert!(pick(&b).is_none(), "call 41: no capacity");
+        b.release("c0");
+        b.release("c0"); // twice: no underflow
+        assert_eq!(
+            pick(&b).unwrap().addr.port(),
+            5080,
+            "freed where it was counted"
+        );
+        let load: Vec<i64> = b.nodes().iter().map(|n| n.load()[0].2).collect();
+        assert_eq!(load, vec![29, 10]);
+        for i in 1..40 {
+            b.release(&format!("c{i}"));
+        }
+        assert_eq!(b.nodes().iter().map(|n| n.load()[0].2).sum::<i64>(), 0);
+        assert_eq!(b.active_calls(), 0);
+    }
+
+    #[test]
+    fn failover_moves_the_count_and_flags_change_the_choice() {
+        let b = lb("");
+        let d1 = Destination {
+            uri: "sip:127.0.0.1:5080".into(),
+            transport: Transport::Udp,
+            addr: ([127, 0, 0, 1], 5080).into(),
+            flow: None,
+            node: None,
+            route: None,
+        };
+        let d2 = Destination {
+            uri: "sip:127.0.0.1:5082".into(),
+            addr: ([127, 0, 0, 1], 5082).into(),
+            ..d1.clone()
+        };
+        b.attempt("x", &d1);
+        b.attempt("x", &d2);
+        let load: Vec<i64> = b.nodes().iter().map(|n| n.load()[0].2).collect();
+        assert_eq!(load, vec![0, 1], "moved to the failover node");
+        b.release("x");
+        // relative: 5 of 30 used (83 % free) vs 0 of 10 (100 %): the small node wins
+        let r = lb("r");
+        for i in 0..5 {
+            r.attempt(&format!("r{i}"), &d1);
+        }
+        assert_eq!(pick(&r).unwrap().addr.port(), 5082);
+        // overload: everything full still gives a node with n
+        let n = lb("n");
+        for i in 0..30 {
+            n.attempt(&format!("a{i}"), &d1);
+        }
+        for i in 0..10 {
+            n.attempt(&format!("b{i}"), &d2);
+        }
+        assert!(pick(&n).is_some());
+        assert!(pick(&lb("")).is_some());
+    }
+
+    #[test]
+    fn resize_disable_and_reload_keep_counts() {
+        let b = lb("");
+        let d = pick(&b).unwrap();
+        b.attempt("k", &d);
+        b.resize("sip:127.0.0.1:5080", "pstn", 0).unwrap();
+        b.set_enabled("sip:127.0.0.1:5082", false).unwrap();
+        assert!(pick(&b).is_none());
+        assert!(b.resize("sip:nope", "pstn", 1).is_err());
+        assert!(b.resize("sip:127.0.0.1:5080", "vm", 1).is_err());
+        assert!(b.resize("sip:127.0.0.1:5080", "pstn", -1).is_err());
+        assert_eq!(b.reload(vec![node(1, 5080, "pstn=30")]), 1);
+        assert_eq!(b.nodes()[0].load()[0].2, 1, "the call stays counted");
+        b.release("k");
+        assert_eq!(b.nodes()[0].load()[0].2, 0);
+    }
+}
