@@ -28,6 +28,8 @@ destinations = ["sip:127.0.0.1:$B1"]
 default_set = 1
 [management]
 listen = "127.0.0.1:$MGMT"
+[database]
+url = "sqlite://$WORK/sb.db"
 [dialog]
 enabled = true
 lifetime_s = 10

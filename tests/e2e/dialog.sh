@@ -26,13 +26,18 @@ destinations = ["sip:127.0.0.1:$B1"]
 default_set = 1
 [management]
 listen = "127.0.0.1:$MGMT"
+[database]
+url = "sqlite://$WORK/sb.db"
 [dialog]
 enabled = true
 lifetime_s = 10
 TOML
-"$SB" run --config "$WORK/sb.toml" >>"$WORK/sb.log" 2>&1 </dev/null &
-PIDS+=($!)
-for _ in $(seq 50); do busy $P && break; sleep 0.1; done
+start_sb() {
+  "$SB" run --config "$WORK/sb.toml" >>"$WORK/sb.log" 2>&1 </dev/null &
+  SB_PID=$!; PIDS+=($SB_PID)
+  for _ in $(seq 50); do busy $P && busy $MGMT && return 0; sleep 0.1; done
+}
+start_sb
 rpc() { curl -s -m 2 -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":${2:-{\}}}" "$MI"; }
 start_uas() { # scenario
   sipp -sf "$SC/$1" -i 127.0.0.1 -p $B1 -aa -nostdin -trace_stat -stf "$WORK/uas.csv" -fd 1 >"$WORK/uas.out" 2>&1 </dev/null &
@@ -95,6 +100,20 @@ wait $U; rc=$?; sleep 5
 uas_ok=$(col "$WORK/uas.csv" 'SuccessfulCall(C)')
 [ $rc = 0 ] && [ "$uas_ok" = 1 ] && [[ "$ended" == *'"ended"'* ]]
 result "dlg-end-dlg-ends-call" $? "dialog $id: $ended; caller rc=$rc callee_ok=$uas_ok"
+stop_uas
+
+# ---- restart mid-call: the BYE still routes, the dialog and its count come back -----------
+start_uas uas-rr.xml
+uac uac-rr.xml 2 6000 & U=$!
+for _ in $(seq 30); do [ "$(count)" = 2 ] && break; sleep 0.1; done
+sleep 0.5 # the write-behind flush (200 ms)
+kill -KILL $SB_PID; wait $SB_PID 2>/dev/null
+start_sb
+restored=$(count)
+wait $U; rc=$?; sleep 5
+uas_ok=$(col "$WORK/uas.csv" 'SuccessfulCall(C)'); uac_ok=$(col "$WORK/uac.csv" 'SuccessfulCall(C)')
+[ $rc = 0 ] && [ "$restored" = 2 ] && [ "$uac_ok" = 2 ] && [ "$uas_ok" = 2 ] && [ "$(count)" = 0 ]
+result "restart-mid-call-bye-still-routes" $? "SIGKILL mid-call: $restored dialogs restored, caller ok=$uac_ok/2, callee ok=$uas_ok/2, after=$(count)"
 stop_uas
 
 echo "dialog e2e: $PASS passed, $FAIL failed"

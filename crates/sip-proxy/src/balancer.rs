@@ -321,6 +321,18 @@ impl Balancer {
         }
     }
 
+    /// A call restored after a restart (its dialog persisted) is counted on its node again.
+    pub fn restore_call(&self, call_id: &str, uri: &str) -> bool {
+        let Some(n) = self.nodes().iter().find(|n| &*n.cfg.uri == uri).cloned() else {
+            return false;
+        };
+        let mut g = self.calls();
+        if g.insert(call_id.into(), n.clone()).is_none() {
+            self.add(&n, 1);
+        }
+        true
+    }
+
     /// `lb_resize`: a node's capacity for a resource.
     pub fn resize(&self, uri: &str, res: &str, cap: i64) -> Result<(), String> {
         if cap < 0 {

@@ -105,6 +105,13 @@ pub struct ByeOut {
 
 type Key = (Box<str>, Box<str>);
 
+/// A change to persist (write-behind): confirmed dialogs are saved, ended ones removed.
+#[derive(Debug, Clone)]
+pub enum DlgEvent {
+    Saved(Box<Dialog>),
+    Removed(u64),
+}
+
 /// The dialog table, sharded by Call-ID.
 pub struct Dialogs {
     cfg: DialogConfig,
@@ -112,6 +119,8 @@ pub struct Dialogs {
     next_id: AtomicU64,
     next_sweep: Mutex<Option<Instant>>,
     epoch: (Instant, u64),
+    events: Mutex<Vec<DlgEvent>>,
+    persist: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -137,11 +146,29 @@ impl Dialogs {
     pub fn new(cfg: DialogConfig, epoch: (Instant, u64)) -> Dialogs {
         Dialogs {
             epoch,
+            events: Mutex::new(Vec::new()),
+            persist: std::sync::atomic::AtomicBool::new(false),
             cfg,
             shards: (0..64).map(|_| Mutex::new(HashMap::new())).collect(),
             next_id: AtomicU64::new(1),
             next_sweep: Mutex::new(None),
         }
+    }
+
+    /// Turns the change queue on (a database keeps the dialogs across restarts).
+    pub fn set_persistence(&self, on: bool) {
+        self.persist.store(on, Ordering::Relaxed);
+    }
+
+    fn queue(&self, e: DlgEvent) {
+        if self.persist.load(Ordering::Relaxed) {
+            lock(&self.events).push(e);
+        }
+    }
+
+    /// Changes to persist since the last call.
+    pub fn take_events(&self) -> Vec<DlgEvent> {
+        std::mem::take(&mut *lock(&self.events))
     }
 
     /// UNIX seconds at `now`.
@@ -199,35 +226,41 @@ impl Dialogs {
                     d.answered_unix = Some(unix);
                     d.expires_at = expires_at;
                     d.session_expires = session_expires;
+                    let saved = DlgEvent::Saved(Box::new(d.clone()));
+                    drop(g);
+                    self.queue(saved);
                 }
             }
             None => {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                g.insert(
-                    key,
-                    Dialog {
-                        id,
-                        call_id: call_id.into(),
-                        from_tag: from_tag.into(),
-                        to_tag: to_tag.into(),
-                        state: if confirmed {
-                            DialogState::Confirmed
-                        } else {
-                            DialogState::Early
-                        },
-                        caller,
-                        callee,
-                        node,
-                        created_unix: unix,
-                        answered_unix: confirmed.then_some(unix),
-                        expires_at: if confirmed {
-                            expires_at
-                        } else {
-                            now + Duration::from_secs(300) // an early dialog rings at most Timer C
-                        },
-                        session_expires,
+                let d = Dialog {
+                    id,
+                    call_id: call_id.into(),
+                    from_tag: from_tag.into(),
+                    to_tag: to_tag.into(),
+                    state: if confirmed {
+                        DialogState::Confirmed
+                    } else {
+                        DialogState::Early
                     },
-                );
+                    caller,
+                    callee,
+                    node,
+                    created_unix: unix,
+                    answered_unix: confirmed.then_some(unix),
+                    expires_at: if confirmed {
+                        expires_at
+                    } else {
+                        now + Duration::from_secs(300) // an early dialog rings at most Timer C
+                    },
+                    session_expires,
+                };
+                let saved = confirmed.then(|| DlgEvent::Saved(Box::new(d.clone())));
+                g.insert(key, d);
+                drop(g);
+                if let Some(e) = saved {
+                    self.queue(e);
+                }
             }
         }
     }
@@ -272,24 +305,48 @@ impl Dialogs {
         refresh: Option<Option<u32>>,
     ) -> bool {
         let dl = |se| self.deadline(now, se);
-        self.with(call_id, from_tag, to_tag, |d, from_caller| {
+        let r = self.with(call_id, from_tag, to_tag, |d, from_caller| {
             let leg = if from_caller {
                 &mut d.caller
             } else {
                 &mut d.callee
             };
             leg.cseq = leg.cseq.max(cseq);
-            if let Some(se) = refresh {
-                let se = se.or(d.session_expires);
-                d.session_expires = se;
-                d.expires_at = dl(se);
+            match refresh {
+                Some(se) if d.state == DialogState::Confirmed => {
+                    let se = se.or(d.session_expires);
+                    d.session_expires = se;
+                    d.expires_at = dl(se);
+                    Some(DlgEvent::Saved(Box::new(d.clone())))
+                }
+                _ => None,
             }
-        })
-        .is_some()
+        });
+        match r {
+            Some(Some(e)) => {
+                self.queue(e);
+                true
+            }
+            Some(None) => true,
+            None => false,
+        }
     }
 
     /// Removes the dialog a BYE ends; returns it with who hung up.
     pub fn on_bye(&self, call_id: &str, from_tag: &str, to_tag: &str) -> Option<(Dialog, Ending)> {
+        let r = self.remove_by_bye(call_id, from_tag, to_tag);
+        if let Some((d, _)) = &r {
+            self.queue(DlgEvent::Removed(d.id));
+        }
+        r
+    }
+
+    fn remove_by_bye(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+    ) -> Option<(Dialog, Ending)> {
         let mut g = self.shard(call_id);
         let key: Key = (call_id.into(), from_tag.into());
         if g.get(&key).is_some_and(|d| &*d.to_tag == to_tag) {
@@ -335,6 +392,8 @@ impl Dialogs {
             let key = g.iter().find(|(_, d)| d.id == id).map(|(k, _)| k.clone());
             if let Some(k) = key {
                 let d = g.remove(&k)?;
+                drop(g);
+                self.queue(DlgEvent::Removed(d.id));
                 let byes = byes_for(&d, via);
                 return Some((d, byes));
             }
@@ -366,6 +425,9 @@ impl Dialogs {
                 .collect();
             for k in expired {
                 if let Some(d) = g.remove(&k) {
+                    if self.persist.load(Ordering::Relaxed) {
+                        lock(&self.events).push(DlgEvent::Removed(d.id));
+                    }
                     let byes = if d.state == DialogState::Confirmed {
                         byes_for(&d, via)
                     } else {
@@ -598,5 +660,62 @@ mod tests {
         let (_, byes) = t.end(id, &v).unwrap();
         assert_eq!(byes.len(), 2);
         assert!(t.end(id, &v).is_none());
+    }
+}
+
+#[cfg(test)]
+mod persistence_tests {
+    use super::*;
+    use crate::types::Transport;
+
+    #[test]
+    fn confirmed_dialogs_are_saved_and_removed_through_events() {
+        let t = Dialogs::new(DialogConfig::default(), (Instant::now(), 100));
+        t.set_persistence(true);
+        let now = Instant::now();
+        let leg = |p: &str| Leg {
+            party: p.into(),
+            contact: "sip:x@127.0.0.1".into(),
+            target: Target {
+                transport: Transport::Udp,
+                addr: ([127, 0, 0, 1], 5060).into(),
+                flow: None,
+            },
+            cseq: 1,
+        };
+        t.on_answer(
+            now,
+            100,
+            false,
+            "c",
+            "f",
+            "t",
+            leg("a"),
+            leg("b"),
+            None,
+            None,
+        );
+        assert!(t.take_events().is_empty(), "early dialogs are not saved");
+        t.on_answer(
+            now,
+            101,
+            true,
+            "c",
+            "f",
+            "t",
+            leg("a"),
+            leg("b"),
+            None,
+            None,
+        );
+        assert!(
+            matches!(&t.take_events()[..], [DlgEvent::Saved(d)] if d.answered_unix == Some(101))
+        );
+        assert!(t.on_request(now, "c", "f", "t", 2, Some(Some(1800))));
+        assert!(
+            matches!(&t.take_events()[..], [DlgEvent::Saved(d)] if d.session_expires == Some(1800))
+        );
+        t.on_bye("c", "f", "t");
+        assert!(matches!(&t.take_events()[..], [DlgEvent::Removed(_)]));
     }
 }

@@ -74,6 +74,39 @@ pub struct LocationRow {
     pub last_modified: i64,
 }
 
+/// One `dialog` row (OpenSIPS 3 schema, plus `node`, `answer_time`, `session_expires`).
+/// `caller_sock`/`callee_sock` hold how each side is reached (`udp:1.2.3.4:5060`); `state`
+/// uses OpenSIPS' codes (4 = confirmed).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DialogRow {
+    pub dlg_id: i64,
+    pub callid: String,
+    pub from_uri: String,
+    pub from_tag: String,
+    pub to_uri: String,
+    pub to_tag: String,
+    pub caller_cseq: i64,
+    pub callee_cseq: i64,
+    pub caller_contact: String,
+    pub callee_contact: String,
+    pub caller_sock: String,
+    pub callee_sock: String,
+    pub state: i64,
+    pub start_time: i64,
+    /// UNIX time the dialog expires.
+    pub timeout: i64,
+    pub node: Option<String>,
+    pub answer_time: Option<i64>,
+    pub session_expires: Option<i64>,
+}
+
+/// A dialog change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialogOp {
+    Upsert(Box<DialogRow>),
+    Delete(i64),
+}
+
 /// A location change.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LocationOp {
@@ -142,6 +175,38 @@ const CREATE_LOCATION: &str = "CREATE TABLE IF NOT EXISTS location (
     attr CHAR(255) DEFAULT NULL
 )";
 
+const CREATE_DIALOG: &str = "CREATE TABLE IF NOT EXISTS dialog (
+    dlg_id INTEGER PRIMARY KEY NOT NULL,
+    callid CHAR(255) NOT NULL,
+    from_uri CHAR(255) NOT NULL,
+    from_tag CHAR(64) NOT NULL,
+    to_uri CHAR(255) NOT NULL,
+    to_tag CHAR(64) NOT NULL,
+    mangled_from_uri CHAR(255) DEFAULT NULL,
+    mangled_to_uri CHAR(255) DEFAULT NULL,
+    caller_cseq CHAR(11) NOT NULL,
+    callee_cseq CHAR(11) NOT NULL,
+    caller_ping_cseq INTEGER DEFAULT 0 NOT NULL,
+    callee_ping_cseq INTEGER DEFAULT 0 NOT NULL,
+    caller_route_set TEXT DEFAULT NULL,
+    callee_route_set TEXT DEFAULT NULL,
+    caller_contact CHAR(255) NOT NULL,
+    callee_contact CHAR(255) NOT NULL,
+    caller_sock CHAR(64) NOT NULL,
+    callee_sock CHAR(64) NOT NULL,
+    state INTEGER NOT NULL,
+    start_time INTEGER NOT NULL,
+    timeout INTEGER NOT NULL,
+    vars TEXT DEFAULT NULL,
+    profiles TEXT DEFAULT NULL,
+    script_flags INTEGER DEFAULT 0 NOT NULL,
+    module_flags INTEGER DEFAULT 0 NOT NULL,
+    flags INTEGER DEFAULT 0 NOT NULL,
+    node CHAR(255) DEFAULT NULL,
+    answer_time INTEGER DEFAULT NULL,
+    session_expires INTEGER DEFAULT NULL
+)";
+
 const CREATE_VERSION: &str = "CREATE TABLE IF NOT EXISTS version (
     table_name CHAR(32) NOT NULL,
     table_version INTEGER DEFAULT 0 NOT NULL,
@@ -175,8 +240,9 @@ impl Store {
         sqlx::query(CREATE_DISPATCHER).execute(&self.pool).await?;
         sqlx::query(CREATE_SUBSCRIBER).execute(&self.pool).await?;
         sqlx::query(CREATE_LOCATION).execute(&self.pool).await?;
+        sqlx::query(CREATE_DIALOG).execute(&self.pool).await?;
         sqlx::query(
-            "INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('dispatcher', 9), ('subscriber', 8), ('location', 1013)",
+            "INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('dispatcher', 9), ('subscriber', 8), ('location', 1013), ('dialog', 10)",
         )
         .execute(&self.pool)
         .await?;
@@ -468,6 +534,112 @@ impl Store {
                 .await?
                 .rows_affected(),
         )
+    }
+
+    /// Every `dialog` row.
+    pub async fn dialog_rows(&self) -> Result<(Vec<DialogRow>, Vec<BadRow>), StoreError> {
+        let rows = sqlx::query("SELECT dlg_id, callid, from_uri, from_tag, to_uri, to_tag, caller_cseq, callee_cseq, caller_contact, callee_contact, caller_sock, callee_sock, state, start_time, timeout, node, answer_time, session_expires FROM dialog ORDER BY dlg_id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for r in rows {
+            let id: Option<i64> = r.try_get("dlg_id").ok();
+            let read = || -> Result<DialogRow, String> {
+                let int = |c: &str| {
+                    r.try_get::<i64, _>(c)
+                        .map_err(|_| format!("column {c} is not an integer"))
+                };
+                let text = |c: &str| {
+                    r.try_get::<String, _>(c)
+                        .map_err(|_| format!("column {c} is not text"))
+                };
+                // OpenSIPS keeps the CSeqs as text
+                let cseq = |c: &str| {
+                    int(c).or_else(|_| {
+                        text(c).and_then(|t| {
+                            t.trim()
+                                .parse()
+                                .map_err(|_| format!("column {c} is not a number"))
+                        })
+                    })
+                };
+                Ok(DialogRow {
+                    dlg_id: int("dlg_id")?,
+                    callid: text("callid")?,
+                    from_uri: text("from_uri")?,
+                    from_tag: text("from_tag")?,
+                    to_uri: text("to_uri")?,
+                    to_tag: text("to_tag")?,
+                    caller_cseq: cseq("caller_cseq")?,
+                    callee_cseq: cseq("callee_cseq")?,
+                    caller_contact: text("caller_contact")?,
+                    callee_contact: text("callee_contact")?,
+                    caller_sock: text("caller_sock")?,
+                    callee_sock: text("callee_sock")?,
+                    state: int("state")?,
+                    start_time: int("start_time")?,
+                    timeout: int("timeout")?,
+                    node: r
+                        .try_get::<Option<String>, _>("node")
+                        .map_err(|_| "column node is not text".to_string())?,
+                    answer_time: r
+                        .try_get::<Option<i64>, _>("answer_time")
+                        .map_err(|_| "column answer_time is not an integer".to_string())?,
+                    session_expires: r
+                        .try_get::<Option<i64>, _>("session_expires")
+                        .map_err(|_| "column session_expires is not an integer".to_string())?,
+                })
+            };
+            match read() {
+                Ok(row) => good.push(row),
+                Err(reason) => bad.push(BadRow { id, reason }),
+            }
+        }
+        Ok((good, bad))
+    }
+
+    /// Applies dialog changes in one transaction, in order.
+    pub async fn apply_dialogs(&self, ops: &[DialogOp]) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for op in ops {
+            match op {
+                DialogOp::Upsert(d) => {
+                    sqlx::query("INSERT OR REPLACE INTO dialog (dlg_id, callid, from_uri, from_tag, to_uri, to_tag, caller_cseq, callee_cseq, caller_contact, callee_contact, caller_sock, callee_sock, state, start_time, timeout, node, answer_time, session_expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                        .bind(d.dlg_id)
+                        .bind(&d.callid)
+                        .bind(&d.from_uri)
+                        .bind(&d.from_tag)
+                        .bind(&d.to_uri)
+                        .bind(&d.to_tag)
+                        .bind(d.caller_cseq.to_string())
+                        .bind(d.callee_cseq.to_string())
+                        .bind(&d.caller_contact)
+                        .bind(&d.callee_contact)
+                        .bind(&d.caller_sock)
+                        .bind(&d.callee_sock)
+                        .bind(d.state)
+                        .bind(d.start_time)
+                        .bind(d.timeout)
+                        .bind(&d.node)
+                        .bind(d.answer_time)
+                        .bind(d.session_expires)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                DialogOp::Delete(id) => {
+                    sqlx::query("DELETE FROM dialog WHERE dlg_id = ?")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Runs raw SQL (tests and tools that seed tables the way an OpenSIPS operator would).

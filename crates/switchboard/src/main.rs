@@ -3,6 +3,7 @@
 mod balancer_config;
 mod cli;
 mod config;
+mod dialog_store;
 mod dispatch_config;
 mod registrar_config;
 
@@ -199,7 +200,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         .thread_name("switchboard-rt")
         .build()?;
     let d = &cfg.dispatcher;
-    let store = match d.from_database || cfg.registrar.is_some() {
+    let store = match d.from_database || cfg.registrar.is_some() || cfg.dialog.is_some() {
         true => Some(
             rt.block_on(store::Store::open(&cfg.database_url))
                 .with_context(|| format!("opening {}", cfg.database_url))?,
@@ -252,11 +253,16 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         proxy = proxy.with_registrar(reg.clone());
         flusher = task.map(|t| (reg, t));
     }
+    let mut dialog_flusher = None;
     if let Some(dc) = &cfg.dialog {
-        proxy = proxy.with_dialogs(Arc::new(sip_proxy::dialog::Dialogs::new(
+        let dl = Arc::new(sip_proxy::dialog::Dialogs::new(
             dc.clone(),
             (Instant::now(), unix_now()),
-        )));
+        ));
+        if let Some((s, h)) = &store_ctx {
+            dialog_flusher = Some((dl.clone(), start_dialogs(&dl, balancer.as_deref(), s, h)?));
+        }
+        proxy = proxy.with_dialogs(dl);
     }
     let proxy = Arc::new(proxy);
     let net_cfg = net::NetConfig {
@@ -353,6 +359,13 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let _ = rt.block_on(async {
         tokio::time::timeout(std::time::Duration::from_secs(2), admin_task).await
     });
+    if let (Some((dl, task)), Some((s, _))) = (dialog_flusher, &store_ctx) {
+        task.abort();
+        let ops = dialog_store::ops(dl.take_events(), Instant::now(), unix_now());
+        if let Err(e) = rt.block_on(s.apply_dialogs(&ops)) {
+            tracing::warn!(error = %e, "could not write the last dialog changes");
+        }
+    }
     if let (Some((reg, task)), Some((s, _))) = (flusher, &store_ctx) {
         task.abort();
         let ops = registrar_config::location_ops(reg.take_events());
@@ -480,4 +493,69 @@ fn start_registrar(
         }
     });
     Ok((reg, Some(task)))
+}
+
+/// Restores the dialogs of the `dialog` table (and their balancer counts), then writes
+/// changes behind every 200 ms.
+fn start_dialogs(
+    dl: &Arc<sip_proxy::dialog::Dialogs>,
+    balancer: Option<&sip_proxy::balancer::Balancer>,
+    s: &store::Store,
+    h: &tokio::runtime::Handle,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let now = Instant::now();
+    let unix = unix_now();
+    let (rows, bad) = h.block_on(s.dialog_rows())?;
+    for b in &bad {
+        tracing::warn!(row = ?b.id, reason = %b.reason, "dialog row skipped");
+    }
+    let mut restored = Vec::new();
+    let mut gone = Vec::new();
+    for r in &rows {
+        if r.timeout <= unix as i64 {
+            gone.push(store::DialogOp::Delete(r.dlg_id));
+            continue;
+        }
+        match dialog_store::dialog(r, now, unix) {
+            Ok(d) => restored.push(d),
+            Err(why) => tracing::warn!(dlg_id = r.dlg_id, reason = %why, "dialog row skipped"),
+        }
+    }
+    if let Some(b) = balancer {
+        for d in &restored {
+            if let Some(n) = &d.node {
+                b.restore_call(&d.call_id, n);
+            }
+        }
+    }
+    tracing::info!(
+        rows = rows.len(),
+        restored = restored.len(),
+        expired = gone.len(),
+        "dialogs restored"
+    );
+    h.block_on(s.apply_dialogs(&gone))?;
+    dl.restore(restored);
+    dl.set_persistence(true);
+    let (d2, s2) = (dl.clone(), s.clone());
+    Ok(h.spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        let mut pending: Vec<store::DialogOp> = Vec::new();
+        loop {
+            tick.tick().await;
+            pending.extend(dialog_store::ops(d2.take_events(), Instant::now(), unix_now()));
+            if pending.is_empty() {
+                continue;
+            }
+            match s2.apply_dialogs(&pending).await {
+                Ok(()) => pending.clear(),
+                Err(e) => {
+                    tracing::warn!(error = %e, changes = pending.len(), "could not persist dialog changes; retrying");
+                    if pending.len() > 1_000_000 {
+                        pending.clear();
+                    }
+                }
+            }
+        }
+    }))
 }

@@ -1,0 +1,152 @@
+//! Dialogs to and from the `dialog` table: the write-behind of changes and the restore at
+//! start, so in-dialog requests still find their dialog after a restart and the balancer's
+//! counts are rebuilt.
+
+use std::time::{Duration, Instant};
+
+use sip_proxy::dialog::{Dialog, DialogState, DlgEvent, Leg};
+use sip_proxy::{Target, Transport};
+
+fn sock(t: &Target) -> String {
+    format!("{}:{}", t.transport.uri_param().unwrap_or("udp"), t.addr)
+}
+
+fn parse_sock(s: &str) -> Result<Target, String> {
+    let (t, a) = s
+        .split_once(':')
+        .ok_or_else(|| format!("socket {s:?} is not proto:ip:port"))?;
+    Ok(Target {
+        transport: Transport::parse(t).ok_or_else(|| format!("socket {s:?}: unknown transport"))?,
+        addr: a
+            .parse()
+            .map_err(|_| format!("socket {s:?}: bad address"))?,
+        flow: None,
+    })
+}
+
+/// A dialog as a row.
+pub fn row(d: &Dialog, now: Instant, unix_now: u64) -> store::DialogRow {
+    store::DialogRow {
+        dlg_id: d.id as i64,
+        callid: d.call_id.to_string(),
+        from_uri: d.caller.party.to_string(),
+        from_tag: d.from_tag.to_string(),
+        to_uri: d.callee.party.to_string(),
+        to_tag: d.to_tag.to_string(),
+        caller_cseq: d.caller.cseq as i64,
+        callee_cseq: d.callee.cseq as i64,
+        caller_contact: d.caller.contact.to_string(),
+        callee_contact: d.callee.contact.to_string(),
+        caller_sock: sock(&d.caller.target),
+        callee_sock: sock(&d.callee.target),
+        state: if d.state == DialogState::Confirmed {
+            4
+        } else {
+            2
+        },
+        start_time: d.created_unix as i64,
+        timeout: (unix_now + d.expires_at.saturating_duration_since(now).as_secs()) as i64,
+        node: d.node.as_deref().map(Into::into),
+        answer_time: d.answered_unix.map(|a| a as i64),
+        session_expires: d.session_expires.map(|s| s as i64),
+    }
+}
+
+/// A row back as a dialog. The CSeqs move 1000 ahead: requests after the last saved change
+/// were not written, and a BYE the proxy sends must be above them.
+pub fn dialog(r: &store::DialogRow, now: Instant, unix_now: u64) -> Result<Dialog, String> {
+    if r.callid.is_empty() || r.from_tag.is_empty() || r.to_tag.is_empty() {
+        return Err("empty callid or tag".into());
+    }
+    let left = (r.timeout - unix_now as i64).max(0) as u64;
+    Ok(Dialog {
+        id: r.dlg_id as u64,
+        call_id: r.callid.as_str().into(),
+        from_tag: r.from_tag.as_str().into(),
+        to_tag: r.to_tag.as_str().into(),
+        state: DialogState::Confirmed,
+        caller: Leg {
+            party: r.from_uri.as_str().into(),
+            contact: r.caller_contact.as_str().into(),
+            target: parse_sock(&r.caller_sock)?,
+            cseq: (r.caller_cseq.clamp(0, u32::MAX as i64 - 2000) + 1000) as u32,
+        },
+        callee: Leg {
+            party: r.to_uri.as_str().into(),
+            contact: r.callee_contact.as_str().into(),
+            target: parse_sock(&r.callee_sock)?,
+            cseq: (r.callee_cseq.clamp(0, u32::MAX as i64 - 2000) + 1000) as u32,
+        },
+        node: r.node.as_deref().map(Into::into),
+        created_unix: r.start_time.max(0) as u64,
+        answered_unix: r.answer_time.map(|a| a.max(0) as u64),
+        expires_at: now + Duration::from_secs(left),
+        session_expires: r
+            .session_expires
+            .map(|s| s.clamp(0, u32::MAX as i64) as u32),
+    })
+}
+
+/// Events as store operations.
+pub fn ops(events: Vec<DlgEvent>, now: Instant, unix_now: u64) -> Vec<store::DialogOp> {
+    events
+        .into_iter()
+        .map(|e| match e {
+            DlgEvent::Saved(d) => store::DialogOp::Upsert(Box::new(row(&d, now, unix_now))),
+            DlgEvent::Removed(id) => store::DialogOp::Delete(id as i64),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip_with_cseq_margin() {
+        let now = Instant::now();
+        let d = Dialog {
+            id: 9,
+            call_id: "c".into(),
+            from_tag: "f".into(),
+            to_tag: "t".into(),
+            state: DialogState::Confirmed,
+            caller: Leg {
+                party: "<sip:a@h>;tag=f".into(),
+                contact: "sip:a@10.0.0.1".into(),
+                target: Target {
+                    transport: Transport::Tcp,
+                    addr: "127.0.0.1:40000".parse().unwrap(),
+                    flow: Some(3),
+                },
+                cseq: 5,
+            },
+            callee: Leg {
+                party: "<sip:b@h>;tag=t".into(),
+                contact: "sip:b@10.0.0.2".into(),
+                target: Target {
+                    transport: Transport::Udp,
+                    addr: "127.0.0.1:5080".parse().unwrap(),
+                    flow: None,
+                },
+                cseq: 0,
+            },
+            node: Some("sip:127.0.0.1:5080".into()),
+            created_unix: 1000,
+            answered_unix: Some(1002),
+            expires_at: now + Duration::from_secs(600),
+            session_expires: Some(1800),
+        };
+        let r = row(&d, now, 2000);
+        assert_eq!(r.timeout, 2600);
+        assert_eq!(r.caller_sock, "tcp:127.0.0.1:40000");
+        let back = dialog(&r, now, 2100).unwrap();
+        assert_eq!(back.expires_at.duration_since(now).as_secs(), 500);
+        assert_eq!(back.caller.cseq, 1005);
+        assert_eq!(back.caller.target.flow, None);
+        assert_eq!(back.node.as_deref(), Some("sip:127.0.0.1:5080"));
+        let mut broken = r.clone();
+        broken.callee_sock = "nowhere".into();
+        assert!(dialog(&broken, now, 2100).is_err());
+    }
+}
