@@ -103,7 +103,21 @@ pub struct ByeOut {
     pub data: String,
 }
 
-type Key = (Box<str>, Box<str>);
+/// A hash of Call-ID and a tag: lookups need no allocation. A match is confirmed against
+/// the dialog's own Call-ID and tag (`matches`), so a collision is never taken for a hit.
+type Key = u64;
+
+fn key(call_id: &str, tag: &str) -> Key {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    call_id.hash(&mut h);
+    tag.hash(&mut h);
+    h.finish()
+}
+
+fn matches(d: &Dialog, call_id: &str, from_tag: &str) -> bool {
+    &*d.call_id == call_id && &*d.from_tag == from_tag
+}
 
 /// A change to persist (write-behind): confirmed dialogs are saved, ended ones removed.
 #[derive(Debug, Clone)]
@@ -209,9 +223,9 @@ impl Dialogs {
         session_expires: Option<u32>,
     ) {
         let mut g = self.shard(call_id);
-        let key: Key = (call_id.into(), from_tag.into());
+        let key = key(call_id, from_tag);
         let expires_at = self.deadline(now, session_expires);
-        match g.get_mut(&key) {
+        match g.get_mut(&key).filter(|d| matches(d, call_id, from_tag)) {
             Some(d) => {
                 if d.state == DialogState::Confirmed {
                     return; // a retransmitted 2xx, or a second fork's answer
@@ -268,8 +282,10 @@ impl Dialogs {
     /// The initial INVITE failed: its early dialog goes.
     pub fn on_failure(&self, call_id: &str, from_tag: &str) {
         let mut g = self.shard(call_id);
-        let key: Key = (call_id.into(), from_tag.into());
-        if g.get(&key).is_some_and(|d| d.state == DialogState::Early) {
+        let key = key(call_id, from_tag);
+        if g.get(&key)
+            .is_some_and(|d| d.state == DialogState::Early && matches(d, call_id, from_tag))
+        {
             g.remove(&key);
         }
     }
@@ -284,13 +300,14 @@ impl Dialogs {
     ) -> Option<R> {
         let mut g = self.shard(call_id);
         if let Some(d) = g
-            .get_mut(&(call_id.into(), from_tag.into()))
+            .get_mut(&key(call_id, from_tag))
+            .filter(|d| matches(d, call_id, from_tag))
             .filter(|d| d.state == DialogState::Early || &*d.to_tag == to_tag)
         {
             return Some(f(d, true));
         }
-        g.get_mut(&(call_id.into(), to_tag.into()))
-            .filter(|d| &*d.to_tag == from_tag)
+        g.get_mut(&key(call_id, to_tag))
+            .filter(|d| matches(d, call_id, to_tag) && &*d.to_tag == from_tag)
             .map(|d| f(d, false))
     }
 
@@ -348,12 +365,16 @@ impl Dialogs {
         to_tag: &str,
     ) -> Option<(Dialog, Ending)> {
         let mut g = self.shard(call_id);
-        let key: Key = (call_id.into(), from_tag.into());
-        if g.get(&key).is_some_and(|d| &*d.to_tag == to_tag) {
-            return g.remove(&key).map(|d| (d, Ending::CallerBye));
+        let k = key(call_id, from_tag);
+        if g.get(&k)
+            .is_some_and(|d| matches(d, call_id, from_tag) && &*d.to_tag == to_tag)
+        {
+            return g.remove(&k).map(|d| (d, Ending::CallerBye));
         }
-        let key: Key = (call_id.into(), to_tag.into());
-        if g.get(&key).is_some_and(|d| &*d.to_tag == from_tag) {
+        let key = key(call_id, to_tag);
+        if g.get(&key)
+            .is_some_and(|d| matches(d, call_id, to_tag) && &*d.to_tag == from_tag)
+        {
             return g.remove(&key).map(|d| (d, Ending::CalleeBye));
         }
         None
@@ -389,7 +410,7 @@ impl Dialogs {
     pub fn end(&self, id: u64, via: &dyn Fn(Transport) -> String) -> Option<(Dialog, Vec<ByeOut>)> {
         for s in self.shards.iter() {
             let mut g = lock(s);
-            let key = g.iter().find(|(_, d)| d.id == id).map(|(k, _)| k.clone());
+            let key = g.iter().find(|(_, d)| d.id == id).map(|(k, _)| *k);
             if let Some(k) = key {
                 let d = g.remove(&k)?;
                 drop(g);
@@ -421,7 +442,7 @@ impl Dialogs {
             let expired: Vec<Key> = g
                 .iter()
                 .filter(|(_, d)| d.expires_at <= now)
-                .map(|(k, _)| k.clone())
+                .map(|(k, _)| *k)
                 .collect();
             for k in expired {
                 if let Some(d) = g.remove(&k) {
@@ -443,7 +464,7 @@ impl Dialogs {
     pub fn restore(&self, dialogs: Vec<Dialog>) {
         for d in dialogs {
             self.next_id.fetch_max(d.id + 1, Ordering::Relaxed);
-            let key: Key = (d.call_id.clone(), d.from_tag.clone());
+            let key = key(&d.call_id, &d.from_tag);
             self.shard(&d.call_id).insert(key, d);
         }
     }

@@ -599,44 +599,68 @@ impl Store {
         Ok((good, bad))
     }
 
-    /// Applies dialog changes in one transaction, in order.
+    /// Applies dialog changes in one transaction, in order: consecutive upserts as multi-row
+    /// statements (up to 50 rows), consecutive deletes as one `IN` list each.
     pub async fn apply_dialogs(&self, ops: &[DialogOp]) -> Result<(), StoreError> {
         if ops.is_empty() {
             return Ok(());
         }
+        const CHUNK: usize = 50;
         let mut tx = self.pool.begin().await?;
-        for op in ops {
-            match op {
-                DialogOp::Upsert(d) => {
-                    sqlx::query("INSERT OR REPLACE INTO dialog (dlg_id, callid, from_uri, from_tag, to_uri, to_tag, caller_cseq, callee_cseq, caller_contact, callee_contact, caller_sock, callee_sock, state, start_time, timeout, node, answer_time, session_expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-                        .bind(d.dlg_id)
-                        .bind(&d.callid)
-                        .bind(&d.from_uri)
-                        .bind(&d.from_tag)
-                        .bind(&d.to_uri)
-                        .bind(&d.to_tag)
-                        .bind(d.caller_cseq.to_string())
-                        .bind(d.callee_cseq.to_string())
-                        .bind(&d.caller_contact)
-                        .bind(&d.callee_contact)
-                        .bind(&d.caller_sock)
-                        .bind(&d.callee_sock)
-                        .bind(d.state)
-                        .bind(d.start_time)
-                        .bind(d.timeout)
-                        .bind(&d.node)
-                        .bind(d.answer_time)
-                        .bind(d.session_expires)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                DialogOp::Delete(id) => {
-                    sqlx::query("DELETE FROM dialog WHERE dlg_id = ?")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+        let mut i = 0;
+        while i < ops.len() {
+            let upsert = matches!(ops[i], DialogOp::Upsert(_));
+            let mut j = i;
+            while j < ops.len() && j - i < CHUNK && matches!(ops[j], DialogOp::Upsert(_)) == upsert
+            {
+                j += 1;
             }
+            let run = &ops[i..j];
+            if upsert {
+                let mut sql = String::from("INSERT OR REPLACE INTO dialog (dlg_id, callid, from_uri, from_tag, to_uri, to_tag, caller_cseq, callee_cseq, caller_contact, callee_contact, caller_sock, callee_sock, state, start_time, timeout, node, answer_time, session_expires) VALUES ");
+                for k in 0..run.len() {
+                    if k > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                }
+                let mut q = sqlx::query(&sql);
+                for op in run {
+                    if let DialogOp::Upsert(d) = op {
+                        q = q
+                            .bind(d.dlg_id)
+                            .bind(&d.callid)
+                            .bind(&d.from_uri)
+                            .bind(&d.from_tag)
+                            .bind(&d.to_uri)
+                            .bind(&d.to_tag)
+                            .bind(d.caller_cseq.to_string())
+                            .bind(d.callee_cseq.to_string())
+                            .bind(&d.caller_contact)
+                            .bind(&d.callee_contact)
+                            .bind(&d.caller_sock)
+                            .bind(&d.callee_sock)
+                            .bind(d.state)
+                            .bind(d.start_time)
+                            .bind(d.timeout)
+                            .bind(&d.node)
+                            .bind(d.answer_time)
+                            .bind(d.session_expires);
+                    }
+                }
+                q.execute(&mut *tx).await?;
+            } else {
+                let marks = vec!["?"; run.len()].join(", ");
+                let sql = format!("DELETE FROM dialog WHERE dlg_id IN ({marks})");
+                let mut q = sqlx::query(&sql);
+                for op in run {
+                    if let DialogOp::Delete(id) = op {
+                        q = q.bind(*id);
+                    }
+                }
+                q.execute(&mut *tx).await?;
+            }
+            i = j;
         }
         tx.commit().await?;
         Ok(())

@@ -219,3 +219,45 @@ async fn large_location_batches_keep_their_order() {
     assert_eq!(rows.iter().find(|r| r.contact_id == 100).unwrap().cseq, 2);
     let _ = std::fs::remove_file(path);
 }
+
+#[tokio::test]
+async fn dialog_rows_round_trip_in_batches() {
+    let (s, path) = fresh().await;
+    let row = |id: i64| DialogRow {
+        dlg_id: id,
+        callid: format!("c{id}"),
+        from_uri: "<sip:a@h>;tag=f".into(),
+        from_tag: "f".into(),
+        to_uri: "<sip:b@h>;tag=t".into(),
+        to_tag: "t".into(),
+        caller_cseq: 1,
+        callee_cseq: 0,
+        caller_contact: "sip:a@10.0.0.1".into(),
+        callee_contact: "sip:b@10.0.0.2".into(),
+        caller_sock: "udp:127.0.0.1:5070".into(),
+        callee_sock: "udp:127.0.0.1:5080".into(),
+        state: 4,
+        start_time: 1000,
+        timeout: 2000,
+        node: Some("sip:127.0.0.1:5080".into()),
+        answer_time: Some(1001),
+        session_expires: None,
+    };
+    let mut ops: Vec<DialogOp> = (1..=70)
+        .map(|i| DialogOp::Upsert(Box::new(row(i))))
+        .collect();
+    ops.extend((1..=65).map(DialogOp::Delete));
+    s.apply_dialogs(&ops).await.unwrap();
+    let (rows, bad) = s.dialog_rows().await.unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows[0], row(66));
+    // an OpenSIPS row with text CSeqs that are not numbers is reported, not loaded
+    s.execute("INSERT INTO dialog (dlg_id, callid, from_uri, from_tag, to_uri, to_tag, caller_cseq, callee_cseq, caller_contact, callee_contact, caller_sock, callee_sock, state, start_time, timeout) VALUES (99, 'x', 'a', 'f', 'b', 't', 'abc', '1', 'c', 'c', 'udp:1.2.3.4:5', 'udp:1.2.3.4:5', 4, 1, 2)")
+        .await
+        .unwrap();
+    let (rows, bad) = s.dialog_rows().await.unwrap();
+    assert_eq!(rows.len(), 5);
+    assert_eq!(bad.len(), 1);
+    let _ = std::fs::remove_file(path);
+}

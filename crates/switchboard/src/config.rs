@@ -44,6 +44,9 @@ pub struct RawDialog {
     pub lifetime_s: u64,
     #[serde(default = "d_true")]
     pub honour_session_expires: bool,
+    /// Dialogs written to the `dialog` table (write-behind) and restored at start.
+    #[serde(default = "d_true")]
+    pub persist: bool,
 }
 
 fn d_lifetime() -> u64 {
@@ -59,6 +62,7 @@ impl Default for RawDialog {
             enabled: false,
             lifetime_s: d_lifetime(),
             honour_session_expires: true,
+            persist: true,
         }
     }
 }
@@ -249,6 +253,8 @@ pub struct Config {
     pub registrar: Option<crate::registrar_config::RegistrarSettings>,
     /// Dialog tracking, when enabled.
     pub dialog: Option<sip_proxy::dialog::DialogConfig>,
+    /// Dialogs kept in the database across restarts.
+    pub dialog_persist: bool,
     /// The resource balancer for calls, when the section is present.
     pub balancer: Option<crate::balancer_config::BalancerSettings>,
 }
@@ -527,6 +533,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         database_url: raw.database.url.trim().to_string(),
         registrar,
         dialog,
+        dialog_persist: raw.dialog.persist,
         balancer,
     })
 }

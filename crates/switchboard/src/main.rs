@@ -200,7 +200,10 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         .thread_name("switchboard-rt")
         .build()?;
     let d = &cfg.dispatcher;
-    let store = match d.from_database || cfg.registrar.is_some() || cfg.dialog.is_some() {
+    let store = match d.from_database
+        || cfg.registrar.is_some()
+        || (cfg.dialog.is_some() && cfg.dialog_persist)
+    {
         true => Some(
             rt.block_on(store::Store::open(&cfg.database_url))
                 .with_context(|| format!("opening {}", cfg.database_url))?,
@@ -259,7 +262,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             dc.clone(),
             (Instant::now(), unix_now()),
         ));
-        if let Some((s, h)) = &store_ctx {
+        if let Some((s, h)) = store_ctx.as_ref().filter(|_| cfg.dialog_persist) {
             dialog_flusher = Some((dl.clone(), start_dialogs(&dl, balancer.as_deref(), s, h)?));
         }
         proxy = proxy.with_dialogs(dl);
@@ -539,11 +542,50 @@ fn start_dialogs(
     dl.set_persistence(true);
     let (d2, s2) = (dl.clone(), s.clone());
     Ok(h.spawn(async move {
+        // A dialog is written once it has lived a second (OpenSIPS writes every
+        // `db_update_period`, 60 s): short calls never touch the database, long ones are
+        // written once and deleted once.
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        let mut staged: std::collections::HashMap<u64, (Instant, store::DialogOp)> =
+            std::collections::HashMap::new();
+        let mut written: std::collections::HashSet<u64> = std::collections::HashSet::new();
         let mut pending: Vec<store::DialogOp> = Vec::new();
         loop {
             tick.tick().await;
-            pending.extend(dialog_store::ops(d2.take_events(), Instant::now(), unix_now()));
+            let now = Instant::now();
+            for e in d2.take_events() {
+                match e {
+                    sip_proxy::dialog::DlgEvent::Saved(d) => {
+                        let id = d.id;
+                        let first = staged.get(&id).map_or(now, |s| s.0);
+                        let op = dialog_store::ops(
+                            vec![sip_proxy::dialog::DlgEvent::Saved(d)],
+                            now,
+                            unix_now(),
+                        );
+                        if let Some(op) = op.into_iter().next() {
+                            staged.insert(id, (first, op));
+                        }
+                    }
+                    sip_proxy::dialog::DlgEvent::Removed(id) => {
+                        staged.remove(&id);
+                        if written.remove(&id) {
+                            pending.push(store::DialogOp::Delete(id as i64));
+                        }
+                    }
+                }
+            }
+            let due: Vec<u64> = staged
+                .iter()
+                .filter(|(_, (t, _))| now.duration_since(*t) >= std::time::Duration::from_secs(1))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in due {
+                if let Some((_, op)) = staged.remove(&id) {
+                    written.insert(id);
+                    pending.push(op);
+                }
+            }
             if pending.is_empty() {
                 continue;
             }
