@@ -351,6 +351,12 @@ impl Proxy {
                 if shard.answered.capacity() > 4 * shard.answered.len() + 64 {
                     shard.answered.shrink_to_fit(); // a burst of registrations is over
                 }
+                // after a burst of calls, give back the room of the contexts
+                if shard.ctxs.capacity() > 4 * shard.ctxs.len() + 64 {
+                    shard.ctxs.shrink_to_fit();
+                    shard.by_key.shrink_to_fit();
+                    shard.timers.shrink_to_fit();
+                }
             }
             while let Some(&Reverse((t, id))) = shard.timers.peek() {
                 if t > now {
