@@ -33,6 +33,8 @@ url = "sqlite://$WORK/sb.db"
 [dialog]
 enabled = true
 lifetime_s = 10
+[accounting]
+enabled = true
 [balancer]
 group = 1
 resources = ["pstn"]
@@ -89,8 +91,10 @@ stop_uas $B1 $B2
 start_uas $B1 uas-ring-cancel.xml; start_uas $B2 uas-ring-cancel.xml
 uac uac-cancel.xml 20 50 0; rc2=$?
 sleep 0.5; l2=$(load)
-[ $rc1 = 0 ] && [ $rc2 = 0 ] && [ "$l1" = "0+0" ] && [ "$l2" = "0+0" ]
-result "capacity-freed-on-486-and-cancel" $? "busy rc=$rc1 load=$l1; cancel rc=$rc2 load=$l2"
+sleep 1 # the CDR writer
+missed=$("$SB" cdr export --format json --config "$WORK/sb.toml" 2>/dev/null | python3 -c "import json,sys; r=json.load(sys.stdin); print(sum(1 for x in r if x['result']=='failed' and x['code']=='486'), sum(1 for x in r if x['result']=='failed' and x['code']=='487'))")
+[ $rc1 = 0 ] && [ $rc2 = 0 ] && [ "$l1" = "0+0" ] && [ "$l2" = "0+0" ] && [ "$missed" = "20 20" ]
+result "capacity-freed-on-486-and-cancel" $? "busy rc=$rc1 load=$l1; cancel rc=$rc2 load=$l2; missed-call records 486/487: $missed"
 stop_uas $B1 $B2
 
 # ---- a dialog that expires frees its capacity ---------------------------------------------

@@ -31,6 +31,8 @@ url = "sqlite://$WORK/sb.db"
 [dialog]
 enabled = true
 lifetime_s = 10
+[accounting]
+enabled = true
 TOML
 start_sb() {
   "$SB" run --config "$WORK/sb.toml" >>"$WORK/sb.log" 2>&1 </dev/null &
@@ -115,6 +117,24 @@ uas_ok=$(col "$WORK/uas.csv" 'SuccessfulCall(C)'); uac_ok=$(col "$WORK/uac.csv" 
 [ $rc = 0 ] && [ "$restored" = 2 ] && [ "$uac_ok" = 2 ] && [ "$uas_ok" = 2 ] && [ "$(count)" = 0 ]
 result "restart-mid-call-bye-still-routes" $? "SIGKILL mid-call: $restored dialogs restored, caller ok=$uac_ok/2, callee ok=$uas_ok/2, after=$(count)"
 stop_uas
+
+# ---- CDRs: one per call, with durations; the restarted calls complete --------------------
+sleep 1 # the CDR writer (500 ms)
+"$SB" cdr export --format json --config "$WORK/sb.toml" > "$WORK/cdr.json" 2>"$WORK/cdr.err"; rc=$?
+summary=$(python3 - "$WORK/cdr.json" <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1]))
+ans = [r for r in rows if r["result"] == "answered"]
+def durs(by): return sorted(int(r["duration"]) for r in ans if r["hangup_by"] == by)
+# 5 calls hung up by the caller after 3 s, 2 restarted calls after 6 s, 2 lifetime, 1 management
+ok = (len(ans) == 10 and durs("lifetime") and all(9 <= d <= 12 for d in durs("lifetime"))
+      and len(durs("management")) == 1 and len(durs("caller")) == 7
+      and all(2 <= d <= 7 for d in durs("caller"))
+      and all(r["node"] and r["setup"] and r["answer"] and r["end"] for r in ans))
+print(("ok" if ok else "BAD") + f" answered={len(ans)} caller={durs('caller')} lifetime={durs('lifetime')} management={durs('management')}")
+PY
+)
+[ $rc = 0 ] && [[ "$summary" == ok* ]]; result "cdr-per-call-with-durations" $? "$summary"
 
 echo "dialog e2e: $PASS passed, $FAIL failed"
 [ $FAIL = 0 ]

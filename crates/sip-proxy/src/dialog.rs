@@ -74,6 +74,8 @@ pub struct Dialog {
     pub answered_unix: Option<u64>,
     pub expires_at: Instant,
     pub session_expires: Option<u32>,
+    /// The Request-URI of the initial INVITE (for the CDR).
+    pub ruri: Box<str>,
 }
 
 /// Why a dialog ended.
@@ -221,6 +223,7 @@ impl Dialogs {
         callee: Leg,
         node: Option<Arc<str>>,
         session_expires: Option<u32>,
+        ruri: &str,
     ) {
         let mut g = self.shard(call_id);
         let key = key(call_id, from_tag);
@@ -268,6 +271,7 @@ impl Dialogs {
                         now + Duration::from_secs(300) // an early dialog rings at most Timer C
                     },
                     session_expires,
+                    ruri: ruri.into(),
                 };
                 let saved = confirmed.then(|| DlgEvent::Saved(Box::new(d.clone())));
                 g.insert(key, d);
@@ -544,6 +548,7 @@ mod tests {
             leg("<sip:b@h>;tag=tt", 2, 0),
             None,
             None,
+            "",
         );
         assert_eq!(t.list()[0].state, DialogState::Early);
         t.on_answer(
@@ -557,6 +562,7 @@ mod tests {
             leg("<sip:b@h>;tag=tt", 2, 0),
             Some("sip:fs1".into()),
             None,
+            "",
         );
         assert_eq!(t.list()[0].state, DialogState::Confirmed);
         assert_eq!(t.counts().1.get("sip:fs1"), Some(&1));
@@ -593,6 +599,7 @@ mod tests {
             leg("<sip:b@h>;tag=t1", 2, 0),
             None,
             None,
+            "",
         );
         t.on_answer(
             now,
@@ -605,6 +612,7 @@ mod tests {
             leg("<sip:b@h>;tag=t2", 4, 0),
             None,
             Some(90),
+            "",
         );
         let mut out = vec![];
         t.sweep(now + Duration::from_secs(9), &v, &mut out);
@@ -639,6 +647,7 @@ mod tests {
             leg("b", 2, 0),
             None,
             Some(60),
+            "",
         );
         let mut out = vec![];
         t.sweep(now + Duration::from_secs(93), &v, &mut out);
@@ -662,6 +671,7 @@ mod tests {
             leg("b", 2, 0),
             None,
             None,
+            "",
         );
         t.on_failure("c", "f");
         assert!(t.list().is_empty());
@@ -676,6 +686,7 @@ mod tests {
             leg("b", 2, 0),
             None,
             None,
+            "",
         );
         let id = t.list()[0].id;
         let (_, byes) = t.end(id, &v).unwrap();
@@ -715,6 +726,7 @@ mod persistence_tests {
             leg("b"),
             None,
             None,
+            "",
         );
         assert!(t.take_events().is_empty(), "early dialogs are not saved");
         t.on_answer(
@@ -728,6 +740,7 @@ mod persistence_tests {
             leg("b"),
             None,
             None,
+            "",
         );
         assert!(
             matches!(&t.take_events()[..], [DlgEvent::Saved(d)] if d.answered_unix == Some(101))

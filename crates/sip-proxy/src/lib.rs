@@ -12,6 +12,7 @@
 
 pub mod balancer;
 mod build;
+pub mod cdr;
 mod config;
 mod core;
 mod ctx;

@@ -98,6 +98,7 @@ pub struct DialogRow {
     pub node: Option<String>,
     pub answer_time: Option<i64>,
     pub session_expires: Option<i64>,
+    pub ruri: String,
 }
 
 /// A dialog change.
@@ -105,6 +106,32 @@ pub struct DialogRow {
 pub enum DialogOp {
     Upsert(Box<DialogRow>),
     Delete(i64),
+}
+
+/// One accounted call: `acc` (answered) or `missed_calls` (failed), OpenSIPS columns plus
+/// ours (users and domains, source, node, setup/answer/end times, who hung up).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CdrRow {
+    pub answered: bool,
+    pub callid: String,
+    pub from_tag: String,
+    pub to_tag: String,
+    pub sip_code: u16,
+    pub sip_reason: String,
+    pub from_user: String,
+    pub from_domain: String,
+    pub to_user: String,
+    pub to_domain: String,
+    pub ruri_user: String,
+    pub ruri_domain: String,
+    pub src_ip: String,
+    pub node: Option<String>,
+    /// UNIX times.
+    pub setup_time: i64,
+    pub answer_time: Option<i64>,
+    pub end_time: i64,
+    pub duration: i64,
+    pub hangup_by: String,
 }
 
 /// A location change.
@@ -204,8 +231,31 @@ const CREATE_DIALOG: &str = "CREATE TABLE IF NOT EXISTS dialog (
     flags INTEGER DEFAULT 0 NOT NULL,
     node CHAR(255) DEFAULT NULL,
     answer_time INTEGER DEFAULT NULL,
-    session_expires INTEGER DEFAULT NULL
+    session_expires INTEGER DEFAULT NULL,
+    ruri CHAR(255) DEFAULT '' NOT NULL
 )";
+
+const ACC_COLUMNS: &str = "
+    id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    method CHAR(16) DEFAULT '' NOT NULL,
+    from_tag CHAR(64) DEFAULT '' NOT NULL,
+    to_tag CHAR(64) DEFAULT '' NOT NULL,
+    callid CHAR(64) DEFAULT '' NOT NULL,
+    sip_code CHAR(3) DEFAULT '' NOT NULL,
+    sip_reason CHAR(32) DEFAULT '' NOT NULL,
+    time DATETIME NOT NULL,
+    from_user CHAR(64) DEFAULT '' NOT NULL,
+    from_domain CHAR(64) DEFAULT '' NOT NULL,
+    to_user CHAR(64) DEFAULT '' NOT NULL,
+    to_domain CHAR(64) DEFAULT '' NOT NULL,
+    ruri_user CHAR(64) DEFAULT '' NOT NULL,
+    ruri_domain CHAR(64) DEFAULT '' NOT NULL,
+    src_ip CHAR(64) DEFAULT '' NOT NULL,
+    node CHAR(255) DEFAULT NULL,
+    setup_time INTEGER DEFAULT 0 NOT NULL,
+    answer_time INTEGER DEFAULT NULL,
+    end_time INTEGER DEFAULT 0 NOT NULL,
+    hangup_by CHAR(16) DEFAULT '' NOT NULL";
 
 const CREATE_VERSION: &str = "CREATE TABLE IF NOT EXISTS version (
     table_name CHAR(32) NOT NULL,
@@ -241,8 +291,16 @@ impl Store {
         sqlx::query(CREATE_SUBSCRIBER).execute(&self.pool).await?;
         sqlx::query(CREATE_LOCATION).execute(&self.pool).await?;
         sqlx::query(CREATE_DIALOG).execute(&self.pool).await?;
+        sqlx::query(&format!("CREATE TABLE IF NOT EXISTS acc ({ACC_COLUMNS},\n    duration INTEGER DEFAULT 0 NOT NULL,\n    ms_duration INTEGER DEFAULT 0 NOT NULL,\n    setuptime INTEGER DEFAULT 0 NOT NULL,\n    created DATETIME DEFAULT NULL)"))
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS missed_calls ({ACC_COLUMNS})"
+        ))
+        .execute(&self.pool)
+        .await?;
         sqlx::query(
-            "INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('dispatcher', 9), ('subscriber', 8), ('location', 1013), ('dialog', 10)",
+            "INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('dispatcher', 9), ('subscriber', 8), ('location', 1013), ('dialog', 10), ('acc', 7), ('missed_calls', 5)",
         )
         .execute(&self.pool)
         .await?;
@@ -538,7 +596,7 @@ impl Store {
 
     /// Every `dialog` row.
     pub async fn dialog_rows(&self) -> Result<(Vec<DialogRow>, Vec<BadRow>), StoreError> {
-        let rows = sqlx::query("SELECT dlg_id, callid, from_uri, from_tag, to_uri, to_tag, caller_cseq, callee_cseq, caller_contact, callee_contact, caller_sock, callee_sock, state, start_time, timeout, node, answer_time, session_expires FROM dialog ORDER BY dlg_id")
+        let rows = sqlx::query("SELECT dlg_id, callid, from_uri, from_tag, to_uri, to_tag, caller_cseq, callee_cseq, caller_contact, callee_contact, caller_sock, callee_sock, state, start_time, timeout, node, answer_time, session_expires, ruri FROM dialog ORDER BY dlg_id")
             .fetch_all(&self.pool)
             .await?;
         let mut good = Vec::new();
@@ -589,6 +647,11 @@ impl Store {
                     session_expires: r
                         .try_get::<Option<i64>, _>("session_expires")
                         .map_err(|_| "column session_expires is not an integer".to_string())?,
+                    ruri: r
+                        .try_get::<Option<String>, _>("ruri")
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default(),
                 })
             };
             match read() {
@@ -617,12 +680,12 @@ impl Store {
             }
             let run = &ops[i..j];
             if upsert {
-                let mut sql = String::from("INSERT OR REPLACE INTO dialog (dlg_id, callid, from_uri, from_tag, to_uri, to_tag, caller_cseq, callee_cseq, caller_contact, callee_contact, caller_sock, callee_sock, state, start_time, timeout, node, answer_time, session_expires) VALUES ");
+                let mut sql = String::from("INSERT OR REPLACE INTO dialog (dlg_id, callid, from_uri, from_tag, to_uri, to_tag, caller_cseq, callee_cseq, caller_contact, callee_contact, caller_sock, callee_sock, state, start_time, timeout, node, answer_time, session_expires, ruri) VALUES ");
                 for k in 0..run.len() {
                     if k > 0 {
                         sql.push(',');
                     }
-                    sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                    sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
                 }
                 let mut q = sqlx::query(&sql);
                 for op in run {
@@ -645,7 +708,8 @@ impl Store {
                             .bind(d.timeout)
                             .bind(&d.node)
                             .bind(d.answer_time)
-                            .bind(d.session_expires);
+                            .bind(d.session_expires)
+                            .bind(&d.ruri);
                     }
                 }
                 q.execute(&mut *tx).await?;
@@ -664,6 +728,92 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Writes accounted calls, in one transaction.
+    pub async fn insert_cdrs(&self, rows: &[CdrRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for r in rows {
+            let sql = if r.answered {
+                "INSERT INTO acc (method, from_tag, to_tag, callid, sip_code, sip_reason, time, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, hangup_by, duration, ms_duration, setuptime, created) VALUES ('INVITE', ?, ?, ?, ?, ?, datetime(?, 'unixepoch'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? * 1000, ? - ?, datetime(?, 'unixepoch'))"
+            } else {
+                "INSERT INTO missed_calls (method, from_tag, to_tag, callid, sip_code, sip_reason, time, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, hangup_by) VALUES ('INVITE', ?, ?, ?, ?, ?, datetime(?, 'unixepoch'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            };
+            let mut q = sqlx::query(sql)
+                .bind(&r.from_tag)
+                .bind(&r.to_tag)
+                .bind(&r.callid)
+                .bind(r.sip_code.to_string())
+                .bind(&r.sip_reason)
+                .bind(r.answer_time.unwrap_or(r.end_time))
+                .bind(&r.from_user)
+                .bind(&r.from_domain)
+                .bind(&r.to_user)
+                .bind(&r.to_domain)
+                .bind(&r.ruri_user)
+                .bind(&r.ruri_domain)
+                .bind(&r.src_ip)
+                .bind(&r.node)
+                .bind(r.setup_time)
+                .bind(r.answer_time)
+                .bind(r.end_time)
+                .bind(&r.hangup_by);
+            if r.answered {
+                q = q
+                    .bind(r.duration)
+                    .bind(r.duration)
+                    .bind(r.answer_time.unwrap_or(r.setup_time))
+                    .bind(r.setup_time)
+                    .bind(r.setup_time);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Accounted calls ended at or after `since` (UNIX), answered and failed, oldest first.
+    pub async fn cdrs_since(&self, since: i64, limit: i64) -> Result<Vec<CdrRow>, StoreError> {
+        let q = "SELECT 1 AS answered, callid, from_tag, to_tag, sip_code, sip_reason, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, duration, hangup_by FROM acc WHERE end_time >= ?1
+                 UNION ALL
+                 SELECT 0, callid, from_tag, to_tag, sip_code, sip_reason, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, 0, hangup_by FROM missed_calls WHERE end_time >= ?1
+                 ORDER BY end_time LIMIT ?2";
+        let rows = sqlx::query(q)
+            .bind(since)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| CdrRow {
+                answered: r.try_get::<i64, _>(0).unwrap_or(0) == 1,
+                callid: r.try_get(1).unwrap_or_default(),
+                from_tag: r.try_get(2).unwrap_or_default(),
+                to_tag: r.try_get(3).unwrap_or_default(),
+                sip_code: r
+                    .try_get::<String, _>(4)
+                    .ok()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0),
+                sip_reason: r.try_get(5).unwrap_or_default(),
+                from_user: r.try_get(6).unwrap_or_default(),
+                from_domain: r.try_get(7).unwrap_or_default(),
+                to_user: r.try_get(8).unwrap_or_default(),
+                to_domain: r.try_get(9).unwrap_or_default(),
+                ruri_user: r.try_get(10).unwrap_or_default(),
+                ruri_domain: r.try_get(11).unwrap_or_default(),
+                src_ip: r.try_get(12).unwrap_or_default(),
+                node: r.try_get(13).unwrap_or_default(),
+                setup_time: r.try_get(14).unwrap_or_default(),
+                answer_time: r.try_get(15).unwrap_or_default(),
+                end_time: r.try_get(16).unwrap_or_default(),
+                duration: r.try_get(17).unwrap_or_default(),
+                hangup_by: r.try_get(18).unwrap_or_default(),
+            })
+            .collect())
     }
 
     /// Runs raw SQL (tests and tools that seed tables the way an OpenSIPS operator would).

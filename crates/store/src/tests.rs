@@ -242,6 +242,7 @@ async fn dialog_rows_round_trip_in_batches() {
         node: Some("sip:127.0.0.1:5080".into()),
         answer_time: Some(1001),
         session_expires: None,
+        ruri: "sip:5000@h".into(),
     };
     let mut ops: Vec<DialogOp> = (1..=70)
         .map(|i| DialogOp::Upsert(Box::new(row(i))))
@@ -259,5 +260,39 @@ async fn dialog_rows_round_trip_in_batches() {
     let (rows, bad) = s.dialog_rows().await.unwrap();
     assert_eq!(rows.len(), 5);
     assert_eq!(bad.len(), 1);
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn cdrs_are_written_and_listed_since() {
+    let (s, path) = fresh().await;
+    let answered = CdrRow {
+        answered: true,
+        callid: "c1".into(),
+        sip_code: 200,
+        sip_reason: "OK".into(),
+        from_user: "alice".into(),
+        setup_time: 1000,
+        answer_time: Some(1002),
+        end_time: 1062,
+        duration: 60,
+        hangup_by: "caller".into(),
+        ..CdrRow::default()
+    };
+    let missed = CdrRow {
+        answered: false,
+        callid: "c2".into(),
+        sip_code: 486,
+        sip_reason: "Busy Here".into(),
+        setup_time: 1010,
+        end_time: 1011,
+        ..CdrRow::default()
+    };
+    s.insert_cdrs(&[answered.clone(), missed.clone()])
+        .await
+        .unwrap();
+    let all = s.cdrs_since(0, 100).await.unwrap();
+    assert_eq!(all, vec![missed.clone(), answered.clone()]);
+    assert_eq!(s.cdrs_since(1050, 100).await.unwrap(), vec![answered]);
     let _ = std::fs::remove_file(path);
 }

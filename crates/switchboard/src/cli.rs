@@ -307,3 +307,114 @@ pub fn ul(mi: &str, cmd: UlCmd) -> anyhow::Result<ExitCode> {
         )),
     }
 }
+
+#[derive(Subcommand)]
+pub enum CdrCmd {
+    /// Print the CDRs as a table.
+    List {
+        /// Only calls that ended at or after this UNIX time.
+        #[arg(long, default_value_t = 0)]
+        since: i64,
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+    /// Print the CDRs as CSV or JSON.
+    Export {
+        #[arg(long, default_value_t = 0)]
+        since: i64,
+        #[arg(long, default_value_t = 1_000_000)]
+        limit: i64,
+        /// csv or json
+        #[arg(long, default_value = "csv")]
+        format: String,
+    },
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Prints CDR rows as a table, CSV or JSON.
+pub fn print_cdrs(rows: &[store::CdrRow], format: &str) -> Result<(), String> {
+    let fields = |r: &store::CdrRow| -> Vec<String> {
+        vec![
+            r.callid.clone(),
+            if r.answered { "answered" } else { "failed" }.into(),
+            r.sip_code.to_string(),
+            r.sip_reason.clone(),
+            format!("{}@{}", r.from_user, r.from_domain),
+            format!("{}@{}", r.to_user, r.to_domain),
+            format!("{}@{}", r.ruri_user, r.ruri_domain),
+            r.src_ip.clone(),
+            r.node.clone().unwrap_or_default(),
+            r.setup_time.to_string(),
+            r.answer_time.map(|a| a.to_string()).unwrap_or_default(),
+            r.end_time.to_string(),
+            r.duration.to_string(),
+            r.hangup_by.clone(),
+        ]
+    };
+    const HEAD: [&str; 14] = [
+        "callid",
+        "result",
+        "code",
+        "reason",
+        "from",
+        "to",
+        "ruri",
+        "source",
+        "node",
+        "setup",
+        "answer",
+        "end",
+        "duration",
+        "hangup_by",
+    ];
+    match format {
+        "csv" => {
+            println!("{}", HEAD.join(","));
+            for r in rows {
+                println!(
+                    "{}",
+                    fields(r)
+                        .iter()
+                        .map(|f| csv_field(f))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+            }
+        }
+        "json" => {
+            let v: Vec<Value> = rows
+                .iter()
+                .map(|r| {
+                    let mut m = serde_json::Map::new();
+                    for (k, f) in HEAD.iter().zip(fields(r)) {
+                        m.insert((*k).to_string(), Value::String(f));
+                    }
+                    Value::Object(m)
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        "table" => {
+            println!(
+                "{:<36} {:<8} {:>4} {:<20} {:<24} {:>8}  hangup_by",
+                "callid", "result", "code", "from", "to", "duration"
+            );
+            for r in rows {
+                let f = fields(r);
+                println!(
+                    "{:<36} {:<8} {:>4} {:<20} {:<24} {:>8}  {}",
+                    f[0], f[1], f[2], f[4], f[5], f[12], f[13]
+                );
+            }
+        }
+        other => return Err(format!("--format {other:?}: csv or json")),
+    }
+    Ok(())
+}

@@ -33,6 +33,16 @@ pub struct RawConfig {
     #[serde(default)]
     pub dialog: RawDialog,
     pub balancer: Option<crate::balancer_config::RawBalancer>,
+    #[serde(default)]
+    pub accounting: RawAccounting,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccounting {
+    /// A CDR per call in the `acc` and `missed_calls` tables.
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +267,8 @@ pub struct Config {
     pub dialog_persist: bool,
     /// The resource balancer for calls, when the section is present.
     pub balancer: Option<crate::balancer_config::BalancerSettings>,
+    /// CDRs to the database.
+    pub accounting: bool,
 }
 
 /// Parses TOML text; a syntax error or unknown key comes back as one error line.
@@ -433,6 +445,13 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         .balancer
         .as_ref()
         .map(|b| crate::balancer_config::validate(b, &mut errors));
+    if raw.accounting.enabled && !raw.dialog.enabled {
+        errors.push(err(
+            "accounting.enabled",
+            "true",
+            "a call is accounted when its dialog ends: enable dialog tracking",
+        ));
+    }
     if balancer.is_some() && !raw.dialog.enabled {
         errors.push(err(
             "dialog.enabled",
@@ -535,6 +554,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         dialog,
         dialog_persist: raw.dialog.persist,
         balancer,
+        accounting: raw.accounting.enabled,
     })
 }
 

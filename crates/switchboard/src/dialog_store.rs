@@ -49,6 +49,7 @@ pub fn row(d: &Dialog, now: Instant, unix_now: u64) -> store::DialogRow {
         node: d.node.as_deref().map(Into::into),
         answer_time: d.answered_unix.map(|a| a as i64),
         session_expires: d.session_expires.map(|s| s as i64),
+        ruri: d.ruri.to_string(),
     }
 }
 
@@ -84,6 +85,7 @@ pub fn dialog(r: &store::DialogRow, now: Instant, unix_now: u64) -> Result<Dialo
         session_expires: r
             .session_expires
             .map(|s| s.clamp(0, u32::MAX as i64) as u32),
+        ruri: r.ruri.as_str().into(),
     })
 }
 
@@ -136,6 +138,7 @@ mod tests {
             answered_unix: Some(1002),
             expires_at: now + Duration::from_secs(600),
             session_expires: Some(1800),
+            ruri: "sip:5000@h".into(),
         };
         let r = row(&d, now, 2000);
         assert_eq!(r.timeout, 2600);

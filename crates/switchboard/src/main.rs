@@ -58,6 +58,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::SubscriberCmd,
     },
+    /// List or export the CDRs (the acc and missed_calls tables of [database]).
+    Cdr {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: cli::CdrCmd,
+    },
     /// Inspect and change the location table (registered contacts) of a running switchboard.
     Ul {
         #[arg(long, default_value = "http://127.0.0.1:8888/mi", global = true)]
@@ -96,6 +103,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Dispatcher { mi, cmd } => cli::dispatcher(&mi, cmd),
         Cmd::Subscriber { mi, cmd } => cli::subscriber(&mi, cmd),
         Cmd::Ul { mi, cmd } => cli::ul(&mi, cmd),
+        Cmd::Cdr { config, cmd } => cdr_cmd(&config, cmd),
     };
     match result {
         Ok(code) => code,
@@ -203,6 +211,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let store = match d.from_database
         || cfg.registrar.is_some()
         || (cfg.dialog.is_some() && cfg.dialog_persist)
+        || cfg.accounting
     {
         true => Some(
             rt.block_on(store::Store::open(&cfg.database_url))
@@ -266,6 +275,30 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             dialog_flusher = Some((dl.clone(), start_dialogs(&dl, balancer.as_deref(), s, h)?));
         }
         proxy = proxy.with_dialogs(dl);
+    }
+    let mut cdr_flusher = None;
+    if let (true, Some((s, h))) = (cfg.accounting, &store_ctx) {
+        let c = Arc::new(sip_proxy::cdr::Cdrs::default());
+        proxy = proxy.with_cdrs(c.clone());
+        let (c2, s2) = (c.clone(), s.clone());
+        cdr_flusher = Some((
+            c,
+            h.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+                let mut pending: Vec<store::CdrRow> = Vec::new();
+                loop {
+                    tick.tick().await;
+                    pending.extend(c2.take().iter().map(cdr_row));
+                    if pending.is_empty() {
+                        continue;
+                    }
+                    match s2.insert_cdrs(&pending).await {
+                        Ok(()) => pending.clear(),
+                        Err(e) => tracing::warn!(error = %e, cdrs = pending.len(), "could not write CDRs; retrying"),
+                    }
+                }
+            }),
+        ));
     }
     let proxy = Arc::new(proxy);
     let net_cfg = net::NetConfig {
@@ -362,6 +395,13 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let _ = rt.block_on(async {
         tokio::time::timeout(std::time::Duration::from_secs(2), admin_task).await
     });
+    if let (Some((c, task)), Some((s, _))) = (cdr_flusher, &store_ctx) {
+        task.abort();
+        let rows: Vec<store::CdrRow> = c.take().iter().map(cdr_row).collect();
+        if let Err(e) = rt.block_on(s.insert_cdrs(&rows)) {
+            tracing::warn!(error = %e, "could not write the last CDRs");
+        }
+    }
     if let (Some((dl, task)), Some((s, _))) = (dialog_flusher, &store_ctx) {
         task.abort();
         let ops = dialog_store::ops(dl.take_events(), Instant::now(), unix_now());
@@ -600,4 +640,62 @@ fn start_dialogs(
             }
         }
     }))
+}
+
+/// A call record as a table row.
+fn cdr_row(r: &sip_proxy::cdr::CallRecord) -> store::CdrRow {
+    use sip_proxy::cdr::user_host;
+    let (fu, fd) = user_host(&r.from_uri);
+    let (tu, td) = user_host(&r.to_uri);
+    let (ru, rd) = user_host(&r.ruri);
+    store::CdrRow {
+        answered: r.answered,
+        callid: r.call_id.clone(),
+        from_tag: r.from_tag.clone(),
+        to_tag: r.to_tag.clone(),
+        sip_code: r.code,
+        sip_reason: r.reason.clone(),
+        from_user: fu,
+        from_domain: fd,
+        to_user: tu,
+        to_domain: td,
+        ruri_user: ru,
+        ruri_domain: rd,
+        src_ip: r.source.map(|s| s.to_string()).unwrap_or_default(),
+        node: r.node.as_deref().map(Into::into),
+        setup_time: r.setup as i64,
+        answer_time: r.answer.map(|a| a as i64),
+        end_time: r.end as i64,
+        duration: r.duration as i64,
+        hangup_by: r.hangup_by.into(),
+    }
+}
+
+/// `switchboard cdr list|export`: reads the database of the configuration.
+fn cdr_cmd(path: &Option<PathBuf>, cmd: cli::CdrCmd) -> anyhow::Result<std::process::ExitCode> {
+    let (text, name) = read_config(path)?;
+    let cfg = match config::load(&text, 0) {
+        Ok(c) => c,
+        Err(errors) => {
+            report(&name, &errors);
+            return Ok(std::process::ExitCode::from(1));
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let s = rt
+        .block_on(store::Store::open(&cfg.database_url))
+        .with_context(|| format!("opening {}", cfg.database_url))?;
+    let (since, limit, format) = match &cmd {
+        cli::CdrCmd::List { since, limit } => (*since, *limit, "table"),
+        cli::CdrCmd::Export {
+            since,
+            limit,
+            format,
+        } => (*since, *limit, format.as_str()),
+    };
+    let rows = rt.block_on(s.cdrs_since(since, limit))?;
+    cli::print_cdrs(&rows, format).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(std::process::ExitCode::SUCCESS)
 }

@@ -121,6 +121,7 @@ pub struct Proxy {
     stats: Stats,
     registrar: Option<Arc<Registrar>>,
     dialogs: Option<Arc<Dialogs>>,
+    cdrs: Option<Arc<crate::cdr::Cdrs>>,
     /// Replies held back, with the time to send them.
     delayed: Mutex<Vec<(Instant, Transmit)>>,
 }
@@ -161,6 +162,7 @@ impl Proxy {
             stats: Stats::default(),
             registrar: None,
             dialogs: None,
+            cdrs: None,
             delayed: Mutex::new(Vec::new()),
         }
     }
@@ -177,6 +179,43 @@ impl Proxy {
         self
     }
 
+    /// Adds accounting (needs dialog tracking for answered calls).
+    pub fn with_cdrs(mut self, c: Arc<crate::cdr::Cdrs>) -> Proxy {
+        self.cdrs = Some(c);
+        self
+    }
+
+    /// The accounting queue, when on.
+    pub fn cdrs(&self) -> Option<&Arc<crate::cdr::Cdrs>> {
+        self.cdrs.as_ref()
+    }
+
+    /// Accounts an answered call whose dialog just ended.
+    pub(crate) fn account_ended(&self, now: Instant, d: &Dialog, how: crate::dialog::Ending) {
+        let (Some(c), Some(dl)) = (&self.cdrs, &self.dialogs) else {
+            return;
+        };
+        let end = dl.unix(now);
+        c.push(crate::cdr::CallRecord {
+            answered: true,
+            call_id: d.call_id.to_string(),
+            from_tag: d.from_tag.to_string(),
+            to_tag: d.to_tag.to_string(),
+            from_uri: d.caller.party.to_string(),
+            to_uri: d.callee.party.to_string(),
+            ruri: d.ruri.to_string(),
+            source: Some(d.caller.target.addr),
+            node: d.node.clone(),
+            setup: d.created_unix,
+            answer: d.answered_unix,
+            end,
+            duration: end.saturating_sub(d.answered_unix.unwrap_or(end)),
+            code: 200,
+            reason: "OK".into(),
+            hangup_by: how.as_str(),
+        });
+    }
+
     /// The dialog table, when tracking is on.
     pub fn dialogs(&self) -> Option<&Arc<Dialogs>> {
         self.dialogs.as_ref()
@@ -187,6 +226,7 @@ impl Proxy {
         let d = self.dialogs.as_ref()?;
         let (dlg, byes) = d.end(id, &|t| self.via_for(t))?;
         tracing::info!(call_id = %dlg.call_id, id, "dialog ended by management");
+        self.account_ended(now, &dlg, crate::dialog::Ending::Management);
         self.router.on_call_ended(&dlg.call_id);
         let mut q = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
         for b in byes {
@@ -316,6 +356,9 @@ impl Proxy {
             for (dlg, byes) in ended {
                 tracing::info!(call_id = %dlg.call_id, id = dlg.id, state = dlg.state.as_str(), "dialog lifetime over: BYE to both sides");
                 Stats::inc(&self.stats.dialogs_timed_out);
+                if dlg.state == crate::dialog::DialogState::Confirmed {
+                    self.account_ended(now, &dlg, crate::dialog::Ending::Lifetime);
+                }
                 self.router.on_call_ended(&dlg.call_id);
                 for b in byes {
                     out.push(self.bye_transmit(b));

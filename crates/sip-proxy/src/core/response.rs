@@ -329,6 +329,38 @@ impl Proxy {
                 d.on_failure(req.call_id(), req.from_tag().unwrap_or(""));
             }
         }
+        if let (Some(c), Some(req)) = (&self.cdrs, &ctx.req) {
+            if ctx.invite && ctx.fast_failover {
+                let reason = std::str::from_utf8(&data[..data.len().min(200)])
+                    .ok()
+                    .and_then(|s| s.lines().next())
+                    .and_then(|l| l.splitn(3, ' ').nth(2))
+                    .unwrap_or("")
+                    .to_string();
+                let end = self.dialogs.as_ref().map_or(0, |d| d.unix(now));
+                c.push(crate::cdr::CallRecord {
+                    answered: false,
+                    call_id: req.call_id().to_string(),
+                    from_tag: req.from_tag().unwrap_or("").to_string(),
+                    to_tag: Message::parse_raw(data.clone())
+                        .ok()
+                        .and_then(|m| m.to_tag().map(str::to_string))
+                        .unwrap_or_default(),
+                    from_uri: req.get(HeaderName::From).unwrap_or("").to_string(),
+                    to_uri: req.get(HeaderName::To).unwrap_or("").to_string(),
+                    ruri: req.uri_str().to_string(),
+                    source: Some(ctx.resp_target.addr),
+                    node: ctx.branches.last().map(|b| b.dest.uri.clone()),
+                    setup: end,
+                    answer: None,
+                    end,
+                    duration: 0,
+                    code,
+                    reason,
+                    hangup_by: "",
+                });
+            }
+        }
         self.send_upstream(now, ctx, code, data, out);
     }
 
@@ -390,6 +422,7 @@ impl Proxy {
             callee,
             b.dest.node.as_ref().map(|_| b.dest.uri.clone()),
             se,
+            req.uri_str(),
         );
     }
 
