@@ -272,9 +272,14 @@ impl Store {
         if path.is_empty() {
             return Err(StoreError::Url(url.to_string()));
         }
+        // WAL with synchronous=NORMAL: a commit is an append, not a journal file created and
+        // deleted; durable across a crash of switchboard (not of the OS), which is what the
+        // write-behind of location, dialogs and CDRs needs.
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
             .busy_timeout(std::time::Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
@@ -730,46 +735,61 @@ impl Store {
         Ok(())
     }
 
-    /// Writes accounted calls, in one transaction.
+    /// Writes accounted calls, in one transaction: multi-row statements of up to 50 calls.
     pub async fn insert_cdrs(&self, rows: &[CdrRow]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        for r in rows {
-            let sql = if r.answered {
-                "INSERT INTO acc (method, from_tag, to_tag, callid, sip_code, sip_reason, time, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, hangup_by, duration, ms_duration, setuptime, created) VALUES ('INVITE', ?, ?, ?, ?, ?, datetime(?, 'unixepoch'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? * 1000, ? - ?, datetime(?, 'unixepoch'))"
-            } else {
-                "INSERT INTO missed_calls (method, from_tag, to_tag, callid, sip_code, sip_reason, time, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, hangup_by) VALUES ('INVITE', ?, ?, ?, ?, ?, datetime(?, 'unixepoch'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            };
-            let mut q = sqlx::query(sql)
-                .bind(&r.from_tag)
-                .bind(&r.to_tag)
-                .bind(&r.callid)
-                .bind(r.sip_code.to_string())
-                .bind(&r.sip_reason)
-                .bind(r.answer_time.unwrap_or(r.end_time))
-                .bind(&r.from_user)
-                .bind(&r.from_domain)
-                .bind(&r.to_user)
-                .bind(&r.to_domain)
-                .bind(&r.ruri_user)
-                .bind(&r.ruri_domain)
-                .bind(&r.src_ip)
-                .bind(&r.node)
-                .bind(r.setup_time)
-                .bind(r.answer_time)
-                .bind(r.end_time)
-                .bind(&r.hangup_by);
-            if r.answered {
-                q = q
-                    .bind(r.duration)
-                    .bind(r.duration)
-                    .bind(r.answer_time.unwrap_or(r.setup_time))
-                    .bind(r.setup_time)
-                    .bind(r.setup_time);
+        for answered in [true, false] {
+            let all: Vec<&CdrRow> = rows.iter().filter(|r| r.answered == answered).collect();
+            for chunk in all.chunks(50) {
+                let (head, one) = if answered {
+                    ("INSERT INTO acc (method, from_tag, to_tag, callid, sip_code, sip_reason, time, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, hangup_by, duration, ms_duration, setuptime, created) VALUES ",
+                     "('INVITE', ?, ?, ?, ?, ?, datetime(?, 'unixepoch'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? * 1000, ? - ?, datetime(?, 'unixepoch'))")
+                } else {
+                    ("INSERT INTO missed_calls (method, from_tag, to_tag, callid, sip_code, sip_reason, time, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, hangup_by) VALUES ",
+                     "('INVITE', ?, ?, ?, ?, ?, datetime(?, 'unixepoch'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                };
+                let mut sql = String::from(head);
+                for k in 0..chunk.len() {
+                    if k > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str(one);
+                }
+                let mut q = sqlx::query(&sql);
+                for r in chunk {
+                    q = q
+                        .bind(&r.from_tag)
+                        .bind(&r.to_tag)
+                        .bind(&r.callid)
+                        .bind(r.sip_code.to_string())
+                        .bind(&r.sip_reason)
+                        .bind(r.answer_time.unwrap_or(r.end_time))
+                        .bind(&r.from_user)
+                        .bind(&r.from_domain)
+                        .bind(&r.to_user)
+                        .bind(&r.to_domain)
+                        .bind(&r.ruri_user)
+                        .bind(&r.ruri_domain)
+                        .bind(&r.src_ip)
+                        .bind(&r.node)
+                        .bind(r.setup_time)
+                        .bind(r.answer_time)
+                        .bind(r.end_time)
+                        .bind(&r.hangup_by);
+                    if answered {
+                        q = q
+                            .bind(r.duration)
+                            .bind(r.duration)
+                            .bind(r.answer_time.unwrap_or(r.setup_time))
+                            .bind(r.setup_time)
+                            .bind(r.setup_time);
+                    }
+                }
+                q.execute(&mut *tx).await?;
             }
-            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -293,6 +293,19 @@ async fn cdrs_are_written_and_listed_since() {
         .unwrap();
     let all = s.cdrs_since(0, 100).await.unwrap();
     assert_eq!(all, vec![missed.clone(), answered.clone()]);
-    assert_eq!(s.cdrs_since(1050, 100).await.unwrap(), vec![answered]);
+    assert_eq!(
+        s.cdrs_since(1050, 100).await.unwrap(),
+        vec![answered.clone()]
+    );
+    // a batch larger than one statement
+    let many: Vec<CdrRow> = (0..120)
+        .map(|i| CdrRow {
+            callid: format!("m{i}"),
+            end_time: 2000 + i,
+            ..answered.clone()
+        })
+        .collect();
+    s.insert_cdrs(&many).await.unwrap();
+    assert_eq!(s.cdrs_since(2000, 1000).await.unwrap().len(), 120);
     let _ = std::fs::remove_file(path);
 }

@@ -586,7 +586,7 @@ fn start_dialogs(
         // `db_update_period`, 60 s): short calls never touch the database, long ones are
         // written once and deleted once.
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
-        let mut staged: std::collections::HashMap<u64, (Instant, store::DialogOp)> =
+        let mut staged: std::collections::HashMap<u64, (Instant, Box<sip_proxy::dialog::Dialog>)> =
             std::collections::HashMap::new();
         let mut written: std::collections::HashSet<u64> = std::collections::HashSet::new();
         let mut pending: Vec<store::DialogOp> = Vec::new();
@@ -596,16 +596,8 @@ fn start_dialogs(
             for e in d2.take_events() {
                 match e {
                     sip_proxy::dialog::DlgEvent::Saved(d) => {
-                        let id = d.id;
-                        let first = staged.get(&id).map_or(now, |s| s.0);
-                        let op = dialog_store::ops(
-                            vec![sip_proxy::dialog::DlgEvent::Saved(d)],
-                            now,
-                            unix_now(),
-                        );
-                        if let Some(op) = op.into_iter().next() {
-                            staged.insert(id, (first, op));
-                        }
+                        let first = staged.get(&d.id).map_or(now, |s| s.0);
+                        staged.insert(d.id, (first, d));
                     }
                     sip_proxy::dialog::DlgEvent::Removed(id) => {
                         staged.remove(&id);
@@ -620,10 +612,11 @@ fn start_dialogs(
                 .filter(|(_, (t, _))| now.duration_since(*t) >= std::time::Duration::from_secs(1))
                 .map(|(id, _)| *id)
                 .collect();
+            let unix = unix_now();
             for id in due {
-                if let Some((_, op)) = staged.remove(&id) {
+                if let Some((_, d)) = staged.remove(&id) {
                     written.insert(id);
-                    pending.push(op);
+                    pending.push(store::DialogOp::Upsert(Box::new(dialog_store::row(&d, now, unix))));
                 }
             }
             if pending.is_empty() {
