@@ -47,9 +47,12 @@ uri = "sip:127.0.0.1:$B2"
 resources = "pstn=10"
 description = "fs2"
 TOML
-"$SB" run --config "$WORK/sb.toml" >>"$WORK/sb.log" 2>&1 </dev/null &
-PIDS+=($!)
-for _ in $(seq 50); do busy $P && break; sleep 0.1; done
+start_sb() {
+  "$SB" run --config "$WORK/sb.toml" >>"$WORK/sb.log" 2>&1 </dev/null &
+  SB_PID=$!; PIDS+=($SB_PID)
+  for _ in $(seq 50); do busy $P && busy $MGMT && return 0; sleep 0.1; done
+}
+start_sb
 rpc() { curl -s -m 2 -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":${2:-{\}}}" "$MI"; }
 load() { # total calls counted on the nodes, "a+b"
   rpc lb_list | python3 -c "import json,sys; d=json.load(sys.stdin)['result']; print('+'.join(str(n['resources'][0]['load']) for n in d['Destinations']))" 2>/dev/null || echo x
@@ -122,6 +125,37 @@ r3=$(rpc lb_resize "{\"destination\":\"sip:127.0.0.1:$B1\",\"resource\":\"pstn\"
 max=$(rpc lb_list | python3 -c "import json,sys; print(json.load(sys.stdin)['result']['Destinations'][0]['resources'][0]['max'])" 2>/dev/null)
 [[ "$r1" == *'"max":5'* ]] && [[ "$r2" == *"no resource fax"* ]] && [[ "$r3" == *"negative"* ]] && [ "$max" = 5 ]
 result "lb-resize-and-refusals" $? "max=$max; fax: $(echo "$r2" | sed -n 's/.*"message":"\([^"]*\)".*/\1/p'); -1: $(echo "$r3" | sed -n 's/.*"message":"\([^"]*\)".*/\1/p')"
+
+# ---- nodes from the OpenSIPS load_balancer table; lb reload -------------------------------
+kill -TERM $SB_PID; wait $SB_PID 2>/dev/null
+python3 - "$WORK/sb.toml" <<'PY'
+import re, sys
+p = sys.argv[1]
+s = open(p).read()
+s = s[: s.index("[[balancer.node]]")] + 'source = "database"\n'
+open(p, "w").write(s)
+PY
+python3 - "$WORK/sb.db" "$B1" "$B2" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("DELETE FROM load_balancer")
+db.execute("INSERT INTO load_balancer (group_id, dst_uri, resources, description) VALUES (1, ?, 'pstn=7', 'fs1'), (1, ?, 'pstn=-3', 'bad')",
+           (f"sip:127.0.0.1:{sys.argv[2]}", f"sip:127.0.0.1:{sys.argv[3]}"))
+db.commit()
+PY
+start_sb
+n1=$(rpc lb_list | python3 -c "import json,sys; print(len(json.load(sys.stdin)['result']['Destinations']))" 2>/dev/null)
+grep -q "load_balancer row.*negative" "$WORK/sb.log"; logged=$?
+python3 - "$WORK/sb.db" "$B2" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("UPDATE load_balancer SET resources = 'pstn=4' WHERE dst_uri = ?", (f"sip:127.0.0.1:{sys.argv[2]}",))
+db.commit()
+PY
+r=$("$SB" lb reload --mi "$MI" 2>&1)
+caps=$(rpc lb_list | python3 -c "import json,sys; print('+'.join(str(n['resources'][0]['max']) for n in json.load(sys.stdin)['result']['Destinations']))" 2>/dev/null)
+[ "$n1" = 1 ] && [ $logged = 0 ] && [[ "$r" == *'"reloaded": 2'* ]] && [ "$caps" = "7+4" ]
+result "load-balancer-table-and-reload" $? "table: $n1 node (bad row logged: $([ $logged = 0 ] && echo yes || echo no)); after the fix and lb reload: capacities $caps"
 
 echo "balancer e2e: $PASS passed, $FAIL failed"
 [ $FAIL = 0 ]

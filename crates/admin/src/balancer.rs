@@ -67,6 +67,15 @@ pub(crate) fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcR
             b.set_enabled(&uri, on).map_err(|e| (404, e))?;
             Ok(json!({ "destination": uri, "enabled": on }))
         })(),
+        "lb_reload" | "load_balancer:reload" => (|| {
+            balancer(st)?;
+            let f = st
+                .lb_reload
+                .as_ref()
+                .ok_or((-32000, "reload is not available".to_string()))?;
+            let n = f().map_err(|e| (-32000, e))?;
+            Ok(json!({ "reloaded": n }))
+        })(),
         _ => return None,
     })
 }

@@ -44,7 +44,12 @@ pub struct AdminState {
     pub subscribers: Option<Box<dyn SubscriberStore>>,
     /// The resource balancer, when configured.
     pub balancer: Option<Arc<sip_proxy::balancer::Balancer>>,
+    /// Re-reads the balancer's nodes (config file or table); returns the node count.
+    pub lb_reload: Option<LbReloadFn>,
 }
+
+/// `lb_reload`.
+pub type LbReloadFn = Box<dyn Fn() -> Result<usize, String> + Send + Sync>;
 
 /// Persists `ds_add`.
 pub type StoreAddFn = Box<dyn Fn(i64, &DestConfig) -> Result<(), String> + Send + Sync>;
@@ -165,7 +170,8 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
             "profile_get_size",
             "lb_list",
             "lb_resize",
-            "lb_status"
+            "lb_status",
+            "lb_reload"
         ])),
         _ => Err((-32601, format!("method not found: {method}"))),
     }
@@ -261,6 +267,7 @@ mod tests {
             store_remove: None,
             subscribers: None,
             balancer: None,
+            lb_reload: None,
         }
     }
 

@@ -134,6 +134,18 @@ pub struct CdrRow {
     pub hangup_by: String,
 }
 
+/// One `load_balancer` row (OpenSIPS 3 schema, version 3).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LoadBalancerRow {
+    pub id: i64,
+    pub group_id: i64,
+    pub dst_uri: String,
+    pub resources: String,
+    pub probe_mode: i64,
+    pub attrs: Option<String>,
+    pub description: Option<String>,
+}
+
 /// A location change.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LocationOp {
@@ -235,6 +247,16 @@ const CREATE_DIALOG: &str = "CREATE TABLE IF NOT EXISTS dialog (
     ruri CHAR(255) DEFAULT '' NOT NULL
 )";
 
+const CREATE_LOAD_BALANCER: &str = "CREATE TABLE IF NOT EXISTS load_balancer (
+    id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    group_id INTEGER DEFAULT 0 NOT NULL,
+    dst_uri CHAR(128) NOT NULL,
+    resources CHAR(255) NOT NULL,
+    probe_mode INTEGER DEFAULT 0 NOT NULL,
+    attrs CHAR(255) DEFAULT NULL,
+    description CHAR(128) DEFAULT NULL
+)";
+
 const ACC_COLUMNS: &str = "
     id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
     method CHAR(16) DEFAULT '' NOT NULL,
@@ -296,6 +318,9 @@ impl Store {
         sqlx::query(CREATE_SUBSCRIBER).execute(&self.pool).await?;
         sqlx::query(CREATE_LOCATION).execute(&self.pool).await?;
         sqlx::query(CREATE_DIALOG).execute(&self.pool).await?;
+        sqlx::query(CREATE_LOAD_BALANCER)
+            .execute(&self.pool)
+            .await?;
         sqlx::query(&format!("CREATE TABLE IF NOT EXISTS acc ({ACC_COLUMNS},\n    duration INTEGER DEFAULT 0 NOT NULL,\n    ms_duration INTEGER DEFAULT 0 NOT NULL,\n    setuptime INTEGER DEFAULT 0 NOT NULL,\n    created DATETIME DEFAULT NULL)"))
             .execute(&self.pool)
             .await?;
@@ -305,7 +330,7 @@ impl Store {
         .execute(&self.pool)
         .await?;
         sqlx::query(
-            "INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('dispatcher', 9), ('subscriber', 8), ('location', 1013), ('dialog', 10), ('acc', 7), ('missed_calls', 5)",
+            "INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('dispatcher', 9), ('subscriber', 8), ('location', 1013), ('dialog', 10), ('acc', 7), ('missed_calls', 5), ('load_balancer', 3)",
         )
         .execute(&self.pool)
         .await?;
@@ -733,6 +758,48 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Every `load_balancer` row: the readable ones, and the others with the reason.
+    pub async fn load_balancer_rows(
+        &self,
+    ) -> Result<(Vec<LoadBalancerRow>, Vec<BadRow>), StoreError> {
+        let rows = sqlx::query("SELECT id, group_id, dst_uri, resources, probe_mode, attrs, description FROM load_balancer ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for r in rows {
+            let id: Option<i64> = r.try_get("id").ok();
+            let read = || -> Result<LoadBalancerRow, String> {
+                let int = |c: &str| {
+                    r.try_get::<i64, _>(c)
+                        .map_err(|_| format!("column {c} is not an integer"))
+                };
+                let text = |c: &str| {
+                    r.try_get::<String, _>(c)
+                        .map_err(|_| format!("column {c} is not text"))
+                };
+                let opt = |c: &str| {
+                    r.try_get::<Option<String>, _>(c)
+                        .map_err(|_| format!("column {c} is not text"))
+                };
+                Ok(LoadBalancerRow {
+                    id: int("id")?,
+                    group_id: int("group_id")?,
+                    dst_uri: text("dst_uri")?,
+                    resources: text("resources")?,
+                    probe_mode: int("probe_mode")?,
+                    attrs: opt("attrs")?,
+                    description: opt("description")?,
+                })
+            };
+            match read() {
+                Ok(row) => good.push(row),
+                Err(reason) => bad.push(BadRow { id, reason }),
+            }
+        }
+        Ok((good, bad))
     }
 
     /// Writes accounted calls, in one transaction: multi-row statements of up to 50 calls.

@@ -309,3 +309,21 @@ async fn cdrs_are_written_and_listed_since() {
     assert_eq!(s.cdrs_since(2000, 1000).await.unwrap().len(), 120);
     let _ = std::fs::remove_file(path);
 }
+
+#[tokio::test]
+async fn load_balancer_rows_are_read_and_bad_ones_reported() {
+    let (s, path) = fresh().await;
+    s.execute("INSERT INTO load_balancer (group_id, dst_uri, resources, description) VALUES (1, 'sip:127.0.0.1:5080', 'pstn=30', 'fs1'), (1, 'sip:127.0.0.1:5082', 'pstn=10', NULL)")
+        .await
+        .unwrap();
+    s.execute("INSERT INTO load_balancer (group_id, dst_uri, resources) VALUES ('x', 'sip:127.0.0.1:5084', 'pstn=1')")
+        .await
+        .unwrap();
+    let (rows, bad) = s.load_balancer_rows().await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].resources, "pstn=30");
+    assert_eq!(rows[0].description.as_deref(), Some("fs1"));
+    assert_eq!(bad.len(), 1);
+    assert!(bad[0].reason.contains("group_id"), "{}", bad[0].reason);
+    let _ = std::fs::remove_file(path);
+}

@@ -20,6 +20,13 @@ pub struct RawBalancer {
     pub flags: String,
     #[serde(default)]
     pub node: Vec<RawNode>,
+    /// `config` (the nodes here) or `database` (the OpenSIPS `load_balancer` table).
+    #[serde(default = "d_source")]
+    pub source: String,
+}
+
+fn d_source() -> String {
+    "config".into()
 }
 
 fn d_group() -> i64 {
@@ -50,6 +57,48 @@ fn d_true() -> bool {
 pub struct BalancerSettings {
     pub nodes: Vec<LbNodeConfig>,
     pub route: LbRoute,
+    /// Nodes from the `load_balancer` table instead of `nodes`.
+    pub from_database: bool,
+}
+
+/// `load_balancer` rows as nodes; a bad row is skipped with its id and the reason.
+pub fn nodes_from_rows(rows: &[store::LoadBalancerRow]) -> (Vec<LbNodeConfig>, Vec<String>) {
+    let mut nodes: Vec<LbNodeConfig> = Vec::new();
+    let mut problems = Vec::new();
+    for r in rows {
+        let resources = match parse_resources(&r.resources) {
+            Ok(v) => v,
+            Err(why) => {
+                problems.push(format!("load_balancer row {}: resources {why}", r.id));
+                continue;
+            }
+        };
+        let dest = match parse_destination("dst_uri", &r.dst_uri) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("load_balancer row {}: {e}", r.id));
+                continue;
+            }
+        };
+        if nodes.iter().any(|n| *n.uri == *dest.uri) {
+            problems.push(format!(
+                "load_balancer row {}: {} listed twice",
+                r.id, r.dst_uri
+            ));
+            continue;
+        }
+        nodes.push(LbNodeConfig {
+            id: r.id,
+            group: r.group_id,
+            uri: Arc::clone(&dest.uri),
+            transport: dest.transport,
+            addr: dest.addr,
+            resources,
+            enabled: true,
+            description: r.description.clone().unwrap_or_default(),
+        });
+    }
+    (nodes, problems)
 }
 
 /// Validates `[balancer]`, pushing every refusal to `errors`.
@@ -94,6 +143,25 @@ pub fn validate(r: &RawBalancer, errors: &mut Vec<ConfigError>) -> BalancerSetti
             description: n.description.clone(),
         });
     }
+    let from_database = match r.source.as_str() {
+        "config" => false,
+        "database" => true,
+        other => {
+            errors.push(err(
+                "balancer.source",
+                format!("{other:?}"),
+                "must be config or database",
+            ));
+            false
+        }
+    };
+    if from_database && !r.node.is_empty() {
+        errors.push(err(
+            "balancer.node",
+            format!("{} nodes", r.node.len()),
+            "source = \"database\" reads the load_balancer table: remove the [[balancer.node]] tables",
+        ));
+    }
     let flags = LbFlags::parse(&r.flags).unwrap_or_else(|why| {
         errors.push(err("balancer.flags", format!("{:?}", r.flags), why));
         LbFlags::default()
@@ -132,12 +200,35 @@ pub fn validate(r: &RawBalancer, errors: &mut Vec<ConfigError>) -> BalancerSetti
             resources: r.resources.clone(),
             flags,
         },
+        from_database,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_rows_become_nodes_and_bad_rows_are_reported() {
+        let row = |id: i64, uri: &str, res: &str| store::LoadBalancerRow {
+            id,
+            group_id: 1,
+            dst_uri: uri.into(),
+            resources: res.into(),
+            ..Default::default()
+        };
+        let (nodes, problems) = nodes_from_rows(&[
+            row(1, "sip:127.0.0.1:5080", "pstn=30"),
+            row(2, "sip:127.0.0.1:5082", "pstn=-1"),
+            row(3, "sip:fs.example:5060", "pstn=1"),
+            row(4, "sip:127.0.0.1:5080", "pstn=2"),
+        ]);
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("row 2") && problems[0].contains("negative"));
+        assert!(problems[1].contains("row 3") && problems[1].contains("IP address"));
+        assert!(problems[2].contains("twice"));
+    }
 
     #[test]
     fn bad_nodes_are_refused_with_key_and_reason() {

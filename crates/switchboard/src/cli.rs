@@ -418,3 +418,42 @@ pub fn print_cdrs(rows: &[store::CdrRow], format: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[derive(Subcommand)]
+pub enum LbCmd {
+    /// Nodes, their resources, capacity and load.
+    List,
+    /// Change a node's capacity for a resource.
+    Resize {
+        uri: String,
+        resource: String,
+        #[arg(allow_hyphen_values = true)]
+        capacity: i64,
+    },
+    /// Enable (on) or disable (off) a node.
+    Status { uri: String, status: String },
+    /// Re-read the nodes (configuration file or load_balancer table); calls stay counted.
+    Reload,
+}
+
+/// Runs one balancer subcommand.
+pub fn lb(mi: &str, cmd: LbCmd) -> anyhow::Result<ExitCode> {
+    done(match cmd {
+        LbCmd::List => rpc(mi, "lb_list", json!({})),
+        LbCmd::Resize {
+            uri,
+            resource,
+            capacity,
+        } => rpc(
+            mi,
+            "lb_resize",
+            json!({"destination": uri, "resource": resource, "capacity": capacity}),
+        ),
+        LbCmd::Status { uri, status } => rpc(
+            mi,
+            "lb_status",
+            json!({"destination": uri, "status": status}),
+        ),
+        LbCmd::Reload => rpc(mi, "lb_reload", json!({})),
+    })
+}

@@ -58,6 +58,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::SubscriberCmd,
     },
+    /// Inspect and change the resource balancer of a running switchboard.
+    Lb {
+        #[arg(long, default_value = "http://127.0.0.1:8888/mi", global = true)]
+        mi: String,
+        #[command(subcommand)]
+        cmd: cli::LbCmd,
+    },
     /// List or export the CDRs (the acc and missed_calls tables of [database]).
     Cdr {
         #[arg(long, short, global = true)]
@@ -104,6 +111,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Subscriber { mi, cmd } => cli::subscriber(&mi, cmd),
         Cmd::Ul { mi, cmd } => cli::ul(&mi, cmd),
         Cmd::Cdr { config, cmd } => cdr_cmd(&config, cmd),
+        Cmd::Lb { mi, cmd } => cli::lb(&mi, cmd),
     };
     match result {
         Ok(code) => code,
@@ -212,6 +220,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         || cfg.registrar.is_some()
         || (cfg.dialog.is_some() && cfg.dialog_persist)
         || cfg.accounting
+        || cfg.balancer.as_ref().is_some_and(|b| b.from_database)
     {
         true => Some(
             rt.block_on(store::Store::open(&cfg.database_url))
@@ -244,13 +253,17 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let store_ctx = store.clone().map(|s| (s, rt.handle().clone()));
     // the dispatcher writes through to its table only when the table is its source
     let ds_store = store_ctx.clone().filter(|_| d.from_database);
-    let balancer = cfg.balancer.as_ref().map(|b| {
-        Arc::new(sip_proxy::balancer::Balancer::new(
-            b.nodes.clone(),
-            b.route.clone(),
-            cfg.proxy.salt,
-        ))
-    });
+    let balancer = match &cfg.balancer {
+        Some(b) => {
+            let nodes = lb_nodes(b, store.as_ref(), rt.handle()).map_err(|e| anyhow::anyhow!(e))?;
+            Some(Arc::new(sip_proxy::balancer::Balancer::new(
+                nodes,
+                b.route.clone(),
+                cfg.proxy.salt,
+            )))
+        }
+        None => None,
+    };
     let router: Arc<dyn sip_proxy::Router> = match &balancer {
         Some(b) => Arc::new(sip_proxy::balancer::CallRouter {
             dispatcher: dispatcher.clone(),
@@ -352,6 +365,29 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             })
         }),
         balancer: balancer.clone(),
+        lb_reload: balancer.clone().map(|b| -> admin::LbReloadFn {
+            let (path, st) = (path.clone(), store_ctx.clone());
+            Box::new(move || {
+                let (text, name) = read_config(&path).map_err(|e| e.to_string())?;
+                let cfg = config::load(&text, 0).map_err(|errs| {
+                    format!(
+                        "{name}: {}",
+                        errs.iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )
+                })?;
+                let settings = cfg
+                    .balancer
+                    .ok_or("the configuration has no [balancer] section any more")?;
+                let nodes = tokio::task::block_in_place(|| match &st {
+                    Some((s, h)) => lb_nodes(&settings, Some(s), h),
+                    None => lb_nodes(&settings, None, &tokio::runtime::Handle::current()),
+                })?;
+                Ok(b.reload(nodes))
+            })
+        }),
         subscribers: store_ctx
             .clone()
             .filter(|_| cfg.registrar.is_some())
@@ -691,4 +727,34 @@ fn cdr_cmd(path: &Option<PathBuf>, cmd: cli::CdrCmd) -> anyhow::Result<std::proc
     let rows = rt.block_on(s.cdrs_since(since, limit))?;
     cli::print_cdrs(&rows, format).map_err(|e| anyhow::anyhow!(e))?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The balancer's nodes: from the config, or from the `load_balancer` table (bad rows
+/// logged and skipped).
+fn lb_nodes(
+    b: &balancer_config::BalancerSettings,
+    store: Option<&store::Store>,
+    h: &tokio::runtime::Handle,
+) -> Result<Vec<sip_proxy::balancer::LbNodeConfig>, String> {
+    if !b.from_database {
+        return Ok(b.nodes.clone());
+    }
+    let s = store.ok_or("the load_balancer table needs [database]")?;
+    let (rows, bad) = h
+        .block_on(s.load_balancer_rows())
+        .map_err(|e| e.to_string())?;
+    for r in &bad {
+        tracing::warn!(row = ?r.id, reason = %r.reason, "load_balancer row skipped");
+    }
+    let (nodes, problems) = balancer_config::nodes_from_rows(&rows);
+    for p in &problems {
+        tracing::warn!(problem = %p, "load_balancer row skipped");
+    }
+    tracing::info!(
+        rows = rows.len(),
+        nodes = nodes.len(),
+        skipped = bad.len() + problems.len(),
+        "load_balancer table loaded"
+    );
+    Ok(nodes)
 }
