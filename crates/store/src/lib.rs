@@ -285,6 +285,47 @@ const CREATE_VERSION: &str = "CREATE TABLE IF NOT EXISTS version (
     CONSTRAINT version_t_name_idx UNIQUE (table_name)
 )";
 
+/// Up to `CHUNK` rows per statement in the batched writers.
+const CHUNK: usize = 50;
+
+/// Splits `ops` into runs of the same kind (`is_upsert`), each at most [`CHUNK`] long, in
+/// order: consecutive upserts become one multi-row statement, consecutive deletes one `IN`.
+fn runs<T>(ops: &[T], is_upsert: impl Fn(&T) -> bool) -> Vec<(bool, &[T])> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < ops.len() {
+        let kind = is_upsert(&ops[i]);
+        let mut j = i;
+        while j < ops.len() && j - i < CHUNK && is_upsert(&ops[j]) == kind {
+            j += 1;
+        }
+        out.push((kind, &ops[i..j]));
+        i = j;
+    }
+    out
+}
+
+/// `head` followed by `n` copies of the `row` placeholder group, comma-separated.
+fn multi_row(head: &str, row: &str, n: usize) -> String {
+    let mut sql = String::with_capacity(head.len() + n * (row.len() + 1));
+    sql.push_str(head);
+    for k in 0..n {
+        if k > 0 {
+            sql.push(',');
+        }
+        sql.push_str(row);
+    }
+    sql
+}
+
+/// `DELETE FROM table WHERE column IN (?, ?, ...)` for `n` ids.
+fn delete_in(table: &str, column: &str, n: usize) -> String {
+    format!(
+        "DELETE FROM {table} WHERE {column} IN ({})",
+        vec!["?"; n].join(", ")
+    )
+}
+
 impl Store {
     /// Opens (creating the file if needed) `sqlite://PATH` and creates missing tables.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
@@ -462,27 +503,10 @@ impl Store {
         if ops.is_empty() {
             return Ok(());
         }
-        const CHUNK: usize = 50;
         let mut tx = self.pool.begin().await?;
-        let mut i = 0;
-        while i < ops.len() {
-            let upsert = matches!(ops[i], LocationOp::Upsert(_));
-            let mut j = i;
-            while j < ops.len()
-                && j - i < CHUNK
-                && matches!(ops[j], LocationOp::Upsert(_)) == upsert
-            {
-                j += 1;
-            }
-            let run = &ops[i..j];
+        for (upsert, run) in runs(ops, |o| matches!(o, LocationOp::Upsert(_))) {
             if upsert {
-                let mut sql = String::from("INSERT OR REPLACE INTO location (contact_id, username, domain, contact, received, path, expires, q, callid, cseq, last_modified, flags, cflags, user_agent, socket, methods, sip_instance, kv_store) VALUES ");
-                for k in 0..run.len() {
-                    if k > 0 {
-                        sql.push(',');
-                    }
-                    sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL, NULL, ?, ?)");
-                }
+                let sql = multi_row("INSERT OR REPLACE INTO location (contact_id, username, domain, contact, received, path, expires, q, callid, cseq, last_modified, flags, cflags, user_agent, socket, methods, sip_instance, kv_store) VALUES ", "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL, NULL, ?, ?)", run.len());
                 let mut q = sqlx::query(&sql);
                 for op in run {
                     if let LocationOp::Upsert(l) = op {
@@ -506,8 +530,7 @@ impl Store {
                 }
                 q.execute(&mut *tx).await?;
             } else {
-                let marks = vec!["?"; run.len()].join(", ");
-                let sql = format!("DELETE FROM location WHERE contact_id IN ({marks})");
+                let sql = delete_in("location", "contact_id", run.len());
                 let mut q = sqlx::query(&sql);
                 for op in run {
                     if let LocationOp::Delete(id) = op {
@@ -516,7 +539,6 @@ impl Store {
                 }
                 q.execute(&mut *tx).await?;
             }
-            i = j;
         }
         tx.commit().await?;
         Ok(())
@@ -698,25 +720,10 @@ impl Store {
         if ops.is_empty() {
             return Ok(());
         }
-        const CHUNK: usize = 50;
         let mut tx = self.pool.begin().await?;
-        let mut i = 0;
-        while i < ops.len() {
-            let upsert = matches!(ops[i], DialogOp::Upsert(_));
-            let mut j = i;
-            while j < ops.len() && j - i < CHUNK && matches!(ops[j], DialogOp::Upsert(_)) == upsert
-            {
-                j += 1;
-            }
-            let run = &ops[i..j];
+        for (upsert, run) in runs(ops, |o| matches!(o, DialogOp::Upsert(_))) {
             if upsert {
-                let mut sql = String::from("INSERT OR REPLACE INTO dialog (dlg_id, callid, from_uri, from_tag, to_uri, to_tag, caller_cseq, callee_cseq, caller_contact, callee_contact, caller_sock, callee_sock, state, start_time, timeout, node, answer_time, session_expires, ruri) VALUES ");
-                for k in 0..run.len() {
-                    if k > 0 {
-                        sql.push(',');
-                    }
-                    sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-                }
+                let sql = multi_row("INSERT OR REPLACE INTO dialog (dlg_id, callid, from_uri, from_tag, to_uri, to_tag, caller_cseq, callee_cseq, caller_contact, callee_contact, caller_sock, callee_sock, state, start_time, timeout, node, answer_time, session_expires, ruri) VALUES ", "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", run.len());
                 let mut q = sqlx::query(&sql);
                 for op in run {
                     if let DialogOp::Upsert(d) = op {
@@ -744,8 +751,7 @@ impl Store {
                 }
                 q.execute(&mut *tx).await?;
             } else {
-                let marks = vec!["?"; run.len()].join(", ");
-                let sql = format!("DELETE FROM dialog WHERE dlg_id IN ({marks})");
+                let sql = delete_in("dialog", "dlg_id", run.len());
                 let mut q = sqlx::query(&sql);
                 for op in run {
                     if let DialogOp::Delete(id) = op {
@@ -754,7 +760,6 @@ impl Store {
                 }
                 q.execute(&mut *tx).await?;
             }
-            i = j;
         }
         tx.commit().await?;
         Ok(())
@@ -810,7 +815,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for answered in [true, false] {
             let all: Vec<&CdrRow> = rows.iter().filter(|r| r.answered == answered).collect();
-            for chunk in all.chunks(50) {
+            for chunk in all.chunks(CHUNK) {
                 let (head, one) = if answered {
                     ("INSERT INTO acc (method, from_tag, to_tag, callid, sip_code, sip_reason, time, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, hangup_by, duration, ms_duration, setuptime, created) VALUES ",
                      "('INVITE', ?, ?, ?, ?, ?, datetime(?, 'unixepoch'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? * 1000, ? - ?, datetime(?, 'unixepoch'))")
@@ -818,13 +823,7 @@ impl Store {
                     ("INSERT INTO missed_calls (method, from_tag, to_tag, callid, sip_code, sip_reason, time, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, hangup_by) VALUES ",
                      "('INVITE', ?, ?, ?, ?, ?, datetime(?, 'unixepoch'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
                 };
-                let mut sql = String::from(head);
-                for k in 0..chunk.len() {
-                    if k > 0 {
-                        sql.push(',');
-                    }
-                    sql.push_str(one);
-                }
+                let sql = multi_row(head, one, chunk.len());
                 let mut q = sqlx::query(&sql);
                 for r in chunk {
                     q = q

@@ -542,22 +542,27 @@ impl Proxy {
         if req.method() == Some(Method::Ack) {
             return;
         }
+        let data = self.reply_bytes(src, req, &r);
+        out.push(Transmit {
+            target: src.reply_target(),
+            data,
+            origin: None,
+        });
+    }
+
+    /// A reply the proxy writes itself to `req`, with `received`/`rport` for the sender.
+    fn reply_bytes(&self, src: &Source, req: &Message, r: &Reject) -> Bytes {
         Stats::inc(&self.stats.local_replies);
         let tag = self.local_tag(req.call_id());
         let via = request::via_fix(req, src);
-        let data = local_response_via(
+        local_response_via(
             req,
             r.code,
             &r.reason,
             &tag,
             &r.extra,
             via.as_ref().map(|v| v.1.as_str()),
-        );
-        out.push(Transmit {
-            target: src.reply_target(),
-            data,
-            origin: None,
-        });
+        )
     }
 
     /// A reply of the registrar or of authentication: remembered under the transaction
@@ -574,17 +579,7 @@ impl Proxy {
         r: Reject,
         out: &mut Vec<Transmit>,
     ) {
-        Stats::inc(&self.stats.local_replies);
-        let tag = self.local_tag(req.call_id());
-        let via = request::via_fix(req, src);
-        let data = local_response_via(
-            req,
-            r.code,
-            &r.reason,
-            &tag,
-            &r.extra,
-            via.as_ref().map(|v| v.1.as_str()),
-        );
+        let data = self.reply_bytes(src, req, &r);
         self.lock(si)
             .answered
             .insert(key, (now + ANSWERED_TTL, data.clone()));
