@@ -143,6 +143,16 @@ fn check(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
+/// Re-reads and validates the configuration file for a runtime reload; every refusal in one
+/// message (the embedded default, without a file, reads as itself).
+fn reload_config(path: &Option<PathBuf>) -> Result<config::Config, String> {
+    let (text, name) = read_config(path).map_err(|e| e.to_string())?;
+    config::load(&text, 0).map_err(|errs| {
+        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        format!("{name}: {}", all.join("; "))
+    })
+}
+
 /// Reads the `dispatcher` table into sets; bad rows are logged once and skipped.
 fn table_sets(
     h: &tokio::runtime::Handle,
@@ -173,16 +183,7 @@ fn reload_fn(
     store: Option<(store::Store, tokio::runtime::Handle)>,
 ) -> admin::ReloadFn {
     Box::new(move |inherit| {
-        let (text, name) = read_config(&path).map_err(|e| e.to_string())?;
-        let cfg = config::load(&text, 0).map_err(|errs| {
-            format!(
-                "{name}: {}",
-                errs.iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
-        })?;
+        let cfg = reload_config(&path)?;
         let sets = match (&store, cfg.dispatcher.from_database) {
             (Some((s, h)), true) => {
                 tokio::task::block_in_place(|| table_sets(h, s, &cfg.dispatcher.sets))?
@@ -190,7 +191,7 @@ fn reload_fn(
             _ => cfg.dispatcher.sets,
         };
         let n = d.reload(sets, inherit);
-        tracing::info!(config = %name, destinations = n, inherit, "dispatcher reloaded");
+        tracing::info!(destinations = n, inherit, "dispatcher reloaded");
         Ok(n)
     })
 }
@@ -368,16 +369,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         lb_reload: balancer.clone().map(|b| -> admin::LbReloadFn {
             let (path, st) = (path.clone(), store_ctx.clone());
             Box::new(move || {
-                let (text, name) = read_config(&path).map_err(|e| e.to_string())?;
-                let cfg = config::load(&text, 0).map_err(|errs| {
-                    format!(
-                        "{name}: {}",
-                        errs.iter()
-                            .map(|e| e.to_string())
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    )
-                })?;
+                let cfg = reload_config(&path)?;
                 let settings = cfg
                     .balancer
                     .ok_or("the configuration has no [balancer] section any more")?;
