@@ -3,12 +3,12 @@
 # (persisted to SQLite), SIPp holding N calls at once through it to two SIPp backends; RSS
 # from /proc before the calls, right after (INVITE transactions still kept for Timer L), and
 # 35 s later with the dialogs alone.
-#   bench/dialogs.sh [N=10000]
+#   bench/dialogs.sh [N=10000] [RATE=1000]   (calls set up per second)
 # Listens on 127.0.0.1:5060/5070/5080/5082 and 8888; stops every process it started by PID.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd)
 SC=$ROOT/tests/e2e/scenarios; SB=$ROOT/target/release/switchboard
-N=${1:-10000}
+N=${1:-10000}; RATE=${2:-1000}
 WORK=$(mktemp -d /tmp/sb-dlgbench.XXXXXX); PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$WORK"' EXIT
 [ -x "$SB" ] || { echo "build first: cargo build --release"; exit 2; }
@@ -21,10 +21,10 @@ done
 sleep 1
 rss() { awk '/VmRSS/ {print $2}' "/proc/$SBP/status"; }
 before=$(rss)
-hold=$(( N / 1000 * 1000 + 60000 ))
-sipp 127.0.0.1:5060 -sf "$SC/uac-rr.xml" -i 127.0.0.1 -p 5070 -r 1000 -m "$N" -l "$N" -d "$hold" -nostdin \
+hold=$(( N * 1000 / RATE + 60000 ))
+sipp 127.0.0.1:5060 -sf "$SC/uac-rr.xml" -i 127.0.0.1 -p 5070 -r "$RATE" -m "$N" -l "$N" -d "$hold" -nostdin \
   -timeout $(( hold / 1000 + 60 ))s >/dev/null 2>&1 & PIDS+=($!)
-for _ in $(seq 120); do
+for _ in $(seq $(( N / RATE * 2 + 120 ))); do
   n=$(curl -s -m 1 -d '{"jsonrpc":"2.0","id":1,"method":"profile_get_size","params":{}}' http://127.0.0.1:8888/mi | sed -n 's/.*"count":\([0-9]*\).*/\1/p')
   [ "${n:-0}" -ge "$N" ] && break; sleep 0.5
 done

@@ -29,13 +29,15 @@ pub(crate) fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcR
                     json!({
                         "ID": x.id,
                         "state": x.state.as_str(),
-                        "callid": &*x.call_id,
-                        "from_uri": &*x.caller.party,
-                        "from_tag": &*x.from_tag,
-                        "to_uri": &*x.callee.party,
-                        "to_tag": &*x.to_tag,
-                        "caller_contact": &*x.caller.contact,
-                        "callee_contact": &*x.callee.contact,
+                        "callid": x.call_id(),
+                        "from_uri": x.caller_party(),
+                        "from_tag": x.from_tag(),
+                        "to_uri": x.callee_party(),
+                        "to_tag": x.to_tag(),
+                        "caller_contact": x.caller_contact(),
+                        "callee_contact": x.callee_contact(),
+                        "caller_route_set": x.caller_route(),
+                        "callee_route_set": x.callee_route(),
                         "node": x.node.as_deref(),
                         "start_time": x.created_unix,
                         "answer_time": x.answered_unix,
@@ -62,7 +64,7 @@ pub(crate) fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcR
                 "dialog_id must be a dialog ID from dlg_list".to_string(),
             ))?;
             match st.proxy.end_dialog(Instant::now(), id) {
-                Some(d) => Ok(json!({ "ended": id, "callid": &*d.call_id })),
+                Some(d) => Ok(json!({ "ended": id, "callid": d.call_id() })),
                 None => Err((404, format!("no dialog {id}"))),
             }
         })(),

@@ -21,6 +21,10 @@ pub struct NetConfig {
     pub tcp_idle_timeout: Duration,
     /// Largest message accepted on a stream.
     pub max_message_size: usize,
+    /// Called by a network thread that has had nothing to receive for a while, at most once
+    /// a second per thread (and by the timer thread once a second). The binary lets the
+    /// allocator take back what other threads freed for this one (see `main.rs`).
+    pub idle_hook: Option<fn()>,
 }
 
 /// Why the transports could not start.
@@ -165,6 +169,7 @@ impl Net {
     fn udp_loop(&self, sock: &UdpSocket) {
         let mut buf = vec![0u8; 65536];
         let mut out = Vec::with_capacity(8);
+        let mut idle_done = Instant::now();
         while !self.stopping() {
             let (n, from) = match sock.recv_from(&mut buf) {
                 Ok(r) => r,
@@ -176,7 +181,14 @@ impl Net {
                             | std::io::ErrorKind::Interrupted
                     ) =>
                 {
-                    continue
+                    // nothing for 200 ms (the read timeout)
+                    if let Some(hook) = self.cfg.idle_hook {
+                        if idle_done.elapsed() >= Duration::from_secs(1) {
+                            hook();
+                            idle_done = Instant::now();
+                        }
+                    }
+                    continue;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "udp receive");
@@ -203,10 +215,18 @@ impl Net {
 
     fn timer_loop(&self) {
         let mut out = Vec::new();
+        let mut idle_done = Instant::now();
         while !self.stopping() {
             std::thread::sleep(Duration::from_millis(5));
-            self.proxy.on_timers(Instant::now(), &mut out);
+            let now = Instant::now();
+            self.proxy.on_timers(now, &mut out);
             self.dispatch(&mut out);
+            if let Some(hook) = self.cfg.idle_hook {
+                if now.duration_since(idle_done) >= Duration::from_secs(1) {
+                    hook();
+                    idle_done = now;
+                }
+            }
         }
     }
 

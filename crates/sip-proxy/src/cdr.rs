@@ -5,17 +5,16 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-/// One call, as accounted.
+use crate::dialog::{field, Dialog, Packed};
+
+/// One call, as accounted. Its strings are packed in the dialog layout
+/// ([`crate::dialog::field`]): an answered call takes a copy of its dialog's text (one
+/// allocation), a failed one packs Call-ID, tags, From, To and Request-URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRecord {
     /// True for an answered call (`acc`), false for a failed one (`missed_calls`).
     pub answered: bool,
-    pub call_id: String,
-    pub from_tag: String,
-    pub to_tag: String,
-    pub from_uri: String,
-    pub to_uri: String,
-    pub ruri: String,
+    text: Packed<{ field::COUNT }>,
     pub source: Option<SocketAddr>,
     /// The media server the call went to.
     pub node: Option<Arc<str>>,
@@ -26,9 +25,81 @@ pub struct CallRecord {
     /// Seconds between answer and end (0 for failed calls).
     pub duration: u64,
     pub code: u16,
-    pub reason: String,
+    pub reason: Box<str>,
     /// caller, callee, lifetime, management; empty for failed calls.
     pub hangup_by: &'static str,
+}
+
+impl CallRecord {
+    /// An answered call whose dialog ended at `end` (UNIX seconds).
+    pub fn answered(d: &Dialog, end: u64, hangup_by: &'static str) -> CallRecord {
+        CallRecord {
+            answered: true,
+            text: d.text().clone(),
+            source: Some(d.caller.target.addr),
+            node: d.node.clone(),
+            setup: d.created_unix,
+            answer: d.answered_unix,
+            end,
+            duration: end.saturating_sub(d.answered_unix.unwrap_or(end)),
+            code: 200,
+            reason: "OK".into(),
+            hangup_by,
+        }
+    }
+
+    /// A call that failed with `code` at `at` (UNIX seconds).
+    #[allow(clippy::too_many_arguments)]
+    pub fn failed(
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+        from_uri: &str,
+        to_uri: &str,
+        ruri: &str,
+        source: Option<SocketAddr>,
+        node: Option<Arc<str>>,
+        at: u64,
+        code: u16,
+        reason: &str,
+    ) -> CallRecord {
+        CallRecord {
+            answered: false,
+            text: Packed::new([
+                call_id, from_tag, to_tag, from_uri, "", "", to_uri, "", "", ruri,
+            ]),
+            source,
+            node,
+            setup: at,
+            answer: None,
+            end: at,
+            duration: 0,
+            code,
+            reason: reason.into(),
+            hangup_by: "",
+        }
+    }
+
+    pub fn call_id(&self) -> &str {
+        self.text.get(field::CALL_ID)
+    }
+    pub fn from_tag(&self) -> &str {
+        self.text.get(field::FROM_TAG)
+    }
+    pub fn to_tag(&self) -> &str {
+        self.text.get(field::TO_TAG)
+    }
+    /// The From header value.
+    pub fn from_uri(&self) -> &str {
+        self.text.get(field::CALLER_PARTY)
+    }
+    /// The To header value.
+    pub fn to_uri(&self) -> &str {
+        self.text.get(field::CALLEE_PARTY)
+    }
+    pub fn ruri(&self) -> &str {
+        self.text.get(field::RURI)
+    }
 }
 
 /// The queue of records not yet written.

@@ -234,6 +234,12 @@ async fn dialog_rows_round_trip_in_batches() {
         callee_cseq: 0,
         caller_contact: "sip:a@10.0.0.1".into(),
         callee_contact: "sip:b@10.0.0.2".into(),
+        caller_route_set: if id % 2 == 0 {
+            "<sip:edge;lr>".into()
+        } else {
+            String::new()
+        },
+        callee_route_set: String::new(),
         caller_sock: "udp:127.0.0.1:5070".into(),
         callee_sock: "udp:127.0.0.1:5080".into(),
         state: 4,
@@ -326,4 +332,21 @@ async fn load_balancer_rows_are_read_and_bad_ones_reported() {
     assert_eq!(bad.len(), 1);
     assert!(bad[0].reason.contains("group_id"), "{}", bad[0].reason);
     let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn batches_use_few_statement_shapes() {
+    for n in 0..=230usize {
+        let v: Vec<usize> = (0..n).collect();
+        let p = pieces(&v);
+        assert!(p.iter().all(|c| CHUNKS.contains(&c.len())), "n={n}");
+        assert_eq!(p.concat(), v, "n={n}: every item once, in order");
+        assert!(p.len() <= n / 50 + 6, "n={n}: {} pieces", p.len());
+    }
+    let kinds = [true, true, false, true];
+    let r = runs(&kinds, |k| *k);
+    assert_eq!(
+        r.iter().map(|(k, s)| (*k, s.len())).collect::<Vec<_>>(),
+        vec![(true, 2), (false, 1), (true, 1)]
+    );
 }

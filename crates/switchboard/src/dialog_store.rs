@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use sip_proxy::dialog::{Dialog, DialogState, DlgEvent, Leg};
+use sip_proxy::dialog::{Dialog, DialogInit, DialogState, DlgEvent, Leg};
 use sip_proxy::{Target, Transport};
 
 fn sock(t: &Target) -> String {
@@ -28,15 +28,17 @@ fn parse_sock(s: &str) -> Result<Target, String> {
 pub fn row(d: &Dialog, now: Instant, unix_now: u64) -> store::DialogRow {
     store::DialogRow {
         dlg_id: d.id as i64,
-        callid: d.call_id.to_string(),
-        from_uri: d.caller.party.to_string(),
-        from_tag: d.from_tag.to_string(),
-        to_uri: d.callee.party.to_string(),
-        to_tag: d.to_tag.to_string(),
+        callid: d.call_id().into(),
+        from_uri: d.caller_party().into(),
+        from_tag: d.from_tag().into(),
+        to_uri: d.callee_party().into(),
+        to_tag: d.to_tag().into(),
         caller_cseq: d.caller.cseq as i64,
         callee_cseq: d.callee.cseq as i64,
-        caller_contact: d.caller.contact.to_string(),
-        callee_contact: d.callee.contact.to_string(),
+        caller_contact: d.caller_contact().into(),
+        callee_contact: d.callee_contact().into(),
+        caller_route_set: d.caller_route().into(),
+        callee_route_set: d.callee_route().into(),
         caller_sock: sock(&d.caller.target),
         callee_sock: sock(&d.callee.target),
         state: if d.state == DialogState::Confirmed {
@@ -49,7 +51,7 @@ pub fn row(d: &Dialog, now: Instant, unix_now: u64) -> store::DialogRow {
         node: d.node.as_deref().map(Into::into),
         answer_time: d.answered_unix.map(|a| a as i64),
         session_expires: d.session_expires.map(|s| s as i64),
-        ruri: d.ruri.to_string(),
+        ruri: d.ruri().into(),
     }
 }
 
@@ -60,21 +62,24 @@ pub fn dialog(r: &store::DialogRow, now: Instant, unix_now: u64) -> Result<Dialo
         return Err("empty callid or tag".into());
     }
     let left = (r.timeout - unix_now as i64).max(0) as u64;
-    Ok(Dialog {
+    Ok(Dialog::new(DialogInit {
         id: r.dlg_id as u64,
-        call_id: r.callid.as_str().into(),
-        from_tag: r.from_tag.as_str().into(),
-        to_tag: r.to_tag.as_str().into(),
+        call_id: &r.callid,
+        from_tag: &r.from_tag,
+        to_tag: &r.to_tag,
+        ruri: &r.ruri,
         state: DialogState::Confirmed,
         caller: Leg {
-            party: r.from_uri.as_str().into(),
-            contact: r.caller_contact.as_str().into(),
+            party: &r.from_uri,
+            contact: &r.caller_contact,
+            route: &r.caller_route_set,
             target: parse_sock(&r.caller_sock)?,
             cseq: (r.caller_cseq.clamp(0, u32::MAX as i64 - 2000) + 1000) as u32,
         },
         callee: Leg {
-            party: r.to_uri.as_str().into(),
-            contact: r.callee_contact.as_str().into(),
+            party: &r.to_uri,
+            contact: &r.callee_contact,
+            route: &r.callee_route_set,
             target: parse_sock(&r.callee_sock)?,
             cseq: (r.callee_cseq.clamp(0, u32::MAX as i64 - 2000) + 1000) as u32,
         },
@@ -85,8 +90,7 @@ pub fn dialog(r: &store::DialogRow, now: Instant, unix_now: u64) -> Result<Dialo
         session_expires: r
             .session_expires
             .map(|s| s.clamp(0, u32::MAX as i64) as u32),
-        ruri: r.ruri.as_str().into(),
-    })
+    }))
 }
 
 /// Events as store operations.
@@ -107,15 +111,17 @@ mod tests {
     #[test]
     fn rows_round_trip_with_cseq_margin() {
         let now = Instant::now();
-        let d = Dialog {
+        let d = Dialog::new(DialogInit {
             id: 9,
-            call_id: "c".into(),
-            from_tag: "f".into(),
-            to_tag: "t".into(),
+            call_id: "c",
+            from_tag: "f",
+            to_tag: "t",
+            ruri: "sip:5000@h",
             state: DialogState::Confirmed,
             caller: Leg {
-                party: "<sip:a@h>;tag=f".into(),
-                contact: "sip:a@10.0.0.1".into(),
+                party: "<sip:a@h>;tag=f",
+                contact: "sip:a@10.0.0.1",
+                route: "<sip:edge.example.com;lr>",
                 target: Target {
                     transport: Transport::Tcp,
                     addr: "127.0.0.1:40000".parse().unwrap(),
@@ -124,8 +130,9 @@ mod tests {
                 cseq: 5,
             },
             callee: Leg {
-                party: "<sip:b@h>;tag=t".into(),
-                contact: "sip:b@10.0.0.2".into(),
+                party: "<sip:b@h>;tag=t",
+                contact: "sip:b@10.0.0.2",
+                route: "",
                 target: Target {
                     transport: Transport::Udp,
                     addr: "127.0.0.1:5080".parse().unwrap(),
@@ -138,8 +145,7 @@ mod tests {
             answered_unix: Some(1002),
             expires_at: now + Duration::from_secs(600),
             session_expires: Some(1800),
-            ruri: "sip:5000@h".into(),
-        };
+        });
         let r = row(&d, now, 2000);
         assert_eq!(r.timeout, 2600);
         assert_eq!(r.caller_sock, "tcp:127.0.0.1:40000");
@@ -148,6 +154,9 @@ mod tests {
         assert_eq!(back.caller.cseq, 1005);
         assert_eq!(back.caller.target.flow, None);
         assert_eq!(back.node.as_deref(), Some("sip:127.0.0.1:5080"));
+        assert_eq!(back.caller_route(), "<sip:edge.example.com;lr>");
+        assert_eq!(back.callee_route(), "");
+        assert_eq!(back.ruri(), "sip:5000@h");
         let mut broken = r.clone();
         broken.callee_sock = "nowhere".into();
         assert!(dialog(&broken, now, 2100).is_err());

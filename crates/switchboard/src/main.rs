@@ -18,6 +18,47 @@ use anyhow::Context as _;
 /// arenas, so RSS showed the peak of short-lived buffers instead of what is held).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+// From the mimalloc library the `mimalloc` crate links (its extended API).
+extern "C" {
+    fn mi_collect(force: bool);
+}
+
+/// Lets mimalloc take back, for the calling thread, the blocks other threads freed: a
+/// transaction is allocated by the thread that received its request and freed by the timer
+/// thread, and mimalloc only collects such frees when the owning thread allocates again. An
+/// idle receive thread would otherwise keep the pages of a whole burst: 10,000 calls left
+/// 45 MB of RSS with 1.3 MB live, and 10,000 held dialogs showed 6.8 KB of RSS each for
+/// under 1 KB of heap. Called by network threads when idle and by tokio workers when they
+/// park, each at most once a second.
+fn collect_freed() {
+    // SAFETY: mi_collect takes no pointers; it only walks the calling thread's heap.
+    unsafe { mi_collect(false) }
+}
+
+/// Turns transparent huge pages off for the process. mimalloc asks for them on its arena
+/// (`MADV_HUGEPAGE`), and then every 2 MB region the proxy touched stays resident whole: with
+/// 10,000 dialogs held, RSS was 52 MB for 11 MB of live heap (3.1 KB per dialog); without
+/// huge pages 26 MB (1.7 KB). The heap is many small objects: huge pages buy it nothing.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_THP_DISABLE) takes integers only and affects this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+/// Rate-limits [`collect_freed`] per thread (tokio parks a worker many times a second).
+fn collect_freed_on_park() {
+    use std::cell::Cell;
+    use std::time::Instant;
+    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
+    let now = Instant::now();
+    if LAST.with(|l| l.get().is_none_or(|t| now.duration_since(t).as_secs() >= 1)) {
+        LAST.with(|l| l.set(Some(now)));
+        collect_freed();
+    }
+}
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -103,6 +144,7 @@ fn salt() -> u64 {
 }
 
 fn main() -> std::process::ExitCode {
+    no_huge_pages();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Check { config } => check(&config),
@@ -215,6 +257,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         .worker_threads(2)
         .enable_all()
         .thread_name("switchboard-rt")
+        .on_thread_park(collect_freed_on_park)
         .build()?;
     let d = &cfg.dispatcher;
     let store = match d.from_database
@@ -321,6 +364,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         udp_workers: cfg.udp_workers,
         tcp_idle_timeout: cfg.tcp_idle_timeout,
         max_message_size: cfg.max_message_size,
+        idle_hook: Some(collect_freed),
     };
     let _guard = rt.enter();
     let network = net::Net::start(proxy.clone(), net_cfg, rt.handle().clone())?;
@@ -595,7 +639,7 @@ fn start_dialogs(
     if let Some(b) = balancer {
         for d in &restored {
             if let Some(n) = &d.node {
-                b.restore_call(&d.call_id, n);
+                b.restore_call(d.call_id(), n);
             }
         }
     }
@@ -666,16 +710,16 @@ fn start_dialogs(
 /// A call record as a table row.
 fn cdr_row(r: &sip_proxy::cdr::CallRecord) -> store::CdrRow {
     use sip_proxy::cdr::user_host;
-    let (fu, fd) = user_host(&r.from_uri);
-    let (tu, td) = user_host(&r.to_uri);
-    let (ru, rd) = user_host(&r.ruri);
+    let (fu, fd) = user_host(r.from_uri());
+    let (tu, td) = user_host(r.to_uri());
+    let (ru, rd) = user_host(r.ruri());
     store::CdrRow {
         answered: r.answered,
-        callid: r.call_id.clone(),
-        from_tag: r.from_tag.clone(),
-        to_tag: r.to_tag.clone(),
+        callid: r.call_id().into(),
+        from_tag: r.from_tag().into(),
+        to_tag: r.to_tag().into(),
         sip_code: r.code,
-        sip_reason: r.reason.clone(),
+        sip_reason: r.reason.to_string(),
         from_user: fu,
         from_domain: fd,
         to_user: tu,

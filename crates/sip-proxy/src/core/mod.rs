@@ -195,25 +195,7 @@ impl Proxy {
         let (Some(c), Some(dl)) = (&self.cdrs, &self.dialogs) else {
             return;
         };
-        let end = dl.unix(now);
-        c.push(crate::cdr::CallRecord {
-            answered: true,
-            call_id: d.call_id.to_string(),
-            from_tag: d.from_tag.to_string(),
-            to_tag: d.to_tag.to_string(),
-            from_uri: d.caller.party.to_string(),
-            to_uri: d.callee.party.to_string(),
-            ruri: d.ruri.to_string(),
-            source: Some(d.caller.target.addr),
-            node: d.node.clone(),
-            setup: d.created_unix,
-            answer: d.answered_unix,
-            end,
-            duration: end.saturating_sub(d.answered_unix.unwrap_or(end)),
-            code: 200,
-            reason: "OK".into(),
-            hangup_by: how.as_str(),
-        });
+        c.push(crate::cdr::CallRecord::answered(d, dl.unix(now), how.as_str()));
     }
 
     /// The dialog table, when tracking is on.
@@ -225,9 +207,9 @@ impl Proxy {
     pub fn end_dialog(&self, now: Instant, id: u64) -> Option<Dialog> {
         let d = self.dialogs.as_ref()?;
         let (dlg, byes) = d.end(id, &|t| self.via_for(t))?;
-        tracing::info!(call_id = %dlg.call_id, id, "dialog ended by management");
+        tracing::info!(call_id = dlg.call_id(), id, "dialog ended by management");
         self.account_ended(now, &dlg, crate::dialog::Ending::Management);
-        self.router.on_call_ended(&dlg.call_id);
+        self.router.on_call_ended(dlg.call_id());
         let mut q = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
         for b in byes {
             q.push((now, self.bye_transmit(b)));
@@ -354,12 +336,12 @@ impl Proxy {
             let mut ended = Vec::new();
             d.sweep(now, &|t| self.via_for(t), &mut ended);
             for (dlg, byes) in ended {
-                tracing::info!(call_id = %dlg.call_id, id = dlg.id, state = dlg.state.as_str(), "dialog lifetime over: BYE to both sides");
+                tracing::info!(call_id = dlg.call_id(), id = dlg.id, state = dlg.state.as_str(), "dialog lifetime over: BYE to both sides");
                 Stats::inc(&self.stats.dialogs_timed_out);
                 if dlg.state == crate::dialog::DialogState::Confirmed {
                     self.account_ended(now, &dlg, crate::dialog::Ending::Lifetime);
                 }
-                self.router.on_call_ended(&dlg.call_id);
+                self.router.on_call_ended(dlg.call_id());
                 for b in byes {
                     out.push(self.bye_transmit(b));
                 }

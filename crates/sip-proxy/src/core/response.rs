@@ -335,30 +335,22 @@ impl Proxy {
                     .ok()
                     .and_then(|s| s.lines().next())
                     .and_then(|l| l.splitn(3, ' ').nth(2))
-                    .unwrap_or("")
-                    .to_string();
+                    .unwrap_or("");
                 let end = self.dialogs.as_ref().map_or(0, |d| d.unix(now));
-                c.push(crate::cdr::CallRecord {
-                    answered: false,
-                    call_id: req.call_id().to_string(),
-                    from_tag: req.from_tag().unwrap_or("").to_string(),
-                    to_tag: Message::parse_raw(data.clone())
-                        .ok()
-                        .and_then(|m| m.to_tag().map(str::to_string))
-                        .unwrap_or_default(),
-                    from_uri: req.get(HeaderName::From).unwrap_or("").to_string(),
-                    to_uri: req.get(HeaderName::To).unwrap_or("").to_string(),
-                    ruri: req.uri_str().to_string(),
-                    source: Some(ctx.resp_target.addr),
-                    node: ctx.branches.last().map(|b| b.dest.uri.clone()),
-                    setup: end,
-                    answer: None,
+                let to_tag = Message::parse_raw(data.clone()).ok();
+                c.push(crate::cdr::CallRecord::failed(
+                    req.call_id(),
+                    req.from_tag().unwrap_or(""),
+                    to_tag.as_ref().and_then(|m| m.to_tag()).unwrap_or(""),
+                    req.get(HeaderName::From).unwrap_or(""),
+                    req.get(HeaderName::To).unwrap_or(""),
+                    req.uri_str(),
+                    Some(ctx.resp_target.addr),
+                    ctx.branches.last().map(|b| b.dest.uri.clone()),
                     end,
-                    duration: 0,
                     code,
                     reason,
-                    hangup_by: "",
-                });
+                ));
             }
         }
         self.send_upstream(now, ctx, code, data, out);
@@ -383,27 +375,27 @@ impl Proxy {
         let (Some(from_tag), Some(to_tag)) = (req.from_tag(), msg.to_tag()) else {
             return;
         };
-        let contact_of = |m: &Message| {
+        fn contact_of(m: &Message) -> Option<&str> {
             m.get(HeaderName::Contact)
                 .and_then(|c| split_commas(c).next())
                 .and_then(|v| NameAddr::parse(v, "Contact").ok())
-                .map(|n| n.uri.raw.to_string())
-        };
+                .map(|n| n.uri.raw)
+        }
         let b = &ctx.branches[idx];
+        let (to_caller, to_callee) = self.route_sets(msg);
         let caller = Leg {
-            party: req.get(HeaderName::From).unwrap_or("").into(),
+            party: req.get(HeaderName::From).unwrap_or(""),
             contact: contact_of(req)
-                .or_else(|| req.from().ok().map(|f| f.uri.raw.to_string()))
-                .unwrap_or_default()
-                .into(),
+                .or_else(|| req.from().ok().map(|f| f.uri.raw))
+                .unwrap_or_default(),
+            route: &to_caller,
             target: ctx.resp_target,
             cseq: req.cseq().map(|c| c.seq).unwrap_or(1),
         };
         let callee = Leg {
-            party: msg.get(HeaderName::To).unwrap_or("").into(),
-            contact: contact_of(msg)
-                .unwrap_or_else(|| b.dest.uri.to_string())
-                .into(),
+            party: msg.get(HeaderName::To).unwrap_or(""),
+            contact: contact_of(msg).unwrap_or(&b.dest.uri),
+            route: &to_callee,
             target: b.target,
             cseq: 0,
         };
@@ -424,6 +416,23 @@ impl Proxy {
             se,
             req.uri_str(),
         );
+    }
+
+    /// The route sets from a dialog-creating response's Record-Route (§12.1): the values
+    /// above ours were added by proxies toward the callee (a request to the callee visits
+    /// them nearest first, so reversed), the values below ours by proxies toward the caller
+    /// (in order). Empty strings, without allocating, when we are the only proxy.
+    fn route_sets(&self, msg: &Message) -> (String, String) {
+        let rr: Vec<&str> = msg.values(HeaderName::RecordRoute).collect();
+        let ours = |v: &str| NameAddr::parse(v, "Record-Route").is_ok_and(|n| self.is_us(&n.uri));
+        let (Some(first), Some(last)) = (
+            rr.iter().position(|v| ours(v)),
+            rr.iter().rposition(|v| ours(v)),
+        ) else {
+            return (String::new(), String::new());
+        };
+        let to_callee: Vec<&str> = rr[..first].iter().rev().copied().collect();
+        (rr[last + 1..].join(", "), to_callee.join(", "))
     }
 
     pub(super) fn local_reply(&self, ctx: &Ctx, code: u16, reason: &str) -> Bytes {

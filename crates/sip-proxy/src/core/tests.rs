@@ -770,6 +770,56 @@ fn a_failed_call_leaves_no_dialog_and_the_lifetime_ends_a_call_with_two_byes() {
 }
 
 #[test]
+fn byes_from_the_middle_follow_each_sides_route_set() {
+    let now = Instant::now();
+    let p = with_dialogs(proxy(&["127.0.0.1:5080"]), 10, now);
+    // an upstream proxy record-routed the INVITE; a downstream one the 200
+    let inv = invite("rs").replace(
+        "From:",
+        "Record-Route: <sip:up2.example;lr>, <sip:up1.example;lr>\r\nFrom:",
+    );
+    let fwd = parse(&send(&p, now, UAC, &inv)[1]);
+    let ok = String::from_utf8(answer(&fwd, 200, "tt").to_vec())
+        .unwrap()
+        .replacen("\r\n", "\r\nRecord-Route: <sip:down.example;lr>\r\n", 1);
+    let mut o = vec![];
+    p.on_message(now, udp("127.0.0.1:5080"), Bytes::from(ok), &mut o);
+    let d = &p.dialogs().unwrap().list()[0];
+    assert_eq!(d.callee_route(), "<sip:down.example;lr>");
+    assert_eq!(
+        d.caller_route(),
+        "<sip:up2.example;lr>, <sip:up1.example;lr>",
+        "nearest first"
+    );
+    let mut o = vec![];
+    p.on_timers(now + Duration::from_secs(11), &mut o);
+    let byes: Vec<(SocketAddr, Message)> = o
+        .iter()
+        .map(|t| (t.target.addr, parse(t)))
+        .filter(|(_, m)| m.method() == Some(Method::Bye))
+        .collect();
+    let route_to = |a: &str| {
+        let m = &byes.iter().find(|(t, _)| *t == addr(a)).expect("a BYE").1;
+        m.values(HeaderName::Route).collect::<Vec<_>>().join(", ")
+    };
+    assert_eq!(route_to("127.0.0.1:5080"), "<sip:down.example;lr>");
+    assert_eq!(
+        route_to(UAC),
+        "<sip:up2.example;lr>, <sip:up1.example;lr>"
+    );
+    // without other proxies, no Route at all
+    answered_call(&p, now + Duration::from_secs(12), "plain");
+    let d = p
+        .dialogs()
+        .unwrap()
+        .list()
+        .into_iter()
+        .find(|d| d.call_id() == "plain")
+        .unwrap();
+    assert_eq!((d.caller_route(), d.callee_route()), ("", ""));
+}
+
+#[test]
 fn management_ends_a_dialog() {
     let now = Instant::now();
     let p = with_dialogs(proxy(&["127.0.0.1:5080"]), 3600, now);
