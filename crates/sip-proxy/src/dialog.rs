@@ -142,6 +142,9 @@ pub struct Dialog {
     pub answered_unix: Option<u64>,
     pub expires_at: Instant,
     pub session_expires: Option<u32>,
+    /// Persistence: a row exists for it (`saved`); it changed since (`dirty`).
+    saved: bool,
+    dirty: bool,
 }
 
 /// Everything a dialog is made of (for [`Dialog::new`]).
@@ -193,6 +196,8 @@ impl Dialog {
             answered_unix: i.answered_unix,
             expires_at: i.expires_at,
             session_expires: i.session_expires,
+            saved: false,
+            dirty: i.state == DialogState::Confirmed,
         }
     }
 
@@ -284,7 +289,9 @@ fn matches(d: &Dialog, call_id: &str, from_tag: &str) -> bool {
     d.call_id() == call_id && d.from_tag() == from_tag
 }
 
-/// A change to persist (write-behind): confirmed dialogs are saved, ended ones removed.
+/// A change to persist (write-behind): a confirmed dialog is saved once it has lived a
+/// second (and again after a refresh), an ended one that was saved is removed. Short calls
+/// never produce an event: the sweep finds what is due, so the call path queues nothing.
 #[derive(Debug, Clone)]
 pub enum DlgEvent {
     Saved(Box<Dialog>),
@@ -382,8 +389,9 @@ impl Dialogs {
     }
 
     /// A provisional with a to-tag (early) or a 2xx (confirmed) to an initial INVITE.
+    /// `caller` is asked for only when the dialog is new (a 200 after a 180 skips it).
     #[allow(clippy::too_many_arguments)]
-    pub fn on_answer(
+    pub fn on_answer<'a>(
         &self,
         now: Instant,
         unix: u64,
@@ -391,7 +399,7 @@ impl Dialogs {
         call_id: &str,
         from_tag: &str,
         to_tag: &str,
-        caller: Leg<'_>,
+        caller: impl FnOnce() -> Leg<'a>,
         callee: Leg<'_>,
         node: Option<Arc<str>>,
         session_expires: Option<u32>,
@@ -431,11 +439,7 @@ impl Dialogs {
                     d.answered_unix = Some(unix);
                     d.expires_at = expires_at;
                     d.session_expires = session_expires;
-                    let saved = self.persisting().then(|| DlgEvent::Saved(d.clone()));
-                    drop(g);
-                    if let Some(e) = saved {
-                        self.queue(e);
-                    }
+                    d.dirty = true;
                 }
             }
             None => {
@@ -451,7 +455,7 @@ impl Dialogs {
                     } else {
                         DialogState::Early
                     },
-                    caller,
+                    caller: caller(),
                     callee,
                     node,
                     created_unix: unix,
@@ -463,13 +467,7 @@ impl Dialogs {
                     },
                     session_expires,
                 });
-                let saved = (confirmed && self.persisting())
-                    .then(|| DlgEvent::Saved(Box::new(d.clone())));
                 g.insert(key, Box::new(d));
-                drop(g);
-                if let Some(e) = saved {
-                    self.queue(e);
-                }
             }
         }
     }
@@ -517,8 +515,7 @@ impl Dialogs {
         refresh: Option<Option<u32>>,
     ) -> bool {
         let dl = |se| self.deadline(now, se);
-        let persisting = self.persisting();
-        let r = self.with(call_id, from_tag, to_tag, |d, from_caller| {
+        self.with(call_id, from_tag, to_tag, |d, from_caller| {
             let leg = if from_caller {
                 &mut d.caller
             } else {
@@ -530,25 +527,18 @@ impl Dialogs {
                     let se = se.or(d.session_expires);
                     d.session_expires = se;
                     d.expires_at = dl(se);
-                    persisting.then(|| DlgEvent::Saved(Box::new(d.clone())))
+                    d.dirty = true;
                 }
-                _ => None,
+                _ => {}
             }
-        });
-        match r {
-            Some(Some(e)) => {
-                self.queue(e);
-                true
-            }
-            Some(None) => true,
-            None => false,
-        }
+        })
+        .is_some()
     }
 
     /// Removes the dialog a BYE ends; returns it with who hung up.
     pub fn on_bye(&self, call_id: &str, from_tag: &str, to_tag: &str) -> Option<(Dialog, Ending)> {
         let r = self.remove_by_bye(call_id, from_tag, to_tag);
-        if let Some((d, _)) = &r {
+        if let Some((d, _)) = r.as_ref().filter(|(d, _)| d.saved) {
             self.queue(DlgEvent::Removed(d.id));
         }
         r
@@ -610,7 +600,9 @@ impl Dialogs {
             if let Some(k) = key {
                 let d = *g.remove(&k)?;
                 drop(g);
-                self.queue(DlgEvent::Removed(d.id));
+                if d.saved {
+                    self.queue(DlgEvent::Removed(d.id));
+                }
                 let byes = byes_for(&d, via);
                 return Some((d, byes));
             }
@@ -633,8 +625,24 @@ impl Dialogs {
             }
             *t = Some(now + Duration::from_secs(1));
         }
+        let persisting = self.persisting();
+        // saved once it has lived a second (answered in a second before the last one)
+        let due_before = self.unix(now).saturating_sub(1);
+        let mut saves = Vec::new();
         for s in self.shards.iter() {
             let mut g = lock(s);
+            if persisting {
+                for d in g.values_mut() {
+                    if d.dirty
+                        && d.state == DialogState::Confirmed
+                        && d.answered_unix.is_some_and(|a| a < due_before)
+                    {
+                        d.dirty = false;
+                        d.saved = true;
+                        saves.push(DlgEvent::Saved(d.clone()));
+                    }
+                }
+            }
             let expired: Vec<Key> = g
                 .iter()
                 .filter(|(_, d)| d.expires_at <= now)
@@ -642,8 +650,8 @@ impl Dialogs {
                 .collect();
             for k in expired {
                 if let Some(d) = g.remove(&k).map(|d| *d) {
-                    if self.persist.load(Ordering::Relaxed) {
-                        lock(&self.events).push(DlgEvent::Removed(d.id));
+                    if persisting && d.saved {
+                        saves.push(DlgEvent::Removed(d.id));
                     }
                     let byes = if d.state == DialogState::Confirmed {
                         byes_for(&d, via)
@@ -654,11 +662,16 @@ impl Dialogs {
                 }
             }
         }
+        if !saves.is_empty() {
+            lock(&self.events).append(&mut saves);
+        }
     }
 
-    /// Puts back dialogs persisted before a restart.
+    /// Puts back dialogs persisted before a restart (their rows exist).
     pub fn restore(&self, dialogs: Vec<Dialog>) {
-        for d in dialogs {
+        for mut d in dialogs {
+            d.saved = true;
+            d.dirty = false;
             self.next_id.fetch_max(d.id + 1, Ordering::Relaxed);
             let key = key(d.call_id(), d.from_tag());
             self.shard(d.call_id()).insert(key, Box::new(d));
@@ -745,7 +758,7 @@ mod tests {
             "c",
             "ft",
             "tt",
-            leg("<sip:a@h>;tag=ft", 1, 1),
+            || leg("<sip:a@h>;tag=ft", 1, 1),
             leg("<sip:b@h>;tag=tt", 2, 0),
             None,
             None,
@@ -759,7 +772,7 @@ mod tests {
             "c",
             "ft",
             "tt",
-            leg("<sip:a@h>;tag=ft", 1, 1),
+            || leg("<sip:a@h>;tag=ft", 1, 1),
             leg("<sip:b@h>;tag=tt", 2, 0),
             Some("sip:fs1".into()),
             None,
@@ -796,7 +809,7 @@ mod tests {
             "c1",
             "f1",
             "t1",
-            leg("<sip:a@h>;tag=f1", 1, 3),
+            || leg("<sip:a@h>;tag=f1", 1, 3),
             leg("<sip:b@h>;tag=t1", 2, 0),
             None,
             None,
@@ -809,7 +822,7 @@ mod tests {
             "c2",
             "f2",
             "t2",
-            leg("<sip:a@h>;tag=f2", 3, 1),
+            || leg("<sip:a@h>;tag=f2", 3, 1),
             leg("<sip:b@h>;tag=t2", 4, 0),
             None,
             Some(90),
@@ -844,7 +857,7 @@ mod tests {
             "c3",
             "f3",
             "t3",
-            leg("a", 1, 1),
+            || leg("a", 1, 1),
             leg("b", 2, 0),
             None,
             Some(60),
@@ -868,7 +881,7 @@ mod tests {
             "c",
             "f",
             "t",
-            leg("a", 1, 1),
+            || leg("a", 1, 1),
             leg("b", 2, 0),
             None,
             None,
@@ -883,7 +896,7 @@ mod tests {
             "c",
             "f",
             "t",
-            leg("a", 1, 1),
+            || leg("a", 1, 1),
             leg("b", 2, 0),
             None,
             None,
@@ -900,6 +913,10 @@ mod tests {
 mod persistence_tests {
     use super::*;
     use crate::types::Transport;
+
+    fn v(_: Transport) -> String {
+        "SIP/2.0/UDP 127.0.0.1:5060".into()
+    }
 
     #[test]
     fn confirmed_dialogs_are_saved_and_removed_through_events() {
@@ -924,12 +941,14 @@ mod persistence_tests {
             "c",
             "f",
             "t",
-            leg("a"),
+            || leg("a"),
             leg("b"),
             None,
             None,
             "",
         );
+        let mut out = vec![];
+        t.sweep(now + Duration::from_secs(0), &v, &mut out);
         assert!(t.take_events().is_empty(), "early dialogs are not saved");
         t.on_answer(
             now,
@@ -938,21 +957,31 @@ mod persistence_tests {
             "c",
             "f",
             "t",
-            leg("a"),
+            || leg("a"),
             leg("b"),
             None,
             None,
             "",
         );
+        t.sweep(now + Duration::from_secs(1), &v, &mut out);
+        assert!(t.take_events().is_empty(), "not before it has lived a second");
+        // a call that ends before then is never written, nor deleted
+        t.on_answer(now, 101, true, "short", "f", "t", || leg("a"), leg("b"), None, None, "");
+        assert!(t.on_bye("short", "f", "t").is_some());
+        t.sweep(now + Duration::from_secs(3), &v, &mut out);
         assert!(
-            matches!(&t.take_events()[..], [DlgEvent::Saved(d)] if d.answered_unix == Some(101))
+            matches!(&t.take_events()[..], [DlgEvent::Saved(d)] if d.answered_unix == Some(101) && d.call_id() == "c")
         );
+        t.sweep(now + Duration::from_secs(4), &v, &mut out);
+        assert!(t.take_events().is_empty(), "written once");
         assert!(t.on_request(now, "c", "f", "t", 2, Some(Some(1800))));
+        t.sweep(now + Duration::from_secs(5), &v, &mut out);
         assert!(
             matches!(&t.take_events()[..], [DlgEvent::Saved(d)] if d.session_expires == Some(1800))
         );
         t.on_bye("c", "f", "t");
         assert!(matches!(&t.take_events()[..], [DlgEvent::Removed(_)]));
+        assert!(out.is_empty());
     }
 }
 

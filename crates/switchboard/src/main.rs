@@ -654,42 +654,16 @@ fn start_dialogs(
     dl.set_persistence(true);
     let (d2, s2) = (dl.clone(), s.clone());
     Ok(h.spawn(async move {
-        // A dialog is written once it has lived a second (OpenSIPS writes every
-        // `db_update_period`, 60 s): short calls never touch the database, long ones are
-        // written once and deleted once.
+        // The table's sweep says what is due: a dialog once it has lived a second
+        // (OpenSIPS writes every `db_update_period`, 60 s), again after a refresh, and its
+        // removal if it was written. Short calls never touch the database.
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
-        let mut staged: std::collections::HashMap<u64, (Instant, Box<sip_proxy::dialog::Dialog>)> =
-            std::collections::HashMap::new();
-        let mut written: std::collections::HashSet<u64> = std::collections::HashSet::new();
         let mut pending: Vec<store::DialogOp> = Vec::new();
         loop {
             tick.tick().await;
-            let now = Instant::now();
-            for e in d2.take_events() {
-                match e {
-                    sip_proxy::dialog::DlgEvent::Saved(d) => {
-                        let first = staged.get(&d.id).map_or(now, |s| s.0);
-                        staged.insert(d.id, (first, d));
-                    }
-                    sip_proxy::dialog::DlgEvent::Removed(id) => {
-                        staged.remove(&id);
-                        if written.remove(&id) {
-                            pending.push(store::DialogOp::Delete(id as i64));
-                        }
-                    }
-                }
-            }
-            let due: Vec<u64> = staged
-                .iter()
-                .filter(|(_, (t, _))| now.duration_since(*t) >= std::time::Duration::from_secs(1))
-                .map(|(id, _)| *id)
-                .collect();
-            let unix = unix_now();
-            for id in due {
-                if let Some((_, d)) = staged.remove(&id) {
-                    written.insert(id);
-                    pending.push(store::DialogOp::Upsert(Box::new(dialog_store::row(&d, now, unix))));
-                }
+            let events = d2.take_events();
+            if !events.is_empty() {
+                pending.extend(dialog_store::ops(events, Instant::now(), unix_now()));
             }
             if pending.is_empty() {
                 continue;

@@ -383,7 +383,7 @@ impl Proxy {
         }
         let b = &ctx.branches[idx];
         let (to_caller, to_callee) = self.route_sets(msg);
-        let caller = Leg {
+        let caller = || Leg {
             party: req.get(HeaderName::From).unwrap_or(""),
             contact: contact_of(req)
                 .or_else(|| req.from().ok().map(|f| f.uri.raw))
@@ -423,16 +423,35 @@ impl Proxy {
     /// them nearest first, so reversed), the values below ours by proxies toward the caller
     /// (in order). Empty strings, without allocating, when we are the only proxy.
     fn route_sets(&self, msg: &Message) -> (String, String) {
+        // the usual case, our own plain Record-Route alone, needs no URI parsing
+        if msg
+            .values(HeaderName::RecordRoute)
+            .all(|v| self.is_plain_own_rr(v))
+        {
+            return (String::new(), String::new());
+        }
         let rr: Vec<&str> = msg.values(HeaderName::RecordRoute).collect();
-        let ours = |v: &str| NameAddr::parse(v, "Record-Route").is_ok_and(|n| self.is_us(&n.uri));
+        let ours: Vec<bool> = rr
+            .iter()
+            .map(|v| NameAddr::parse(v, "Record-Route").is_ok_and(|n| self.is_us(&n.uri)))
+            .collect();
         let (Some(first), Some(last)) = (
-            rr.iter().position(|v| ours(v)),
-            rr.iter().rposition(|v| ours(v)),
+            ours.iter().position(|o| *o),
+            ours.iter().rposition(|o| *o),
         ) else {
             return (String::new(), String::new());
         };
         let to_callee: Vec<&str> = rr[..first].iter().rev().copied().collect();
         (rr[last + 1..].join(", "), to_callee.join(", "))
+    }
+
+    /// `<sip:HOST:PORT;lr>` naming one of our listeners (what we add when the transport
+    /// does not change).
+    fn is_plain_own_rr(&self, v: &str) -> bool {
+        v.strip_prefix("<sip:")
+            .and_then(|r| r.strip_suffix(";lr>"))
+            .and_then(|hp| hp.rsplit_once(':'))
+            .is_some_and(|(h, p)| p.parse().is_ok_and(|p| self.is_us_host(h, Some(p))))
     }
 
     pub(super) fn local_reply(&self, ctx: &Ctx, code: u16, reason: &str) -> Bytes {

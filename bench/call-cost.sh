@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Proxy CPU per call with dialog tracking and accounting off and on, measured in alternating
+# runs of ../shared/bench/run-calls.sh (2,000 calls/s by default) against the embedded
+# default configuration and two variants:
+#   off       the embedded default
+#   dialog    [dialog] enabled (persisted to SQLite)
+#   acc       [dialog] and [accounting] enabled
+#   bench/call-cost.sh [RATE=2000] [SECONDS=8] [ROUNDS=2]
+# Listens on 127.0.0.1:5060/5070/5080/5082 and 8888; stops every process it started by PID.
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd)
+BENCH=$(cd "$ROOT/../shared/bench" && pwd); SB=$ROOT/target/release/switchboard
+RATE=${1:-2000}; SECS=${2:-8}; ROUNDS=${3:-2}
+WORK=$(mktemp -d /tmp/sb-callcost.XXXXXX); SBP=
+trap '[ -n "$SBP" ] && kill -KILL "$SBP" 2>/dev/null; rm -rf "$WORK"' EXIT
+[ -x "$SB" ] || { echo "build first: cargo build --release"; exit 2; }
+ex=$ROOT/switchboard.example.toml
+db="s|sqlite://switchboard.db|sqlite://$WORK/sb.db|"
+sed -e "$db" "$ex" > "$WORK/off.toml"
+# [dialog] enabled = true only (the first `enabled = false` after [dialog])
+awk '/^\[dialog\]/{d=1} d && /^enabled = false$/ {print "enabled = true"; d=0; next} {print}' "$ex" \
+  | sed -e "$db" > "$WORK/dialog.toml"
+awk '/^\[(dialog|accounting)\]/{d=1} d && /^enabled = false$/ {print "enabled = true"; d=0; next} {print}' "$ex" \
+  | sed -e "$db" > "$WORK/acc.toml"
+run() {
+  rm -f "$WORK"/sb.db*
+  "$SB" run --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 & SBP=$!
+  sleep 1
+  PROXY_PID=$SBP "$BENCH/run-calls.sh" 127.0.0.1 5060 "$RATE" 4 >/dev/null 2>&1 # warm-up
+  line=$(PROXY_PID=$SBP "$BENCH/run-calls.sh" 127.0.0.1 5060 "$RATE" "$SECS" 2>/dev/null | tail -1)
+  kill -TERM "$SBP" 2>/dev/null; wait "$SBP" 2>/dev/null; SBP=
+  ms=$(sed -n 's/.*proxy_cpu_ms_per_call=\([0-9.]*\).*/\1/p' <<<"$line")
+  failed=$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$line")
+  echo "$1 proxy_cpu_ms_per_call=$ms failed=$failed"
+}
+for _ in $(seq "$ROUNDS"); do
+  for v in off dialog acc; do run "$v"; done
+done
