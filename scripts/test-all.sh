@@ -42,4 +42,6 @@ echo "== end-to-end (SIPp): dialogs"
 tests/e2e/dialog.sh || e2e_rc=1
 echo "== end-to-end (SIPp): resource balancer"
 tests/e2e/balancer.sh || e2e_rc=1
+echo "== end-to-end (SIPp + stand-in event sockets): live FreeSWITCH load"
+tests/e2e/esl.sh || e2e_rc=1
 exit $e2e_rc

@@ -37,7 +37,17 @@ pub(crate) fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcR
                         "uri": &*n.cfg.uri,
                         "enabled": n.enabled(),
                         "description": n.cfg.description,
-                        "resources": n.load().iter().map(|(r, cap, used)| json!({"name": r, "max": cap, "load": used})).collect::<Vec<_>>(),
+                        "resources": n.load().iter().map(|(r, cap, used)| {
+                            let mut v = json!({"name": r, "max": cap, "load": used});
+                            if let Some((_, src)) = n.cfg.live.iter().find(|(l, _)| l == r) {
+                                v["source"] = json!(src.to_string());
+                                v["reported"] = match n.live_report(r) {
+                                    Some(rep) => json!({"max_sessions": rep.max_sessions, "sessions": rep.sessions, "idle_cpu": rep.idle_cpu, "free": rep.free()}),
+                                    None => Value::Null,
+                                };
+                            }
+                            v
+                        }).collect::<Vec<_>>(),
                     })
                 })
                 .collect();

@@ -12,8 +12,80 @@ use std::time::{Duration, Instant};
 
 use crate::types::{Destination, Transport};
 
+/// Where a live capacity is read: FreeSWITCH's event socket (`fs://[password@]host[:port]`,
+/// as in OpenSIPS; port 8021 and password `ClueCon` by default).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FsSource {
+    pub host: String,
+    pub port: u16,
+    pub password: String,
+}
+
+impl std::fmt::Display for FsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "fs://{}:{}", self.host, self.port)
+    }
+}
+
+/// Parses `fs://[user:]password@host[:port]` (a user, as OpenSIPS allows, is ignored: the
+/// event socket authenticates by password).
+pub fn parse_fs_url(v: &str) -> Result<FsSource, String> {
+    let rest = v
+        .strip_prefix("fs://")
+        .ok_or_else(|| format!("{v:?} is not an fs:// URL"))?;
+    let (auth, hostport) = match rest.rsplit_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, rest),
+    };
+    let password = match auth {
+        Some(a) => a.rsplit_once(':').map_or(a, |(_, p)| p).to_string(),
+        None => "ClueCon".to_string(),
+    };
+    if password.is_empty() || password.contains(['\r', '\n']) {
+        return Err(format!("{v:?}: empty or multi-line password"));
+    }
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h,
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{v:?}: port must be 1-65535"))?,
+        ),
+        _ => (hostport, 8021),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b))
+    {
+        return Err(format!("{v:?}: bad host"));
+    }
+    Ok(FsSource {
+        host: host.to_string(),
+        port,
+        password,
+    })
+}
+
+/// The capacity an `fs://` resource has until its first report (OpenSIPS'
+/// `initial_freeswitch_load`).
+pub const FS_INITIAL_CAPACITY: i64 = 1000;
+
+/// The `fs://` resources of a resources string (one already accepted by
+/// [`parse_resources`]).
+pub fn fs_sources(s: &str) -> Vec<(String, FsSource)> {
+    s.split([';', ','])
+        .filter_map(|p| p.split_once('='))
+        .filter_map(|(n, v)| Some((n.trim().to_string(), parse_fs_url(v.trim()).ok()?)))
+        .collect()
+}
+
 /// Parses `pstn=500;vm=100` (`;` or `,` between pairs). Names are tokens, capacities
-/// integers from 0; every problem is reported with the pair it is in.
+/// integers from 0, or `fs://...` for a capacity read live from FreeSWITCH (counted as
+/// [`FS_INITIAL_CAPACITY`] until it reports); every problem is reported with the pair it is
+/// in.
 pub fn parse_resources(s: &str) -> Result<Vec<(String, i64)>, String> {
     let mut out: Vec<(String, i64)> = Vec::new();
     for part in s.split([';', ',']).map(str::trim).filter(|p| !p.is_empty()) {
@@ -30,10 +102,14 @@ pub fn parse_resources(s: &str) -> Result<Vec<(String, i64)>, String> {
                 "{part:?}: resource name must be letters, digits, - or _"
             ));
         }
-        let cap: i64 = cap
-            .trim()
-            .parse()
-            .map_err(|_| format!("{part:?}: capacity must be an integer"))?;
+        let cap: i64 = if cap.trim().starts_with("fs://") {
+            parse_fs_url(cap.trim()).map_err(|e| format!("{part:?}: {e}"))?;
+            FS_INITIAL_CAPACITY
+        } else {
+            cap.trim()
+                .parse()
+                .map_err(|_| format!("{part:?}: capacity must be an integer or an fs:// URL"))?
+        };
         if cap < 0 {
             return Err(format!("{part:?}: capacity must not be negative"));
         }
@@ -57,8 +133,35 @@ pub struct LbNodeConfig {
     pub transport: Transport,
     pub addr: std::net::SocketAddr,
     pub resources: Vec<(String, i64)>,
+    /// Resources whose capacity FreeSWITCH reports (`pstn=fs://...`).
+    pub live: Vec<(String, FsSource)>,
     pub enabled: bool,
     pub description: String,
+}
+
+/// What FreeSWITCH last reported for a node (a `HEARTBEAT` event).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LiveReport {
+    pub max_sessions: i64,
+    pub sessions: i64,
+    /// Percent, 0-100.
+    pub idle_cpu: f64,
+}
+
+impl LiveReport {
+    /// Free sessions as FreeSWITCH sees them, scaled by its idle CPU: a node with room for
+    /// 400 more sessions but 25 % CPU left takes 100.
+    pub fn free(&self) -> i64 {
+        let room = (self.max_sessions - self.sessions).max(0) as f64;
+        (room * self.idle_cpu.clamp(0.0, 100.0) / 100.0).floor() as i64
+    }
+}
+
+/// A live resource's state: the last report, and our own count on the node when it came
+/// (calls we place after it are not in it yet).
+#[derive(Debug, Default)]
+struct Live {
+    report: Option<(LiveReport, i64)>,
 }
 
 /// A node with its live counters.
@@ -68,6 +171,8 @@ pub struct LbNode {
     capacity: Vec<AtomicI64>,
     used: Vec<AtomicI64>,
     enabled: AtomicBool,
+    /// Per resource: `Some` for an `fs://` one.
+    live: Vec<Option<Mutex<Live>>>,
 }
 
 impl LbNode {
@@ -76,6 +181,16 @@ impl LbNode {
             capacity: cfg.resources.iter().map(|r| AtomicI64::new(r.1)).collect(),
             used: cfg.resources.iter().map(|_| AtomicI64::new(0)).collect(),
             enabled: AtomicBool::new(cfg.enabled),
+            live: cfg
+                .resources
+                .iter()
+                .map(|(n, _)| {
+                    cfg.live
+                        .iter()
+                        .any(|(l, _)| l == n)
+                        .then(|| Mutex::new(Live::default()))
+                })
+                .collect(),
             cfg,
         }
     }
@@ -102,6 +217,28 @@ impl LbNode {
 
     pub fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// The last FreeSWITCH report for a live resource (`None` before the first, or for a
+    /// fixed one).
+    pub fn live_report(&self, res: &str) -> Option<LiveReport> {
+        let l = self.live.get(self.index(res)?)?.as_ref()?;
+        let g = l.lock().unwrap_or_else(|p| p.into_inner());
+        g.report.map(|r| r.0)
+    }
+
+    /// (capacity, free) of resource `i`: for a reported live resource, FreeSWITCH's free
+    /// sessions less the calls we placed since the report.
+    fn room(&self, i: usize) -> (i64, i64) {
+        let used = self.used[i].load(Ordering::Relaxed);
+        if let Some(l) = self.live.get(i).and_then(|l| l.as_ref()) {
+            let g = l.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((r, ours_then)) = g.report {
+                return (r.max_sessions, r.free() - (used - ours_then).max(0));
+            }
+        }
+        let cap = self.capacity[i].load(Ordering::Relaxed);
+        (cap, cap - used)
     }
 
     fn destination(self: &Arc<Self>) -> Destination {
@@ -217,8 +354,8 @@ impl Balancer {
                     ok = false;
                     break;
                 };
-                let cap = n.capacity[i].load(Ordering::Relaxed);
-                let left = (cap - n.used[i].load(Ordering::Relaxed)) as f64;
+                let (cap, left) = n.room(i);
+                let left = left as f64;
                 let f = if flags.relative {
                     if cap > 0 {
                         left / cap as f64
@@ -333,6 +470,25 @@ impl Balancer {
         true
     }
 
+    /// A FreeSWITCH report for `uri`'s live resource `res`. False when there is no such
+    /// node or resource (a reload removed it): the reader stops.
+    pub fn report_live(&self, uri: &str, res: &str, r: LiveReport) -> bool {
+        let nodes = self.nodes();
+        let Some(n) = nodes.iter().find(|n| &*n.cfg.uri == uri) else {
+            return false;
+        };
+        let Some(i) = n.index(res) else {
+            return false;
+        };
+        let Some(l) = n.live[i].as_ref() else {
+            return false;
+        };
+        let ours = n.used[i].load(Ordering::Relaxed);
+        l.lock().unwrap_or_else(|p| p.into_inner()).report = Some((r, ours));
+        n.capacity[i].store(r.max_sessions, Ordering::Relaxed);
+        true
+    }
+
     /// `lb_resize`: a node's capacity for a resource.
     pub fn resize(&self, uri: &str, res: &str, cap: i64) -> Result<(), String> {
         if cap < 0 {
@@ -372,6 +528,14 @@ impl Balancer {
                     for (i, (r, _)) in n.cfg.resources.iter().enumerate() {
                         if let Some(j) = o.index(r) {
                             n.used[i].store(o.used[j].load(Ordering::Relaxed), Ordering::Relaxed);
+                            // a live resource keeps its last report
+                            if let (Some(new), Some(old)) = (&n.live[i], &o.live[j]) {
+                                let r = old.lock().unwrap_or_else(|p| p.into_inner()).report;
+                                new.lock().unwrap_or_else(|p| p.into_inner()).report = r;
+                                if let Some((rep, _)) = r {
+                                    n.capacity[i].store(rep.max_sessions, Ordering::Relaxed);
+                                }
+                            }
                         }
                     }
                 }
@@ -481,6 +645,7 @@ mod tests {
             transport: Transport::Udp,
             addr: ([127, 0, 0, 1], port).into(),
             resources: parse_resources(res).unwrap(),
+            live: fs_sources(res),
             enabled: true,
             description: String::new(),
         }
@@ -523,6 +688,88 @@ mod tests {
         }
         assert!(LbFlags::parse("rsn").is_ok());
         assert!(LbFlags::parse("x").is_err());
+    }
+
+    #[test]
+    fn fs_urls_are_checked() {
+        assert_eq!(
+            parse_fs_url("fs://secret@10.0.0.5:8022").unwrap(),
+            FsSource {
+                host: "10.0.0.5".into(),
+                port: 8022,
+                password: "secret".into()
+            }
+        );
+        let d = parse_fs_url("fs://fs1.example").unwrap();
+        assert_eq!((d.port, d.password.as_str()), (8021, "ClueCon"));
+        assert_eq!(parse_fs_url("fs://u:pw@[::1]:9000").unwrap().host, "::1");
+        for bad in [
+            "http://x",
+            "fs://",
+            "fs://pw@host:0",
+            "fs://pw@host:99999",
+            "fs://pw@ho st",
+            "fs://@host",
+        ] {
+            assert!(parse_fs_url(bad).is_err(), "{bad}");
+        }
+        let r = parse_resources("pstn=fs://pw@127.0.0.1:8021;vm=5").unwrap();
+        assert_eq!(
+            r,
+            vec![("pstn".into(), FS_INITIAL_CAPACITY), ("vm".into(), 5)]
+        );
+        assert_eq!(fs_sources("pstn=fs://pw@127.0.0.1:8021;vm=5").len(), 1);
+        let e = parse_resources("pstn=fs://pw@h:0").unwrap_err();
+        assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn live_capacity_follows_freeswitch_reports_and_our_own_calls_since() {
+        let b = Balancer::new(
+            vec![
+                node(1, 5080, "pstn=fs://pw@127.0.0.1:8021"),
+                node(2, 5082, "pstn=fs://pw@127.0.0.1:8022"),
+            ],
+            LbRoute {
+                group: 1,
+                resources: vec!["pstn".into()],
+                flags: LbFlags::default(),
+            },
+            7,
+        );
+        let rep = |max, sessions, idle_cpu| LiveReport {
+            max_sessions: max,
+            sessions,
+            idle_cpu,
+        };
+        // before any report both count with the initial capacity
+        assert!(pick(&b).is_some());
+        assert!(b.report_live("sip:127.0.0.1:5080", "pstn", rep(100, 95, 100.0)));
+        assert!(b.report_live("sip:127.0.0.1:5082", "pstn", rep(100, 20, 50.0)));
+        assert!(!b.report_live("sip:127.0.0.1:5099", "pstn", rep(1, 0, 1.0)));
+        assert_eq!(rep(100, 20, 50.0).free(), 40);
+        assert_eq!(rep(10, 30, 100.0).free(), 0, "over its maximum: no room");
+        // node 2 has 40 free, node 1 has 5: 35 calls go to node 2, then they alternate
+        let mut at = HashMap::new();
+        for i in 0..45 {
+            let d = pick(&b).expect("room");
+            b.attempt(&format!("c{i}"), &d);
+            *at.entry(d.addr.port()).or_insert(0) += 1;
+        }
+        assert_eq!((at[&5080], at[&5082]), (5, 40));
+        assert!(
+            pick(&b).is_none(),
+            "both full by their reports and our calls since"
+        );
+        // a new report from node 1 (which now counts our 5 calls) frees room there
+        assert!(b.report_live("sip:127.0.0.1:5080", "pstn", rep(100, 50, 100.0)));
+        assert_eq!(pick(&b).unwrap().addr.port(), 5080);
+        let n = &b.nodes()[0];
+        assert_eq!(n.live_report("pstn"), Some(rep(100, 50, 100.0)));
+        assert_eq!(n.load()[0].1, 100, "capacity shown is Max-Sessions");
+        // a reload keeps the reports
+        b.reload(b.nodes().iter().map(|n| n.cfg.clone()).collect());
+        assert_eq!(b.nodes()[0].live_report("pstn"), Some(rep(100, 50, 100.0)));
     }
 
     #[test]

@@ -964,9 +964,24 @@ mod persistence_tests {
             "",
         );
         t.sweep(now + Duration::from_secs(1), &v, &mut out);
-        assert!(t.take_events().is_empty(), "not before it has lived a second");
+        assert!(
+            t.take_events().is_empty(),
+            "not before it has lived a second"
+        );
         // a call that ends before then is never written, nor deleted
-        t.on_answer(now, 101, true, "short", "f", "t", || leg("a"), leg("b"), None, None, "");
+        t.on_answer(
+            now,
+            101,
+            true,
+            "short",
+            "f",
+            "t",
+            || leg("a"),
+            leg("b"),
+            None,
+            None,
+            "",
+        );
         assert!(t.on_bye("short", "f", "t").is_some());
         t.sweep(now + Duration::from_secs(3), &v, &mut out);
         assert!(
@@ -998,7 +1013,10 @@ mod packed_tests {
         );
         assert_eq!(p.heap_len(), 4 + 3 + 5);
         let q = p.with(&[(1, "x"), (3, "")]);
-        assert_eq!((q.get(0), q.get(1), q.get(2), q.get(3)), ("call", "x", "tag", ""));
+        assert_eq!(
+            (q.get(0), q.get(1), q.get(2), q.get(3)),
+            ("call", "x", "tag", "")
+        );
         let e = Packed::new(["", ""]);
         assert_eq!((e.get(0), e.get(1)), ("", ""));
     }

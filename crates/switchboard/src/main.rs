@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod dialog_store;
 mod dispatch_config;
+mod esl;
 mod registrar_config;
 
 use std::path::PathBuf;
@@ -308,6 +309,11 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         }
         None => None,
     };
+    if let Some(b) = &balancer {
+        // live capacities (`pstn=fs://...`) over FreeSWITCH's event socket
+        let _guard = rt.enter();
+        esl::supervise(b.clone());
+    }
     let router: Arc<dyn sip_proxy::Router> = match &balancer {
         Some(b) => Arc::new(sip_proxy::balancer::CallRouter {
             dispatcher: dispatcher.clone(),

@@ -195,7 +195,11 @@ impl Proxy {
         let (Some(c), Some(dl)) = (&self.cdrs, &self.dialogs) else {
             return;
         };
-        c.push(crate::cdr::CallRecord::answered(d, dl.unix(now), how.as_str()));
+        c.push(crate::cdr::CallRecord::answered(
+            d,
+            dl.unix(now),
+            how.as_str(),
+        ));
     }
 
     /// The dialog table, when tracking is on.
@@ -336,7 +340,12 @@ impl Proxy {
             let mut ended = Vec::new();
             d.sweep(now, &|t| self.via_for(t), &mut ended);
             for (dlg, byes) in ended {
-                tracing::info!(call_id = dlg.call_id(), id = dlg.id, state = dlg.state.as_str(), "dialog lifetime over: BYE to both sides");
+                tracing::info!(
+                    call_id = dlg.call_id(),
+                    id = dlg.id,
+                    state = dlg.state.as_str(),
+                    "dialog lifetime over: BYE to both sides"
+                );
                 Stats::inc(&self.stats.dialogs_timed_out);
                 if dlg.state == crate::dialog::DialogState::Confirmed {
                     self.account_ended(now, &dlg, crate::dialog::Ending::Lifetime);

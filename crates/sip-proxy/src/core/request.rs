@@ -87,7 +87,12 @@ impl Proxy {
                     msg.from_tag().unwrap_or(""),
                     msg.to_tag().unwrap_or(""),
                 ) {
-                    tracing::debug!(call_id = dlg.call_id(), id = dlg.id, hung_up = who.as_str(), "dialog ended");
+                    tracing::debug!(
+                        call_id = dlg.call_id(),
+                        id = dlg.id,
+                        hung_up = who.as_str(),
+                        "dialog ended"
+                    );
                     self.account_ended(now, &dlg, who);
                 }
             }

@@ -435,10 +435,9 @@ impl Proxy {
             .iter()
             .map(|v| NameAddr::parse(v, "Record-Route").is_ok_and(|n| self.is_us(&n.uri)))
             .collect();
-        let (Some(first), Some(last)) = (
-            ours.iter().position(|o| *o),
-            ours.iter().rposition(|o| *o),
-        ) else {
+        let (Some(first), Some(last)) =
+            (ours.iter().position(|o| *o), ours.iter().rposition(|o| *o))
+        else {
             return (String::new(), String::new());
         };
         let to_callee: Vec<&str> = rr[..first].iter().rev().copied().collect();

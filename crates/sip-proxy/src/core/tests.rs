@@ -803,10 +803,7 @@ fn byes_from_the_middle_follow_each_sides_route_set() {
         m.values(HeaderName::Route).collect::<Vec<_>>().join(", ")
     };
     assert_eq!(route_to("127.0.0.1:5080"), "<sip:down.example;lr>");
-    assert_eq!(
-        route_to(UAC),
-        "<sip:up2.example;lr>, <sip:up1.example;lr>"
-    );
+    assert_eq!(route_to(UAC), "<sip:up2.example;lr>, <sip:up1.example;lr>");
     // without other proxies, no Route at all
     answered_call(&p, now + Duration::from_secs(12), "plain");
     let d = p
@@ -846,6 +843,7 @@ fn balanced(now: Instant) -> (Proxy, Arc<crate::balancer::Balancer>) {
         transport: Transport::Udp,
         addr: addr(&format!("127.0.0.1:{port}")),
         resources: parse_resources("pstn=1").unwrap(),
+        live: vec![],
         enabled: true,
         description: String::new(),
     };

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Live load from FreeSWITCH's event socket (ESL) end to end: two SIPp "FreeSWITCH" nodes
+# whose pstn capacity is `fs://...`, each with a stand-in event socket (esl-standin.py)
+# reporting Max-Sessions, Session-Count and Idle-CPU in HEARTBEAT events; calls follow the
+# reported free sessions as they change; a wrong password and a malformed heartbeat are
+# logged. Ports from E2E_BASE+1000. Prints one line per case and "N passed, M failed".
+set -uo pipefail
+source "$(dirname "$0")/lib.sh"
+WORK=$(mktemp -d /tmp/sb-esl.XXXXXX)
+BASE=$(( ${E2E_BASE:-35000} + 1000 ))
+P=$((BASE + 60)); B1=$((BASE + 80)); B2=$((BASE + 82)); UACP=$((BASE + 70)); MGMT=$((BASE + 88))
+E1=$((BASE + 21)); E2=$((BASE + 22)); E3=$((BASE + 23))
+MI="http://127.0.0.1:$MGMT/mi"
+need_free $P $B1 $B2 $UACP $MGMT $E1 $E2 $E3
+need_binary
+
+cat > "$WORK/sb.toml" <<TOML
+[sip]
+listen = ["udp:127.0.0.1:$P"]
+[dispatcher]
+probe_interval_s = 0
+[[dispatcher.set]]
+id = 1
+algorithm = "round-robin"
+destinations = ["sip:127.0.0.1:$B1"]
+[routing]
+default_set = 1
+[management]
+listen = "127.0.0.1:$MGMT"
+[database]
+url = "sqlite://$WORK/sb.db"
+[dialog]
+enabled = true
+[balancer]
+group = 1
+resources = ["pstn"]
+[[balancer.node]]
+uri = "sip:127.0.0.1:$B1"
+resources = "pstn=fs://ClueCon@127.0.0.1:$E1"
+description = "fs1"
+[[balancer.node]]
+uri = "sip:127.0.0.1:$B2"
+resources = "pstn=fs://ClueCon@127.0.0.1:$E2"
+description = "fs2"
+[[balancer.node]]
+uri = "sip:127.0.0.1:$((BASE + 84))"
+group = 2
+resources = "pstn=fs://wrong@127.0.0.1:$E3"
+description = "fs3, wrong password"
+TOML
+standin() { # port password state-file
+  python3 "$ROOT/tests/e2e/esl-standin.py" "$1" "$2" "$3" >"$WORK/esl-$1.log" 2>&1 </dev/null &
+  PIDS+=($!)
+  for _ in $(seq 50); do busy "$1" && return 0; sleep 0.1; done
+}
+echo "100 95 100" > "$WORK/fs1"; echo "100 20 100" > "$WORK/fs2"; echo "100 0 100" > "$WORK/fs3"
+standin $E1 ClueCon "$WORK/fs1"; standin $E2 ClueCon "$WORK/fs2"; standin $E3 ClueCon "$WORK/fs3"
+"$SB" run --config "$WORK/sb.toml" >"$WORK/sb.log" 2>&1 </dev/null &
+PIDS+=($!)
+for _ in $(seq 50); do busy $P && busy $MGMT && break; sleep 0.1; done
+rpc() { curl -s -m 2 -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":${2:-{\}}}" "$MI"; }
+reported() { # "sessions1/idle1+sessions2/idle2" as the balancer last heard them
+  rpc lb_list | python3 -c "
+import json,sys
+d=json.load(sys.stdin)['result']['Destinations'][:2]
+print('+'.join('%s/%g' % (r['reported']['sessions'], r['reported']['idle_cpu']) if r.get('reported') else '-' for r in (n['resources'][0] for n in d)))" 2>/dev/null || echo x
+}
+wait_reported() { for _ in $(seq 100); do [ "$(reported)" = "$1" ] && return 0; sleep 0.1; done; return 1; }
+load() { rpc lb_list | python3 -c "import json,sys; d=json.load(sys.stdin)['result']; print('+'.join(str(n['resources'][0]['load']) for n in d['Destinations'][:2]))" 2>/dev/null || echo x; }
+wait_load() { for _ in $(seq 150); do [ "$(load)" = "$1" ] && return 0; sleep 0.1; done; return 1; }
+for p in $B1 $B2; do
+  sipp -sf "$SC/uas-rr.xml" -i 127.0.0.1 -p $p -aa -nostdin >"$WORK/uas-$p.out" 2>&1 </dev/null & PIDS+=($!)
+done
+for _ in $(seq 50); do busy $B1 && busy $B2 && break; sleep 0.1; done
+calls() { # n hold_ms: n calls held at once, placed by the balancer; prints the load while held
+  sipp 127.0.0.1:$P -sf "$SC/uac-rr.xml" -i 127.0.0.1 -p $UACP -r 50 -m "$1" -l 100 -d "$2" -nostdin \
+    -timeout 30s >"$WORK/uac.out" 2>&1 </dev/null & local u=$!
+  sleep $(( $2 / 2000 + 1 )); local held; held=$(load)
+  wait $u; echo "$held rc=$?"
+}
+
+# ---- the reports reach lb_list -------------------------------------------------------------
+wait_reported "95/100+20/100"; r=$?
+result "heartbeats-in-lb-list" $r "reported sessions/idle-cpu: $(reported)"
+
+# ---- calls follow the free sessions FreeSWITCH reports --------------------------------------
+# fs1 has 5 free, fs2 80: ten calls all go to fs2
+a=$(calls 10 3000); wait_load "0+0"
+# the figures turn: fs1 10 of 100 in use, fs2 99: ten calls all go to fs1
+echo "100 10 100" > "$WORK/fs1"; echo "100 99 100" > "$WORK/fs2"; wait_reported "10/100+99/100"
+b=$(calls 10 3000); wait_load "0+0"
+# idle CPU scales the room: fs1 has 90 sessions free but 5 % CPU left (4 calls), fs2 60 free
+echo "100 10 5" > "$WORK/fs1"; echo "100 40 100" > "$WORK/fs2"; wait_reported "10/5+40/100"
+c=$(calls 10 3000); wait_load "0+0"
+[ "$a" = "0+10 rc=0" ] && [ "$b" = "10+0 rc=0" ] && [ "$c" = "0+10 rc=0" ]
+result "calls-follow-reported-free-sessions" $? "held: $a; after the figures turned: $b; fs1 at 5 % idle CPU: $c"
+
+# ---- a full node by its report is not used; both full: 503 ----------------------------------
+echo "100 100 100" > "$WORK/fs1"; echo "100 100 100" > "$WORK/fs2"; wait_reported "100/100+100/100"
+code=$(printf 'INVITE sip:svc@127.0.0.1:%s SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:%s;branch=z9hG4bK-full1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:svc@h>\r\nCall-ID: full-1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n' $P $UACP \
+  | python3 -c "
+import socket,sys
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('127.0.0.1',$UACP)); s.settimeout(3)
+s.sendto(sys.stdin.buffer.read(),('127.0.0.1',$P))
+for _ in range(5):
+    d=s.recv(65535).decode(errors='replace').split('\r\n')[0]
+    if not d.startswith('SIP/2.0 100'): print(d); break" 2>&1)
+[[ "$code" == "SIP/2.0 503"* ]]
+result "full-by-report-503" $? "$code"
+
+# ---- a wrong password and a malformed heartbeat are logged, the last report kept ------------
+echo "garbage" > "$WORK/fs1"; sleep 2.5
+grep -q 'auth refused' "$WORK/sb.log"; auth=$?
+grep -q 'FreeSWITCH event ignored.*Session-Count' "$WORK/sb.log"; bad=$?
+kept=$(reported)
+[ $auth = 0 ] && [ $bad = 0 ] && [ "$kept" = "100/100+100/100" ]
+result "wrong-password-and-malformed-heartbeat-logged" $? "auth refused logged: $([ $auth = 0 ] && echo yes || echo no); malformed heartbeat logged: $([ $bad = 0 ] && echo yes || echo no); report kept: $kept"
+
+echo "esl e2e: $PASS passed, $FAIL failed"
+[ $FAIL = 0 ]
