@@ -2,8 +2,8 @@
 # Live load from FreeSWITCH's event socket (ESL) end to end: two SIPp "FreeSWITCH" nodes
 # whose pstn capacity is `fs://...`, each with a stand-in event socket (esl-standin.py)
 # reporting Max-Sessions, Session-Count and Idle-CPU in HEARTBEAT events; calls follow the
-# reported free sessions as they change; a wrong password and a malformed heartbeat are
-# logged. Ports from E2E_BASE+1000. Prints one line per case and "N passed, M failed".
+# reported free sessions as they change; calls a node sends are counted on it
+# (lb_count_call); a wrong password and a malformed heartbeat are logged. Ports from E2E_BASE+1000. Prints one line per case and "N passed, M failed".
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 WORK=$(mktemp -d /tmp/sb-esl.XXXXXX)
@@ -34,6 +34,7 @@ enabled = true
 [balancer]
 group = 1
 resources = ["pstn"]
+count_calls_from_nodes = true
 [[balancer.node]]
 uri = "sip:127.0.0.1:$B1"
 resources = "pstn=fs://ClueCon@127.0.0.1:$E1"
@@ -94,6 +95,18 @@ echo "100 10 5" > "$WORK/fs1"; echo "100 40 100" > "$WORK/fs2"; wait_reported "1
 c=$(calls 10 3000); wait_load "0+0"
 [ "$a" = "0+10 rc=0" ] && [ "$b" = "10+0 rc=0" ] && [ "$c" = "0+10 rc=0" ]
 result "calls-follow-reported-free-sessions" $? "held: $a; after the figures turned: $b; fs1 at 5 % idle CPU: $c"
+
+# ---- lb_count_call: calls a node sends are counted on it while they last -----------------------
+N3=$((BASE + 84))
+load3() { rpc lb_list | python3 -c "import json,sys; print(json.load(sys.stdin)['result']['Destinations'][2]['resources'][0]['load'])" 2>/dev/null || echo x; }
+sipp 127.0.0.1:$P -sf "$SC/uac-rr.xml" -i 127.0.0.1 -p $N3 -r 50 -m 5 -l 100 -d 3000 -nostdin -timeout 30s \
+  >"$WORK/uac3.out" 2>&1 </dev/null & U3=$!
+sleep 1.5; during="$(load3) from fs3, $(load) on group 1"
+wait $U3; rc3=$?
+for _ in $(seq 50); do [ "$(load3)" = 0 ] && break; sleep 0.1; done
+after="$(load3) from fs3, $(load) on group 1"
+[ $rc3 = 0 ] && [ "$during" = "5 from fs3, 0+5 on group 1" ] && [ "$after" = "0 from fs3, 0+0 on group 1" ]
+result "calls-from-a-node-counted-on-it" $? "while held: $during; after the BYEs: $after; sipp rc=$rc3"
 
 # ---- a full node by its report is not used; both full: 503 ----------------------------------
 echo "100 100 100" > "$WORK/fs1"; echo "100 100 100" > "$WORK/fs2"; wait_reported "100/100+100/100"

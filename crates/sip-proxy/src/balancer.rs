@@ -286,6 +286,31 @@ pub struct LbRoute {
     pub group: i64,
     pub resources: Vec<String>,
     pub flags: LbFlags,
+    /// Initial requests of these methods go through the balancer, the others through the
+    /// dispatcher (OpenSIPS scripts: `lb_start` for INVITE, `ds_select_dst` for REGISTER).
+    /// Only INVITEs are counted: a MESSAGE placed by free capacity holds nothing.
+    pub methods: Vec<String>,
+    /// `lb_count_call`: a call a node sends (FreeSWITCH calling out) is counted on that
+    /// node while it lasts.
+    pub count_from_nodes: bool,
+}
+
+impl LbRoute {
+    /// The usual route: calls (INVITE) through the balancer, nothing counted from nodes.
+    pub fn calls(group: i64, resources: Vec<String>, flags: LbFlags) -> LbRoute {
+        LbRoute {
+            group,
+            resources,
+            flags,
+            methods: vec!["INVITE".into()],
+            count_from_nodes: false,
+        }
+    }
+
+    /// True when requests of `method` go through the balancer.
+    pub fn takes(&self, method: &str) -> bool {
+        self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+    }
 }
 
 /// The balancer.
@@ -293,6 +318,8 @@ pub struct Balancer {
     nodes: RwLock<Arc<Vec<Arc<LbNode>>>>,
     route: LbRoute,
     calls: Mutex<HashMap<Box<str>, Arc<LbNode>>>,
+    /// Calls counted on the node they came from (`lb_count_call`), apart from where they go.
+    inbound: Mutex<HashMap<Box<str>, Arc<LbNode>>>,
     rng: AtomicU64,
     /// "no capacity" is logged once per 10 s, with how many calls were refused meanwhile.
     full_log: Mutex<(Option<Instant>, u64)>,
@@ -309,6 +336,7 @@ impl Balancer {
             )),
             route,
             calls: Mutex::new(HashMap::new()),
+            inbound: Mutex::new(HashMap::new()),
             rng: AtomicU64::new(seed | 1),
             full_log: Mutex::new((None, 0)),
         }
@@ -446,14 +474,43 @@ impl Balancer {
         self.calls().contains_key(call_id)
     }
 
+    /// `lb_count_call`: a call from a node (FreeSWITCH calling out) counted on that node
+    /// until it ends, like a call sent to it. False when `from` is no node.
+    pub fn count_inbound(&self, call_id: &str, from: std::net::SocketAddr) -> bool {
+        let Some(n) = self.nodes().iter().find(|n| n.cfg.addr == from).cloned() else {
+            return false;
+        };
+        let mut g = self.inbound.lock().unwrap_or_else(|p| p.into_inner());
+        if g.insert(call_id.into(), n.clone()).is_none() {
+            self.add(&n, 1);
+        } else {
+            // a retransmission, or a node re-using a Call-ID: counted once
+            let old = g.insert(call_id.into(), n.clone());
+            if let Some(old) = old.filter(|o| !Arc::ptr_eq(o, &n)) {
+                self.add(&old, -1);
+                self.add(&n, 1);
+            }
+        }
+        true
+    }
+
     /// `lb_is_destination`: a node's address.
     pub fn is_node(&self, addr: std::net::SocketAddr) -> bool {
         self.nodes().iter().any(|n| n.cfg.addr == addr)
     }
 
-    /// The call is over (failed, cancelled, hung up, expired): uncount it, once.
+    /// The call is over (failed, cancelled, hung up, expired): uncount it, once, where it
+    /// went and where it came from.
     pub fn release(&self, call_id: &str) {
         if let Some(n) = self.calls().remove(call_id) {
+            self.add(&n, -1);
+        }
+        let from = self
+            .inbound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(call_id);
+        if let Some(n) = from {
             self.add(&n, -1);
         }
     }
@@ -546,7 +603,8 @@ impl Balancer {
         // calls counted on a node that stays move to its new record
         {
             let mut calls = self.calls();
-            for n in calls.values_mut() {
+            let mut inbound = self.inbound.lock().unwrap_or_else(|p| p.into_inner());
+            for n in calls.values_mut().chain(inbound.values_mut()) {
                 if let Some(m) = new.iter().find(|m| m.cfg.uri == n.cfg.uri) {
                     *n = m.clone();
                 }
@@ -566,7 +624,7 @@ pub struct CallRouter {
 
 impl crate::Router for CallRouter {
     fn select(&self, req: &sip_wire::Message, out: &mut Vec<Destination>) {
-        if req.method() == Some(sip_wire::Method::Invite) {
+        if self.balancer.route().takes(req.method_str()) {
             let r = self.balancer.route();
             self.balancer
                 .candidates(r.group, &r.resources, r.flags, out);
@@ -580,7 +638,7 @@ impl crate::Router for CallRouter {
     }
 
     fn describe_for(&self, req: &sip_wire::Message) -> String {
-        if req.method() == Some(sip_wire::Method::Invite) {
+        if self.balancer.route().takes(req.method_str()) {
             let r = self.balancer.route();
             format!(
                 "balancer group {}: no node with free {}",
@@ -620,6 +678,12 @@ impl crate::Router for CallRouter {
         self.dispatcher.on_call_ended(call_id)
     }
 
+    fn on_call_from(&self, call_id: &str, from: std::net::SocketAddr) {
+        if self.balancer.route().count_from_nodes {
+            self.balancer.count_inbound(call_id, from);
+        }
+    }
+
     fn due_probes(&self, now: Instant, out: &mut Vec<crate::Probe>) {
         self.dispatcher.due_probes(now, out)
     }
@@ -654,11 +718,7 @@ mod tests {
     fn lb(flags: &str) -> Balancer {
         Balancer::new(
             vec![node(1, 5080, "pstn=30"), node(2, 5082, "pstn=10;vm=5")],
-            LbRoute {
-                group: 1,
-                resources: vec!["pstn".into()],
-                flags: LbFlags::parse(flags).unwrap(),
-            },
+            LbRoute::calls(1, vec!["pstn".into()], LbFlags::parse(flags).unwrap()),
             7,
         )
     }
@@ -688,6 +748,29 @@ mod tests {
         }
         assert!(LbFlags::parse("rsn").is_ok());
         assert!(LbFlags::parse("x").is_err());
+    }
+
+    #[test]
+    fn calls_from_nodes_count_where_they_come_from_until_they_end() {
+        let b = lb("");
+        let from = "127.0.0.1:5082".parse().unwrap();
+        assert!(b.count_inbound("out1", from));
+        assert!(
+            b.count_inbound("out1", from),
+            "a retransmission counts once"
+        );
+        assert!(!b.count_inbound("x", "10.9.9.9:5060".parse().unwrap()));
+        // the same call is also routed to node 1: counted on both
+        let d1 = b.nodes()[0].destination();
+        b.attempt("out1", &d1);
+        let load = |b: &Balancer| -> Vec<i64> { b.nodes().iter().map(|n| n.load()[0].2).collect() };
+        assert_eq!(load(&b), vec![1, 1]);
+        b.release("out1");
+        b.release("out1");
+        assert_eq!(load(&b), vec![0, 0]);
+        // which methods the balancer takes
+        let r = LbRoute::calls(1, vec!["pstn".into()], LbFlags::default());
+        assert!(r.takes("INVITE") && r.takes("invite") && !r.takes("REGISTER"));
     }
 
     #[test]
@@ -730,11 +813,7 @@ mod tests {
                 node(1, 5080, "pstn=fs://pw@127.0.0.1:8021"),
                 node(2, 5082, "pstn=fs://pw@127.0.0.1:8022"),
             ],
-            LbRoute {
-                group: 1,
-                resources: vec!["pstn".into()],
-                flags: LbFlags::default(),
-            },
+            LbRoute::calls(1, vec!["pstn".into()], LbFlags::default()),
             7,
         );
         let rep = |max, sessions, idle_cpu| LiveReport {

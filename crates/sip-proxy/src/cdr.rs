@@ -5,7 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use crate::dialog::{field, Dialog, Packed};
+
+/// How long a refused call is remembered (Timer H / 64·T1: its INVITE's retransmissions).
+const REFUSED_MEMORY: Duration = Duration::from_secs(32);
 
 /// One call, as accounted. Its strings are packed in the dialog layout
 /// ([`crate::dialog::field`]): an answered call takes a copy of its dialog's text (one
@@ -106,11 +112,36 @@ impl CallRecord {
 #[derive(Default)]
 pub struct Cdrs {
     q: Mutex<Vec<CallRecord>>,
+    /// Calls refused by the proxy itself in the last 32 s (a retransmission of their
+    /// INVITE is refused again, but recorded once), by a hash of Call-ID and From tag.
+    refused: Mutex<HashMap<u64, Instant>>,
 }
 
 impl Cdrs {
     pub fn push(&self, r: CallRecord) {
         self.q.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+    }
+
+    /// Pushes `r` unless the same call was pushed this way in the last 32 s.
+    pub fn push_once(&self, now: Instant, r: CallRecord) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        r.call_id().hash(&mut h);
+        r.from_tag().hash(&mut h);
+        let key = h.finish();
+        {
+            let mut seen = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.len() > 4096 {
+                seen.retain(|_, t| now.saturating_duration_since(*t) < REFUSED_MEMORY);
+            }
+            match seen.get(&key) {
+                Some(t) if now.saturating_duration_since(*t) < REFUSED_MEMORY => return,
+                _ => {
+                    seen.insert(key, now);
+                }
+            }
+        }
+        self.push(r);
     }
 
     /// Records queued since the last call.

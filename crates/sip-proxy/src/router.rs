@@ -43,8 +43,11 @@ pub trait Router: Send + Sync + 'static {
     /// An initial INVITE was answered 2xx by `dest`.
     fn on_call_answered(&self, _call_id: &str, _dest: &Destination) {}
 
-    /// A BYE for the call was seen.
+    /// The call is over: a BYE was seen, its dialog ended, or its INVITE failed.
     fn on_call_ended(&self, _call_id: &str) {}
+
+    /// A new call (initial INVITE) arrived from `from`, before it is routed.
+    fn on_call_from(&self, _call_id: &str, _from: std::net::SocketAddr) {}
 
     /// Appends the probes due at `now`.
     fn due_probes(&self, _now: Instant, _out: &mut Vec<Probe>) {}

@@ -23,6 +23,17 @@ pub struct RawBalancer {
     /// `config` (the nodes here) or `database` (the OpenSIPS `load_balancer` table).
     #[serde(default = "d_source")]
     pub source: String,
+    /// Initial requests of these methods go through the balancer; the rest through the
+    /// dispatcher. Only INVITEs are counted.
+    #[serde(default = "d_methods")]
+    pub methods: Vec<String>,
+    /// OpenSIPS `lb_count_call`: calls a node sends (FreeSWITCH calling out) count on it.
+    #[serde(default)]
+    pub count_calls_from_nodes: bool,
+}
+
+fn d_methods() -> Vec<String> {
+    vec!["INVITE".into()]
 }
 
 fn d_source() -> String {
@@ -195,12 +206,31 @@ pub fn validate(r: &RawBalancer, errors: &mut Vec<ConfigError>) -> BalancerSetti
             ));
         }
     }
+    let mut methods = Vec::new();
+    for (i, m) in r.methods.iter().enumerate() {
+        let up = m.trim().to_ascii_uppercase();
+        let why = if up.is_empty() || !up.bytes().all(|b| b.is_ascii_uppercase()) {
+            Some("not a SIP method name")
+        } else if matches!(up.as_str(), "ACK" | "CANCEL" | "BYE" | "PRACK" | "UPDATE") {
+            Some("only initial requests are routed; this method follows its dialog or transaction")
+        } else if methods.contains(&up) {
+            Some("listed twice")
+        } else {
+            None
+        };
+        match why {
+            Some(why) => errors.push(err(format!("balancer.methods[{i}]"), format!("{m:?}"), why)),
+            None => methods.push(up),
+        }
+    }
     BalancerSettings {
         nodes,
         route: LbRoute {
             group: r.group,
             resources: r.resources.clone(),
             flags,
+            methods,
+            count_from_nodes: r.count_calls_from_nodes,
         },
         from_database,
     }
@@ -238,6 +268,10 @@ mod tests {
             r#"
 resources = ["pstn", "fax"]
 flags = "sx"
+methods = ["INVITE", "BYE", "MES SAGE", "invite", "MESSAGE"]
+[[node]]
+uri = "sip:127.0.0.1:5086"
+resources = "pstn=fs://pw@127.0.0.1:0"
 [[node]]
 uri = "sip:127.0.0.1:5080"
 resources = "pstn=30"
@@ -257,12 +291,17 @@ resources = "pstn=1"
         let s = validate(&raw, &mut e);
         let got: Vec<(String, String)> = e.iter().map(|e| (e.key.clone(), e.why.clone())).collect();
         assert_eq!(s.nodes.len(), 1);
+        assert_eq!(s.route.methods, vec!["INVITE", "MESSAGE"]);
         for (k, why) in [
-            ("balancer.node[1].resources", "negative"),
-            ("balancer.node[2].resources", "name=capacity"),
-            ("balancer.node[3].uri", "twice"),
+            ("balancer.node[2].resources", "negative"),
+            ("balancer.node[3].resources", "name=capacity"),
+            ("balancer.node[4].uri", "twice"),
             ("balancer.flags", "unknown flag"),
             ("balancer.resources[1]", "unknown resource"),
+            ("balancer.methods[1]", "only initial requests"),
+            ("balancer.methods[2]", "not a SIP method"),
+            ("balancer.methods[3]", "twice"),
+            ("balancer.node[0].resources", "port must be 1-65535"),
         ] {
             assert!(
                 got.iter().any(|(gk, gw)| gk == k && gw.contains(why)),

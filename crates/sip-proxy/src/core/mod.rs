@@ -202,6 +202,38 @@ impl Proxy {
         ));
     }
 
+    /// A missed-call record for a call the proxy refused itself (404, 480, 403, 503, ...).
+    /// Digest challenges (401/407) are part of a call's setup, not its end, and are not
+    /// recorded; a retransmitted INVITE is recorded once.
+    fn account_refused(&self, now: Instant, src: &Source, msg: &Message, r: &Reject) {
+        let Some(c) = &self.cdrs else {
+            return;
+        };
+        if msg.method() != Some(sip_wire::Method::Invite)
+            || msg.to_tag().is_some()
+            || matches!(r.code, 401 | 407)
+        {
+            return;
+        }
+        let at = self.dialogs.as_ref().map_or(0, |d| d.unix(now));
+        c.push_once(
+            now,
+            crate::cdr::CallRecord::failed(
+                msg.call_id(),
+                msg.from_tag().unwrap_or(""),
+                "",
+                msg.get(sip_wire::HeaderName::From).unwrap_or(""),
+                msg.get(sip_wire::HeaderName::To).unwrap_or(""),
+                msg.uri_str(),
+                Some(src.addr),
+                None,
+                at,
+                r.code,
+                &r.reason,
+            ),
+        );
+    }
+
     /// The dialog table, when tracking is on.
     pub fn dialogs(&self) -> Option<&Arc<Dialogs>> {
         self.dialogs.as_ref()

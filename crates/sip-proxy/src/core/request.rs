@@ -63,10 +63,13 @@ impl Proxy {
         }
         let decision = match self.decide(now, &src, &msg) {
             Ok(d) => d,
-            Err(r) if self.registrar.is_some() => {
-                return self.reply_answered(now, si, key, &src, &msg, r, out)
+            Err(r) => {
+                self.account_refused(now, &src, &msg, &r);
+                if self.registrar.is_some() {
+                    return self.reply_answered(now, si, key, &src, &msg, r, out);
+                }
+                return self.reply_stateless(&src, &msg, r, out);
             }
-            Err(r) => return self.reply_stateless(&src, &msg, r, out),
         };
         let (plan, candidates) = match decision {
             Decision::LocalOk => {
@@ -96,6 +99,9 @@ impl Proxy {
                     self.account_ended(now, &dlg, who);
                 }
             }
+        }
+        if invite && !in_dialog {
+            self.router.on_call_from(msg.call_id(), src.addr);
         }
         let reliable = src.transport.is_reliable();
         let id =

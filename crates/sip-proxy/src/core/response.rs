@@ -329,6 +329,10 @@ impl Proxy {
                 d.on_failure(req.call_id(), req.from_tag().unwrap_or(""));
             }
         }
+        if let Some(req) = ctx.req.as_ref().filter(|_| ctx.invite && ctx.fast_failover) {
+            // a call counted where it came from (lb_count_call) is over
+            self.router.on_call_ended(req.call_id());
+        }
         if let (Some(c), Some(req)) = (&self.cdrs, &ctx.req) {
             if ctx.invite && ctx.fast_failover {
                 let reason = std::str::from_utf8(&data[..data.len().min(200)])

@@ -817,6 +817,34 @@ fn byes_from_the_middle_follow_each_sides_route_set() {
 }
 
 #[test]
+fn calls_the_proxy_refuses_are_recorded_once_as_missed() {
+    let now = Instant::now();
+    let cdrs = Arc::new(crate::cdr::Cdrs::default());
+    let p = with_dialogs(proxy(&["127.0.0.1:5080"]), 3600, now).with_cdrs(cdrs.clone());
+    let hop = invite("mf0").replace("Max-Forwards: 70", "Max-Forwards: 0");
+    for _ in 0..3 {
+        // the INVITE and two retransmissions: refused each time, recorded once
+        let o = send(&p, now, UAC, &hop);
+        assert_eq!(parse(&o[0]).status(), Some(483));
+    }
+    // an OPTIONS refused the same way is no call
+    send(
+        &p,
+        now,
+        UAC,
+        &hop.replace("INVITE", "OPTIONS").replace("mf0", "mf1"),
+    );
+    let got = cdrs.take();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let r = &got[0];
+    assert!(!r.answered);
+    assert_eq!((r.code, &*r.reason), (483, "Too Many Hops"));
+    assert_eq!((r.call_id(), r.from_tag()), ("mf0", "ft"));
+    assert_eq!(r.ruri(), "sip:svc@127.0.0.1:5060");
+    assert_eq!(r.source, Some(addr(UAC)));
+}
+
+#[test]
 fn management_ends_a_dialog() {
     let now = Instant::now();
     let p = with_dialogs(proxy(&["127.0.0.1:5080"]), 3600, now);
@@ -849,11 +877,7 @@ fn balanced(now: Instant) -> (Proxy, Arc<crate::balancer::Balancer>) {
     };
     let b = Arc::new(Balancer::new(
         vec![node(1, 5080), node(2, 5082)],
-        LbRoute {
-            group: 1,
-            resources: vec!["pstn".into()],
-            flags: LbFlags::default(),
-        },
+        LbRoute::calls(1, vec!["pstn".into()], LbFlags::default()),
         1,
     ));
     let d = Arc::new(crate::dispatcher::Dispatcher::new(
