@@ -108,7 +108,7 @@ stop_uas
 start_uas uas-rr.xml
 uac uac-rr.xml 2 6000 & U=$!
 for _ in $(seq 30); do [ "$(count)" = 2 ] && break; sleep 0.1; done
-sleep 1.6 # a dialog is written once it has lived 1 s (200 ms ticks)
+sleep 2 # a dialog is written once it has lived 1 s (checked every 200 ms, written within 200 ms)
 kill -KILL $SB_PID; wait $SB_PID 2>/dev/null
 start_sb
 restored=$(count)

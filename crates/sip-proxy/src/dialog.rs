@@ -142,9 +142,11 @@ pub struct Dialog {
     pub answered_unix: Option<u64>,
     pub expires_at: Instant,
     pub session_expires: Option<u32>,
-    /// Persistence: a row exists for it (`saved`); it changed since (`dirty`).
+    /// Persistence: a row exists for it (`saved`); it changed since (`dirty`, at
+    /// `changed_at`).
     saved: bool,
     dirty: bool,
+    changed_at: Instant,
 }
 
 /// Everything a dialog is made of (for [`Dialog::new`]).
@@ -198,6 +200,7 @@ impl Dialog {
             session_expires: i.session_expires,
             saved: false,
             dirty: i.state == DialogState::Confirmed,
+            changed_at: i.expires_at, // set by the table when it takes the dialog
         }
     }
 
@@ -440,6 +443,7 @@ impl Dialogs {
                     d.expires_at = expires_at;
                     d.session_expires = session_expires;
                     d.dirty = true;
+                    d.changed_at = now;
                 }
             }
             None => {
@@ -467,7 +471,9 @@ impl Dialogs {
                     },
                     session_expires,
                 });
-                g.insert(key, Box::new(d));
+                let mut d = Box::new(d);
+                d.changed_at = now;
+                g.insert(key, d);
             }
         }
     }
@@ -528,6 +534,7 @@ impl Dialogs {
                     d.session_expires = se;
                     d.expires_at = dl(se);
                     d.dirty = true;
+                    d.changed_at = now;
                 }
                 _ => {}
             }
@@ -610,7 +617,7 @@ impl Dialogs {
         None
     }
 
-    /// Once a second: dialogs past their lifetime are removed, with BYEs to both sides
+    /// Five times a second: dialogs past their lifetime are removed, with BYEs to both sides
     /// for confirmed ones.
     pub fn sweep(
         &self,
@@ -623,11 +630,10 @@ impl Dialogs {
             if t.is_some_and(|t| now < t) {
                 return;
             }
-            *t = Some(now + Duration::from_secs(1));
+            // five times a second: a dialog is written soon after its first second
+            *t = Some(now + Duration::from_millis(200));
         }
         let persisting = self.persisting();
-        // saved once it has lived a second (answered in a second before the last one)
-        let due_before = self.unix(now).saturating_sub(1);
         let mut saves = Vec::new();
         for s in self.shards.iter() {
             let mut g = lock(s);
@@ -635,7 +641,7 @@ impl Dialogs {
                 for d in g.values_mut() {
                     if d.dirty
                         && d.state == DialogState::Confirmed
-                        && d.answered_unix.is_some_and(|a| a < due_before)
+                        && now.saturating_duration_since(d.changed_at) >= Duration::from_secs(1)
                     {
                         d.dirty = false;
                         d.saved = true;
@@ -951,7 +957,7 @@ mod persistence_tests {
         t.sweep(now + Duration::from_secs(0), &v, &mut out);
         assert!(t.take_events().is_empty(), "early dialogs are not saved");
         t.on_answer(
-            now,
+            now + Duration::from_secs(1),
             101,
             true,
             "c",
@@ -963,7 +969,7 @@ mod persistence_tests {
             None,
             "",
         );
-        t.sweep(now + Duration::from_secs(1), &v, &mut out);
+        t.sweep(now + Duration::from_millis(1500), &v, &mut out);
         assert!(
             t.take_events().is_empty(),
             "not before it has lived a second"
@@ -983,14 +989,26 @@ mod persistence_tests {
             "",
         );
         assert!(t.on_bye("short", "f", "t").is_some());
-        t.sweep(now + Duration::from_secs(3), &v, &mut out);
+        t.sweep(now + Duration::from_millis(2200), &v, &mut out);
         assert!(
             matches!(&t.take_events()[..], [DlgEvent::Saved(d)] if d.answered_unix == Some(101) && d.call_id() == "c")
         );
-        t.sweep(now + Duration::from_secs(4), &v, &mut out);
+        t.sweep(now + Duration::from_secs(3), &v, &mut out);
         assert!(t.take_events().is_empty(), "written once");
-        assert!(t.on_request(now, "c", "f", "t", 2, Some(Some(1800))));
-        t.sweep(now + Duration::from_secs(5), &v, &mut out);
+        assert!(t.on_request(
+            now + Duration::from_secs(3),
+            "c",
+            "f",
+            "t",
+            2,
+            Some(Some(1800))
+        ));
+        t.sweep(now + Duration::from_millis(3500), &v, &mut out);
+        assert!(
+            t.take_events().is_empty(),
+            "a refresh is written a second later"
+        );
+        t.sweep(now + Duration::from_millis(4100), &v, &mut out);
         assert!(
             matches!(&t.take_events()[..], [DlgEvent::Saved(d)] if d.session_expires == Some(1800))
         );

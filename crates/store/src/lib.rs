@@ -20,6 +20,9 @@ pub enum StoreError {
     /// The database refused or failed the operation.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// SQLite refused a statement run through its own API (the CDR writer).
+    #[error("database error: {0}")]
+    Sqlite(String),
 }
 
 /// One `dispatcher` row, as stored.
@@ -338,6 +341,148 @@ fn multi_row(head: &str, row: &str, n: usize) -> String {
         sql.push_str(row);
     }
     sql
+}
+
+/// The CDR writer on SQLite's C API.
+mod raw {
+    use super::CdrRow;
+    use libsqlite3_sys as ffi;
+    use std::ffi::{c_int, CStr, CString};
+
+    const ACC: &str = "INSERT INTO acc (method, from_tag, to_tag, callid, sip_code, sip_reason, time, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, hangup_by, duration, ms_duration, setuptime, created) VALUES ('INVITE', ?1, ?2, ?3, ?4, ?5, datetime(?6, 'unixepoch'), ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?19 * 1000, coalesce(?16, ?15) - ?15, datetime(?15, 'unixepoch'))";
+    const MISSED: &str = "INSERT INTO missed_calls (method, from_tag, to_tag, callid, sip_code, sip_reason, time, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, hangup_by) VALUES ('INVITE', ?1, ?2, ?3, ?4, ?5, datetime(?6, 'unixepoch'), ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+
+    unsafe fn errmsg(db: *mut ffi::sqlite3) -> String {
+        let m = ffi::sqlite3_errmsg(db);
+        if m.is_null() {
+            "unknown SQLite error".into()
+        } else {
+            CStr::from_ptr(m).to_string_lossy().into_owned()
+        }
+    }
+
+    unsafe fn exec(db: *mut ffi::sqlite3, sql: &str) -> Result<(), String> {
+        let c = CString::new(sql).map_err(|e| e.to_string())?;
+        if ffi::sqlite3_exec(
+            db,
+            c.as_ptr(),
+            None,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        ) != ffi::SQLITE_OK
+        {
+            return Err(errmsg(db));
+        }
+        Ok(())
+    }
+
+    /// A prepared statement, finalized on drop.
+    struct Stmt(*mut ffi::sqlite3_stmt);
+
+    impl Drop for Stmt {
+        fn drop(&mut self) {
+            // SAFETY: a statement from sqlite3_prepare_v2, finalized once.
+            unsafe {
+                ffi::sqlite3_finalize(self.0);
+            }
+        }
+    }
+
+    unsafe fn text(st: &Stmt, i: c_int, v: &str) -> c_int {
+        // SQLITE_STATIC: `v` outlives the step that reads it
+        ffi::sqlite3_bind_text(
+            st.0,
+            i,
+            v.as_ptr().cast(),
+            v.len() as c_int,
+            ffi::SQLITE_STATIC(),
+        )
+    }
+
+    unsafe fn int(st: &Stmt, i: c_int, v: Option<i64>) -> c_int {
+        match v {
+            Some(v) => ffi::sqlite3_bind_int64(st.0, i, v),
+            None => ffi::sqlite3_bind_null(st.0, i),
+        }
+    }
+
+    unsafe fn rows(db: *mut ffi::sqlite3, sql: &str, rows: &[&CdrRow]) -> Result<(), String> {
+        let mut st = std::ptr::null_mut();
+        if ffi::sqlite3_prepare_v2(
+            db,
+            sql.as_ptr().cast(),
+            sql.len() as c_int,
+            &mut st,
+            std::ptr::null_mut(),
+        ) != ffi::SQLITE_OK
+        {
+            return Err(errmsg(db));
+        }
+        let st = Stmt(st);
+        for r in rows {
+            let code = r.sip_code.to_string();
+            let mut rc = 0;
+            rc |= text(&st, 1, &r.from_tag);
+            rc |= text(&st, 2, &r.to_tag);
+            rc |= text(&st, 3, &r.callid);
+            rc |= text(&st, 4, &code);
+            rc |= text(&st, 5, &r.sip_reason);
+            rc |= int(&st, 6, Some(r.answer_time.unwrap_or(r.end_time)));
+            rc |= text(&st, 7, &r.from_user);
+            rc |= text(&st, 8, &r.from_domain);
+            rc |= text(&st, 9, &r.to_user);
+            rc |= text(&st, 10, &r.to_domain);
+            rc |= text(&st, 11, &r.ruri_user);
+            rc |= text(&st, 12, &r.ruri_domain);
+            rc |= text(&st, 13, &r.src_ip);
+            rc |= match &r.node {
+                Some(n) => text(&st, 14, n),
+                None => ffi::sqlite3_bind_null(st.0, 14),
+            };
+            rc |= int(&st, 15, Some(r.setup_time));
+            rc |= int(&st, 16, r.answer_time);
+            rc |= int(&st, 17, Some(r.end_time));
+            rc |= text(&st, 18, &r.hangup_by);
+            if r.answered {
+                rc |= int(&st, 19, Some(r.duration));
+            }
+            if rc != ffi::SQLITE_OK || ffi::sqlite3_step(st.0) != ffi::SQLITE_DONE {
+                let e = errmsg(db);
+                ffi::sqlite3_reset(st.0);
+                return Err(e);
+            }
+            ffi::sqlite3_reset(st.0);
+        }
+        Ok(())
+    }
+
+    /// Inserts the records in one transaction (rolled back on any error).
+    ///
+    /// # Safety
+    /// `db` must be an open connection no other thread uses meanwhile.
+    pub unsafe fn insert_cdrs(db: *mut ffi::sqlite3, all: &[CdrRow]) -> Result<(), String> {
+        exec(db, "BEGIN")?;
+        let answered: Vec<&CdrRow> = all.iter().filter(|r| r.answered).collect();
+        let missed: Vec<&CdrRow> = all.iter().filter(|r| !r.answered).collect();
+        let r = (|| {
+            if !answered.is_empty() {
+                rows(db, ACC, &answered)?;
+            }
+            if !missed.is_empty() {
+                rows(db, MISSED, &missed)?;
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => exec(db, "COMMIT").inspect_err(|_| {
+                let _ = exec(db, "ROLLBACK");
+            }),
+            Err(e) => {
+                let _ = exec(db, "ROLLBACK");
+                Err(e)
+            }
+        }
+    }
 }
 
 /// `DELETE FROM table WHERE column IN (?, ?, ...)` for `n` ids.
@@ -843,53 +988,16 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        for answered in [true, false] {
-            let all: Vec<&CdrRow> = rows.iter().filter(|r| r.answered == answered).collect();
-            for chunk in pieces(&all) {
-                let (head, one) = if answered {
-                    ("INSERT INTO acc (method, from_tag, to_tag, callid, sip_code, sip_reason, time, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, hangup_by, duration, ms_duration, setuptime, created) VALUES ",
-                     "('INVITE', ?, ?, ?, ?, ?, datetime(?, 'unixepoch'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? * 1000, ? - ?, datetime(?, 'unixepoch'))")
-                } else {
-                    ("INSERT INTO missed_calls (method, from_tag, to_tag, callid, sip_code, sip_reason, time, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, hangup_by) VALUES ",
-                     "('INVITE', ?, ?, ?, ?, ?, datetime(?, 'unixepoch'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-                };
-                let sql = multi_row(head, one, chunk.len());
-                let mut q = sqlx::query(&sql);
-                for r in chunk {
-                    q = q
-                        .bind(&r.from_tag)
-                        .bind(&r.to_tag)
-                        .bind(&r.callid)
-                        .bind(r.sip_code.to_string())
-                        .bind(&r.sip_reason)
-                        .bind(r.answer_time.unwrap_or(r.end_time))
-                        .bind(&r.from_user)
-                        .bind(&r.from_domain)
-                        .bind(&r.to_user)
-                        .bind(&r.to_domain)
-                        .bind(&r.ruri_user)
-                        .bind(&r.ruri_domain)
-                        .bind(&r.src_ip)
-                        .bind(&r.node)
-                        .bind(r.setup_time)
-                        .bind(r.answer_time)
-                        .bind(r.end_time)
-                        .bind(&r.hangup_by);
-                    if answered {
-                        q = q
-                            .bind(r.duration)
-                            .bind(r.duration)
-                            .bind(r.answer_time.unwrap_or(r.setup_time))
-                            .bind(r.setup_time)
-                            .bind(r.setup_time);
-                    }
-                }
-                q.execute(&mut *tx).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        // Through SQLite's own statement API on the pooled connection, locked away from
+        // sqlx's worker: one prepared single-row statement per table, each column bound
+        // without a copy. Through sqlx (a bound parameter per column, 50-row statements) a
+        // row cost 7.2 µs; this way about 1.5 µs (BENCHMARKS.md, accounting).
+        let mut conn = self.pool.acquire().await?;
+        let mut locked = conn.lock_handle().await?;
+        let db = locked.as_raw_handle().as_ptr();
+        // SAFETY: `db` is a live connection handle that sqlx's worker does not touch while
+        // `locked` exists; every statement is finalized before returning.
+        unsafe { raw::insert_cdrs(db, rows) }.map_err(StoreError::Sqlite)
     }
 
     /// Accounted calls ended at or after `since` (UNIX), answered and failed, oldest first.

@@ -313,6 +313,40 @@ async fn cdrs_are_written_and_listed_since() {
         .collect();
     s.insert_cdrs(&many).await.unwrap();
     assert_eq!(s.cdrs_since(2000, 1000).await.unwrap().len(), 120);
+    // quoting and NULLs survive; a failing batch is rolled back whole, with SQLite's reason
+    let odd = CdrRow {
+        callid: "q'\"\u{e9}".into(),
+        node: None,
+        answer_time: None,
+        end_time: 5000,
+        ..missed.clone()
+    };
+    s.insert_cdrs(std::slice::from_ref(&odd)).await.unwrap();
+    let back = s.cdrs_since(5000, 10).await.unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        (back[0].callid.as_str(), back[0].node.as_ref()),
+        ("q'\"\u{e9}", None)
+    );
+    s.execute("DROP TABLE missed_calls").await.unwrap();
+    let e = s
+        .insert_cdrs(&[
+            CdrRow {
+                end_time: 6000,
+                ..answered.clone()
+            },
+            odd,
+        ])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no such table"), "{e}");
+    s.execute("CREATE TABLE missed_calls AS SELECT * FROM acc WHERE 0")
+        .await
+        .unwrap();
+    assert!(
+        s.cdrs_since(6000, 10).await.unwrap().is_empty(),
+        "the acc row was rolled back"
+    );
     let _ = std::fs::remove_file(path);
 }
 
@@ -349,4 +383,39 @@ fn batches_use_few_statement_shapes() {
         r.iter().map(|(k, s)| (*k, s.len())).collect::<Vec<_>>(),
         vec![(true, 2), (false, 1), (true, 1)]
     );
+}
+
+#[tokio::test]
+#[ignore]
+async fn cdr_insert_cost() {
+    let (s, path) = fresh().await;
+    let row = |i: usize| CdrRow {
+        answered: true,
+        callid: format!("{i}-12345@127.0.0.1"),
+        from_tag: "12345SIPpTag001".into(),
+        to_tag: "54321SIPpTag011".into(),
+        sip_code: 200,
+        sip_reason: "OK".into(),
+        from_user: "sipp".into(),
+        from_domain: "127.0.0.1:5070".into(),
+        to_user: "service".into(),
+        to_domain: "127.0.0.1:5060".into(),
+        ruri_user: "service".into(),
+        ruri_domain: "127.0.0.1:5060".into(),
+        src_ip: "127.0.0.1:5070".into(),
+        node: Some("sip:127.0.0.1:5080".into()),
+        setup_time: 1_800_000_000,
+        answer_time: Some(1_800_000_000),
+        end_time: 1_800_000_001,
+        duration: 1,
+        hangup_by: "caller".into(),
+    };
+    let rows: Vec<CdrRow> = (0..1000).map(row).collect();
+    let t = std::time::Instant::now();
+    for _ in 0..10 {
+        s.insert_cdrs(&rows).await.unwrap();
+    }
+    let us = t.elapsed().as_secs_f64() * 1e6 / 10_000.0;
+    println!("cdr insert: {us:.2} us/row wall");
+    let _ = std::fs::remove_file(path);
 }
