@@ -86,15 +86,8 @@ impl CallRecord {
         }
     }
 
-    pub fn call_id(&self) -> &str {
-        self.text.get(field::CALL_ID)
-    }
-    pub fn from_tag(&self) -> &str {
-        self.text.get(field::FROM_TAG)
-    }
-    pub fn to_tag(&self) -> &str {
-        self.text.get(field::TO_TAG)
-    }
+    crate::dialog::call_text_accessors!();
+
     /// The From header value.
     pub fn from_uri(&self) -> &str {
         self.text.get(field::CALLER_PARTY)
@@ -102,9 +95,6 @@ impl CallRecord {
     /// The To header value.
     pub fn to_uri(&self) -> &str {
         self.text.get(field::CALLEE_PARTY)
-    }
-    pub fn ruri(&self) -> &str {
-        self.text.get(field::RURI)
     }
 }
 

@@ -89,6 +89,27 @@ impl<const N: usize> Packed<N> {
     }
 }
 
+/// The accessors a dialog and its call record share: both keep their strings in a `text:
+/// Packed` in the [`field`] layout.
+macro_rules! call_text_accessors {
+    () => {
+        pub fn call_id(&self) -> &str {
+            self.text.get($crate::dialog::field::CALL_ID)
+        }
+        pub fn from_tag(&self) -> &str {
+            self.text.get($crate::dialog::field::FROM_TAG)
+        }
+        pub fn to_tag(&self) -> &str {
+            self.text.get($crate::dialog::field::TO_TAG)
+        }
+        /// The Request-URI of the initial INVITE.
+        pub fn ruri(&self) -> &str {
+            self.text.get($crate::dialog::field::RURI)
+        }
+    };
+}
+pub(crate) use call_text_accessors;
+
 /// Indexes of a dialog's strings in its [`Packed`] text (also the layout of a CDR's).
 pub mod field {
     pub const CALL_ID: usize = 0;
@@ -204,15 +225,8 @@ impl Dialog {
         }
     }
 
-    pub fn call_id(&self) -> &str {
-        self.text.get(field::CALL_ID)
-    }
-    pub fn from_tag(&self) -> &str {
-        self.text.get(field::FROM_TAG)
-    }
-    pub fn to_tag(&self) -> &str {
-        self.text.get(field::TO_TAG)
-    }
+    call_text_accessors!();
+
     /// The caller's From header value (with its tag).
     pub fn caller_party(&self) -> &str {
         self.text.get(field::CALLER_PARTY)
@@ -234,10 +248,6 @@ impl Dialog {
     /// The Route value toward the callee (empty when no proxy sits between).
     pub fn callee_route(&self) -> &str {
         self.text.get(field::CALLEE_ROUTE)
-    }
-    /// The Request-URI of the initial INVITE.
-    pub fn ruri(&self) -> &str {
-        self.text.get(field::RURI)
     }
     /// The packed strings (a CDR takes a copy).
     pub fn text(&self) -> &Packed<{ field::COUNT }> {
