@@ -6,6 +6,8 @@
 #   dialog    [dialog] enabled (persisted to SQLite)
 #   acc       [dialog] and [accounting] enabled
 #   bench/call-cost.sh [RATE=2000] [SECONDS=8] [ROUNDS=2]
+# PIN=1 runs the proxy on CPU 1 and SIPp on CPU 0 (taskset), so the two do not disturb
+# each other's caches and scheduling.
 # Listens on 127.0.0.1:5060/5070/5080/5082 and 8888; stops every process it started by PID.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd)
@@ -14,6 +16,8 @@ RATE=${1:-2000}; SECS=${2:-8}; ROUNDS=${3:-2}
 WORK=$(mktemp -d /tmp/sb-callcost.XXXXXX); SBP=
 trap '[ -n "$SBP" ] && kill -KILL "$SBP" 2>/dev/null; rm -rf "$WORK"' EXIT
 [ -x "$SB" ] || { echo "build first: cargo build --release"; exit 2; }
+PROXY_CPU=; LOAD_CPU=
+if [ "${PIN:-0}" = 1 ]; then PROXY_CPU="taskset -c 1"; LOAD_CPU="taskset -c 0"; fi
 ex=$ROOT/switchboard.example.toml
 db="s|sqlite://switchboard.db|sqlite://$WORK/sb.db|"
 sed -e "$db" "$ex" > "$WORK/off.toml"
@@ -24,10 +28,10 @@ awk '/^\[(dialog|accounting)\]/{d=1} d && /^enabled = false$/ {print "enabled = 
   | sed -e "$db" > "$WORK/acc.toml"
 run() {
   rm -f "$WORK"/sb.db*
-  "$SB" run --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 & SBP=$!
+  $PROXY_CPU "$SB" run --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 & SBP=$!
   sleep 1
-  PROXY_PID=$SBP "$BENCH/run-calls.sh" 127.0.0.1 5060 "$RATE" 4 >/dev/null 2>&1 # warm-up
-  line=$(PROXY_PID=$SBP "$BENCH/run-calls.sh" 127.0.0.1 5060 "$RATE" "$SECS" 2>/dev/null | tail -1)
+  PROXY_PID=$SBP $LOAD_CPU "$BENCH/run-calls.sh" 127.0.0.1 5060 "$RATE" 4 >/dev/null 2>&1 # warm-up
+  line=$(PROXY_PID=$SBP $LOAD_CPU "$BENCH/run-calls.sh" 127.0.0.1 5060 "$RATE" "$SECS" 2>/dev/null | tail -1)
   kill -TERM "$SBP" 2>/dev/null; wait "$SBP" 2>/dev/null; SBP=
   ms=$(sed -n 's/.*proxy_cpu_ms_per_call=\([0-9.]*\).*/\1/p' <<<"$line")
   failed=$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$line")
