@@ -745,6 +745,31 @@ fn byes_for(d: &Dialog, via: &dyn Fn(Transport) -> String) -> Vec<ByeOut> {
 mod tests {
     use super::*;
 
+    /// `on_answer` without node, Session-Expires or R-URI; `ids` is (Call-ID, from-tag, to-tag).
+    fn ans(
+        t: &Dialogs,
+        now: Instant,
+        unix: u64,
+        confirmed: bool,
+        ids: (&str, &str, &str),
+        caller: Leg<'static>,
+        callee: Leg<'static>,
+    ) {
+        t.on_answer(
+            now,
+            unix,
+            confirmed,
+            ids.0,
+            ids.1,
+            ids.2,
+            || caller,
+            callee,
+            None,
+            None,
+            "",
+        );
+    }
+
     fn v(_: Transport) -> String {
         "SIP/2.0/UDP 127.0.0.1:5060".into()
     }
@@ -767,18 +792,14 @@ mod tests {
     fn early_confirmed_bye_from_either_side() {
         let t = Dialogs::new(DialogConfig::default(), (Instant::now(), 0));
         let now = Instant::now();
-        t.on_answer(
+        ans(
+            &t,
             now,
             1,
             false,
-            "c",
-            "ft",
-            "tt",
-            || leg("<sip:a@h>;tag=ft", 1, 1),
+            ("c", "ft", "tt"),
+            leg("<sip:a@h>;tag=ft", 1, 1),
             leg("<sip:b@h>;tag=tt", 2, 0),
-            None,
-            None,
-            "",
         );
         assert_eq!(t.list()[0].state, DialogState::Early);
         t.on_answer(
@@ -818,18 +839,14 @@ mod tests {
             (Instant::now(), 0),
         );
         let now = Instant::now();
-        t.on_answer(
+        ans(
+            &t,
             now,
             1,
             true,
-            "c1",
-            "f1",
-            "t1",
-            || leg("<sip:a@h>;tag=f1", 1, 3),
+            ("c1", "f1", "t1"),
+            leg("<sip:a@h>;tag=f1", 1, 3),
             leg("<sip:b@h>;tag=t1", 2, 0),
-            None,
-            None,
-            "",
         );
         t.on_answer(
             now,
@@ -890,33 +907,25 @@ mod tests {
     fn management_end_and_failed_early_dialogs() {
         let t = Dialogs::new(DialogConfig::default(), (Instant::now(), 0));
         let now = Instant::now();
-        t.on_answer(
+        ans(
+            &t,
             now,
             1,
             false,
-            "c",
-            "f",
-            "t",
-            || leg("a", 1, 1),
+            ("c", "f", "t"),
+            leg("a", 1, 1),
             leg("b", 2, 0),
-            None,
-            None,
-            "",
         );
         t.on_failure("c", "f");
         assert!(t.list().is_empty());
-        t.on_answer(
+        ans(
+            &t,
             now,
             1,
             true,
-            "c",
-            "f",
-            "t",
-            || leg("a", 1, 1),
+            ("c", "f", "t"),
+            leg("a", 1, 1),
             leg("b", 2, 0),
-            None,
-            None,
-            "",
         );
         let id = t.list()[0].id;
         let (_, byes) = t.end(id, &v).unwrap();
@@ -928,6 +937,31 @@ mod tests {
 #[cfg(test)]
 mod persistence_tests {
     use super::*;
+
+    /// `on_answer` without node, Session-Expires or R-URI; `ids` is (Call-ID, from-tag, to-tag).
+    fn ans(
+        t: &Dialogs,
+        now: Instant,
+        unix: u64,
+        confirmed: bool,
+        ids: (&str, &str, &str),
+        caller: Leg<'static>,
+        callee: Leg<'static>,
+    ) {
+        t.on_answer(
+            now,
+            unix,
+            confirmed,
+            ids.0,
+            ids.1,
+            ids.2,
+            || caller,
+            callee,
+            None,
+            None,
+            "",
+        );
+    }
     use crate::types::Transport;
 
     fn v(_: Transport) -> String {
@@ -950,34 +984,18 @@ mod persistence_tests {
             },
             cseq: 1,
         };
-        t.on_answer(
-            now,
-            100,
-            false,
-            "c",
-            "f",
-            "t",
-            || leg("a"),
-            leg("b"),
-            None,
-            None,
-            "",
-        );
+        ans(&t, now, 100, false, ("c", "f", "t"), leg("a"), leg("b"));
         let mut out = vec![];
         t.sweep(now + Duration::from_secs(0), &v, &mut out);
         assert!(t.take_events().is_empty(), "early dialogs are not saved");
-        t.on_answer(
+        ans(
+            &t,
             now + Duration::from_secs(1),
             101,
             true,
-            "c",
-            "f",
-            "t",
-            || leg("a"),
+            ("c", "f", "t"),
+            leg("a"),
             leg("b"),
-            None,
-            None,
-            "",
         );
         t.sweep(now + Duration::from_millis(1500), &v, &mut out);
         assert!(
@@ -985,19 +1003,7 @@ mod persistence_tests {
             "not before it has lived a second"
         );
         // a call that ends before then is never written, nor deleted
-        t.on_answer(
-            now,
-            101,
-            true,
-            "short",
-            "f",
-            "t",
-            || leg("a"),
-            leg("b"),
-            None,
-            None,
-            "",
-        );
+        ans(&t, now, 101, true, ("short", "f", "t"), leg("a"), leg("b"));
         assert!(t.on_bye("short", "f", "t").is_some());
         t.sweep(now + Duration::from_millis(2200), &v, &mut out);
         assert!(

@@ -3,8 +3,6 @@
 //! counted by a global allocator, divided by the dialogs, must stay under 2 KB (issue 5's
 //! target).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,22 +11,7 @@ use sip_proxy::dialog::{DialogConfig, Dialogs};
 use sip_proxy::{Destination, Listener, Proxy, ProxyConfig, RoundRobin, Source, Transport};
 use sip_wire::{HeaderName, Message};
 
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
-#[global_allocator]
-static A: Counting = Counting;
+mod common;
 
 fn udp(a: &str) -> Source {
     Source {
@@ -76,7 +59,7 @@ fn a_dialog_holds_under_2_kb() {
     .with_dialogs(dialogs.clone());
     let mut out = Vec::new();
     proxy.on_timers(now, &mut out);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = common::live();
     for i in 0..N {
         let inv = format!("INVITE sip:5000@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.2.3:5060;branch=z9hG4bKd{i};rport\r\nFrom: \"Agent {i}\" <sip:agent{i}@example.com>;tag=a{i}x7f\r\nTo: <sip:5000@example.com>\r\nCall-ID: 3f2a{i}c9d1@10.1.2.3\r\nCSeq: 1 INVITE\r\nContact: <sip:agent{i}@10.1.2.3:5060>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
         out.clear();
@@ -93,7 +76,7 @@ fn a_dialog_holds_under_2_kb() {
     }
     out = Vec::new();
     assert_eq!(proxy.active_contexts(), 0, "transactions are over");
-    let held = LIVE.load(Ordering::Relaxed) - before;
+    let held = common::live() - before;
     let per = held as f64 / N as f64;
     println!("dialogs={N} live_heap_bytes={held} bytes_per_dialog={per:.0}");
     assert_eq!(dialogs.counts().0, N, "the calls are still up");

@@ -3,8 +3,6 @@
 //! for retransmissions, nonce counters); the live heap bytes counted by a global allocator,
 //! divided by the registrations, must stay under 512 bytes (issue 4's target is 1 KB).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,22 +10,7 @@ use bytes::Bytes;
 use sip_proxy::registrar::{Registrar, RegistrarConfig};
 use sip_proxy::{Listener, Proxy, ProxyConfig, RoundRobin, Source, Transport};
 
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
-#[global_allocator]
-static A: Counting = Counting;
+mod common;
 
 #[test]
 fn a_registration_holds_under_1_kb() {
@@ -56,7 +39,7 @@ fn a_registration_holds_under_1_kb() {
     .with_registrar(reg.clone());
     let mut out = Vec::new();
     proxy.on_timers(now, &mut out);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = common::live();
     for i in 0..N {
         let port = 10_000 + (i % 50_000) as u16;
         let ip = format!("192.0.{}.{}", i / 50_000 % 250, 1 + i % 250);
@@ -78,12 +61,12 @@ fn a_registration_holds_under_1_kb() {
     println!(
         "binding_struct={} right_after={}",
         std::mem::size_of::<sip_proxy::registrar::Binding>(),
-        (LIVE.load(Ordering::Relaxed) - before) / N as isize
+        (common::live() - before) / N as isize
     );
     // past the retransmission window of the replies (and any nonce counters)
     proxy.on_timers(now + Duration::from_secs(40), &mut out);
     out = Vec::new();
-    let held = LIVE.load(Ordering::Relaxed) - before;
+    let held = common::live() - before;
     let per = held as f64 / N as f64;
     println!("registrations={N} live_heap_bytes={held} bytes_per_registration={per:.0}");
     assert_eq!(reg.counts(), (N, N), "still registered");
