@@ -6,6 +6,8 @@
 #   dialog    [dialog] enabled (persisted to SQLite)
 #   acc       [dialog] and [accounting] enabled
 #   bench/call-cost.sh [RATE=2000] [SECONDS=8] [ROUNDS=2]
+# VARIANTS="off acc" runs only those (off first: the ratios are to it). The summary gives
+# each configuration's median and the median of the per-round ratios to off.
 # PIN=1 runs the proxy on CPU 1 and SIPp on CPU 0 (taskset), so the two do not disturb
 # each other's caches and scheduling.
 # Listens on 127.0.0.1:5060/5070/5080/5082 and 8888; stops every process it started by PID.
@@ -37,6 +39,23 @@ run() {
   failed=$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$line")
   echo "$1 proxy_cpu_ms_per_call=$ms failed=$failed"
 }
-for _ in $(seq "$ROUNDS"); do
-  for v in off dialog acc; do run "$v"; done
+VARIANTS=${VARIANTS:-off dialog acc}
+for r in $(seq "$ROUNDS"); do
+  for v in $VARIANTS; do run "$v" | tee -a "$WORK/results"; done
 done
+# per configuration the median, and per round the ratio to `off` of the same round (the
+# machine drifts by more than the difference between rounds minutes apart; a ratio within
+# a round cancels most of it), with their median
+python3 - "$WORK/results" $VARIANTS <<'PY'
+import sys, statistics as st
+lines = [l.split() for l in open(sys.argv[1]) if "proxy_cpu_ms_per_call=" in l]
+variants = sys.argv[2:]
+runs = [(l[0], float(l[1].split("=")[1] or "nan")) for l in lines]
+by = {v: [ms for n, ms in runs if n == v] for v in variants}
+for v in variants:
+    print(f"{v}: median {st.median(by[v]):.4f} ms/call over {len(by[v])} runs")
+rounds = [dict(runs[i:i + len(variants)]) for i in range(0, len(runs), len(variants))]
+for v in variants[1:]:
+    ratios = [r[v] / r["off"] for r in rounds if v in r and r.get("off")]
+    print(f"{v}/off by round: {' '.join(f'{x:.3f}' for x in ratios)}; median {st.median(ratios):.3f}")
+PY

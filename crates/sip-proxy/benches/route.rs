@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
+use sip_proxy::cdr::{CallRecord, Cdrs};
+use sip_proxy::dialog::{DialogConfig, Dialogs, Leg};
 use sip_proxy::{
-    Destination, Listener, Proxy, ProxyConfig, RoundRobin, Source, Transmit, Transport,
+    Destination, Listener, Proxy, ProxyConfig, RoundRobin, Source, Target, Transmit, Transport,
 };
 use sip_wire::{HeaderName, Message};
 
@@ -47,7 +49,7 @@ fn bench(c: &mut Criterion) {
         }],
         ..ProxyConfig::default()
     };
-    let dests = (0..2)
+    let dests: Vec<Destination> = (0..2)
         .map(|i| Destination {
             uri: format!("sip:127.0.0.1:{}", 5080 + 2 * i).into(),
             transport: Transport::Udp,
@@ -57,7 +59,85 @@ fn bench(c: &mut Criterion) {
             route: None,
         })
         .collect();
-    let p = Proxy::new(cfg, Arc::new(RoundRobin::new(dests)));
+    let plain = || Proxy::new(cfg.clone(), Arc::new(RoundRobin::new(dests.clone())));
+    let epoch = (Instant::now(), 1_700_000_000);
+    let dialogs = || Arc::new(Dialogs::new(DialogConfig::default(), epoch));
+    one_call(c, "core_one_call", plain(), None);
+    one_call(
+        c,
+        "core_one_call_dialog",
+        plain().with_dialogs(dialogs()),
+        None,
+    );
+    let cdrs = Arc::new(Cdrs::default());
+    let acc = plain().with_dialogs(dialogs()).with_cdrs(cdrs.clone());
+    one_call(c, "core_one_call_dialog_acc", acc, Some(cdrs));
+    dialog_table(c, dialogs());
+}
+
+/// The dialog table alone, per call: early dialog on 180, confirmed on 200, the BYE
+/// validated and removed, its record queued; about 200 dialogs live (2,000 calls/s held
+/// 0.1 s).
+fn dialog_table(c: &mut Criterion, d: Arc<Dialogs>) {
+    let target = Target {
+        transport: Transport::Udp,
+        addr: "127.0.0.1:5070".parse().unwrap(),
+        flow: None,
+    };
+    let cdrs = Cdrs::default();
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    let ids: Vec<String> = (0..256).map(|i| format!("{i}-4242@127.0.0.1")).collect();
+    let tags: Vec<String> = (0..256).map(|i| format!("{i}SIPpTag00")).collect();
+    c.bench_function("dialog_table_one_call", |b| {
+        b.iter(|| {
+            n += 1;
+            let now = t0 + Duration::from_micros(500 * n);
+            let (id, tag) = (&ids[n as usize % 256], &tags[n as usize % 256]);
+            let old = (n as usize + 56) % 256; // ended 200 calls later
+            if let Some((dlg, _)) = d.on_bye(&ids[old], &tags[old], "uas1") {
+                cdrs.push(CallRecord::answered(&dlg, 1, "caller"));
+            }
+            for confirmed in [false, true] {
+                let caller = || Leg {
+                    party: "sipp <sip:sipp@127.0.0.1:5070>;tag=1SIPpTag00",
+                    contact: "sip:sipp@127.0.0.1:5070",
+                    route: "",
+                    target,
+                    cseq: 1,
+                };
+                let callee = Leg {
+                    party: "service <sip:service@127.0.0.1:5060>;tag=uas1",
+                    contact: "sip:127.0.0.1:5080;transport=UDP",
+                    route: "",
+                    target,
+                    cseq: 0,
+                };
+                d.on_answer(
+                    now,
+                    1,
+                    confirmed,
+                    id,
+                    tag,
+                    "uas1",
+                    caller,
+                    callee,
+                    None,
+                    None,
+                    "sip:service@127.0.0.1:5060",
+                );
+            }
+            assert!(d.on_request(now, id, tag, "uas1", 2, None));
+            if n.is_multiple_of(64) {
+                cdrs.take();
+            }
+        })
+    });
+}
+
+/// One whole call per iteration. With accounting, the queue is emptied every 64 calls (the
+/// binary's writer takes it every 500 ms), so the records' drop is counted.
+fn one_call(c: &mut Criterion, name: &str, p: Proxy, cdrs: Option<Arc<Cdrs>>) {
     let uac = Source {
         transport: Transport::Udp,
         addr: "127.0.0.1:5070".parse().unwrap(),
@@ -71,7 +151,7 @@ fn bench(c: &mut Criterion) {
     let mut out: Vec<Transmit> = Vec::new();
     let mut n = 0u64;
     let t0 = Instant::now();
-    c.bench_function("core_one_call", |b| {
+    c.bench_function(name, |b| {
         b.iter(|| {
             n += 1;
             let now = t0 + Duration::from_micros(500 * n);
@@ -87,6 +167,9 @@ fn bench(c: &mut Criterion) {
             p.on_message(now, uas, reply(&bye, 200, "OK", false), &mut out);
             if n.is_multiple_of(64) {
                 p.on_timers(now, &mut out);
+                if let Some(c) = &cdrs {
+                    assert_eq!(c.take().len(), 64, "one record per call");
+                }
             }
         })
     });

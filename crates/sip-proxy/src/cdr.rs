@@ -134,32 +134,43 @@ impl Cdrs {
         self.push(r);
     }
 
+    /// Returns records that could not be written to the front of the queue.
+    pub fn put_back(&self, mut records: Vec<CallRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        let mut q = self.q.lock().unwrap_or_else(|p| p.into_inner());
+        records.append(&mut q);
+        *q = records;
+    }
+
     /// Records queued since the last call.
     pub fn take(&self) -> Vec<CallRecord> {
         std::mem::take(&mut *self.q.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
-/// The user and host parts of a name-addr or URI (`"A" <sip:alice@example.com>;tag=1`).
-pub fn user_host(v: &str) -> (String, String) {
+/// The user and host[:port] parts of a name-addr or URI (`"A" <sip:alice@example.com>;tag=1`
+/// → `alice`, `example.com`), as slices of it; empty strings for what does not parse.
+pub fn user_host(v: &str) -> (&str, &str) {
     let uri = match (v.find('<'), v.find('>')) {
         (Some(a), Some(b)) if b > a => &v[a + 1..b],
         _ => v.split(';').next().unwrap_or(v),
-    };
-    match sip_wire::Uri::parse(uri.trim()) {
-        Ok(u) => (
-            u.user.unwrap_or("").to_string(),
-            if u.host.is_empty() {
-                String::new()
-            } else {
-                match u.port {
-                    Some(p) => format!("{}:{p}", u.host),
-                    None => u.host.to_string(),
-                }
-            },
-        ),
-        Err(_) => (String::new(), String::new()),
     }
+    .trim();
+    let Ok(u) = sip_wire::Uri::parse(uri) else {
+        return ("", "");
+    };
+    // the host is a slice of `uri`; with a port, the digits follow it after a colon
+    let start = u.host.as_ptr() as usize - uri.as_ptr() as usize;
+    let mut end = start + u.host.len();
+    if u.port.is_some() {
+        end += 1 + uri[end + 1..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+    }
+    (u.user.unwrap_or(""), &uri[start..end])
 }
 
 #[cfg(test)]
@@ -167,16 +178,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn records_put_back_go_before_newer_ones() {
+        let c = Cdrs::default();
+        let rec =
+            |id: &str| CallRecord::failed(id, "t", "", "", "", "", None, None, 1, 486, "Busy");
+        c.push(rec("a"));
+        let batch = c.take();
+        c.push(rec("b"));
+        c.put_back(batch);
+        c.put_back(Vec::new());
+        let ids: Vec<String> = c.take().iter().map(|r| r.call_id().to_string()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(c.take().is_empty());
+    }
+
+    #[test]
     fn user_and_host_of_headers_and_uris() {
         assert_eq!(
             user_host("\"A\" <sip:alice@example.com>;tag=1"),
-            ("alice".into(), "example.com".into())
+            ("alice", "example.com")
         );
         assert_eq!(
             user_host("sip:5000@10.0.0.1:5080;user=phone"),
-            ("5000".into(), "10.0.0.1:5080".into())
+            ("5000", "10.0.0.1:5080")
         );
-        assert_eq!(user_host("<sip:10.0.0.1>"), ("".into(), "10.0.0.1".into()));
-        assert_eq!(user_host("garbage"), ("".into(), "".into()));
+        assert_eq!(user_host("<sip:10.0.0.1>"), ("", "10.0.0.1"));
+        assert_eq!(
+            user_host("<sips:bob@[2001:db8::1]:5061;transport=tls>"),
+            ("bob", "[2001:db8::1]:5061")
+        );
+        assert_eq!(user_host("<sip:carol@[::1]>"), ("carol", "[::1]"));
+        assert_eq!(
+            user_host("sip:h.example.com:5060?Subject=x"),
+            ("", "h.example.com:5060")
+        );
+        assert_eq!(user_host("garbage"), ("", ""));
+        assert_eq!(user_host("<sip:@>"), ("", ""));
+        assert_eq!(user_host("<sip:a@b:99999>"), ("", ""), "port out of range");
     }
 }

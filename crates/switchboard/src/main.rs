@@ -348,16 +348,17 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             c,
             h.spawn(async move {
                 let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-                let mut pending: Vec<store::CdrRow> = Vec::new();
                 loop {
                     tick.tick().await;
-                    pending.extend(c2.take().iter().map(cdr_row));
-                    if pending.is_empty() {
+                    // back to the queue unless written, also when shutdown aborts this
+                    // task mid-write: the next tick, or the flush at shutdown, retries
+                    let mut batch = Requeue(&c2, c2.take());
+                    if batch.1.is_empty() {
                         continue;
                     }
-                    match s2.insert_cdrs(&pending).await {
-                        Ok(()) => pending.clear(),
-                        Err(e) => tracing::warn!(error = %e, cdrs = pending.len(), "could not write CDRs; retrying"),
+                    match write_cdrs(&s2, &batch.1).await {
+                        Ok(()) => batch.1.clear(),
+                        Err(e) => tracing::warn!(error = %e, cdrs = batch.1.len(), "could not write CDRs; retrying"),
                     }
                 }
             }),
@@ -475,8 +476,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     });
     if let (Some((c, task)), Some((s, _))) = (cdr_flusher, &store_ctx) {
         task.abort();
-        let rows: Vec<store::CdrRow> = c.take().iter().map(cdr_row).collect();
-        if let Err(e) = rt.block_on(s.insert_cdrs(&rows)) {
+        if let Err(e) = rt.block_on(write_cdrs(s, &c.take())) {
             tracing::warn!(error = %e, "could not write the last CDRs");
         }
     }
@@ -688,31 +688,66 @@ fn start_dialogs(
 }
 
 /// A call record as a table row.
-fn cdr_row(r: &sip_proxy::cdr::CallRecord) -> store::CdrRow {
+/// Accounting records on their way to the store: put back in the queue if dropped unwritten.
+struct Requeue<'a>(&'a sip_proxy::cdr::Cdrs, Vec<sip_proxy::cdr::CallRecord>);
+
+impl Drop for Requeue<'_> {
+    fn drop(&mut self) {
+        self.0.put_back(std::mem::take(&mut self.1));
+    }
+}
+
+/// Writes accounting records; the rows borrow the records' text (and the source addresses,
+/// formatted into one buffer), so nothing is copied per column.
+async fn write_cdrs(
+    s: &store::Store,
+    records: &[sip_proxy::cdr::CallRecord],
+) -> Result<(), store::StoreError> {
+    use std::fmt::Write as _;
+    let mut srcs = String::with_capacity(records.len() * 16);
+    let mut ends = Vec::with_capacity(records.len());
+    for r in records {
+        if let Some(a) = r.source {
+            let _ = write!(srcs, "{a}");
+        }
+        ends.push(srcs.len());
+    }
+    let rows: Vec<store::CdrRow<&str>> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            cdr_row(r, &srcs[start..ends[i]])
+        })
+        .collect();
+    s.insert_cdrs(&rows).await
+}
+
+fn cdr_row<'a>(r: &'a sip_proxy::cdr::CallRecord, src_ip: &'a str) -> store::CdrRow<&'a str> {
     use sip_proxy::cdr::user_host;
-    let (fu, fd) = user_host(r.from_uri());
-    let (tu, td) = user_host(r.to_uri());
-    let (ru, rd) = user_host(r.ruri());
+    let (from_user, from_domain) = user_host(r.from_uri());
+    let (to_user, to_domain) = user_host(r.to_uri());
+    let (ruri_user, ruri_domain) = user_host(r.ruri());
     store::CdrRow {
         answered: r.answered,
-        callid: r.call_id().into(),
-        from_tag: r.from_tag().into(),
-        to_tag: r.to_tag().into(),
+        callid: r.call_id(),
+        from_tag: r.from_tag(),
+        to_tag: r.to_tag(),
         sip_code: r.code,
-        sip_reason: r.reason.to_string(),
-        from_user: fu,
-        from_domain: fd,
-        to_user: tu,
-        to_domain: td,
-        ruri_user: ru,
-        ruri_domain: rd,
-        src_ip: r.source.map(|s| s.to_string()).unwrap_or_default(),
-        node: r.node.as_deref().map(Into::into),
+        sip_reason: &r.reason,
+        from_user,
+        from_domain,
+        to_user,
+        to_domain,
+        ruri_user,
+        ruri_domain,
+        src_ip,
+        node: r.node.as_deref(),
         setup_time: r.setup as i64,
         answer_time: r.answer.map(|a| a as i64),
         end_time: r.end as i64,
         duration: r.duration as i64,
-        hangup_by: r.hangup_by.into(),
+        hangup_by: r.hangup_by,
     }
 }
 
