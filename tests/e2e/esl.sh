@@ -3,7 +3,8 @@
 # whose pstn capacity is `fs://...`, each with a stand-in event socket (esl-standin.py)
 # reporting Max-Sessions, Session-Count and Idle-CPU in HEARTBEAT events; calls follow the
 # reported free sessions as they change; calls a node sends are counted on it
-# (lb_count_call); a wrong password and a malformed heartbeat are logged. Ports from E2E_BASE+1000. Prints one line per case and "N passed, M failed".
+# (lb_count_call), also across a restart; a wrong password and a malformed heartbeat are
+# logged. Ports from E2E_BASE+1000. Prints one line per case and "N passed, M failed".
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 WORK=$(mktemp -d /tmp/sb-esl.XXXXXX)
@@ -31,6 +32,8 @@ listen = "127.0.0.1:$MGMT"
 url = "sqlite://$WORK/sb.db"
 [dialog]
 enabled = true
+[accounting]
+enabled = true
 [balancer]
 group = 1
 resources = ["pstn"]
@@ -56,9 +59,12 @@ standin() { # port password state-file
 }
 echo "100 95 100" > "$WORK/fs1"; echo "100 20 100" > "$WORK/fs2"; echo "100 0 100" > "$WORK/fs3"
 standin $E1 ClueCon "$WORK/fs1"; standin $E2 ClueCon "$WORK/fs2"; standin $E3 ClueCon "$WORK/fs3"
-"$SB" run --config "$WORK/sb.toml" >"$WORK/sb.log" 2>&1 </dev/null &
-PIDS+=($!)
-for _ in $(seq 50); do busy $P && busy $MGMT && break; sleep 0.1; done
+start_sb() {
+  "$SB" run --config "$WORK/sb.toml" >>"$WORK/sb.log" 2>&1 </dev/null &
+  SB_PID=$!; PIDS+=($SB_PID)
+  for _ in $(seq 50); do busy $P && busy $MGMT && break; sleep 0.1; done
+}
+start_sb
 rpc() { curl -s -m 2 -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":${2:-{\}}}" "$MI"; }
 reported() { # "sessions1/idle1+sessions2/idle2" as the balancer last heard them
   rpc lb_list | python3 -c "
@@ -107,6 +113,26 @@ for _ in $(seq 50); do [ "$(load3)" = 0 ] && break; sleep 0.1; done
 after="$(load3) from fs3, $(load) on group 1"
 [ $rc3 = 0 ] && [ "$during" = "5 from fs3, 0+5 on group 1" ] && [ "$after" = "0 from fs3, 0+0 on group 1" ]
 result "calls-from-a-node-counted-on-it" $? "while held: $during; after the BYEs: $after; sipp rc=$rc3"
+
+# ---- a restart mid-call rebuilds both counts from the persisted dialogs -----------------------
+sipp 127.0.0.1:$P -sf "$SC/uac-rr.xml" -i 127.0.0.1 -p $N3 -r 50 -m 5 -l 100 -d 7000 -nostdin -timeout 30s \
+  >"$WORK/uac3r.out" 2>&1 </dev/null & U3=$!
+sleep 3 # confirmed, and persisted a second later
+before="$(load3) from fs3, $(load) on group 1"
+kill -KILL $SB_PID; wait $SB_PID 2>/dev/null
+start_sb
+restored="$(load3) from fs3, $(load) on group 1"
+wait $U3; rc3=$?
+for _ in $(seq 50); do [ "$(load3)" = 0 ] && break; sleep 0.1; done
+after="$(load3) from fs3, $(load) on group 1"
+sleep 1 # the CDR writer (500 ms)
+nodes=$("$SB" cdr export --format json --config "$WORK/sb.toml" 2>&1 | python3 -c "
+import json,sys
+rows=[r for r in json.load(sys.stdin) if r['result']=='answered' and int(r['duration'])>=6]
+print(len(rows), sorted(set(r['node'] for r in rows)))" 2>&1)
+[ $rc3 = 0 ] && [ "$before" = "5 from fs3, 0+5 on group 1" ] && [ "$restored" = "$before" ] \
+  && [ "$after" = "0 from fs3, 0+0 on group 1" ] && [ "$nodes" = "5 ['sip:127.0.0.1:$B2']" ]
+result "restart-restores-counts-from-and-to-nodes" $? "before SIGKILL: $before; restored: $restored; after the BYEs: $after; sipp rc=$rc3; CDRs of the held calls (count, nodes): $nodes"
 
 # ---- a full node by its report is not used; both full: 503 ----------------------------------
 echo "100 100 100" > "$WORK/fs1"; echo "100 100 100" > "$WORK/fs2"; wait_reported "100/100+100/100"

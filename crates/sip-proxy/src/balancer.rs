@@ -684,6 +684,14 @@ impl crate::Router for CallRouter {
         }
     }
 
+    fn restore_call(&self, call_id: &str, node: Option<&str>, from: std::net::SocketAddr) {
+        if let Some(uri) = node {
+            self.balancer.restore_call(call_id, uri);
+        }
+        self.on_call_from(call_id, from);
+        self.dispatcher.restore_call(call_id, node, from);
+    }
+
     fn due_probes(&self, now: Instant, out: &mut Vec<crate::Probe>) {
         self.dispatcher.due_probes(now, out)
     }

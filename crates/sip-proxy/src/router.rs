@@ -70,6 +70,11 @@ pub trait Router: Send + Sync + 'static {
     fn is_destination(&self, _addr: std::net::SocketAddr) -> bool {
         false
     }
+
+    /// A call whose dialog was restored after a restart: count it again where it went
+    /// (`node`, the destination URI its dialog names) and where it came from (`from`, for
+    /// calls counted on the node that sent them).
+    fn restore_call(&self, _call_id: &str, _node: Option<&str>, _from: std::net::SocketAddr) {}
 }
 
 /// Plain round robin over a fixed list: each call starts one further along and lists every

@@ -321,7 +321,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         }),
         None => dispatcher.clone(),
     };
-    let mut proxy = sip_proxy::Proxy::new(cfg.proxy.clone(), router);
+    let mut proxy = sip_proxy::Proxy::new(cfg.proxy.clone(), router.clone());
     let mut flusher = None;
     if let (Some(rs), Some((s, h))) = (&cfg.registrar, &store_ctx) {
         let (reg, task) = start_registrar(rs, s, h)?;
@@ -335,7 +335,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             (Instant::now(), unix_now()),
         ));
         if let Some((s, h)) = store_ctx.as_ref().filter(|_| cfg.dialog_persist) {
-            dialog_flusher = Some((dl.clone(), start_dialogs(&dl, balancer.as_deref(), s, h)?));
+            dialog_flusher = Some((dl.clone(), start_dialogs(&dl, &router, s, h)?));
         }
         proxy = proxy.with_dialogs(dl);
     }
@@ -620,7 +620,7 @@ fn start_registrar(
 /// changes behind every 200 ms.
 fn start_dialogs(
     dl: &Arc<sip_proxy::dialog::Dialogs>,
-    balancer: Option<&sip_proxy::balancer::Balancer>,
+    router: &Arc<dyn sip_proxy::Router>,
     s: &store::Store,
     h: &tokio::runtime::Handle,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -642,12 +642,8 @@ fn start_dialogs(
             Err(why) => tracing::warn!(dlg_id = r.dlg_id, reason = %why, "dialog row skipped"),
         }
     }
-    if let Some(b) = balancer {
-        for d in &restored {
-            if let Some(n) = &d.node {
-                b.restore_call(d.call_id(), n);
-            }
-        }
+    for d in &restored {
+        router.restore_call(d.call_id(), d.node.as_deref(), d.caller.target.addr);
     }
     tracing::info!(
         rows = rows.len(),

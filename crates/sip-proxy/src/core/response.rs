@@ -416,7 +416,10 @@ impl Proxy {
             to_tag,
             caller,
             callee,
-            b.dest.node.as_ref().map(|_| b.dest.uri.clone()),
+            // a media server (dispatcher or balancer node) is named: the CDR's node, and
+            // where a restart counts the call again
+            (b.dest.node.is_some() || self.router.is_destination(b.dest.addr))
+                .then(|| b.dest.uri.clone()),
             se,
             req.uri_str(),
         );

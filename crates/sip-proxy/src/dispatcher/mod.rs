@@ -401,6 +401,22 @@ impl Router for Dispatcher {
         self.call_ended(call_id);
     }
 
+    fn restore_call(&self, call_id: &str, node: Option<&str>, _from: std::net::SocketAddr) {
+        let Some(uri) = node else {
+            return;
+        };
+        let found = self
+            .table()
+            .sets
+            .iter()
+            .flat_map(|s| s.dests.iter())
+            .find(|d| &*d.cfg.uri == uri)
+            .cloned();
+        if let Some(d) = found {
+            self.call_answered(call_id, &d);
+        }
+    }
+
     fn due_probes(&self, now: Instant, out: &mut Vec<Probe>) {
         if self.probe.interval.is_zero() {
             return;

@@ -169,6 +169,21 @@ fn draining_takes_no_new_calls_and_reports_the_calls_left() {
 }
 
 #[test]
+fn restored_calls_count_on_their_destination_once() {
+    use crate::Router;
+    let d = Dispatcher::new(vec![set(1, &[5080, 5082])], 1, 3, probe_cfg(), 1);
+    let dests = d.table().get(1).unwrap().dests.clone();
+    let from = "127.0.0.1:5070".parse().unwrap();
+    d.restore_call("r1", Some("sip:127.0.0.1:5082"), from);
+    d.restore_call("r1", Some("sip:127.0.0.1:5082"), from);
+    d.restore_call("r2", Some("sip:10.9.9.9:5060"), from); // no longer configured
+    d.restore_call("r3", None, from); // a call to a registered user
+    assert_eq!((dests[0].active_calls(), dests[1].active_calls()), (0, 1));
+    d.on_call_ended("r1");
+    assert_eq!(dests[1].active_calls(), 0);
+}
+
+#[test]
 fn set_state_names_unknown_sets_and_destinations() {
     let d = Dispatcher::new(vec![set(1, &[5080])], 1, 3, probe_cfg(), 1);
     assert_eq!(
