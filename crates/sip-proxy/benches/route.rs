@@ -106,13 +106,18 @@ fn dialog_table(c: &mut Criterion, d: Arc<Dialogs>) {
                     target,
                     cseq: 1,
                 };
-                let callee = Leg {
+                let callee = || Leg {
                     party: "service <sip:service@127.0.0.1:5060>;tag=uas1",
                     contact: "sip:127.0.0.1:5080;transport=UDP",
                     route: "",
                     target,
                     cseq: 0,
                 };
+                let print = d.fingerprint(
+                    Some("service <sip:service@127.0.0.1:5060>;tag=uas1"),
+                    ["sip:127.0.0.1:5080;transport=UDP"].into_iter(),
+                    target,
+                );
                 d.on_answer(
                     now,
                     1,
@@ -122,6 +127,7 @@ fn dialog_table(c: &mut Criterion, d: Arc<Dialogs>) {
                     "uas1",
                     caller,
                     callee,
+                    print,
                     None,
                     None,
                     "sip:service@127.0.0.1:5060",

@@ -168,6 +168,9 @@ pub struct Dialog {
     saved: bool,
     dirty: bool,
     changed_at: Instant,
+    /// A hash of the answer's To, Contact and Record-Route text and where it came from
+    /// ([`Dialogs::fingerprint`]): the same again needs no parsing.
+    callee_print: u64,
 }
 
 /// Everything a dialog is made of (for [`Dialog::new`]).
@@ -222,6 +225,7 @@ impl Dialog {
             saved: false,
             dirty: i.state == DialogState::Confirmed,
             changed_at: i.expires_at, // set by the table when it takes the dialog
+            callee_print: 0,
         }
     }
 
@@ -288,14 +292,28 @@ pub struct ByeOut {
 
 /// A hash of Call-ID and a tag: lookups need no allocation. A match is confirmed against
 /// the dialog's own Call-ID and tag (`matches`), so a collision is never taken for a hit.
+/// The hash is keyed at random per process (SipHash-1-3 with `RandomState`'s keys), so
+/// callers cannot choose Call-IDs that collide.
 type Key = u64;
 
-fn key(call_id: &str, tag: &str) -> Key {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    call_id.hash(&mut h);
-    tag.hash(&mut h);
-    h.finish()
+/// The tables' own hasher passes the key through: it is already a keyed hash, and hashing
+/// it again cost as much as the lookup.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // only u64 keys are hashed here; anything else still spreads
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 
 fn matches(d: &Dialog, call_id: &str, from_tag: &str) -> bool {
@@ -312,7 +330,7 @@ pub enum DlgEvent {
 }
 
 /// One shard of the dialog table.
-type Table = HashMap<Key, Box<Dialog>>;
+type Table = HashMap<Key, Box<Dialog>, std::hash::BuildHasherDefault<KeyHasher>>;
 
 /// The dialog table, sharded by Call-ID.
 pub struct Dialogs {
@@ -325,6 +343,8 @@ pub struct Dialogs {
     epoch: (Instant, u64),
     events: Mutex<Vec<DlgEvent>>,
     persist: std::sync::atomic::AtomicBool,
+    /// The keys of the Call-ID/tag hash.
+    keys: std::hash::RandomState,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -353,7 +373,8 @@ impl Dialogs {
             events: Mutex::new(Vec::new()),
             persist: std::sync::atomic::AtomicBool::new(false),
             cfg,
-            shards: (0..64).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..64).map(|_| Mutex::new(Table::default())).collect(),
+            keys: std::hash::RandomState::new(),
             next_id: AtomicU64::new(1),
             next_sweep: Mutex::new(None),
         }
@@ -388,6 +409,31 @@ impl Dialogs {
         &self.cfg
     }
 
+    /// What identifies the callee's side of an answer without parsing it: its To header,
+    /// its Contact and Record-Route lines, and where it came from.
+    pub fn fingerprint<'m>(
+        &self,
+        to: Option<&str>,
+        lines: impl Iterator<Item = &'m str>,
+        from: Target,
+    ) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.keys.build_hasher();
+        to.hash(&mut h);
+        for l in lines {
+            l.hash(&mut h);
+        }
+        from.addr.hash(&mut h);
+        from.flow.hash(&mut h);
+        (from.transport as u8).hash(&mut h);
+        h.finish()
+    }
+
+    fn key(&self, call_id: &str, tag: &str) -> Key {
+        use std::hash::BuildHasher;
+        self.keys.hash_one((call_id, tag))
+    }
+
     fn shard(&self, call_id: &str) -> std::sync::MutexGuard<'_, Table> {
         lock(&self.shards[shard_hash(call_id) % self.shards.len()])
     }
@@ -413,37 +459,43 @@ impl Dialogs {
         from_tag: &str,
         to_tag: &str,
         caller: impl FnOnce() -> Leg<'a>,
-        callee: Leg<'_>,
+        callee: impl FnOnce() -> Leg<'a>,
+        callee_print: u64,
         node: Option<Arc<str>>,
         session_expires: Option<u32>,
         ruri: &str,
     ) {
         let mut g = self.shard(call_id);
-        let key = key(call_id, from_tag);
+        let key = self.key(call_id, from_tag);
         let expires_at = self.deadline(now, session_expires);
         match g.get_mut(&key).filter(|d| matches(d, call_id, from_tag)) {
             Some(d) => {
                 if d.state == DialogState::Confirmed {
                     return; // a retransmitted 2xx, or a second fork's answer
                 }
-                // the strings are rebuilt only when the answer names another callee (a
-                // second fork, or a Contact changed between 180 and 200)
-                if d.to_tag() != to_tag
-                    || d.callee_party() != callee.party
-                    || d.callee_contact() != callee.contact
-                    || d.callee_route() != callee.route
-                {
-                    d.text = d.text.with(&[
-                        (field::TO_TAG, to_tag),
-                        (field::CALLEE_PARTY, callee.party),
-                        (field::CALLEE_CONTACT, callee.contact),
-                        (field::CALLEE_ROUTE, callee.route),
-                    ]);
+                // the callee's side is looked at only when the answer's headers differ from
+                // the last one's, and its strings rebuilt only when it names another callee
+                // (a second fork, or a Contact changed between 180 and 200)
+                if d.callee_print != callee_print {
+                    let callee = callee();
+                    if d.to_tag() != to_tag
+                        || d.callee_party() != callee.party
+                        || d.callee_contact() != callee.contact
+                        || d.callee_route() != callee.route
+                    {
+                        d.text = d.text.with(&[
+                            (field::TO_TAG, to_tag),
+                            (field::CALLEE_PARTY, callee.party),
+                            (field::CALLEE_CONTACT, callee.contact),
+                            (field::CALLEE_ROUTE, callee.route),
+                        ]);
+                    }
+                    d.callee = Side {
+                        target: callee.target,
+                        cseq: callee.cseq,
+                    };
+                    d.callee_print = callee_print;
                 }
-                d.callee = Side {
-                    target: callee.target,
-                    cseq: callee.cseq,
-                };
                 if node.is_some() {
                     d.node = node;
                 }
@@ -470,7 +522,7 @@ impl Dialogs {
                         DialogState::Early
                     },
                     caller: caller(),
-                    callee,
+                    callee: callee(),
                     node,
                     created_unix: unix,
                     answered_unix: confirmed.then_some(unix),
@@ -483,6 +535,7 @@ impl Dialogs {
                 });
                 let mut d = Box::new(d);
                 d.changed_at = now;
+                d.callee_print = callee_print;
                 g.insert(key, d);
             }
         }
@@ -491,7 +544,7 @@ impl Dialogs {
     /// The initial INVITE failed: its early dialog goes.
     pub fn on_failure(&self, call_id: &str, from_tag: &str) {
         let mut g = self.shard(call_id);
-        let key = key(call_id, from_tag);
+        let key = self.key(call_id, from_tag);
         if g.get(&key)
             .is_some_and(|d| d.state == DialogState::Early && matches(d, call_id, from_tag))
         {
@@ -509,13 +562,13 @@ impl Dialogs {
     ) -> Option<R> {
         let mut g = self.shard(call_id);
         if let Some(d) = g
-            .get_mut(&key(call_id, from_tag))
+            .get_mut(&self.key(call_id, from_tag))
             .filter(|d| matches(d, call_id, from_tag))
             .filter(|d| d.state == DialogState::Early || d.to_tag() == to_tag)
         {
             return Some(f(d, true));
         }
-        g.get_mut(&key(call_id, to_tag))
+        g.get_mut(&self.key(call_id, to_tag))
             .filter(|d| matches(d, call_id, to_tag) && d.to_tag() == from_tag)
             .map(|d| f(d, false))
     }
@@ -567,18 +620,17 @@ impl Dialogs {
         from_tag: &str,
         to_tag: &str,
     ) -> Option<(Dialog, Ending)> {
+        use std::collections::hash_map::Entry;
         let mut g = self.shard(call_id);
-        let k = key(call_id, from_tag);
-        if g.get(&k)
-            .is_some_and(|d| matches(d, call_id, from_tag) && d.to_tag() == to_tag)
-        {
-            return g.remove(&k).map(|d| (*d, Ending::CallerBye));
-        }
-        let key = key(call_id, to_tag);
-        if g.get(&key)
-            .is_some_and(|d| matches(d, call_id, to_tag) && d.to_tag() == from_tag)
-        {
-            return g.remove(&key).map(|d| (*d, Ending::CalleeBye));
+        for (tag, other, ending) in [
+            (from_tag, to_tag, Ending::CallerBye),
+            (to_tag, from_tag, Ending::CalleeBye),
+        ] {
+            if let Entry::Occupied(e) = g.entry(self.key(call_id, tag)) {
+                if matches(e.get(), call_id, tag) && e.get().to_tag() == other {
+                    return Some((*e.remove(), ending));
+                }
+            }
         }
         None
     }
@@ -689,7 +741,7 @@ impl Dialogs {
             d.saved = true;
             d.dirty = false;
             self.next_id.fetch_max(d.id + 1, Ordering::Relaxed);
-            let key = key(d.call_id(), d.from_tag());
+            let key = self.key(d.call_id(), d.from_tag());
             self.shard(d.call_id()).insert(key, Box::new(d));
         }
     }
@@ -746,7 +798,7 @@ mod tests {
     use super::*;
 
     /// `on_answer` without node, Session-Expires or R-URI; `ids` is (Call-ID, from-tag, to-tag).
-    fn ans(
+    pub(super) fn ans(
         t: &Dialogs,
         now: Instant,
         unix: u64,
@@ -763,11 +815,21 @@ mod tests {
             ids.1,
             ids.2,
             || caller,
-            callee,
+            || callee,
+            print(t, &callee),
             None,
             None,
             "",
         );
+    }
+
+    /// The fingerprint of an answer naming `callee` (tests have no message to hash).
+    fn print(t: &Dialogs, callee: &Leg) -> u64 {
+        t.fingerprint(
+            Some(callee.party),
+            [callee.contact, callee.route].into_iter(),
+            callee.target,
+        )
     }
 
     fn v(_: Transport) -> String {
@@ -786,6 +848,60 @@ mod tests {
             },
             cseq,
         }
+    }
+
+    #[test]
+    fn an_answer_repeating_the_last_one_is_not_parsed_again() {
+        let t = Dialogs::new(DialogConfig::default(), (Instant::now(), 0));
+        let now = Instant::now();
+        let callee = leg("<sip:b@h>;tag=tt", 2, 0);
+        let answer = |confirmed: bool, callee: &dyn Fn() -> Leg<'static>, print: u64| {
+            t.on_answer(
+                now,
+                1,
+                confirmed,
+                "c",
+                "ft",
+                "tt",
+                || leg("<sip:a@h>;tag=ft", 1, 1),
+                callee,
+                print,
+                None,
+                None,
+                "",
+            )
+        };
+        answer(false, &|| callee, print(&t, &callee));
+        // the 200 repeats the 180's headers: its callee side is not looked at
+        answer(true, &|| panic!("parsed again"), print(&t, &callee));
+        let d = &t.list()[0];
+        assert_eq!(d.state, DialogState::Confirmed);
+        assert_eq!(d.callee_contact(), "sip:x@127.0.0.1:2");
+        // another dialog whose 200 names another Contact than its 180
+        let t2 = Dialogs::new(DialogConfig::default(), (Instant::now(), 0));
+        for (confirmed, port) in [(false, 2), (true, 7)] {
+            let c = leg("<sip:b@h>;tag=tt", port, 0);
+            let p = print(&t2, &c);
+            t2.on_answer(
+                now,
+                1,
+                confirmed,
+                "c",
+                "ft",
+                "tt",
+                || leg("<sip:a@h>;tag=ft", 1, 1),
+                || c,
+                p,
+                None,
+                None,
+                "",
+            );
+        }
+        let d = &t2.list()[0];
+        assert_eq!(
+            (d.callee_contact(), d.callee.target.addr.port()),
+            ("sip:x@127.0.0.1:7", 7)
+        );
     }
 
     #[test]
@@ -810,7 +926,8 @@ mod tests {
             "ft",
             "tt",
             || leg("<sip:a@h>;tag=ft", 1, 1),
-            leg("<sip:b@h>;tag=tt", 2, 0),
+            || leg("<sip:b@h>;tag=tt", 2, 0),
+            print(&t, &leg("<sip:b@h>;tag=tt", 2, 0)),
             Some("sip:fs1".into()),
             None,
             "",
@@ -856,7 +973,8 @@ mod tests {
             "f2",
             "t2",
             || leg("<sip:a@h>;tag=f2", 3, 1),
-            leg("<sip:b@h>;tag=t2", 4, 0),
+            || leg("<sip:b@h>;tag=t2", 4, 0),
+            print(&t, &leg("<sip:b@h>;tag=t2", 4, 0)),
             None,
             Some(90),
             "",
@@ -891,7 +1009,8 @@ mod tests {
             "f3",
             "t3",
             || leg("a", 1, 1),
-            leg("b", 2, 0),
+            || leg("b", 2, 0),
+            print(&t, &leg("b", 2, 0)),
             None,
             Some(60),
             "",
@@ -938,30 +1057,7 @@ mod tests {
 mod persistence_tests {
     use super::*;
 
-    /// `on_answer` without node, Session-Expires or R-URI; `ids` is (Call-ID, from-tag, to-tag).
-    fn ans(
-        t: &Dialogs,
-        now: Instant,
-        unix: u64,
-        confirmed: bool,
-        ids: (&str, &str, &str),
-        caller: Leg<'static>,
-        callee: Leg<'static>,
-    ) {
-        t.on_answer(
-            now,
-            unix,
-            confirmed,
-            ids.0,
-            ids.1,
-            ids.2,
-            || caller,
-            callee,
-            None,
-            None,
-            "",
-        );
-    }
+    use super::tests::ans;
     use crate::types::Transport;
 
     fn v(_: Transport) -> String {

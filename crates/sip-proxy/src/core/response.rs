@@ -386,27 +386,40 @@ impl Proxy {
                 .map(|n| n.uri.raw)
         }
         let b = &ctx.branches[idx];
-        let (to_caller, to_callee) = self.route_sets(msg);
+        // the parsing is done only when needed: the caller's side for a new dialog, the
+        // callee's when its headers differ from the last answer's (a 200 after a 180
+        // usually repeats them)
+        let routes = std::cell::OnceCell::new();
+        let routes = || routes.get_or_init(|| self.route_sets(msg));
         let caller = || Leg {
             party: req.get(HeaderName::From).unwrap_or(""),
             contact: contact_of(req)
                 .or_else(|| req.from().ok().map(|f| f.uri.raw))
                 .unwrap_or_default(),
-            route: &to_caller,
+            route: &routes().0,
             target: ctx.resp_target,
             cseq: req.cseq().map(|c| c.seq).unwrap_or(1),
         };
-        let callee = Leg {
+        let callee = || Leg {
             party: msg.get(HeaderName::To).unwrap_or(""),
             contact: contact_of(msg).unwrap_or(&b.dest.uri),
-            route: &to_callee,
+            route: &routes().1,
             target: b.target,
             cseq: 0,
         };
-        let se = msg
-            .get(HeaderName::SessionExpires)
-            .or(req.get(HeaderName::SessionExpires))
-            .and_then(crate::dialog::parse_session_expires);
+        let callee_print = d.fingerprint(
+            msg.get(HeaderName::To),
+            msg.all(HeaderName::Contact)
+                .chain(msg.all(HeaderName::RecordRoute)),
+            b.target,
+        );
+        let se = confirmed
+            .then(|| {
+                msg.get(HeaderName::SessionExpires)
+                    .or_else(|| req.get(HeaderName::SessionExpires))
+                    .and_then(crate::dialog::parse_session_expires)
+            })
+            .flatten();
         d.on_answer(
             now,
             d.unix(now),
@@ -416,6 +429,7 @@ impl Proxy {
             to_tag,
             caller,
             callee,
+            callee_print,
             // a media server (dispatcher or balancer node) is named: the CDR's node, and
             // where a restart counts the call again
             (b.dest.node.is_some() || self.router.is_destination(b.dest.addr))
