@@ -852,10 +852,8 @@ mod tests {
 
     #[test]
     fn an_answer_repeating_the_last_one_is_not_parsed_again() {
-        let t = Dialogs::new(DialogConfig::default(), (Instant::now(), 0));
         let now = Instant::now();
-        let callee = leg("<sip:b@h>;tag=tt", 2, 0);
-        let answer = |confirmed: bool, callee: &dyn Fn() -> Leg<'static>, print: u64| {
+        let answer = |t: &Dialogs, confirmed: bool, callee: &dyn Fn() -> Leg<'static>, print| {
             t.on_answer(
                 now,
                 1,
@@ -871,9 +869,11 @@ mod tests {
                 "",
             )
         };
-        answer(false, &|| callee, print(&t, &callee));
+        let t = Dialogs::new(DialogConfig::default(), (Instant::now(), 0));
+        let callee = leg("<sip:b@h>;tag=tt", 2, 0);
+        answer(&t, false, &|| callee, print(&t, &callee));
         // the 200 repeats the 180's headers: its callee side is not looked at
-        answer(true, &|| panic!("parsed again"), print(&t, &callee));
+        answer(&t, true, &|| panic!("parsed again"), print(&t, &callee));
         let d = &t.list()[0];
         assert_eq!(d.state, DialogState::Confirmed);
         assert_eq!(d.callee_contact(), "sip:x@127.0.0.1:2");
@@ -881,21 +881,7 @@ mod tests {
         let t2 = Dialogs::new(DialogConfig::default(), (Instant::now(), 0));
         for (confirmed, port) in [(false, 2), (true, 7)] {
             let c = leg("<sip:b@h>;tag=tt", port, 0);
-            let p = print(&t2, &c);
-            t2.on_answer(
-                now,
-                1,
-                confirmed,
-                "c",
-                "ft",
-                "tt",
-                || leg("<sip:a@h>;tag=ft", 1, 1),
-                || c,
-                p,
-                None,
-                None,
-                "",
-            );
+            answer(&t2, confirmed, &|| c, print(&t2, &c));
         }
         let d = &t2.list()[0];
         assert_eq!(
