@@ -8,6 +8,7 @@
 //! through byte for byte.
 #![forbid(unsafe_code)]
 
+pub mod addr;
 pub mod auth;
 mod edit;
 mod error;

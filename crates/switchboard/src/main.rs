@@ -703,7 +703,7 @@ async fn write_cdrs(
     let mut ends = Vec::with_capacity(records.len());
     for r in records {
         if let Some(a) = r.source {
-            push_addr(&mut srcs, a);
+            sip_wire::addr::push_socket_addr(&mut srcs, a);
         }
         ends.push(srcs.len());
     }
@@ -716,41 +716,6 @@ async fn write_cdrs(
         })
         .collect();
     s.insert_cdrs(&rows).await
-}
-
-/// Appends `a` as `ip:port` (`[ip]:port` for IPv6), as its Display does; IPv4 without the
-/// formatting machinery, which cost more than the rest of a CDR row's preparation.
-fn push_addr(out: &mut String, a: std::net::SocketAddr) {
-    fn push_u16(out: &mut String, n: u16) {
-        let mut buf = [0u8; 5];
-        let mut i = buf.len();
-        let mut n = n;
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
-    }
-    match a {
-        std::net::SocketAddr::V4(v) => {
-            for (i, o) in v.ip().octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                push_u16(out, o.into());
-            }
-            out.push(':');
-            push_u16(out, v.port());
-        }
-        std::net::SocketAddr::V6(_) => {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{a}");
-        }
-    }
 }
 
 fn cdr_row<'a>(r: &'a sip_proxy::cdr::CallRecord, src_ip: &'a str) -> store::CdrRow<&'a str> {
@@ -838,24 +803,4 @@ fn lb_nodes(
         "load_balancer table loaded"
     );
     Ok(nodes)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn addresses_are_written_as_display_writes_them() {
-        for a in [
-            "0.0.0.0:0",
-            "255.255.255.255:65535",
-            "10.0.0.1:5060",
-            "127.0.0.1:10",
-            "[::1]:5060",
-            "[2001:db8::7]:65535",
-        ] {
-            let a: std::net::SocketAddr = a.parse().unwrap();
-            let mut s = String::from("x");
-            super::push_addr(&mut s, a);
-            assert_eq!(s, format!("x{a}"));
-        }
-    }
 }

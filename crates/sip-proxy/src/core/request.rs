@@ -813,7 +813,8 @@ pub(super) fn via_fix(msg: &Message, src: &Source) -> Option<(usize, String)> {
             continue;
         }
         if n.eq_ignore_ascii_case("rport") {
-            s.push_str(&format!(";rport={}", src.addr.port()));
+            s.push_str(";rport=");
+            sip_wire::addr::push_u16(&mut s, src.addr.port());
             continue;
         }
         s.push(';');
@@ -823,7 +824,8 @@ pub(super) fn via_fix(msg: &Message, src: &Source) -> Option<(usize, String)> {
             s.push_str(v);
         }
     }
-    s.push_str(&format!(";received={}", src.addr.ip()));
+    s.push_str(";received=");
+    sip_wire::addr::push_ip(&mut s, src.addr.ip());
     for rest in values {
         s.push_str(", ");
         s.push_str(rest);
@@ -892,10 +894,8 @@ pub(super) fn public_contact(v: &str, src: &Source) -> Result<String, String> {
         "sip"
     };
     let user = u.user.map(|x| format!("{x}@")).unwrap_or_default();
-    let host = match src.addr {
-        SocketAddr::V4(a) => a.to_string(),
-        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-    };
+    let mut host = String::with_capacity(48);
+    sip_wire::addr::push_socket_addr(&mut host, src.addr);
     let mut params = String::new();
     for (n, val) in u.params.iter() {
         if n.eq_ignore_ascii_case("transport") {
