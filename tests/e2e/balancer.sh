@@ -13,23 +13,9 @@ MI="http://127.0.0.1:$MGMT/mi"
 need_free $P $B1 $B2 $UACP $MGMT
 need_binary
 
-cat > "$WORK/sb.toml" <<TOML
-[sip]
-listen = ["udp:127.0.0.1:$P"]
+{ base_config udp $B1; cat <<TOML
 [transactions]
 branch_timeout_ms = 1000
-[dispatcher]
-probe_interval_s = 0
-[[dispatcher.set]]
-id = 1
-algorithm = "round-robin"
-destinations = ["sip:127.0.0.1:$B1"]
-[routing]
-default_set = 1
-[management]
-listen = "127.0.0.1:$MGMT"
-[database]
-url = "sqlite://$WORK/sb.db"
 [dialog]
 enabled = true
 lifetime_s = 10
@@ -47,11 +33,7 @@ uri = "sip:127.0.0.1:$B2"
 resources = "pstn=10"
 description = "fs2"
 TOML
-start_sb() {
-  "$SB" run --config "$WORK/sb.toml" >>"$WORK/sb.log" 2>&1 </dev/null &
-  SB_PID=$!; PIDS+=($SB_PID)
-  for _ in $(seq 50); do busy $P && busy $MGMT && return 0; sleep 0.1; done
-}
+} > "$WORK/sb.toml"
 start_sb
 rpc() { curl -s -m 2 -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":${2:-{\}}}" "$MI"; }
 load() { # total calls counted on the nodes, "a+b"

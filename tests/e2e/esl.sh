@@ -15,21 +15,7 @@ MI="http://127.0.0.1:$MGMT/mi"
 need_free $P $B1 $B2 $UACP $MGMT $E1 $E2 $E3
 need_binary
 
-cat > "$WORK/sb.toml" <<TOML
-[sip]
-listen = ["udp:127.0.0.1:$P"]
-[dispatcher]
-probe_interval_s = 0
-[[dispatcher.set]]
-id = 1
-algorithm = "round-robin"
-destinations = ["sip:127.0.0.1:$B1"]
-[routing]
-default_set = 1
-[management]
-listen = "127.0.0.1:$MGMT"
-[database]
-url = "sqlite://$WORK/sb.db"
+{ base_config udp $B1; cat <<TOML
 [dialog]
 enabled = true
 [accounting]
@@ -52,6 +38,7 @@ group = 2
 resources = "pstn=fs://wrong@127.0.0.1:$E3"
 description = "fs3, wrong password"
 TOML
+} > "$WORK/sb.toml"
 standin() { # port password state-file
   python3 "$ROOT/tests/e2e/esl-standin.py" "$1" "$2" "$3" >"$WORK/esl-$1.log" 2>&1 </dev/null &
   PIDS+=($!)
@@ -59,11 +46,6 @@ standin() { # port password state-file
 }
 echo "100 95 100" > "$WORK/fs1"; echo "100 20 100" > "$WORK/fs2"; echo "100 0 100" > "$WORK/fs3"
 standin $E1 ClueCon "$WORK/fs1"; standin $E2 ClueCon "$WORK/fs2"; standin $E3 ClueCon "$WORK/fs3"
-start_sb() {
-  "$SB" run --config "$WORK/sb.toml" >>"$WORK/sb.log" 2>&1 </dev/null &
-  SB_PID=$!; PIDS+=($SB_PID)
-  for _ in $(seq 50); do busy $P && busy $MGMT && break; sleep 0.1; done
-}
 start_sb
 rpc() { curl -s -m 2 -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":${2:-{\}}}" "$MI"; }
 reported() { # "sessions1/idle1+sessions2/idle2" as the balancer last heard them

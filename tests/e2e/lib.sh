@@ -19,3 +19,36 @@ need_binary() { [ -x "$SB" ] || { echo "build first: cargo build --release"; exi
 result() { if [ "$2" = 0 ]; then PASS=$((PASS + 1)); echo "ok   $1 ($3)"; else FAIL=$((FAIL + 1)); echo "FAIL $1 ($3)"; fi; }
 # col CSV COLUMN: the last row's value of a SIPp stat column
 col() { awk -F';' -v want="$2" 'NR==1{for(i=1;i<=NF;i++) if($i==want) c=i; next} {v=$c} END{print (v==""?0:v)+0}' "$1" 2>/dev/null || echo 0; }
+# base_config "udp tcp" PORT...: the sections the stateful suites share: SIP on $P over the
+# given transports, one round-robin set of 127.0.0.1:PORT..., probing off, management on
+# $MGMT, SQLite in $WORK. Each suite appends its own sections.
+base_config() {
+  local listen="" t d=""
+  for t in $1; do listen+="\"$t:127.0.0.1:$P\", "; done
+  shift
+  for t in "$@"; do d+="\"sip:127.0.0.1:$t\", "; done
+  cat <<TOML
+[sip]
+listen = [${listen%, }]
+[dispatcher]
+probe_interval_s = 0
+[[dispatcher.set]]
+id = 1
+algorithm = "round-robin"
+destinations = [${d%, }]
+[routing]
+default_set = 1
+[management]
+listen = "127.0.0.1:$MGMT"
+[database]
+url = "sqlite://$WORK/sb.db"
+TOML
+}
+# start_sb: switchboard on $WORK/sb.toml (log appended to $WORK/sb.log), as SB_PID, once its
+# SIP and management ports listen
+start_sb() {
+  "$SB" run --config "$WORK/sb.toml" >>"$WORK/sb.log" 2>&1 </dev/null &
+  SB_PID=$!; PIDS+=($SB_PID)
+  for _ in $(seq 50); do busy $P && busy $MGMT && return 0; sleep 0.1; done
+  echo "switchboard did not start"; tail -5 "$WORK/sb.log"; exit 1
+}

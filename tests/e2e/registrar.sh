@@ -14,21 +14,7 @@ need_free $P $FS $AG $AG2 $MGMT
 need_binary
 
 config() { # extra registrar lines
-  cat > "$WORK/sb.toml" <<TOML
-[sip]
-listen = ["udp:127.0.0.1:$P", "tcp:127.0.0.1:$P"]
-[dispatcher]
-probe_interval_s = 0
-[[dispatcher.set]]
-id = 1
-algorithm = "round-robin"
-destinations = [{ uri = "sip:127.0.0.1:$FS" }]
-[routing]
-default_set = 1
-[management]
-listen = "127.0.0.1:$MGMT"
-[database]
-url = "sqlite://$WORK/sb.db"
+  { base_config "udp tcp" $FS; cat <<TOML
 [registrar]
 domains = ["127.0.0.1"]
 min_expires_s = 2
@@ -36,12 +22,7 @@ auth_slow_after = 0
 auth_ban_after = 0
 $1
 TOML
-}
-start_sb() {
-  "$SB" run --config "$WORK/sb.toml" >>"$WORK/sb.log" 2>&1 </dev/null &
-  SB_PID=$!; PIDS+=($SB_PID)
-  for _ in $(seq 50); do busy $MGMT && return 0; sleep 0.1; done
-  echo "switchboard did not start"; tail -5 "$WORK/sb.log"; exit 1
+  } > "$WORK/sb.toml"
 }
 ul_json() { "$SB" ul dump --json --mi "$MI" 2>/dev/null; }
 # contacts AOR -> "contact|received|nat|callid" lines
