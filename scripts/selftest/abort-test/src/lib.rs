@@ -1,0 +1,1 @@
+//! Nothing: the test below is the point.
