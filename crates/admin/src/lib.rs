@@ -33,6 +33,9 @@ pub struct AdminState {
     pub started: Instant,
     /// Extra gauges supplied by the binary (open connections, ...).
     pub gauges: Box<dyn Fn() -> Vec<(&'static str, &'static str, u64)> + Send + Sync>,
+    /// Labelled series the binary appends to `/metrics` (caught panics per task, the
+    /// write-behind queues per table), in Prometheus text.
+    pub extra_metrics: Box<dyn Fn(&mut String) + Send + Sync>,
     pub dispatcher: Option<Arc<Dispatcher>>,
     pub reload: Option<ReloadFn>,
     pub parse_destination: Option<ParseDestFn>,
@@ -239,6 +242,7 @@ async fn metrics(State(st): State<Arc<AdminState>>) -> impl IntoResponse {
         let (aors, contacts) = r.counts();
         s.push_str(&format!("# HELP switchboard_registered_aors addresses-of-record with a binding\n# TYPE switchboard_registered_aors gauge\nswitchboard_registered_aors {aors}\n# HELP switchboard_registered_contacts bindings in the location table\n# TYPE switchboard_registered_contacts gauge\nswitchboard_registered_contacts {contacts}\n# HELP switchboard_subscribers subscribers with credentials\n# TYPE switchboard_subscribers gauge\nswitchboard_subscribers {}\n", r.subscriber_count()));
     }
+    (st.extra_metrics)(&mut s);
     s.push_str(&format!("# HELP switchboard_uptime_seconds seconds since start\n# TYPE switchboard_uptime_seconds gauge\nswitchboard_uptime_seconds {}\n", st.started.elapsed().as_secs()));
     (
         StatusCode::OK,
@@ -260,6 +264,7 @@ mod tests {
             proxy,
             started: Instant::now(),
             gauges: Box::new(|| vec![("tcp_connections", "open", 3)]),
+            extra_metrics: Box::new(|_| {}),
             dispatcher: None,
             reload: None,
             parse_destination: None,

@@ -96,7 +96,8 @@ fn run_conn(
         }
     });
     let pong = tx.clone();
-    tokio::spawn(async move {
+    let net2 = net.clone();
+    let reader = async move {
         let mut buf = BytesMut::with_capacity(8192);
         let mut out = Vec::new();
         let idle = net.cfg.tcp_idle_timeout;
@@ -129,21 +130,29 @@ fn run_conn(
                     }
                     Ok(Framing::Message(n)) => {
                         let data = buf.split_to(n).freeze();
-                        net.proxy.on_message(Instant::now(), src, data, &mut out);
-                        net.dispatch(&mut out);
+                        crate::supervise::guard("tcp-receive", || {
+                            net.proxy.on_message(Instant::now(), src, data, &mut out);
+                            net.dispatch(&mut out);
+                        });
+                        out.clear();
                     }
                     Err(e) => {
                         // a stream cannot resynchronise after a framing error: answer and close
                         let data = buf.split().freeze();
                         tracing::warn!(%peer, error = %e, "tcp framing error, closing");
-                        net.proxy.on_message(Instant::now(), src, data, &mut out);
-                        net.dispatch(&mut out);
+                        crate::supervise::guard("tcp-receive", || {
+                            net.proxy.on_message(Instant::now(), src, data, &mut out);
+                            net.dispatch(&mut out);
+                        });
                         break 'conn;
                     }
                 }
             }
         }
-        net.conns.remove(flow);
+    };
+    tokio::spawn(async move {
+        crate::supervise::catching("tcp-connection", reader).await;
+        net2.conns.remove(flow);
     });
     (flow, tx)
 }

@@ -199,17 +199,16 @@ impl Net {
                 continue; // keepalive
             }
             let data = Bytes::copy_from_slice(&buf[..n]);
-            self.proxy.on_message(
-                Instant::now(),
-                Source {
-                    transport: Transport::Udp,
-                    addr: from,
-                    flow: None,
-                },
-                data,
-                &mut out,
-            );
-            self.dispatch(&mut out);
+            let src = Source {
+                transport: Transport::Udp,
+                addr: from,
+                flow: None,
+            };
+            crate::supervise::guard("udp-receive", || {
+                self.proxy.on_message(Instant::now(), src, data, &mut out);
+                self.dispatch(&mut out);
+            });
+            out.clear();
         }
     }
 
@@ -219,8 +218,11 @@ impl Net {
         while !self.stopping() {
             std::thread::sleep(Duration::from_millis(5));
             let now = Instant::now();
-            self.proxy.on_timers(now, &mut out);
-            self.dispatch(&mut out);
+            crate::supervise::guard("timers", || {
+                self.proxy.on_timers(now, &mut out);
+                self.dispatch(&mut out);
+            });
+            out.clear();
             if let Some(hook) = self.cfg.idle_hook {
                 if now.duration_since(idle_done) >= Duration::from_secs(1) {
                     hook();

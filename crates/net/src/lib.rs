@@ -10,5 +10,6 @@
 
 mod conn;
 mod driver;
+pub mod supervise;
 
 pub use driver::{Net, NetConfig, NetError};

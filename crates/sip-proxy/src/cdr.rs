@@ -150,8 +150,11 @@ impl Cdrs {
     }
 }
 
-/// The user and host[:port] parts of a name-addr or URI (`"A" <sip:alice@example.com>;tag=1`
-/// → `alice`, `example.com`), as slices of it; empty strings for what does not parse.
+/// The user and domain columns of a CDR from a name-addr or URI, as slices of it, the way
+/// OpenSIPS' `acc` writes them: `"A" <sip:alice@example.com:5080>;tag=1` → `alice`,
+/// `example.com` (the host without the port). Every scheme gives something sensible and
+/// nothing can panic: `tel:+1555` → `+1555` and no domain; another scheme (`urn:service:sos`)
+/// → its scheme-specific part as the user; what does not parse → empty strings.
 pub fn user_host(v: &str) -> (&str, &str) {
     let uri = match (v.find('<'), v.find('>')) {
         (Some(a), Some(b)) if b > a => &v[a + 1..b],
@@ -161,16 +164,14 @@ pub fn user_host(v: &str) -> (&str, &str) {
     let Ok(u) = sip_wire::Uri::parse(uri) else {
         return ("", "");
     };
-    // the host is a slice of `uri`; with a port, the digits follow it after a colon
-    let start = u.host.as_ptr() as usize - uri.as_ptr() as usize;
-    let mut end = start + u.host.len();
-    if u.port.is_some() {
-        end += 1 + uri[end + 1..]
-            .bytes()
-            .take_while(u8::is_ascii_digit)
-            .count();
+    match u.scheme {
+        sip_wire::Scheme::Sip | sip_wire::Scheme::Sips => (u.user.unwrap_or(""), u.host),
+        sip_wire::Scheme::Tel => (u.user.unwrap_or(""), ""),
+        sip_wire::Scheme::Other(_) => {
+            let opaque = uri.split_once(':').map_or("", |(_, rest)| rest);
+            (opaque.split(';').next().unwrap_or(""), "")
+        }
     }
-    (u.user.unwrap_or(""), &uri[start..end])
 }
 
 #[cfg(test)]
@@ -200,20 +201,65 @@ mod tests {
         );
         assert_eq!(
             user_host("sip:5000@10.0.0.1:5080;user=phone"),
-            ("5000", "10.0.0.1:5080")
+            ("5000", "10.0.0.1"),
+            "the domain column has no port, as OpenSIPS writes it"
         );
         assert_eq!(user_host("<sip:10.0.0.1>"), ("", "10.0.0.1"));
         assert_eq!(
             user_host("<sips:bob@[2001:db8::1]:5061;transport=tls>"),
-            ("bob", "[2001:db8::1]:5061")
+            ("bob", "[2001:db8::1]")
         );
         assert_eq!(user_host("<sip:carol@[::1]>"), ("carol", "[::1]"));
         assert_eq!(
             user_host("sip:h.example.com:5060?Subject=x"),
-            ("", "h.example.com:5060")
+            ("", "h.example.com")
         );
         assert_eq!(user_host("garbage"), ("", ""));
         assert_eq!(user_host("<sip:@>"), ("", ""));
         assert_eq!(user_host("<sip:a@b:99999>"), ("", ""), "port out of range");
+    }
+
+    /// Every scheme a request may carry gives a CDR its columns; `foo:bar` as Request-URI
+    /// once panicked the writer (a host slice taken from a URI with no host).
+    #[test]
+    fn user_and_host_of_every_scheme() {
+        assert_eq!(user_host("foo:bar"), ("bar", ""));
+        assert_eq!(user_host("<tel:+15550000>;tag=x"), ("+15550000", ""));
+        assert_eq!(
+            user_host("tel:+1-555-1234;phone-context=+1"),
+            ("+1-555-1234", "")
+        );
+        assert_eq!(user_host("urn:service:sos"), ("service:sos", ""));
+        assert_eq!(user_host("<urn:service:sos;x=1>"), ("service:sos", ""));
+        assert_eq!(user_host("mailto:a@b.example"), ("a@b.example", ""));
+        assert_eq!(user_host("x:"), ("", ""));
+        assert_eq!(user_host(""), ("", ""));
+        assert_eq!(user_host("<>"), ("", ""));
+        assert_eq!(user_host("><"), ("", ""));
+        assert_eq!(user_host("tel:"), ("", ""));
+        assert_eq!(user_host("\u{e9}:\u{e9}"), ("", ""));
+    }
+
+    /// No text at all makes `user_host` panic (it once sliced by pointer offsets).
+    #[test]
+    fn user_host_never_panics_on_hostile_text() {
+        let parts = [
+            "", "<", ">", ":", ";", "@", "sip", "tel", "urn", "foo", "sips", "[", "]", "::1",
+            "5060", "a", "\u{e9}", " ", "?", "=", "%", "%4", "+",
+        ];
+        let mut n = 0u64;
+        for a in parts {
+            for b in parts {
+                for c in parts {
+                    for d in parts {
+                        let s = format!("{a}{b}{c}{d}");
+                        let (u, h) = user_host(&s);
+                        assert!(u.len() <= s.len() && h.len() <= s.len());
+                        n += 1;
+                    }
+                }
+            }
+        }
+        assert!(n > 100_000);
     }
 }

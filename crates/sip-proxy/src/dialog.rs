@@ -735,6 +735,25 @@ impl Dialogs {
         }
     }
 
+    /// At shutdown: queues every confirmed dialog not written yet (or changed since it was),
+    /// whatever its age, so a call set up just before a restart still routes after it.
+    pub fn persist_all(&self) {
+        if !self.persisting() {
+            return;
+        }
+        let mut saves = Vec::new();
+        for s in self.shards.iter() {
+            for d in lock(s).values_mut() {
+                if d.dirty && d.state == DialogState::Confirmed {
+                    d.dirty = false;
+                    d.saved = true;
+                    saves.push(DlgEvent::Saved(d.clone()));
+                }
+            }
+        }
+        lock(&self.events).append(&mut saves);
+    }
+
     /// Puts back dialogs persisted before a restart (their rows exist).
     pub fn restore(&self, dialogs: Vec<Dialog>) {
         for mut d in dialogs {
@@ -1113,6 +1132,46 @@ mod persistence_tests {
         t.on_bye("c", "f", "t");
         assert!(matches!(&t.take_events()[..], [DlgEvent::Removed(_)]));
         assert!(out.is_empty());
+    }
+
+    /// SIGTERM must not lose a call confirmed in its last second: `persist_all` writes every
+    /// confirmed dialog not yet written, once (before, such calls' BYEs got 481 after the restart).
+    #[test]
+    fn shutdown_writes_dialogs_younger_than_a_second() {
+        let t = Dialogs::new(DialogConfig::default(), (Instant::now(), 100));
+        t.set_persistence(true);
+        let now = Instant::now();
+        let leg = |p: &'static str| Leg {
+            party: p,
+            contact: "sip:x@127.0.0.1",
+            route: "",
+            target: Target {
+                transport: Transport::Udp,
+                addr: ([127, 0, 0, 1], 5060).into(),
+                flow: None,
+            },
+            cseq: 1,
+        };
+        ans(&t, now, 100, true, ("young", "f", "t"), leg("a"), leg("b"));
+        ans(
+            &t,
+            now,
+            100,
+            false,
+            ("ringing", "f", "t"),
+            leg("a"),
+            leg("b"),
+        );
+        t.persist_all();
+        let ev = t.take_events();
+        assert!(
+            matches!(&ev[..], [DlgEvent::Saved(d)] if d.call_id() == "young"),
+            "{ev:?}"
+        );
+        t.persist_all();
+        let mut out = vec![];
+        t.sweep(now + Duration::from_secs(2), &v, &mut out);
+        assert!(t.take_events().is_empty(), "written once");
     }
 }
 

@@ -172,7 +172,45 @@ pub struct BadRow {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    schema: std::sync::Arc<Schema>,
 }
+
+/// The columns of the tables whose layout differs between OpenSIPS' own schema and the one
+/// switchboard creates (`acc`, `missed_calls`, `dialog`: ours has more columns). Read from the
+/// database when first written, and again after a failed write in case a table changed. A
+/// table without some of our columns gets what it has; what is not written, and why, is
+/// logged once.
+#[derive(Debug, Default)]
+struct Schema {
+    tables: std::sync::Mutex<std::collections::HashMap<&'static str, std::sync::Arc<Columns>>>,
+    told: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+}
+
+/// A table's columns.
+#[derive(Debug, Default)]
+struct Columns {
+    names: Vec<String>,
+    /// NOT NULL without a default and not the key: an INSERT must give them.
+    required: Vec<String>,
+}
+
+impl Columns {
+    fn has(&self, c: &str) -> bool {
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(c))
+    }
+}
+
+/// Columns of `dialog` written only where the table has them: switchboard's additions
+/// (`node`, `answer_time`, `session_expires`, `ruri`), and OpenSIPS 3's ping CSeqs (NOT NULL
+/// without a default in its schema version 12; they start at the dialog's CSeqs).
+const DIALOG_EXTRA: [&str; 6] = [
+    "node",
+    "answer_time",
+    "session_expires",
+    "ruri",
+    "caller_ping_cseq",
+    "callee_ping_cseq",
+];
 
 const CREATE_DISPATCHER: &str = "CREATE TABLE IF NOT EXISTS dispatcher (
     id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
@@ -351,13 +389,72 @@ mod raw {
     use libsqlite3_sys as ffi;
     use std::ffi::{c_int, CStr, CString};
 
-    /// The columns of one row (`method` is the literal 'INVITE'; the rest are bound).
-    const ACC: (&str, &str, usize) = ("acc", "method, from_tag, to_tag, callid, sip_code, sip_reason, time, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, hangup_by, duration, ms_duration, setuptime, created", 22);
-    const MISSED: (&str, &str, usize) = ("missed_calls", "method, from_tag, to_tag, callid, sip_code, sip_reason, time, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, hangup_by", 18);
-    fn insert_sql((table, cols, n): (&str, &str, usize)) -> String {
+    /// What a CDR column holds. A table gets the columns it has of these (an `acc` table made
+    /// by OpenSIPS' own schema has no `from_user`, `node`, ...: those are not written there).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Field {
+        Method,
+        FromTag,
+        ToTag,
+        CallId,
+        Code,
+        Reason,
+        Time,
+        FromUser,
+        FromDomain,
+        ToUser,
+        ToDomain,
+        RuriUser,
+        RuriDomain,
+        SrcIp,
+        Node,
+        SetupTime,
+        AnswerTime,
+        EndTime,
+        HangupBy,
+        Duration,
+        MsDuration,
+        Setuptime,
+        Created,
+    }
+
+    /// Every column the CDR writer knows, by name.
+    pub const FIELDS: [(&str, Field); 23] = [
+        ("method", Field::Method),
+        ("from_tag", Field::FromTag),
+        ("to_tag", Field::ToTag),
+        ("callid", Field::CallId),
+        ("sip_code", Field::Code),
+        ("sip_reason", Field::Reason),
+        ("time", Field::Time),
+        ("from_user", Field::FromUser),
+        ("from_domain", Field::FromDomain),
+        ("to_user", Field::ToUser),
+        ("to_domain", Field::ToDomain),
+        ("ruri_user", Field::RuriUser),
+        ("ruri_domain", Field::RuriDomain),
+        ("src_ip", Field::SrcIp),
+        ("node", Field::Node),
+        ("setup_time", Field::SetupTime),
+        ("answer_time", Field::AnswerTime),
+        ("end_time", Field::EndTime),
+        ("hangup_by", Field::HangupBy),
+        ("duration", Field::Duration),
+        ("ms_duration", Field::MsDuration),
+        ("setuptime", Field::Setuptime),
+        ("created", Field::Created),
+    ];
+
+    /// The INSERT of one row into `table` with `fields`.
+    fn insert_sql(table: &str, fields: &[Field]) -> String {
+        let names: Vec<&str> = fields
+            .iter()
+            .filter_map(|f| FIELDS.iter().find(|(_, g)| g == f).map(|(n, _)| *n))
+            .collect();
         format!(
-            "INSERT INTO {table} ({cols}) VALUES ('INVITE', {})",
-            vec!["?"; n].join(", ")
+            "INSERT INTO {table} ({}) VALUES ({})",
+            names.join(", "),
+            vec!["?"; names.len()].join(", ")
         )
     }
 
@@ -441,36 +538,48 @@ mod raw {
         created: [u8; 19],
     }
 
-    /// Binds `r` to a statement of `n` columns.
-    unsafe fn bind<S: AsRef<str>>(st: &Stmt, n: usize, r: &CdrRow<S>, d: &Derived) -> c_int {
+    /// Binds `r` to the statement's columns, `fields` in order.
+    unsafe fn bind<S: AsRef<str>>(
+        st: &Stmt,
+        fields: &[Field],
+        r: &CdrRow<S>,
+        d: &Derived,
+    ) -> c_int {
         let mut rc = 0;
-        rc |= text(st, 1, r.from_tag.as_ref());
-        rc |= text(st, 2, r.to_tag.as_ref());
-        rc |= text(st, 3, r.callid.as_ref());
-        rc |= text(st, 4, ascii(&d.code));
-        rc |= text(st, 5, r.sip_reason.as_ref());
-        rc |= text(st, 6, ascii(&d.time));
-        rc |= text(st, 7, r.from_user.as_ref());
-        rc |= text(st, 8, r.from_domain.as_ref());
-        rc |= text(st, 9, r.to_user.as_ref());
-        rc |= text(st, 10, r.to_domain.as_ref());
-        rc |= text(st, 11, r.ruri_user.as_ref());
-        rc |= text(st, 12, r.ruri_domain.as_ref());
-        rc |= text(st, 13, r.src_ip.as_ref());
-        rc |= match &r.node {
-            Some(v) => text(st, 14, v.as_ref()),
-            None => ffi::sqlite3_bind_null(st.0, 14),
-        };
-        rc |= int(st, 15, Some(r.setup_time));
-        rc |= int(st, 16, r.answer_time);
-        rc |= int(st, 17, Some(r.end_time));
-        rc |= text(st, 18, r.hangup_by.as_ref());
-        if n > 18 {
-            rc |= int(st, 19, Some(r.duration));
-            rc |= int(st, 20, Some(r.duration * 1000));
-            let setup = r.answer_time.unwrap_or(r.setup_time) - r.setup_time;
-            rc |= int(st, 21, Some(setup));
-            rc |= text(st, 22, ascii(&d.created));
+        for (i, f) in fields.iter().enumerate() {
+            let i = i as c_int + 1;
+            rc |= match f {
+                Field::Method => text(st, i, "INVITE"),
+                Field::FromTag => text(st, i, r.from_tag.as_ref()),
+                Field::ToTag => text(st, i, r.to_tag.as_ref()),
+                Field::CallId => text(st, i, r.callid.as_ref()),
+                Field::Code => text(st, i, ascii(&d.code)),
+                Field::Reason => text(st, i, r.sip_reason.as_ref()),
+                Field::Time => text(st, i, ascii(&d.time)),
+                Field::FromUser => text(st, i, r.from_user.as_ref()),
+                Field::FromDomain => text(st, i, r.from_domain.as_ref()),
+                Field::ToUser => text(st, i, r.to_user.as_ref()),
+                Field::ToDomain => text(st, i, r.to_domain.as_ref()),
+                Field::RuriUser => text(st, i, r.ruri_user.as_ref()),
+                Field::RuriDomain => text(st, i, r.ruri_domain.as_ref()),
+                Field::SrcIp => text(st, i, r.src_ip.as_ref()),
+                Field::Node => match &r.node {
+                    Some(v) => text(st, i, v.as_ref()),
+                    None => ffi::sqlite3_bind_null(st.0, i),
+                },
+                Field::SetupTime => int(st, i, Some(r.setup_time)),
+                Field::AnswerTime => int(st, i, r.answer_time),
+                Field::EndTime => int(st, i, Some(r.end_time)),
+                Field::HangupBy => text(st, i, r.hangup_by.as_ref()),
+                Field::Duration => int(st, i, Some(r.duration)),
+                Field::MsDuration => int(st, i, Some(r.duration * 1000)),
+                Field::Setuptime => int(
+                    st,
+                    i,
+                    Some(r.answer_time.unwrap_or(r.setup_time) - r.setup_time),
+                ),
+                Field::Created => text(st, i, ascii(&d.created)),
+            };
         }
         rc
     }
@@ -484,38 +593,42 @@ mod raw {
 
     unsafe fn rows<S: AsRef<str>>(
         db: *mut ffi::sqlite3,
-        table: (&str, &str, usize),
+        table: &str,
+        fields: &[Field],
         rows: &[&CdrRow<S>],
     ) -> Result<(), String> {
-        let st = prepare(db, &insert_sql(table))?;
+        let st = prepare(db, &insert_sql(table, fields))?;
         for r in rows {
             let d = Derived {
                 code: super::code_text(r.sip_code),
                 time: super::sql_datetime(r.answer_time.unwrap_or(r.end_time)),
                 created: super::sql_datetime(r.setup_time),
             };
-            step(db, &st, bind(&st, table.2, r, &d))?;
+            step(db, &st, bind(&st, fields, r, &d))?;
         }
         Ok(())
     }
 
-    /// Inserts the records in one transaction (rolled back on any error).
+    /// Inserts the records in one transaction (rolled back on any error): answered calls into
+    /// `acc` with `acc_fields`, failed ones into `missed_calls` with `missed_fields`.
     ///
     /// # Safety
     /// `db` must be an open connection no other thread uses meanwhile.
     pub unsafe fn insert_cdrs<S: AsRef<str>>(
         db: *mut ffi::sqlite3,
         all: &[CdrRow<S>],
+        acc_fields: &[Field],
+        missed_fields: &[Field],
     ) -> Result<(), String> {
         exec(db, "BEGIN")?;
         let answered: Vec<&CdrRow<S>> = all.iter().filter(|r| r.answered).collect();
         let missed: Vec<&CdrRow<S>> = all.iter().filter(|r| !r.answered).collect();
         let r = (|| {
             if !answered.is_empty() {
-                rows(db, ACC, &answered)?;
+                rows(db, "acc", acc_fields, &answered)?;
             }
             if !missed.is_empty() {
-                rows(db, MISSED, &missed)?;
+                rows(db, "missed_calls", missed_fields, &missed)?;
             }
             Ok(())
         })();
@@ -603,7 +716,10 @@ impl Store {
             .max_connections(2)
             .connect_with(opts)
             .await?;
-        let s = Store { pool };
+        let s = Store {
+            pool,
+            schema: Default::default(),
+        };
         s.migrate().await?;
         Ok(s)
     }
@@ -631,6 +747,104 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The columns `table` has (cached; see [`Schema`]).
+    async fn columns(&self, table: &'static str) -> Result<std::sync::Arc<Columns>, StoreError> {
+        if let Some(c) = self
+            .schema
+            .tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(table)
+        {
+            return Ok(c.clone());
+        }
+        let rows = sqlx::query(
+            "SELECT name, \"notnull\", dflt_value IS NOT NULL, pk FROM pragma_table_info(?1)",
+        )
+        .bind(table)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Err(StoreError::Sqlite(format!("no such table: {table}")));
+        }
+        let mut c = Columns::default();
+        for r in rows {
+            let name: String = r.try_get(0).unwrap_or_default();
+            let not_null: i64 = r.try_get(1).unwrap_or(0);
+            let has_default: bool = r.try_get(2).unwrap_or(false);
+            let pk: i64 = r.try_get(3).unwrap_or(0);
+            if not_null != 0 && !has_default && pk == 0 {
+                c.required.push(name.clone());
+            }
+            c.names.push(name);
+        }
+        let c = std::sync::Arc::new(c);
+        self.schema
+            .tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(table, c.clone());
+        Ok(c)
+    }
+
+    /// Forgets the cached columns (after a failed write: a table may have changed).
+    fn forget_columns(&self) {
+        self.schema
+            .tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Says once per table which of `ours` it lacks (not written) and which of its required
+    /// columns switchboard does not fill (every insert would fail); `also` are columns
+    /// written where they exist without being missed where they do not.
+    fn tell_once(&self, table: &'static str, ours: &[&str], also: &[&str], c: &Columns) {
+        let missing: Vec<&str> = ours.iter().copied().filter(|o| !c.has(o)).collect();
+        let unfilled: Vec<&str> = c
+            .required
+            .iter()
+            .map(String::as_str)
+            .filter(|r| !ours.iter().chain(also).any(|o| o.eq_ignore_ascii_case(r)))
+            .collect();
+        if (missing.is_empty() && unfilled.is_empty())
+            || !self
+                .schema
+                .told
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(table)
+        {
+            return;
+        }
+        if !missing.is_empty() {
+            tracing::warn!(
+                table,
+                columns = %missing.join(", "),
+                "the table has not these columns (an OpenSIPS schema?): they are not written"
+            );
+        }
+        if !unfilled.is_empty() {
+            tracing::error!(
+                table,
+                columns = %unfilled.join(", "),
+                "the table requires columns switchboard does not write: inserts will fail until they get a default"
+            );
+        }
+    }
+
+    /// The CDR columns `table` has, in [`raw::FIELDS`] order.
+    async fn cdr_fields(&self, table: &'static str) -> Result<Vec<raw::Field>, StoreError> {
+        let c = self.columns(table).await?;
+        let ours: Vec<&str> = raw::FIELDS.iter().map(|(n, _)| *n).collect();
+        self.tell_once(table, &ours, &[], &c);
+        Ok(raw::FIELDS
+            .iter()
+            .filter(|(n, _)| c.has(n))
+            .map(|(_, f)| *f)
+            .collect())
     }
 
     // ----- subscriber ----------------------------------------------------------------
@@ -903,7 +1117,18 @@ impl Store {
 
     /// Every `dialog` row.
     pub async fn dialog_rows(&self) -> Result<(Vec<DialogRow>, Vec<BadRow>), StoreError> {
-        let rows = sqlx::query("SELECT dlg_id, callid, from_uri, from_tag, to_uri, to_tag, caller_cseq, callee_cseq, caller_contact, callee_contact, caller_route_set, callee_route_set, caller_sock, callee_sock, state, start_time, timeout, node, answer_time, session_expires, ruri FROM dialog ORDER BY dlg_id")
+        let c = self.columns("dialog").await?;
+        let extra: Vec<String> = DIALOG_EXTRA[..4]
+            .iter()
+            .map(|e| {
+                if c.has(e) {
+                    e.to_string()
+                } else {
+                    format!("NULL AS {e}")
+                }
+            })
+            .collect();
+        let rows = sqlx::query(&format!("SELECT dlg_id, callid, from_uri, from_tag, to_uri, to_tag, caller_cseq, callee_cseq, caller_contact, callee_contact, caller_route_set, callee_route_set, caller_sock, callee_sock, state, start_time, timeout, {} FROM dialog ORDER BY dlg_id", extra.join(", ")))
             .fetch_all(&self.pool)
             .await?;
         let mut good = Vec::new();
@@ -982,10 +1207,60 @@ impl Store {
         if ops.is_empty() {
             return Ok(());
         }
+        let c = self.columns("dialog").await?;
+        const BASE: [&str; 17] = [
+            "dlg_id",
+            "callid",
+            "from_uri",
+            "from_tag",
+            "to_uri",
+            "to_tag",
+            "caller_cseq",
+            "callee_cseq",
+            "caller_contact",
+            "callee_contact",
+            "caller_route_set",
+            "callee_route_set",
+            "caller_sock",
+            "callee_sock",
+            "state",
+            "start_time",
+            "timeout",
+        ];
+        let ours: Vec<&str> = BASE.iter().chain(&DIALOG_EXTRA[..4]).copied().collect();
+        self.tell_once("dialog", &ours, &DIALOG_EXTRA[4..], &c);
+        let has: [bool; 6] = DIALOG_EXTRA.map(|e| c.has(e));
+        let mut cols: Vec<&str> = BASE.to_vec();
+        cols.extend(
+            DIALOG_EXTRA
+                .iter()
+                .zip(has)
+                .filter(|(_, h)| *h)
+                .map(|(e, _)| *e),
+        );
+        let head = format!(
+            "INSERT OR REPLACE INTO dialog ({}) VALUES ",
+            cols.join(", ")
+        );
+        let row = format!("({})", vec!["?"; cols.len()].join(", "));
+        let r = self.apply_dialogs_with(ops, &head, &row, has).await;
+        if r.is_err() {
+            self.forget_columns();
+        }
+        r
+    }
+
+    async fn apply_dialogs_with(
+        &self,
+        ops: &[DialogOp],
+        head: &str,
+        row: &str,
+        has: [bool; 6],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for (upsert, run) in runs(ops, |o| matches!(o, DialogOp::Upsert(_))) {
             if upsert {
-                let sql = multi_row("INSERT OR REPLACE INTO dialog (dlg_id, callid, from_uri, from_tag, to_uri, to_tag, caller_cseq, callee_cseq, caller_contact, callee_contact, caller_route_set, callee_route_set, caller_sock, callee_sock, state, start_time, timeout, node, answer_time, session_expires, ruri) VALUES ", "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", run.len());
+                let sql = multi_row(head, row, run.len());
                 let mut q = sqlx::query(&sql);
                 for op in run {
                     if let DialogOp::Upsert(d) = op {
@@ -1006,11 +1281,25 @@ impl Store {
                             .bind(&d.callee_sock)
                             .bind(d.state)
                             .bind(d.start_time)
-                            .bind(d.timeout)
-                            .bind(&d.node)
-                            .bind(d.answer_time)
-                            .bind(d.session_expires)
-                            .bind(&d.ruri);
+                            .bind(d.timeout);
+                        if has[0] {
+                            q = q.bind(&d.node);
+                        }
+                        if has[1] {
+                            q = q.bind(d.answer_time);
+                        }
+                        if has[2] {
+                            q = q.bind(d.session_expires);
+                        }
+                        if has[3] {
+                            q = q.bind(&d.ruri);
+                        }
+                        if has[4] {
+                            q = q.bind(d.caller_cseq);
+                        }
+                        if has[5] {
+                            q = q.bind(d.callee_cseq);
+                        }
                     }
                 }
                 q.execute(&mut *tx).await?;
@@ -1083,20 +1372,67 @@ impl Store {
         // sqlx's worker: one prepared statement per table, each column bound without a copy. Through sqlx
         // (a bound parameter per column, 50-row statements) a row cost 7.2 µs of CPU; this
         // way under 2 µs (BENCHMARKS.md, accounting).
+        let acc = self.cdr_fields("acc").await?;
+        let missed = self.cdr_fields("missed_calls").await?;
         let mut conn = self.pool.acquire().await?;
         let mut locked = conn.lock_handle().await?;
         let db = locked.as_raw_handle().as_ptr();
         // SAFETY: `db` is a live connection handle that sqlx's worker does not touch while
         // `locked` exists; every statement is finalized before returning.
-        unsafe { raw::insert_cdrs(db, rows) }.map_err(StoreError::Sqlite)
+        unsafe { raw::insert_cdrs(db, rows, &acc, &missed) }
+            .map_err(StoreError::Sqlite)
+            .inspect_err(|_| self.forget_columns())
     }
 
     /// Accounted calls ended at or after `since` (UNIX), answered and failed, oldest first.
     pub async fn cdrs_since(&self, since: i64, limit: i64) -> Result<Vec<CdrRow>, StoreError> {
-        let q = "SELECT 1 AS answered, callid, from_tag, to_tag, sip_code, sip_reason, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, duration, hangup_by FROM acc WHERE end_time >= ?1
-                 UNION ALL
-                 SELECT 0, callid, from_tag, to_tag, sip_code, sip_reason, from_user, from_domain, to_user, to_domain, ruri_user, ruri_domain, src_ip, node, setup_time, answer_time, end_time, 0, hangup_by FROM missed_calls WHERE end_time >= ?1
-                 ORDER BY end_time LIMIT ?2";
+        let acc = self.columns("acc").await?;
+        let missed = self.columns("missed_calls").await?;
+        // a table made by OpenSIPS' schema lacks our columns: read them as empty, and take
+        // the end of the call from its `time` (and `duration`)
+        let pick = |c: &Columns, answered: bool| -> String {
+            let col = |n: &str, dflt: &str| {
+                if c.has(n) {
+                    n.to_string()
+                } else {
+                    format!("{dflt} AS {n}")
+                }
+            };
+            let secs = "CAST(strftime('%s', time) AS INTEGER)";
+            let end = if c.has("end_time") {
+                "end_time".to_string()
+            } else if answered && c.has("duration") {
+                format!("{secs} + duration")
+            } else {
+                secs.to_string()
+            };
+            let texts = [
+                "from_user",
+                "from_domain",
+                "to_user",
+                "to_domain",
+                "ruri_user",
+                "ruri_domain",
+                "src_ip",
+            ]
+            .map(|n| col(n, "''"))
+            .join(", ");
+            format!(
+                "SELECT {} AS answered, callid, from_tag, to_tag, sip_code, sip_reason, {texts}, {}, {}, {}, {end} AS end_time, {}, {} FROM {} WHERE {end} >= ?1",
+                answered as i32,
+                col("node", "NULL"),
+                col("setup_time", "0"),
+                col("answer_time", "NULL"),
+                if answered { col("duration", "0") } else { "0".into() },
+                col("hangup_by", "''"),
+                if answered { "acc" } else { "missed_calls" },
+            )
+        };
+        let q = &format!(
+            "{} UNION ALL {} ORDER BY end_time LIMIT ?2",
+            pick(&acc, true),
+            pick(&missed, false)
+        );
         let rows = sqlx::query(q)
             .bind(since)
             .bind(limit)

@@ -524,3 +524,131 @@ async fn cdr_insert_cost() {
     );
     let _ = std::fs::remove_file(path);
 }
+
+/// Tables made by OpenSIPS' own SQLite schema (acc 7, missed_calls 5, dialog 12) lack
+/// switchboard's extra columns, and dialog 12 requires ping CSeqs: every write once failed
+/// there forever ("table acc has no column named from_user"). Now each table gets the columns
+/// it has, and reads give the others empty.
+#[tokio::test]
+async fn tables_from_the_opensips_schema_are_written_with_the_columns_they_have() {
+    let path = std::env::temp_dir().join(format!("sb-store-opensips-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let url = format!("sqlite://{}", path.display());
+    {
+        // the operator's database, as OpenSIPS' scripts create it
+        let opts = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
+        for ddl in [
+            "CREATE TABLE acc (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, method CHAR(16) DEFAULT '' NOT NULL, from_tag CHAR(64) DEFAULT '' NOT NULL, to_tag CHAR(64) DEFAULT '' NOT NULL, callid CHAR(64) DEFAULT '' NOT NULL, sip_code CHAR(3) DEFAULT '' NOT NULL, sip_reason CHAR(32) DEFAULT '' NOT NULL, time DATETIME NOT NULL, duration INTEGER DEFAULT 0 NOT NULL, ms_duration INTEGER DEFAULT 0 NOT NULL, setuptime INTEGER DEFAULT 0 NOT NULL, created DATETIME DEFAULT NULL)",
+            "CREATE TABLE missed_calls (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, method CHAR(16) DEFAULT '' NOT NULL, from_tag CHAR(64) DEFAULT '' NOT NULL, to_tag CHAR(64) DEFAULT '' NOT NULL, callid CHAR(64) DEFAULT '' NOT NULL, sip_code CHAR(3) DEFAULT '' NOT NULL, sip_reason CHAR(32) DEFAULT '' NOT NULL, time DATETIME NOT NULL, setuptime INTEGER DEFAULT 0 NOT NULL, created DATETIME DEFAULT NULL)",
+            "CREATE TABLE dialog (dlg_id BIGINT PRIMARY KEY NOT NULL, callid CHAR(255) NOT NULL, from_uri CHAR(255) NOT NULL, from_tag CHAR(64) NOT NULL, to_uri CHAR(255) NOT NULL, to_tag CHAR(64) NOT NULL, mangled_from_uri CHAR(255) DEFAULT NULL, mangled_to_uri CHAR(255) DEFAULT NULL, caller_cseq CHAR(11) NOT NULL, callee_cseq CHAR(11) NOT NULL, caller_ping_cseq INTEGER NOT NULL, callee_ping_cseq INTEGER NOT NULL, caller_route_set TEXT, callee_route_set TEXT, caller_contact CHAR(255), callee_contact CHAR(255), caller_sock CHAR(64) NOT NULL, callee_sock CHAR(64) NOT NULL, state INTEGER NOT NULL, start_time INTEGER NOT NULL, timeout INTEGER NOT NULL, vars BLOB(4096) DEFAULT NULL, profiles TEXT(512) DEFAULT NULL, script_flags CHAR(255) DEFAULT NULL, module_flags INTEGER DEFAULT 0 NOT NULL, flags INTEGER DEFAULT 0 NOT NULL, rt_on_answer CHAR(64) DEFAULT NULL, rt_on_timeout CHAR(64) DEFAULT NULL, rt_on_hangup CHAR(64) DEFAULT NULL)",
+        ] {
+            sqlx::query(ddl).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+    let s = Store::open(&url).await.unwrap();
+    let answered = CdrRow {
+        answered: true,
+        callid: "c1".to_string(),
+        from_tag: "f1".into(),
+        sip_code: 200,
+        sip_reason: "OK".into(),
+        from_user: "alice".into(),
+        node: Some("sip:127.0.0.1:5080".into()),
+        setup_time: 1_700_000_000,
+        answer_time: Some(1_700_000_003),
+        end_time: 1_700_000_063,
+        duration: 60,
+        hangup_by: "caller".into(),
+        ..CdrRow::default()
+    };
+    let missed = CdrRow {
+        answered: false,
+        callid: "c2".into(),
+        sip_code: 486,
+        sip_reason: "Busy Here".into(),
+        setup_time: 1_700_000_100,
+        end_time: 1_700_000_100,
+        ..CdrRow::default()
+    };
+    s.insert_cdrs(&[answered.clone(), missed.clone()])
+        .await
+        .unwrap();
+    let back = s.cdrs_since(0, 10).await.unwrap();
+    assert_eq!(back.len(), 2, "{back:?}");
+    // what the OpenSIPS tables hold comes back; switchboard's own columns read as empty
+    assert_eq!(
+        (
+            back[0].callid.as_str(),
+            back[0].from_tag.as_str(),
+            back[0].sip_code,
+            back[0].end_time,
+            back[0].duration
+        ),
+        ("c1", "f1", 200, 1_700_000_063, 60)
+    );
+    assert_eq!(
+        (back[0].from_user.as_str(), back[0].node.as_ref()),
+        ("", None)
+    );
+    assert_eq!(
+        (back[1].callid.as_str(), back[1].sip_code, back[1].end_time),
+        ("c2", 486, 1_700_000_100)
+    );
+    let row = sqlx::query("SELECT method, ms_duration, setuptime, created FROM acc")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(row.try_get::<String, _>(0).unwrap(), "INVITE");
+    assert_eq!(row.try_get::<i64, _>(1).unwrap(), 60_000);
+    assert_eq!(row.try_get::<i64, _>(2).unwrap(), 3);
+    // dialogs: the base columns and the ping CSeqs OpenSIPS 3 requires
+    let d = DialogRow {
+        dlg_id: 7,
+        callid: "d1".into(),
+        from_uri: "<sip:a@h>;tag=f".into(),
+        from_tag: "f".into(),
+        to_uri: "<sip:b@h>;tag=t".into(),
+        to_tag: "t".into(),
+        caller_cseq: 3,
+        callee_cseq: 1,
+        caller_contact: "sip:a@10.0.0.1".into(),
+        callee_contact: "sip:b@10.0.0.2".into(),
+        caller_sock: "udp:127.0.0.1:5070".into(),
+        callee_sock: "udp:127.0.0.1:5080".into(),
+        state: 4,
+        start_time: 1000,
+        timeout: 2000,
+        node: Some("sip:127.0.0.1:5080".into()),
+        answer_time: Some(1001),
+        session_expires: Some(1800),
+        ruri: "sip:5000@h".into(),
+        ..DialogRow::default()
+    };
+    s.apply_dialogs(&[DialogOp::Upsert(Box::new(d.clone()))])
+        .await
+        .unwrap();
+    let (rows, bad) = s.dialog_rows().await.unwrap();
+    assert!(bad.is_empty(), "{bad:?}");
+    assert_eq!(
+        rows,
+        vec![DialogRow {
+            node: None,
+            answer_time: None,
+            session_expires: None,
+            ruri: String::new(),
+            ..d
+        }]
+    );
+    let pings: (i64, i64) = sqlx::query_as("SELECT caller_ping_cseq, callee_ping_cseq FROM dialog")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(pings, (3, 1));
+    s.apply_dialogs(&[DialogOp::Delete(7)]).await.unwrap();
+    assert!(s.dialog_rows().await.unwrap().0.is_empty());
+    let _ = std::fs::remove_file(path);
+}

@@ -82,6 +82,19 @@ impl Default for RawDialog {
 pub struct RawDatabase {
     #[serde(default = "d_db_url")]
     pub url: String,
+    /// Changes each write-behind queue (location, dialog, acc) may hold unwritten.
+    #[serde(default = "d_queue_limit")]
+    pub write_queue_limit: usize,
+    /// At SIGTERM, how long the writers may take to write what they hold.
+    #[serde(default = "d_flush_timeout")]
+    pub flush_timeout_s: u64,
+}
+
+fn d_queue_limit() -> usize {
+    200_000
+}
+fn d_flush_timeout() -> u64 {
+    10
 }
 
 fn d_db_url() -> String {
@@ -90,7 +103,11 @@ fn d_db_url() -> String {
 
 impl Default for RawDatabase {
     fn default() -> Self {
-        RawDatabase { url: d_db_url() }
+        RawDatabase {
+            url: d_db_url(),
+            write_queue_limit: d_queue_limit(),
+            flush_timeout_s: d_flush_timeout(),
+        }
     }
 }
 
@@ -269,6 +286,10 @@ pub struct Config {
     pub balancer: Option<crate::balancer_config::BalancerSettings>,
     /// CDRs to the database.
     pub accounting: bool,
+    /// Changes each write-behind queue may hold unwritten.
+    pub write_queue_limit: usize,
+    /// At SIGTERM, how long the writers may take to write what they hold.
+    pub shutdown_timeout: Duration,
 }
 
 /// Parses TOML text; a syntax error or unknown key comes back as one error line.
@@ -521,6 +542,20 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
             "must be sqlite://PATH",
         ));
     }
+    if !(100..=10_000_000).contains(&raw.database.write_queue_limit) {
+        errors.push(err(
+            "database.write_queue_limit",
+            raw.database.write_queue_limit,
+            "must be 100..=10000000 changes",
+        ));
+    }
+    if !(1..=300).contains(&raw.database.flush_timeout_s) {
+        errors.push(err(
+            "database.flush_timeout_s",
+            raw.database.flush_timeout_s,
+            "must be 1..=300 seconds",
+        ));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -555,6 +590,8 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         dialog_persist: raw.dialog.persist,
         balancer,
         accounting: raw.accounting.enabled,
+        write_queue_limit: raw.database.write_queue_limit,
+        shutdown_timeout: Duration::from_secs(raw.database.flush_timeout_s),
     })
 }
 

@@ -93,15 +93,12 @@ pub fn dialog(r: &store::DialogRow, now: Instant, unix_now: u64) -> Result<Dialo
     }))
 }
 
-/// Events as store operations.
-pub fn ops(events: Vec<DlgEvent>, now: Instant, unix_now: u64) -> Vec<store::DialogOp> {
-    events
-        .into_iter()
-        .map(|e| match e {
-            DlgEvent::Saved(d) => store::DialogOp::Upsert(Box::new(row(&d, now, unix_now))),
-            DlgEvent::Removed(id) => store::DialogOp::Delete(id as i64),
-        })
-        .collect()
+/// One dialog change as a table operation.
+pub fn op(e: &DlgEvent, now: Instant, unix_now: u64) -> store::DialogOp {
+    match e {
+        DlgEvent::Saved(d) => store::DialogOp::Upsert(Box::new(row(d, now, unix_now))),
+        DlgEvent::Removed(id) => store::DialogOp::Delete(*id as i64),
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod dialog_store;
 mod dispatch_config;
 mod esl;
 mod registrar_config;
+mod writers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -146,6 +147,7 @@ fn salt() -> u64 {
 
 fn main() -> std::process::ExitCode {
     no_huge_pages();
+    net::supervise::install_panic_hook();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Check { config } => check(&config),
@@ -322,48 +324,60 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         None => dispatcher.clone(),
     };
     let mut proxy = sip_proxy::Proxy::new(cfg.proxy.clone(), router.clone());
-    let mut flusher = None;
+    // the writers and supervised tasks run on the runtime
+    let _guard = rt.enter();
+    let limit = cfg.write_queue_limit;
+    let period = std::time::Duration::from_millis(200);
+    let mut loc_writer = None;
     if let (Some(rs), Some((s, h))) = (&cfg.registrar, &store_ctx) {
-        let (reg, task) = start_registrar(rs, s, h)?;
+        let reg = start_registrar(rs, s, h)?;
         proxy = proxy.with_registrar(reg.clone());
-        flusher = task.map(|t| (reg, t));
+        if rs.persist {
+            let job = writers::LocationJob {
+                reg,
+                store: s.clone(),
+            };
+            loc_writer = Some(writers::Writer::start(job, period, limit));
+        }
     }
-    let mut dialog_flusher = None;
+    let mut dialog_writer = None;
     if let Some(dc) = &cfg.dialog {
         let dl = Arc::new(sip_proxy::dialog::Dialogs::new(
             dc.clone(),
             (Instant::now(), unix_now()),
         ));
         if let Some((s, h)) = store_ctx.as_ref().filter(|_| cfg.dialog_persist) {
-            dialog_flusher = Some((dl.clone(), start_dialogs(&dl, &router, s, h)?));
+            start_dialogs(&dl, &router, s, h)?;
+            let job = writers::DialogJob {
+                dialogs: dl.clone(),
+                store: s.clone(),
+            };
+            dialog_writer = Some(writers::Writer::start(job, period, limit));
         }
         proxy = proxy.with_dialogs(dl);
     }
-    let mut cdr_flusher = None;
-    if let (true, Some((s, h))) = (cfg.accounting, &store_ctx) {
+    let mut cdr_writer = None;
+    if let (true, Some((s, _))) = (cfg.accounting, &store_ctx) {
         let c = Arc::new(sip_proxy::cdr::Cdrs::default());
         proxy = proxy.with_cdrs(c.clone());
-        let (c2, s2) = (c.clone(), s.clone());
-        cdr_flusher = Some((
-            c,
-            h.spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-                loop {
-                    tick.tick().await;
-                    // back to the queue unless written, also when shutdown aborts this
-                    // task mid-write: the next tick, or the flush at shutdown, retries
-                    let mut batch = Requeue(&c2, c2.take());
-                    if batch.1.is_empty() {
-                        continue;
-                    }
-                    match write_cdrs(&s2, &batch.1).await {
-                        Ok(()) => batch.1.clear(),
-                        Err(e) => tracing::warn!(error = %e, cdrs = batch.1.len(), "could not write CDRs; retrying"),
-                    }
-                }
-            }),
+        let job = writers::CdrJob {
+            cdrs: c,
+            store: s.clone(),
+        };
+        cdr_writer = Some(writers::Writer::start(
+            job,
+            std::time::Duration::from_millis(500),
+            limit,
         ));
     }
+    let queues: Vec<writers::Meter> = [
+        loc_writer.as_ref().map(writers::Writer::meter),
+        dialog_writer.as_ref().map(writers::Writer::meter),
+        cdr_writer.as_ref().map(writers::Writer::meter),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let proxy = Arc::new(proxy);
     let net_cfg = net::NetConfig {
         udp: cfg.udp.clone(),
@@ -373,7 +387,6 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         max_message_size: cfg.max_message_size,
         idle_hook: Some(collect_freed),
     };
-    let _guard = rt.enter();
     let network = net::Net::start(proxy.clone(), net_cfg, rt.handle().clone())?;
     let n2 = network.clone();
     let admin_state = Arc::new(admin::AdminState {
@@ -386,6 +399,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
                 n2.connections() as u64,
             )]
         }),
+        extra_metrics: Box::new(move |out| metrics_text(&queues, out)),
         dispatcher: Some(dispatcher.clone()),
         reload: Some(reload_fn(
             path.clone(),
@@ -474,28 +488,69 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let _ = rt.block_on(async {
         tokio::time::timeout(std::time::Duration::from_secs(2), admin_task).await
     });
-    if let (Some((c, task)), Some((s, _))) = (cdr_flusher, &store_ctx) {
-        task.abort();
-        if let Err(e) = rt.block_on(write_cdrs(s, &c.take())) {
-            tracing::warn!(error = %e, "could not write the last CDRs");
-        }
+    // what the core holds goes to the database before exit: calls confirmed in the last
+    // second too, then every writer's queue, each within the deadline
+    if let Some(d) = proxy.dialogs() {
+        d.persist_all();
     }
-    if let (Some((dl, task)), Some((s, _))) = (dialog_flusher, &store_ctx) {
-        task.abort();
-        let ops = dialog_store::ops(dl.take_events(), Instant::now(), unix_now());
-        if let Err(e) = rt.block_on(s.apply_dialogs(&ops)) {
-            tracing::warn!(error = %e, "could not write the last dialog changes");
-        }
-    }
-    if let (Some((reg, task)), Some((s, _))) = (flusher, &store_ctx) {
-        task.abort();
-        let ops = registrar_config::location_ops(reg.take_events());
-        if let Err(e) = rt.block_on(s.apply_location(&ops)) {
-            tracing::warn!(error = %e, "could not write the last location changes");
-        }
-    }
-    tracing::info!(active_transactions = proxy.active_contexts(), "stopped");
+    let deadline = cfg.shutdown_timeout;
+    let left = rt.block_on(async {
+        let (a, b, c) = tokio::join!(
+            writers::stop(cdr_writer, deadline),
+            writers::stop(dialog_writer, deadline),
+            writers::stop(loc_writer, deadline),
+        );
+        a + b + c
+    });
+    tracing::info!(
+        active_transactions = proxy.active_contexts(),
+        unwritten = left,
+        "stopped"
+    );
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The binary's own series for `/metrics`: panics caught per task (the receive loops and
+/// writers are listed at 0 too, so the series exists before the first one), and each
+/// write-behind queue's backlog and drops.
+fn metrics_text(queues: &[writers::Meter], out: &mut String) {
+    use std::fmt::Write as _;
+    let mut panics: Vec<(&str, u64)> = ["udp-receive", "tcp-receive", "tcp-connection", "timers"]
+        .iter()
+        .chain(queues.iter().map(|q| &q.table))
+        .map(|t| (*t, 0))
+        .collect();
+    for (t, n) in net::supervise::counts() {
+        match panics.iter_mut().find(|(p, _)| *p == t) {
+            Some(p) => p.1 = n,
+            None => panics.push((t, n)),
+        }
+    }
+    out.push_str("# HELP switchboard_task_panics_total panics caught in background work (logged; the work went on)\n# TYPE switchboard_task_panics_total counter\n");
+    for (t, n) in panics {
+        let _ = writeln!(out, "switchboard_task_panics_total{{task=\"{t}\"}} {n}");
+    }
+    if queues.is_empty() {
+        return;
+    }
+    out.push_str("# HELP switchboard_write_queue_pending changes waiting to be written, per table\n# TYPE switchboard_write_queue_pending gauge\n");
+    for q in queues {
+        let _ = writeln!(
+            out,
+            "switchboard_write_queue_pending{{table=\"{}\"}} {}",
+            q.table,
+            (q.pending)()
+        );
+    }
+    out.push_str("# HELP switchboard_write_queue_dropped_total changes dropped (queue full, or a change that could not be written)\n# TYPE switchboard_write_queue_dropped_total counter\n");
+    for q in queues {
+        let _ = writeln!(
+            out,
+            "switchboard_write_queue_dropped_total{{table=\"{}\"}} {}",
+            q.table,
+            (q.dropped)()
+        );
+    }
 }
 
 /// The subscriber table, for the management API.
@@ -553,13 +608,13 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Builds the registrar: credentials from the subscriber table, bindings restored from the
-/// location table, and the write-behind task that persists changes every 200 ms.
+/// Builds the registrar: credentials from the subscriber table, and bindings restored from
+/// the location table when they persist (`writers::LocationJob` writes them behind).
 fn start_registrar(
     rs: &registrar_config::RegistrarSettings,
     s: &store::Store,
     h: &tokio::runtime::Handle,
-) -> anyhow::Result<(Arc<Registrar>, Option<tokio::task::JoinHandle<()>>)> {
+) -> anyhow::Result<Arc<Registrar>> {
     let now = Instant::now();
     let reg = Arc::new(Registrar::new(rs.core.clone(), (now, unix_now())));
     let (creds, problems) = load_subscribers(h, s).map_err(|e| anyhow::anyhow!(e))?;
@@ -574,7 +629,7 @@ fn start_registrar(
     reg.load_credentials(creds);
     if !rs.persist {
         reg.set_persistence(false);
-        return Ok((reg, None));
+        return Ok(reg);
     }
     let (rows, bad) = h.block_on(s.location_rows())?;
     let mut bindings = Vec::new();
@@ -591,39 +646,17 @@ fn start_registrar(
     }
     let restored = reg.restore(now, bindings);
     tracing::info!(rows = rows.len(), restored, "location restored");
-    let (r2, s2) = (reg.clone(), s.clone());
-    let task = h.spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
-        let mut pending: Vec<store::LocationOp> = Vec::new();
-        loop {
-            tick.tick().await;
-            pending.extend(registrar_config::location_ops(r2.take_events()));
-            if pending.is_empty() {
-                continue;
-            }
-            match s2.apply_location(&pending).await {
-                Ok(()) => pending.clear(),
-                Err(e) => {
-                    tracing::warn!(error = %e, changes = pending.len(), "could not persist location changes; retrying");
-                    if pending.len() > 1_000_000 {
-                        tracing::error!(dropped = pending.len(), "location write-behind queue full: dropping");
-                        pending.clear();
-                    }
-                }
-            }
-        }
-    });
-    Ok((reg, Some(task)))
+    Ok(reg)
 }
 
-/// Restores the dialogs of the `dialog` table (and their balancer counts), then writes
-/// changes behind every 200 ms.
+/// Restores the dialogs of the `dialog` table (and their balancer counts); the expired ones
+/// are deleted.
 fn start_dialogs(
     dl: &Arc<sip_proxy::dialog::Dialogs>,
     router: &Arc<dyn sip_proxy::Router>,
     s: &store::Store,
     h: &tokio::runtime::Handle,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<()> {
     let now = Instant::now();
     let unix = unix_now();
     let (rows, bad) = h.block_on(s.dialog_rows())?;
@@ -654,51 +687,16 @@ fn start_dialogs(
     h.block_on(s.apply_dialogs(&gone))?;
     dl.restore(restored);
     dl.set_persistence(true);
-    let (d2, s2) = (dl.clone(), s.clone());
-    Ok(h.spawn(async move {
-        // The table's sweep says what is due: a dialog once it has lived a second
-        // (OpenSIPS writes every `db_update_period`, 60 s), again after a refresh, and its
-        // removal if it was written. Short calls never touch the database.
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
-        let mut pending: Vec<store::DialogOp> = Vec::new();
-        loop {
-            tick.tick().await;
-            let events = d2.take_events();
-            if !events.is_empty() {
-                pending.extend(dialog_store::ops(events, Instant::now(), unix_now()));
-            }
-            if pending.is_empty() {
-                continue;
-            }
-            match s2.apply_dialogs(&pending).await {
-                Ok(()) => pending.clear(),
-                Err(e) => {
-                    tracing::warn!(error = %e, changes = pending.len(), "could not persist dialog changes; retrying");
-                    if pending.len() > 1_000_000 {
-                        pending.clear();
-                    }
-                }
-            }
-        }
-    }))
-}
-
-/// A call record as a table row.
-/// Accounting records on their way to the store: put back in the queue if dropped unwritten.
-struct Requeue<'a>(&'a sip_proxy::cdr::Cdrs, Vec<sip_proxy::cdr::CallRecord>);
-
-impl Drop for Requeue<'_> {
-    fn drop(&mut self) {
-        self.0.put_back(std::mem::take(&mut self.1));
-    }
+    Ok(())
 }
 
 /// Writes accounting records; the rows borrow the records' text (and the source addresses,
-/// formatted into one buffer), so nothing is copied per column.
+/// formatted into one buffer), so nothing is copied per column. A record that cannot be turned
+/// into a row (a panic) is dropped and logged; the result counts them.
 async fn write_cdrs(
     s: &store::Store,
     records: &[sip_proxy::cdr::CallRecord],
-) -> Result<(), store::StoreError> {
+) -> Result<usize, store::StoreError> {
     let mut srcs = String::with_capacity(records.len() * 21);
     let mut ends = Vec::with_capacity(records.len());
     for r in records {
@@ -707,15 +705,24 @@ async fn write_cdrs(
         }
         ends.push(srcs.len());
     }
-    let rows: Vec<store::CdrRow<&str>> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let start = if i == 0 { 0 } else { ends[i - 1] };
-            cdr_row(r, &srcs[start..ends[i]])
-        })
-        .collect();
-    s.insert_cdrs(&rows).await
+    let mut rows: Vec<store::CdrRow<&str>> = Vec::with_capacity(records.len());
+    let mut skipped = 0;
+    for (i, r) in records.iter().enumerate() {
+        let start = if i == 0 { 0 } else { ends[i - 1] };
+        let src = &srcs[start..ends[i]];
+        match net::supervise::guard("acc", || cdr_row(r, src)) {
+            Some(row) => rows.push(row),
+            None => {
+                skipped += 1;
+                tracing::error!(
+                    call_id = r.call_id(),
+                    "CDR dropped: it could not be turned into a row"
+                );
+            }
+        }
+    }
+    s.insert_cdrs(&rows).await?;
+    Ok(skipped)
 }
 
 fn cdr_row<'a>(r: &'a sip_proxy::cdr::CallRecord, src_ip: &'a str) -> store::CdrRow<&'a str> {

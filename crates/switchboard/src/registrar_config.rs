@@ -431,17 +431,14 @@ pub fn binding(row: &store::LocationRow, now: Instant) -> Result<(String, Bindin
     ))
 }
 
-/// Registrar events as store operations.
-pub fn location_ops(events: Vec<LocEvent>) -> Vec<store::LocationOp> {
-    events
-        .into_iter()
-        .map(|e| match e {
-            LocEvent::Saved { aor, binding } => {
-                store::LocationOp::Upsert(Box::new(location_row(&aor, &binding)))
-            }
-            LocEvent::Removed { id } => store::LocationOp::Delete(id as i64),
-        })
-        .collect()
+/// One location change as a table operation.
+pub fn location_op(e: &LocEvent) -> store::LocationOp {
+    match e {
+        LocEvent::Saved { aor, binding } => {
+            store::LocationOp::Upsert(Box::new(location_row(aor, binding)))
+        }
+        LocEvent::Removed { id } => store::LocationOp::Delete(*id as i64),
+    }
 }
 
 #[cfg(test)]
