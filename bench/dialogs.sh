@@ -25,12 +25,12 @@ hold=$(( N * 1000 / RATE + 60000 ))
 sipp 127.0.0.1:5060 -sf "$SC/uac-rr.xml" -i 127.0.0.1 -p 5070 -r "$RATE" -m "$N" -l "$N" -d "$hold" -nostdin \
   -timeout $(( hold / 1000 + 60 ))s >/dev/null 2>&1 & PIDS+=($!)
 for _ in $(seq $(( N / RATE * 2 + 120 ))); do
-  n=$(curl -s -m 1 -d '{"jsonrpc":"2.0","id":1,"method":"profile_get_size","params":{}}' http://127.0.0.1:8888/mi | sed -n 's/.*"count":\([0-9]*\).*/\1/p')
+  n=$(curl -s -m 1 -H "Authorization: Bearer $(cat "$WORK/switchboard.token")" -H 'Content-Type: application/json' -d '{"jsonrpc":"2.0","id":1,"method":"profile_get_size","params":{}}' http://127.0.0.1:8888/mi | sed -n 's/.*"count":\([0-9]*\).*/\1/p')
   [ "${n:-0}" -ge "$N" ] && break; sleep 0.5
 done
 sleep 3 # every dialog written (after 1 s of life)
 with_txns=$(rss)
 sleep 33 # the INVITE transactions are over (Timer L, 64*T1 = 32 s): dialogs alone remain
 during=$(rss)
-n2=$(curl -s -m 1 -d '{"jsonrpc":"2.0","id":1,"method":"profile_get_size","params":{}}' http://127.0.0.1:8888/mi | sed -n 's/.*"count":\([0-9]*\).*/\1/p')
+n2=$(curl -s -m 1 -H "Authorization: Bearer $(cat "$WORK/switchboard.token")" -H 'Content-Type: application/json' -d '{"jsonrpc":"2.0","id":1,"method":"profile_get_size","params":{}}' http://127.0.0.1:8888/mi | sed -n 's/.*"count":\([0-9]*\).*/\1/p')
 echo "dialogs=$n still_up=$n2 rss_before_kb=$before rss_with_invite_transactions_kb=$with_txns rss_dialogs_only_kb=$during bytes_per_dialog=$(( (during - before) * 1024 / (n > 0 ? n : 1) ))"

@@ -54,6 +54,7 @@ destinations = ["sip:127.0.0.1:5080"]
 default_set = 1
 [management]
 listen = "127.0.0.1:8898"
+token_file = "$WORK/switchboard.token"
 [database]
 url = "sqlite://$WORK/sb.db"
 [log]
@@ -120,7 +121,7 @@ if [ "$AORS" -gt 0 ]; then
   FIRST=0; line=$(load $SB_PID 5000 $((AORS / 5000)))
   sleep 1
   after=$(rss_kb $SB_PID)
-  n=$(curl -s http://127.0.0.1:8898/metrics | awk '/^switchboard_registered_contacts / {print $2}')
+  n=$(curl -s -H "Authorization: Bearer $(cat "$WORK/switchboard.token")" http://127.0.0.1:8898/metrics | awk '/^switchboard_registered_contacts / {print $2}')
   sleep 50 # replies kept for retransmissions (32 s) and nonce counters (30 s) expire
   settled=$(rss_kb $SB_PID)
   echo "registered=$n ok=$(echo "$line" | field ok) rss_before_kb=$before rss_after_kb=$after rss_after_50s_kb=$settled bytes_per_registration=$(( (after - before) * 1024 / (n > 0 ? n : 1) )) after_50s=$(( (settled - before) * 1024 / (n > 0 ? n : 1) ))"

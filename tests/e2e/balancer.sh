@@ -35,7 +35,7 @@ description = "fs2"
 TOML
 } > "$WORK/sb.toml"
 start_sb
-rpc() { curl -s -m 2 -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":${2:-{\}}}" "$MI"; }
+rpc() { mi_curl -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":${2:-{\}}}" "$MI"; }
 load() { # total calls counted on the nodes, "a+b"
   rpc lb_list | python3 -c "import json,sys; d=json.load(sys.stdin)['result']; print('+'.join(str(n['resources'][0]['load']) for n in d['Destinations']))" 2>/dev/null || echo x
 }
@@ -134,7 +134,7 @@ db = sqlite3.connect(sys.argv[1])
 db.execute("UPDATE load_balancer SET resources = 'pstn=4' WHERE dst_uri = ?", (f"sip:127.0.0.1:{sys.argv[2]}",))
 db.commit()
 PY
-r=$("$SB" lb reload --mi "$MI" 2>&1)
+r=$("$SB" lb reload --mi "$MI" --token-file "$WORK/switchboard.token" 2>&1)
 caps=$(rpc lb_list | python3 -c "import json,sys; print('+'.join(str(n['resources'][0]['max']) for n in json.load(sys.stdin)['result']['Destinations']))" 2>/dev/null)
 [ "$n1" = 1 ] && [ $logged = 0 ] && [[ "$r" == *'"reloaded": 2'* ]] && [ "$caps" = "7+4" ]
 result "load-balancer-table-and-reload" $? "table: $n1 node (bad row logged: $([ $logged = 0 ] && echo yes || echo no)); after the fix and lb reload: capacities $caps"

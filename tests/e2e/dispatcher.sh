@@ -28,6 +28,7 @@ destinations = [$2]
 default_set = 1
 [management]
 listen = "127.0.0.1:$MGMT"
+token_file = "$WORK/switchboard.token"
 TOML
 }
 start_sb() {
@@ -54,7 +55,7 @@ uac() { # calls rate hold_ms [extra]
 }
 ok_calls() { col "$WORK/uac.csv" 'SuccessfulCall(C)'; }
 state_of() { # uri -> state
-  "$SB" dispatcher list --json --mi "$MI" 2>/dev/null | python3 -c "import json,sys; d=json.load(sys.stdin); print(next((x['state'] for s in d['sets'] for x in s['destinations'] if x['uri']=='$1'), 'none'))"
+  "$SB" dispatcher list --json --mi "$MI" --token-file "$WORK/switchboard.token" 2>/dev/null | python3 -c "import json,sys; d=json.load(sys.stdin); print(next((x['state'] for s in d['sets'] for x in s['destinations'] if x['uri']=='$1'), 'none'))"
 }
 
 # ---- weights 1:3 over 4000 calls ---------------------------------------------------------
@@ -91,7 +92,7 @@ stop_sb; kill_uas $B1 $B2 $B3
 # ---- kill one of three during a 50/s run; probing marks it down; restart brings it back ---
 config round-robin "\"sip:127.0.0.1:$B1\", \"sip:127.0.0.1:$B2\", \"sip:127.0.0.1:$B3\"" 1
 start_sb; start_uas $B1; start_uas $B2; start_uas $B3; sleep 2
-s=$(state_of "sip:127.0.0.1:$B3"); rtt=$("$SB" dispatcher list --json --mi "$MI" | python3 -c "import json,sys; d=json.load(sys.stdin); print(min(x['rtt_ms'] for s in d['sets'] for x in s['destinations']))")
+s=$(state_of "sip:127.0.0.1:$B3"); rtt=$("$SB" dispatcher list --json --mi "$MI" --token-file "$WORK/switchboard.token" | python3 -c "import json,sys; d=json.load(sys.stdin); print(min(x['rtt_ms'] for s in d['sets'] for x in s['destinations']))")
 [ "$s" = active ] && awk -v r="$rtt" 'BEGIN{exit !(r>0)}'; result "OPTIONS probes answered by SIPp UAS (-aa)" $? "state=$s min_rtt_ms=$rtt"
 uac 1000 50 100 & UACPID=$!; PIDS+=($UACPID)
 sleep 5; t_kill=$(date +%s%N); kill_uas $B3
@@ -116,10 +117,10 @@ done
 stop_sb; kill_uas $B1 $B2 $B3
 config round-robin "\"sip:127.0.0.1:$B1\", \"sip:127.0.0.1:$B2\", \"sip:127.0.0.1:$B3\"" 0
 start_sb; start_uas $B1; start_uas $B2; start_uas $B3; sleep 0.3
-calls_on_b1() { "$SB" dispatcher list --json --mi "$MI" | python3 -c "import json,sys; d=json.load(sys.stdin); print(next(x['calls'] for s in d['sets'] for x in s['destinations'] if x['uri']=='sip:127.0.0.1:$B1'))"; }
+calls_on_b1() { "$SB" dispatcher list --json --mi "$MI" --token-file "$WORK/switchboard.token" | python3 -c "import json,sys; d=json.load(sys.stdin); print(next(x['calls'] for s in d['sets'] for x in s['destinations'] if x['uri']=='sip:127.0.0.1:$B1'))"; }
 uac 300 50 2000 & UACPID=$!; PIDS+=($UACPID)
 sleep 2
-"$SB" dispatcher set-state --mi "$MI" --set 1 --uri "sip:127.0.0.1:$B1" draining >/dev/null
+"$SB" dispatcher set-state --mi "$MI" --token-file "$WORK/switchboard.token" --set 1 --uri "sip:127.0.0.1:$B1" draining >/dev/null
 left=$(calls_on_b1); maxseen=$left
 # SIPp rewrites its stat file once a second: read the baseline once it has caught up
 sleep 1.2; at_drain=$(incoming $B1)
@@ -128,7 +129,7 @@ wait $UACPID; rc=$?; sleep 1.2
 after=$(incoming $B1); ok=$(ok_calls); done_b1=$(col "$WORK/uas-$B1.csv" 'SuccessfulCall(C)'); final=$(calls_on_b1)
 [ $rc = 0 ] && [ "$ok" = 300 ] && [ "$after" = "$at_drain" ] && [ "$left" -ge 1 ] && [ "$maxseen" = "$left" ] && [ "$final" = 0 ] && [ "$done_b1" = "$at_drain" ]
 result "draining node gets no new calls while its calls finish" $? "calls on it at drain=$left (never more, 0 at the end: $final); its INVITEs before=$at_drain after=$after; completed on it=$done_b1; caller ok=$ok"
-metrics=$(curl -s -m 2 http://127.0.0.1:$MGMT/metrics)
+metrics=$(mi_curl http://127.0.0.1:$MGMT/metrics)
 echo "$metrics" | grep -q "switchboard_dispatcher_destination_up{set=\"1\",destination=\"sip:127.0.0.1:$B1\",state=\"draining\"} 0"
 result "destination state exported as a metric" $? "$(echo "$metrics" | grep -c dispatcher_destination_up) series"
 
@@ -165,13 +166,14 @@ algorithm = "weighted-round-robin"
 default_set = 1
 [management]
 listen = "127.0.0.1:$MGMT"
+token_file = "$WORK/switchboard.token"
 TOML
 : > "$WORK/sb.log"; start_sb; start_uas $B1; start_uas $B2; start_uas $B3; sleep 0.3
-n=$("$SB" dispatcher list --json --mi "$MI" | python3 -c "import json,sys; d=json.load(sys.stdin); print(len(d['sets'][0]['destinations']))")
+n=$("$SB" dispatcher list --json --mi "$MI" --token-file "$WORK/switchboard.token" | python3 -c "import json,sys; d=json.load(sys.stdin); print(len(d['sets'][0]['destinations']))")
 skipped=$(grep -c "dispatcher row skipped" "$WORK/sb.log")
 [ "$n" = 2 ] && [ "$skipped" = 2 ]; result "dispatcher table loads; bad rows reported and skipped" $? "destinations=$n skipped=$skipped"
-"$SB" dispatcher add --mi "$MI" --set 1 --uri "sip:127.0.0.1:$B3" --description fs3 >/dev/null
-"$SB" dispatcher set-state --mi "$MI" --set 1 --uri "sip:127.0.0.1:$B1" draining >/dev/null; sleep 0.3
+"$SB" dispatcher add --mi "$MI" --token-file "$WORK/switchboard.token" --set 1 --uri "sip:127.0.0.1:$B3" --description fs3 >/dev/null
+"$SB" dispatcher set-state --mi "$MI" --token-file "$WORK/switchboard.token" --set 1 --uri "sip:127.0.0.1:$B1" draining >/dev/null; sleep 0.3
 rows=$(python3 -c "import sqlite3; c=sqlite3.connect('$DB'); print(';'.join(f'{d}={s}' for d, s in c.execute('SELECT destination, state FROM dispatcher WHERE setid=1 ORDER BY id')))")
 echo "$rows" | grep -q "sip:127.0.0.1:$B3=0" && echo "$rows" | grep -q "sip:127.0.0.1:$B1=4"; result "CLI add and state changes are written to the table" $? "$rows"
 stop_sb; start_sb
@@ -179,16 +181,16 @@ st=$(state_of "sip:127.0.0.1:$B1"); b3=$(state_of "sip:127.0.0.1:$B3")
 uac 60 30 0; rc=$?; sleep 1.2; ok=$(ok_calls); a=$(incoming $B1)
 [ "$st" = draining ] && [ "$b3" = active ] && [ $rc = 0 ] && [ "$ok" = 60 ] && [ "$a" = 0 ]
 result "after a restart the table restores destinations and states" $? "b1=$st b3=$b3 ok=$ok calls_to_drained=$a"
-"$SB" dispatcher remove --mi "$MI" --set 1 --uri "sip:127.0.0.1:$B3" >/dev/null
+"$SB" dispatcher remove --mi "$MI" --token-file "$WORK/switchboard.token" --set 1 --uri "sip:127.0.0.1:$B3" >/dev/null
 left=$(python3 -c "import sqlite3; c=sqlite3.connect('$DB'); print(c.execute(\"SELECT count(*) FROM dispatcher WHERE destination='sip:127.0.0.1:$B3'\").fetchone()[0])")
 [ "$left" = 0 ]; result "CLI remove deletes the row" $? "rows left=$left"
 
 # ---- refusals through the CLI and the API -----------------------------------------------
-out=$("$SB" dispatcher add --mi "$MI" --set 1 --uri "sip:127.0.0.1:5999" --weight -1 2>&1); rc=$?
+out=$("$SB" dispatcher add --mi "$MI" --token-file "$WORK/switchboard.token" --set 1 --uri "sip:127.0.0.1:5999" --weight -1 2>&1); rc=$?
 [ $rc = 1 ] && echo "$out" | grep -q "weight"; result "CLI refuses weight -1 by key" $? "$out"
-out=$("$SB" dispatcher add --mi "$MI" --set 1 --uri "sip:not a uri" 2>&1); rc=$?
+out=$("$SB" dispatcher add --mi "$MI" --token-file "$WORK/switchboard.token" --set 1 --uri "sip:not a uri" 2>&1); rc=$?
 [ $rc = 1 ] && echo "$out" | grep -q "uri"; result "CLI refuses a malformed URI" $? "$out"
-out=$(curl -s -m 2 -X POST -d '{"jsonrpc":"2.0","id":1,"method":"dispatcher:set_state","params":{"state":"x","set":1,"destination":"sip:127.0.0.1:1"}}' $MI)
+out=$(mi_curl -X POST -d '{"jsonrpc":"2.0","id":1,"method":"dispatcher:set_state","params":{"state":"x","set":1,"destination":"sip:127.0.0.1:1"}}' $MI)
 echo "$out" | grep -q "unknown state"; result "API refuses an unknown state" $? "$(echo "$out" | cut -c1-90)"
 printf '1 sip:127.0.0.1:%s 0 0\nnot-a-set sip:x\n1 sip:127.0.0.1:%s 0 5 weight=2\n' $B1 $B2 > "$WORK/ds.list"
 "$SB" dispatcher import-kamailio "$WORK/ds.list" > "$WORK/imported.toml" 2>"$WORK/import.err"; rc=$?

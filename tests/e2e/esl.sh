@@ -47,7 +47,7 @@ standin() { # port password state-file
 echo "100 95 100" > "$WORK/fs1"; echo "100 20 100" > "$WORK/fs2"; echo "100 0 100" > "$WORK/fs3"
 standin $E1 ClueCon "$WORK/fs1"; standin $E2 ClueCon "$WORK/fs2"; standin $E3 ClueCon "$WORK/fs3"
 start_sb
-rpc() { curl -s -m 2 -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":${2:-{\}}}" "$MI"; }
+rpc() { mi_curl -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":${2:-{\}}}" "$MI"; }
 reported() { # "sessions1/idle1+sessions2/idle2" as the balancer last heard them
   rpc lb_list | python3 -c "
 import json,sys

@@ -19,6 +19,9 @@ need_binary() { [ -x "$SB" ] || { echo "build first: cargo build --release"; exi
 result() { if [ "$2" = 0 ]; then PASS=$((PASS + 1)); echo "ok   $1 ($3)"; else FAIL=$((FAIL + 1)); echo "FAIL $1 ($3)"; fi; }
 # col CSV COLUMN: the last row's value of a SIPp stat column
 col() { awk -F';' -v want="$2" 'NR==1{for(i=1;i<=NF;i++) if($i==want) c=i; next} {v=$c} END{print (v==""?0:v)+0}' "$1" 2>/dev/null || echo 0; }
+# mi_curl ARGS...: curl to the management API with the instance's token (its token_file is
+# $WORK/switchboard.token) and the JSON content type it requires
+mi_curl() { curl -s -m 2 -H "Authorization: Bearer $(cat "$WORK/switchboard.token" 2>/dev/null)" -H 'Content-Type: application/json' "$@"; }
 # base_config "udp tcp" PORT...: the sections the stateful suites share: SIP on $P over the
 # given transports, one round-robin set of 127.0.0.1:PORT..., probing off, management on
 # $MGMT, SQLite in $WORK. Each suite appends its own sections.
@@ -40,6 +43,7 @@ destinations = [${d%, }]
 default_set = 1
 [management]
 listen = "127.0.0.1:$MGMT"
+token_file = "$WORK/switchboard.token"
 [database]
 url = "sqlite://$WORK/sb.db"
 TOML

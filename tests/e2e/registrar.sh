@@ -24,7 +24,7 @@ $1
 TOML
   } > "$WORK/sb.toml"
 }
-ul_json() { "$SB" ul dump --json --mi "$MI" 2>/dev/null; }
+ul_json() { "$SB" ul dump --json --mi "$MI" --token-file "$WORK/switchboard.token" 2>/dev/null; }
 # contacts AOR -> "contact|received|nat|callid" lines
 contacts() {
   ul_json | python3 -c "
@@ -63,9 +63,9 @@ wait_registered() { # aor: up to 5 s
 
 config "ping_interval_s = 0"
 start_sb
-"$SB" subscriber add alice@127.0.0.1 --password secret1 --mi "$MI" >/dev/null
-"$SB" subscriber add bob@127.0.0.1 --password secret2 --mi "$MI" >/dev/null
-"$SB" subscriber add carol@127.0.0.1 --password secret3 --mi "$MI" >/dev/null
+"$SB" subscriber add alice@127.0.0.1 --password secret1 --mi "$MI" --token-file "$WORK/switchboard.token" >/dev/null
+"$SB" subscriber add bob@127.0.0.1 --password secret2 --mi "$MI" --token-file "$WORK/switchboard.token" >/dev/null
+"$SB" subscriber add carol@127.0.0.1 --password secret3 --mi "$MI" --token-file "$WORK/switchboard.token" >/dev/null
 
 # ---- digest REGISTER ----------------------------------------------------------------------
 register alice secret1 $AG 300 100; rc=$?
@@ -103,7 +103,7 @@ fs_call carol; rc=$?
 kill -KILL $AGENT_PID 2>/dev/null; wait $AGENT_PID 2>/dev/null
 
 fs_call_expect nobody 404; r1=$?
-"$SB" ul rm carol@127.0.0.1 --mi "$MI" >/dev/null 2>&1
+"$SB" ul rm carol@127.0.0.1 --mi "$MI" --token-file "$WORK/switchboard.token" >/dev/null 2>&1
 fs_call_expect carol 480; r2=$?
 [ $r1 = 0 ] && [ $r2 = 0 ]; result "unknown-404-unregistered-480" $? "404 rc=$r1, 480 rc=$r2"
 

@@ -1,12 +1,17 @@
 //! `admin`: the management HTTP server — JSON-RPC 2.0 on `POST /mi` (OpenSIPS MI names)
 //! and Prometheus text on `GET /metrics`.
+//!
+//! Every request must carry `Authorization: Bearer <token>` (the token the binary keeps in
+//! `switchboard.token`), and a JSON-RPC call must say `Content-Type: application/json`: a web
+//! page open in a browser on the same host can POST `text/plain`, form or multipart bodies to
+//! any port without asking, but neither a JSON body nor a header of its own choosing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -19,7 +24,7 @@ mod dialog;
 mod dispatcher;
 mod registrar;
 
-pub use registrar::{Loaded, SubscriberStore};
+pub use registrar::{Loaded, StoredSecret, SubscriberStore};
 
 /// Re-reads the configuration and reloads the dispatcher; returns the destination count.
 pub type ReloadFn = Box<dyn Fn(bool) -> Result<usize, String> + Send + Sync>;
@@ -30,6 +35,9 @@ pub type ParseDestFn =
 /// What the management API reads.
 pub struct AdminState {
     pub proxy: Arc<Proxy>,
+    /// The bearer token every request must carry; `None` only with `[management] auth =
+    /// false`, which the configuration allows on loopback alone.
+    pub token: Option<String>,
     pub started: Instant,
     /// Extra gauges supplied by the binary (open connections, ...).
     pub gauges: Box<dyn Fn() -> Vec<(&'static str, &'static str, u64)> + Send + Sync>,
@@ -45,6 +53,9 @@ pub struct AdminState {
     pub store_remove: Option<StoreRemoveFn>,
     /// The subscriber table (registrar).
     pub subscribers: Option<Box<dyn SubscriberStore>>,
+    /// `subscriber_add`/`subscriber_passwd` store HA1 hashes rather than the password unless
+    /// the call says otherwise (`[registrar] store_ha1`).
+    pub store_ha1: bool,
     /// The resource balancer, when configured.
     pub balancer: Option<Arc<sip_proxy::balancer::Balancer>>,
     /// Re-reads the balancer's nodes (config file or table); returns the node count.
@@ -67,16 +78,68 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-/// Serves the API until `shutdown` resolves.
+/// Serves the API on a bound listener until `shutdown` resolves (the binary binds first, so
+/// a port it cannot have stops the start with a clear error).
 pub async fn serve(
-    addr: SocketAddr,
+    l: tokio::net::TcpListener,
     state: Arc<AdminState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let l = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(l, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Binds the management address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Why a request was refused before it reached a method.
+fn refuse(code: StatusCode, why: &str) -> axum::response::Response {
+    let mut r = (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32001, "message": why}})
+            .to_string(),
+    )
+        .into_response();
+    if code == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"switchboard\""),
+        );
+    }
+    r
+}
+
+/// The bearer token check, in constant time.
+fn authorized(st: &AdminState, h: &HeaderMap) -> bool {
+    let Some(want) = &st.token else {
+        return true;
+    };
+    let got = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        })
+        .map_or("", |(_, t)| t.trim());
+    got.len() == want.len()
+        && got
+            .bytes()
+            .zip(want.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// True for `application/json`, with parameters (`; charset=utf-8`) or not.
+fn is_json(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
 fn statistics(st: &AdminState) -> Vec<(String, String, u64, &'static str)> {
@@ -197,27 +260,55 @@ fn one(st: &AdminState, req: Value) -> Value {
     }
 }
 
-async fn mi(State(st): State<Arc<AdminState>>, body: String) -> impl IntoResponse {
-    let req: Value = match serde_json::from_str(&body) {
+async fn mi(
+    State(st): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    if !authorized(&st, &headers) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token: send Authorization: Bearer <the token in switchboard.token>",
+        );
+    }
+    if !is_json(&headers) {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "JSON-RPC calls must be sent as Content-Type: application/json",
+        );
+    }
+    let req: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
             return Json(
                 json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": format!("parse error: {e}")}}),
             )
+            .into_response()
         }
     };
     match req {
         Value::Array(batch) if !batch.is_empty() => Json(Value::Array(
             batch.into_iter().map(|r| one(&st, r)).collect(),
-        )),
-        Value::Object(_) => Json(one(&st, req)),
+        ))
+        .into_response(),
+        Value::Object(_) => Json(one(&st, req)).into_response(),
         _ => Json(
             json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": "invalid request"}}),
-        ),
+        )
+        .into_response(),
     }
 }
 
-async fn metrics(State(st): State<Arc<AdminState>>) -> impl IntoResponse {
+async fn metrics(
+    State(st): State<Arc<AdminState>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    if !authorized(&st, &headers) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token: send Authorization: Bearer <the token in switchboard.token>",
+        );
+    }
     let mut s = String::with_capacity(2048);
     for (name, help, v, kind) in statistics(&st) {
         let name = format!(
@@ -249,6 +340,7 @@ async fn metrics(State(st): State<Arc<AdminState>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s,
     )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -262,6 +354,7 @@ mod tests {
         ));
         AdminState {
             proxy,
+            token: Some("t0ken".into()),
             started: Instant::now(),
             gauges: Box::new(|| vec![("tcp_connections", "open", 3)]),
             extra_metrics: Box::new(|_| {}),
@@ -271,19 +364,24 @@ mod tests {
             store_add: None,
             store_remove: None,
             subscribers: None,
+            store_ha1: false,
             balancer: None,
             lb_reload: None,
         }
     }
 
-    #[derive(Default)]
-    struct MemSubscribers(std::sync::Mutex<Vec<(String, String, String)>>);
+    #[derive(Default, Clone)]
+    struct MemSubscribers(Arc<std::sync::Mutex<Vec<(String, String, String)>>>);
 
     impl SubscriberStore for MemSubscribers {
-        fn upsert(&self, user: &str, domain: &str, password: &str) -> Result<(), String> {
+        fn upsert(&self, user: &str, domain: &str, secret: StoredSecret<'_>) -> Result<(), String> {
             let mut g = self.0.lock().unwrap();
             g.retain(|(u, d, _)| !(u == user && d == domain));
-            g.push((user.into(), domain.into(), password.into()));
+            let kept = match secret {
+                StoredSecret::Plain(p) => p.to_string(),
+                StoredSecret::Ha1 { md5, .. } => format!("ha1:{md5}"),
+            };
+            g.push((user.into(), domain.into(), kept));
             Ok(())
         }
         fn remove(&self, user: &str, domain: &str) -> Result<bool, String> {
@@ -341,18 +439,52 @@ mod tests {
         );
         let mut st = state();
         st.proxy = proxy.clone();
-        st.subscribers = Some(Box::new(MemSubscribers::default()));
+        let mem = MemSubscribers::default();
+        st.subscribers = Some(Box::new(mem.clone()));
         let rpc = |m: &str, p: Value| {
             one(
                 &st,
                 json!({"jsonrpc": "2.0", "id": 1, "method": m, "params": p}),
             )
         };
+        // asked for HA1: the table gets the hash of user:realm:password, never the password
+        let r = rpc(
+            "subscriber_add",
+            json!({"aor": "hashed@example.com", "password": "s3cret", "ha1": true}),
+        );
+        assert_eq!(r["result"]["stored"], "ha1", "{r}");
+        let want = sip_wire::auth::ha1(
+            sip_wire::auth::Algorithm::Md5,
+            "hashed",
+            "example.com",
+            "s3cret",
+        );
+        assert!(mem
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(u, _, k)| u == "hashed" && *k == format!("ha1:{want}")));
+        assert!(!mem
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, _, k)| k.contains("s3cret")));
+        assert!(reg.has_subscriber("hashed", "example.com"));
+        let r = rpc(
+            "subscriber_add",
+            json!({"aor": "x@example.com", "password": "p", "ha1": "yes"}),
+        );
+        assert_eq!(r["error"]["code"], -32602, "{r}");
+        let r = rpc("subscriber_remove", json!(["hashed@example.com"]));
+        assert_eq!(r["result"]["removed"], "hashed@example.com");
         let r = rpc(
             "subscriber_add",
             json!({"aor": "alice@example.com", "password": "pw"}),
         );
         assert_eq!(r["result"]["subscriber"], "alice@example.com", "{r}");
+        assert_eq!(r["result"]["stored"], "password", "{r}");
         assert!(reg.has_subscriber("alice", "example.com"));
         for (p, why) in [
             (
@@ -450,6 +582,78 @@ mod tests {
             json!({"jsonrpc": "2.0", "id": 5, "method": "get_statistics", "params": {"statistics": 7}}),
         );
         assert_eq!(r["error"]["code"], -32602);
+    }
+
+    /// One HTTP request over a real socket; the status code and the body.
+    fn http(addr: SocketAddr, head: &str, body: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "{head}\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        let code = r[9..12].parse().unwrap();
+        (
+            code,
+            r.split_once("\r\n\r\n").map_or("", |x| x.1).to_string(),
+        )
+    }
+
+    /// A page in a browser can POST text/plain, form or multipart bodies cross-site, and
+    /// before, any of them changed state; now a call needs the token and a JSON content type.
+    #[test]
+    fn cross_site_and_tokenless_calls_are_refused() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let st = Arc::new(with_dispatcher());
+        let l = rt.block_on(bind("127.0.0.1:0".parse().unwrap())).unwrap();
+        let addr = l.local_addr().unwrap();
+        rt.spawn(serve(l, st.clone(), std::future::pending()));
+        let set = r#"{"jsonrpc":"2.0","id":1,"method":"ds_set_state","params":["i","1","sip:127.0.0.1:5080"]}"#;
+        for (ct, auth) in [
+            ("text/plain", "Authorization: Bearer t0ken\r\n"),
+            (
+                "application/x-www-form-urlencoded",
+                "Authorization: Bearer t0ken\r\n",
+            ),
+            (
+                "multipart/form-data; boundary=x",
+                "Authorization: Bearer t0ken\r\n",
+            ),
+            ("application/json", ""),
+            ("application/json", "Authorization: Bearer wrong\r\n"),
+            ("application/json", "Authorization: Basic dDBrZW4=\r\n"),
+        ] {
+            let (code, body) = http(
+                addr,
+                &format!("POST /mi HTTP/1.1\r\n{auth}Content-Type: {ct}"),
+                set,
+            );
+            assert!(code == 401 || code == 415, "{ct} {auth:?}: {code} {body}");
+            assert!(!body.contains("\"result\""), "{body}");
+        }
+        let d = st.dispatcher.as_ref().unwrap();
+        let list = dispatcher::list(d);
+        assert!(!list.to_string().contains("inactive"), "{list}");
+        let (code, _) = http(addr, "GET /metrics HTTP/1.1", "");
+        assert_eq!(code, 401);
+        let (code, body) = http(
+            addr,
+            "GET /metrics HTTP/1.1\r\nAuthorization: Bearer t0ken",
+            "",
+        );
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("switchboard_uptime_seconds"));
+        let (code, body) = http(
+            addr,
+            "POST /mi HTTP/1.1\r\nAuthorization: bearer t0ken\r\nContent-Type: application/json; charset=utf-8",
+            set,
+        );
+        assert_eq!(code, 200);
+        assert!(body.contains("inactive"), "{body}");
     }
 
     fn with_dispatcher() -> AdminState {

@@ -15,10 +15,19 @@ type RpcResult = Result<Value, (i64, String)>;
 /// Subscribers as (user, domain, credential), and the rows skipped with the reason.
 pub type Loaded = (Vec<(String, String, Credential)>, Vec<String>);
 
+/// What the subscriber table keeps of a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredSecret<'a> {
+    /// The password itself (`password` column), as OpenSIPS without `calculate_ha1`.
+    Plain(&'a str),
+    /// Only the HA1 hashes for the subscriber's domain as realm (`ha1`, `ha1_sha256`).
+    Ha1 { md5: &'a str, sha256: &'a str },
+}
+
 /// Where subscribers are stored (the database), implemented by the binary.
 pub trait SubscriberStore: Send + Sync {
-    /// Adds or replaces a subscriber with a plain password.
-    fn upsert(&self, user: &str, domain: &str, password: &str) -> Result<(), String>;
+    /// Adds or replaces a subscriber.
+    fn upsert(&self, user: &str, domain: &str, secret: StoredSecret<'_>) -> Result<(), String>;
     /// Removes one; false when it did not exist.
     fn remove(&self, user: &str, domain: &str) -> Result<bool, String>;
     /// Every subscriber as (user, domain, credential); bad rows are skipped with a reason.
@@ -175,13 +184,24 @@ pub(crate) fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcR
             if password.is_empty() {
                 return Err((-32602, "password must not be empty".into()));
             }
+            let ha1 = match params.get("ha1") {
+                None | Some(Value::Null) => st.store_ha1,
+                Some(Value::Bool(b)) => *b,
+                Some(other) => return Err((-32602, format!("ha1 must be true or false, got {other}"))),
+            };
             let exists = r.has_subscriber(&user, &domain);
             if method == "subscriber_passwd" && !exists {
                 return Err((404, format!("subscriber {user}@{domain} not found")));
             }
-            store.upsert(&user, &domain, &password).map_err(|e| (-32000, e))?;
-            r.set_credential(&user, &domain, Credential::from_password(&user, &domain, &password));
-            Ok(json!({"subscriber": format!("{user}@{domain}"), "updated": exists}))
+            let cred = Credential::from_password(&user, &domain, &password);
+            let secret = if ha1 {
+                StoredSecret::Ha1 { md5: &cred.ha1_md5, sha256: &cred.ha1_sha256 }
+            } else {
+                StoredSecret::Plain(&password)
+            };
+            store.upsert(&user, &domain, secret).map_err(|e| (-32000, e))?;
+            r.set_credential(&user, &domain, cred);
+            Ok(json!({"subscriber": format!("{user}@{domain}"), "updated": exists, "stored": if ha1 { "ha1" } else { "password" }}))
         })(),
         "subscriber_remove" => (|| {
             let r = registrar(st)?;

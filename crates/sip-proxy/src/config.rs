@@ -33,6 +33,9 @@ pub struct ProxyConfig {
     pub max_message_size: usize,
     /// Seed that makes this instance's branch parameters and tags its own.
     pub salt: u64,
+    /// The MAC key of branches, flow tokens and Record-Route signatures (from the secret the
+    /// binary keeps; nodes of a cluster share it).
+    pub keys: crate::mac::Keys,
 }
 
 impl Default for ProxyConfig {
@@ -47,6 +50,7 @@ impl Default for ProxyConfig {
             shards: 64,
             max_message_size: 65535,
             salt: 0x5b5b_1234,
+            keys: crate::mac::Keys::default(),
         }
     }
 }

@@ -573,6 +573,12 @@ impl Dialogs {
             .map(|d| f(d, false))
     }
 
+    /// True when an in-dialog request with these tags (from either side) belongs to a
+    /// dialog in the table.
+    pub fn knows(&self, call_id: &str, from_tag: &str, to_tag: &str) -> bool {
+        self.with(call_id, from_tag, to_tag, |_, _| ()).is_some()
+    }
+
     /// An in-dialog request passed: count its CSeq, refresh on re-INVITE/UPDATE.
     pub fn on_request(
         &self,

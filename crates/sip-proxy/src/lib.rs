@@ -18,6 +18,8 @@ mod core;
 mod ctx;
 pub mod dialog;
 pub mod dispatcher;
+pub mod mac;
+mod ratelog;
 pub mod registrar;
 mod router;
 mod stats;

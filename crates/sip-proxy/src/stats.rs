@@ -34,6 +34,9 @@ stats! {
     local_requests: "requests the proxy sent itself (BYE of dialogs it ended)",
     dialogs_refused: "in-dialog requests refused with 481 (no such dialog)",
     dialogs_timed_out: "dialogs ended by the proxy at the end of their lifetime",
+    forged_responses: "responses dropped: their branch is not one the proxy issued (MAC check)",
+    forged_routes: "in-dialog requests refused with 403: no Route the proxy signed, no dialog it tracks",
+    foreign_sources: "responses matched to a transaction but sent from another address than its destination",
 }
 
 /// One counter value.

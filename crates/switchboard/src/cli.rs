@@ -61,24 +61,88 @@ pub enum DispatcherCmd {
     ImportKamailio { file: PathBuf },
 }
 
+/// Where a running instance is managed: its address and token. Found from its configuration
+/// (`--config`, or the embedded default): `[management] listen`, and the token in
+/// `[management] token_file` or `switchboard.token` beside the database; `--mi` and
+/// `--token-file` override them.
+#[derive(clap::Args)]
+pub struct Remote {
+    /// The management endpoint (default: http://<[management] listen>/mi).
+    #[arg(long, global = true)]
+    pub mi: Option<String>,
+    /// The configuration of the running instance (default: the embedded default).
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
+    /// The file with the management token (default: the configuration's).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// A management endpoint and its token.
+pub struct Mi {
+    pub url: String,
+    pub token: Option<String>,
+    /// Where the token was looked for (for the error when it is refused).
+    pub token_path: PathBuf,
+}
+
+impl Remote {
+    /// Resolves the endpoint and reads the token.
+    pub fn connect(&self) -> anyhow::Result<Mi> {
+        let (text, name) = crate::read_config(&self.config)?;
+        let cfg = crate::config::load(&text, 0).map_err(|errs| {
+            let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!("{name}: {}", all.join("; "))
+        })?;
+        let token_path = self.token_file.clone().unwrap_or_else(|| cfg.token_path());
+        let token = crate::token::read(&token_path).map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Mi {
+            url: self
+                .mi
+                .clone()
+                .unwrap_or_else(|| format!("http://{}/mi", cfg.management)),
+            token,
+            token_path,
+        })
+    }
+}
+
 /// A minimal HTTP/1.1 POST of one JSON-RPC request.
-fn rpc(mi: &str, method: &str, params: Value) -> Result<Value, String> {
-    let rest = mi
+fn rpc(mi: &Mi, method: &str, params: Value) -> Result<Value, String> {
+    let url = mi.url.as_str();
+    let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("--mi {mi:?}: only http:// URLs are supported"))?;
+        .ok_or_else(|| format!("--mi {url:?}: only http:// URLs are supported"))?;
     let (host, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
     let mut s = TcpStream::connect(host)
-        .map_err(|e| format!("cannot reach {mi}: {e} (is switchboard running?)"))?;
+        .map_err(|e| format!("cannot reach {url}: {e} (is switchboard running?)"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    write!(s, "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).map_err(|e| e.to_string())?;
+    let auth = mi
+        .token
+        .as_ref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(s, "POST {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).map_err(|e| e.to_string())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)
         .map_err(|e| format!("reading the reply: {e}"))?;
     let (head, payload) = resp.split_once("\r\n\r\n").ok_or("malformed HTTP reply")?;
+    if head.starts_with("HTTP/1.1 401") {
+        return Err(match &mi.token {
+            None => format!(
+                "{url} wants a token and there is none at {} (give the instance's --config, or --token-file)",
+                mi.token_path.display()
+            ),
+            Some(_) => format!(
+                "{url} refused the token in {} (is it this instance's?)",
+                mi.token_path.display()
+            ),
+        });
+    }
     if !head.starts_with("HTTP/1.1 200") {
         return Err(format!("HTTP error: {}", head.lines().next().unwrap_or("")));
     }
@@ -153,7 +217,7 @@ fn import_kamailio(file: &PathBuf) -> Result<ExitCode, String> {
 }
 
 /// Runs one dispatcher subcommand.
-pub fn dispatcher(mi: &str, cmd: DispatcherCmd) -> anyhow::Result<ExitCode> {
+pub fn dispatcher(mi: &Mi, cmd: DispatcherCmd) -> anyhow::Result<ExitCode> {
     let r = match cmd {
         DispatcherCmd::List { json } => rpc(mi, "ds_list", json!({})).map(|v| {
             if json {
@@ -195,14 +259,22 @@ pub enum SubscriberCmd {
     /// Add a subscriber (or replace its password): `subscriber add alice@example.com --password S`.
     Add {
         aor: String,
+        /// The password; `-` reads it from the first line of standard input, so it does not
+        /// show in the process list or the shell history.
         #[arg(long)]
         password: String,
+        /// Store only the HA1 hashes (MD5 and SHA-256, OpenSIPS' `ha1`/`ha1_sha256`), not the
+        /// password (the default follows `[registrar] store_ha1`).
+        #[arg(long)]
+        ha1: bool,
     },
-    /// Change a subscriber's password.
+    /// Change a subscriber's password (`--password -` reads it from standard input).
     Passwd {
         aor: String,
         #[arg(long)]
         password: String,
+        #[arg(long)]
+        ha1: bool,
     },
     /// Remove a subscriber.
     Remove { aor: String },
@@ -240,19 +312,45 @@ fn done(r: Result<Value, String>) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The password of `--password`: `-` reads the first line of standard input.
+fn password_arg(p: &str) -> Result<String, String> {
+    if p != "-" {
+        return Ok(p.to_string());
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the password from standard input: {e}"))?;
+    let line = line.trim_end_matches(['\r', '\n']).to_string();
+    if line.is_empty() {
+        return Err("--password -: standard input gave an empty password".into());
+    }
+    Ok(line)
+}
+
+fn secret_params(aor: String, password: String, ha1: bool) -> Value {
+    let mut p = json!({"aor": aor, "password": password});
+    if ha1 {
+        p["ha1"] = json!(true);
+    }
+    p
+}
+
 /// Runs one subscriber subcommand.
-pub fn subscriber(mi: &str, cmd: SubscriberCmd) -> anyhow::Result<ExitCode> {
+pub fn subscriber(mi: &Mi, cmd: SubscriberCmd) -> anyhow::Result<ExitCode> {
     done(match cmd {
-        SubscriberCmd::Add { aor, password } => rpc(
-            mi,
-            "subscriber_add",
-            json!({"aor": aor, "password": password}),
-        ),
-        SubscriberCmd::Passwd { aor, password } => rpc(
-            mi,
-            "subscriber_passwd",
-            json!({"aor": aor, "password": password}),
-        ),
+        SubscriberCmd::Add { aor, password, ha1 } => password_arg(&password).and_then(|p| {
+            rpc(mi, "subscriber_add", secret_params(aor, p, ha1)).map(|v| {
+                let what = if v["updated"] == true {
+                    "updated"
+                } else {
+                    "added"
+                };
+                json!({"subscriber": v["subscriber"], "result": what, "stored": v["stored"]})
+            })
+        }),
+        SubscriberCmd::Passwd { aor, password, ha1 } => password_arg(&password)
+            .and_then(|p| rpc(mi, "subscriber_passwd", secret_params(aor, p, ha1))),
         SubscriberCmd::Remove { aor } => rpc(mi, "subscriber_remove", json!({"aor": aor})),
         SubscriberCmd::List => rpc(mi, "subscriber_list", json!({})),
         SubscriberCmd::Reload => rpc(mi, "subscriber_reload", json!({})),
@@ -284,7 +382,7 @@ fn print_contacts(v: &Value) {
 }
 
 /// Runs one location (usrloc) subcommand.
-pub fn ul(mi: &str, cmd: UlCmd) -> anyhow::Result<ExitCode> {
+pub fn ul(mi: &Mi, cmd: UlCmd) -> anyhow::Result<ExitCode> {
     let table = |r: Result<Value, String>| match r {
         Ok(v) => {
             print_contacts(&v);
@@ -437,7 +535,7 @@ pub enum LbCmd {
 }
 
 /// Runs one balancer subcommand.
-pub fn lb(mi: &str, cmd: LbCmd) -> anyhow::Result<ExitCode> {
+pub fn lb(mi: &Mi, cmd: LbCmd) -> anyhow::Result<ExitCode> {
     done(match cmd {
         LbCmd::List => rpc(mi, "lb_list", json!({})),
         LbCmd::Resize {

@@ -124,6 +124,8 @@ pub struct RawSip {
     pub tcp_idle_timeout_s: u64,
     #[serde(default = "default_max_message")]
     pub max_message_size: usize,
+    /// The SIP secret's file (default: switchboard.secret beside the database).
+    pub secret_file: Option<String>,
 }
 
 fn default_listen() -> Vec<String> {
@@ -144,6 +146,7 @@ impl Default for RawSip {
             udp_workers: 0,
             tcp_idle_timeout_s: default_tcp_idle(),
             max_message_size: default_max_message(),
+            secret_file: None,
         }
     }
 }
@@ -202,6 +205,11 @@ pub struct RawRouting {
 pub struct RawManagement {
     #[serde(default = "d_mgmt")]
     pub listen: String,
+    /// Every request needs the bearer token (false: loopback only, no token).
+    #[serde(default = "d_true")]
+    pub auth: bool,
+    /// Where the token is kept (default: switchboard.token beside the database).
+    pub token_file: Option<String>,
 }
 
 fn d_mgmt() -> String {
@@ -210,7 +218,11 @@ fn d_mgmt() -> String {
 
 impl Default for RawManagement {
     fn default() -> Self {
-        RawManagement { listen: d_mgmt() }
+        RawManagement {
+            listen: d_mgmt(),
+            auth: true,
+            token_file: None,
+        }
     }
 }
 
@@ -273,6 +285,12 @@ pub struct Config {
     pub dispatcher: crate::dispatch_config::DispatcherSettings,
     pub default_set: i64,
     pub management: SocketAddr,
+    /// The management API asks for the token.
+    pub management_auth: bool,
+    /// The token's file, when configured (see [`Config::token_path`]).
+    pub token_file: Option<std::path::PathBuf>,
+    /// The SIP secret's file, when configured (see [`Config::secret_path`]).
+    pub secret_file: Option<std::path::PathBuf>,
     pub log_level: String,
     /// `sqlite://PATH`; opened only when a feature needs the database.
     pub database_url: String,
@@ -290,6 +308,36 @@ pub struct Config {
     pub write_queue_limit: usize,
     /// At SIGTERM, how long the writers may take to write what they hold.
     pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// The folder of the SQLite database (`.` for a bare file name).
+    pub fn database_dir(&self) -> std::path::PathBuf {
+        let path = self
+            .database_url
+            .strip_prefix("sqlite://")
+            .unwrap_or(&self.database_url);
+        match std::path::Path::new(path).parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => ".".into(),
+        }
+    }
+
+    /// Where the SIP secret is kept: `[sip] secret_file`, or `switchboard.secret` beside the
+    /// database.
+    pub fn secret_path(&self) -> std::path::PathBuf {
+        self.secret_file
+            .clone()
+            .unwrap_or_else(|| self.database_dir().join("switchboard.secret"))
+    }
+
+    /// Where the management token is kept: `[management] token_file`, or
+    /// `switchboard.token` beside the database.
+    pub fn token_path(&self) -> std::path::PathBuf {
+        self.token_file
+            .clone()
+            .unwrap_or_else(|| self.database_dir().join("switchboard.token"))
+    }
 }
 
 /// Parses TOML text; a syntax error or unknown key comes back as one error line.
@@ -504,7 +552,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
             0
         }
     };
-    let management = match raw.management.listen.parse() {
+    let management: SocketAddr = match raw.management.listen.parse() {
         Ok(a) => a,
         Err(_) => {
             errors.push(err(
@@ -515,6 +563,21 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
             "127.0.0.1:8888".parse().expect("literal")
         }
     };
+    if !raw.management.auth && !management.ip().is_loopback() {
+        errors.push(err(
+            "management.auth",
+            "false",
+            format!("the management API listens on {management}, beyond loopback: it needs its token there"),
+        ));
+    }
+    if raw
+        .management
+        .token_file
+        .as_deref()
+        .is_some_and(|f| f.trim().is_empty())
+    {
+        errors.push(err("management.token_file", "\"\"", "must name a file"));
+    }
     if !matches!(
         raw.log.level.as_str(),
         "error" | "warn" | "info" | "debug" | "trace"
@@ -583,6 +646,9 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         dispatcher,
         default_set,
         management,
+        management_auth: raw.management.auth,
+        token_file: raw.management.token_file.as_ref().map(Into::into),
+        secret_file: raw.sip.secret_file.as_ref().map(Into::into),
         log_level: raw.log.level,
         database_url: raw.database.url.trim().to_string(),
         registrar,

@@ -7,6 +7,7 @@ mod dialog_store;
 mod dispatch_config;
 mod esl;
 mod registrar_config;
+mod token;
 mod writers;
 
 use std::path::PathBuf;
@@ -88,23 +89,22 @@ enum Cmd {
     },
     /// Inspect and change the dispatcher of a running switchboard (JSON-RPC).
     Dispatcher {
-        /// The management endpoint.
-        #[arg(long, default_value = "http://127.0.0.1:8888/mi", global = true)]
-        mi: String,
+        #[command(flatten)]
+        remote: cli::Remote,
         #[command(subcommand)]
         cmd: cli::DispatcherCmd,
     },
     /// Manage the subscribers (digest credentials) of a running switchboard.
     Subscriber {
-        #[arg(long, default_value = "http://127.0.0.1:8888/mi", global = true)]
-        mi: String,
+        #[command(flatten)]
+        remote: cli::Remote,
         #[command(subcommand)]
         cmd: cli::SubscriberCmd,
     },
     /// Inspect and change the resource balancer of a running switchboard.
     Lb {
-        #[arg(long, default_value = "http://127.0.0.1:8888/mi", global = true)]
-        mi: String,
+        #[command(flatten)]
+        remote: cli::Remote,
         #[command(subcommand)]
         cmd: cli::LbCmd,
     },
@@ -117,14 +117,14 @@ enum Cmd {
     },
     /// Inspect and change the location table (registered contacts) of a running switchboard.
     Ul {
-        #[arg(long, default_value = "http://127.0.0.1:8888/mi", global = true)]
-        mi: String,
+        #[command(flatten)]
+        remote: cli::Remote,
         #[command(subcommand)]
         cmd: cli::UlCmd,
     },
 }
 
-fn read_config(path: &Option<PathBuf>) -> anyhow::Result<(String, String)> {
+pub(crate) fn read_config(path: &Option<PathBuf>) -> anyhow::Result<(String, String)> {
     match path {
         Some(p) => Ok((
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
@@ -152,11 +152,15 @@ fn main() -> std::process::ExitCode {
     let result = match cli.cmd {
         Cmd::Check { config } => check(&config),
         Cmd::Run { config } => run(&config),
-        Cmd::Dispatcher { mi, cmd } => cli::dispatcher(&mi, cmd),
-        Cmd::Subscriber { mi, cmd } => cli::subscriber(&mi, cmd),
-        Cmd::Ul { mi, cmd } => cli::ul(&mi, cmd),
+        Cmd::Dispatcher { remote, cmd } => {
+            remote.connect().and_then(|mi| cli::dispatcher(&mi, cmd))
+        }
+        Cmd::Subscriber { remote, cmd } => {
+            remote.connect().and_then(|mi| cli::subscriber(&mi, cmd))
+        }
+        Cmd::Ul { remote, cmd } => remote.connect().and_then(|mi| cli::ul(&mi, cmd)),
         Cmd::Cdr { config, cmd } => cdr_cmd(&config, cmd),
-        Cmd::Lb { mi, cmd } => cli::lb(&mi, cmd),
+        Cmd::Lb { remote, cmd } => remote.connect().and_then(|mi| cli::lb(&mi, cmd)),
     };
     match result {
         Ok(code) => code,
@@ -243,7 +247,7 @@ fn reload_fn(
 
 fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let (text, name) = read_config(path)?;
-    let cfg = match config::load(&text, salt()) {
+    let mut cfg = match config::load(&text, salt()) {
         Ok(c) => c,
         Err(errors) => {
             report(&name, &errors);
@@ -262,6 +266,18 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         .thread_name("switchboard-rt")
         .on_thread_park(collect_freed_on_park)
         .build()?;
+    cfg.proxy.keys = token::sip_keys(&cfg.secret_path()).map_err(|e| anyhow::anyhow!(e))?;
+    let mgmt_token = match cfg.management_auth {
+        true => Some(token::load_or_create(&cfg.token_path()).map_err(|e| anyhow::anyhow!(e))?),
+        false => None,
+    };
+    // bound first: a management port another process holds stops the start, loudly
+    let mgmt_listener = rt.block_on(admin::bind(cfg.management)).with_context(|| {
+        format!(
+            "cannot bind the management API on {} ([management] listen)",
+            cfg.management
+        )
+    })?;
     let d = &cfg.dispatcher;
     let store = match d.from_database
         || cfg.registrar.is_some()
@@ -391,6 +407,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let n2 = network.clone();
     let admin_state = Arc::new(admin::AdminState {
         proxy: proxy.clone(),
+        token: mgmt_token,
         started: Instant::now(),
         gauges: Box::new(move || {
             vec![(
@@ -449,6 +466,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             .clone()
             .filter(|_| cfg.registrar.is_some())
             .map(|(s, h)| -> Box<dyn admin::SubscriberStore> { Box::new(DbSubscribers { s, h }) }),
+        store_ha1: cfg.registrar.as_ref().is_some_and(|r| r.store_ha1),
         parse_destination: Some(Box::new(|uri, weight, priority, attrs, description| {
             dispatch_config::dest_from_parts(
                 "destination",
@@ -466,7 +484,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let mgmt = cfg.management;
     let mut rx = stop_rx.clone();
     let admin_task = rt.spawn(async move {
-        if let Err(e) = admin::serve(mgmt, admin_state, async move {
+        if let Err(e) = admin::serve(mgmt_listener, admin_state, async move {
             let _ = rx.wait_for(|s| *s).await;
         })
         .await
@@ -560,13 +578,24 @@ struct DbSubscribers {
 }
 
 impl admin::SubscriberStore for DbSubscribers {
-    fn upsert(&self, user: &str, domain: &str, password: &str) -> Result<(), String> {
-        let row = store::SubscriberRow {
+    fn upsert(
+        &self,
+        user: &str,
+        domain: &str,
+        secret: admin::StoredSecret<'_>,
+    ) -> Result<(), String> {
+        let mut row = store::SubscriberRow {
             username: user.into(),
             domain: domain.into(),
-            password: password.into(),
             ..Default::default()
         };
+        match secret {
+            admin::StoredSecret::Plain(p) => row.password = p.into(),
+            admin::StoredSecret::Ha1 { md5, sha256 } => {
+                row.ha1 = md5.into();
+                row.ha1_sha256 = sha256.into();
+            }
+        }
         tokio::task::block_in_place(|| self.h.block_on(self.s.upsert_subscriber(&row)))
             .map_err(|e| e.to_string())
     }

@@ -61,6 +61,9 @@ pub struct RawRegistrar {
     pub user_calls: String,
     #[serde(default = "d_true")]
     pub persist: bool,
+    /// Subscribers added through the API or CLI keep only their HA1 hashes.
+    #[serde(default)]
+    pub store_ha1: bool,
 }
 
 fn d_mode() -> String {
@@ -118,6 +121,8 @@ pub struct RegistrarSettings {
     pub core: RegistrarConfig,
     /// Write bindings to the database and load them at start.
     pub persist: bool,
+    /// Subscribers added through the API or CLI keep only their HA1 hashes.
+    pub store_ha1: bool,
 }
 
 fn random_secret() -> Vec<u8> {
@@ -318,6 +323,7 @@ pub fn validate(r: &RawRegistrar, errors: &mut Vec<ConfigError>) -> RegistrarSet
     RegistrarSettings {
         core: c,
         persist: r.persist,
+        store_ha1: r.store_ha1,
     }
 }
 

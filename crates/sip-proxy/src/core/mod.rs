@@ -26,10 +26,11 @@ use crate::build::{
 use crate::config::ProxyConfig;
 use crate::ctx::{Branch, ClientTxn, Ctx, Plan, ServerTxn};
 use crate::dialog::{ByeOut, Dialog, Dialogs, Leg};
+use crate::ratelog::{Kind, LogLimit};
 use crate::registrar::{CallAuth, Fork, KeepAlive, Registrar, RegistrarMode, Reply};
 use crate::router::{Probe, Router};
 use crate::stats::Stats;
-use crate::types::{Destination, Origin, Source, Target, Transmit, Transport};
+use crate::types::{Destination, FlowId, Origin, Source, Target, Transmit, Transport};
 
 /// Our branch parameters start with this after the magic cookie.
 const BRANCH_PREFIX: &str = "z9hG4bKsb";
@@ -124,6 +125,8 @@ pub struct Proxy {
     cdrs: Option<Arc<crate::cdr::Cdrs>>,
     /// Replies held back, with the time to send them.
     delayed: Mutex<Vec<(Instant, Transmit)>>,
+    /// Limits log lines about what peers send.
+    log_limit: LogLimit,
 }
 
 fn hash64<T: Hash + ?Sized>(salt: u64, v: &T) -> u64 {
@@ -133,14 +136,25 @@ fn hash64<T: Hash + ?Sized>(salt: u64, v: &T) -> u64 {
     h.finish()
 }
 
-/// Parses `z9hG4bKsb<loop>.<id>.<idx>`.
-fn parse_branch(b: &str) -> Option<(u32, u64, u32)> {
+/// Parses `z9hG4bKsb<loop>.<id>.<idx>.<mac>` into (loop hash, context id, branch index, MAC);
+/// the MAC is checked by [`Proxy::our_branch`].
+fn parse_branch(b: &str) -> Option<(u32, u64, u32, u64)> {
     let rest = b.strip_prefix(BRANCH_PREFIX)?;
     let mut it = rest.split('.');
     let l = u32::from_str_radix(it.next()?, 16).ok()?;
     let id = u64::from_str_radix(it.next()?, 16).ok()?;
     let idx = u32::from_str_radix(it.next()?, 16).ok()?;
-    Some((l, id, idx))
+    let mac = crate::mac::parse_tag(it.next()?)?;
+    it.next().is_none().then_some((l, id, idx, mac))
+}
+
+/// Parses `<prefix><id>.<mac>` (probes, keepalives).
+fn parse_id_branch(b: &str, prefix: &str) -> Option<(u64, u64)> {
+    let (id, mac) = b.strip_prefix(prefix)?.split_once('.')?;
+    Some((
+        u64::from_str_radix(id, 16).ok()?,
+        crate::mac::parse_tag(mac)?,
+    ))
 }
 
 fn host_ip(host: &str) -> Option<IpAddr> {
@@ -164,6 +178,7 @@ impl Proxy {
             dialogs: None,
             cdrs: None,
             delayed: Mutex::new(Vec::new()),
+            log_limit: LogLimit::default(),
         }
     }
 
@@ -326,6 +341,66 @@ impl Proxy {
         )
     }
 
+    /// The branch of a relayed request: loop hash, context, branch index, and their MAC.
+    pub(super) fn branch_for(&self, loop_hash: u32, id: u64, idx: u32) -> String {
+        let mac = self.cfg.keys.tag_ids(
+            crate::mac::Purpose::Branch,
+            &[id, idx as u64, loop_hash as u64],
+        );
+        format!("{BRANCH_PREFIX}{loop_hash:x}.{id:x}.{idx:x}.{mac:016x}")
+    }
+
+    /// The context and branch index a response's branch names, when the proxy issued it.
+    fn our_branch(&self, b: &str) -> Option<(u64, u32)> {
+        let (l, id, idx, mac) = parse_branch(b)?;
+        (mac == self
+            .cfg
+            .keys
+            .tag_ids(crate::mac::Purpose::Branch, &[id, idx as u64, l as u64]))
+        .then_some((id, idx))
+    }
+
+    /// The id a probe's or keepalive's branch names, when the proxy issued it.
+    fn our_id_branch(&self, b: &str, prefix: &str, purpose: crate::mac::Purpose) -> Option<u64> {
+        let (id, mac) = parse_id_branch(b, prefix)?;
+        (mac == self.cfg.keys.tag_ids(purpose, &[id])).then_some(id)
+    }
+
+    /// A connection's flow token (RFC 5626 §5.2): its id and a MAC of it, so a token cannot
+    /// be guessed to push requests into another client's connection.
+    pub(super) fn flow_token(&self, flow: FlowId) -> String {
+        let mac = self.cfg.keys.tag_ids(crate::mac::Purpose::Flow, &[flow]);
+        format!("f{flow:x}-{mac:016x}")
+    }
+
+    /// The flow a token names, when the proxy issued it.
+    pub(super) fn flow_of_token(&self, token: &str) -> Option<FlowId> {
+        let (id, mac) = token.strip_prefix('f')?.split_once('-')?;
+        let id = u64::from_str_radix(id, 16).ok()?;
+        (crate::mac::parse_tag(mac)? == self.cfg.keys.tag_ids(crate::mac::Purpose::Flow, &[id]))
+            .then_some(id)
+    }
+
+    /// The signature of a Record-Route URI of ours with user part `user`, binding it to the
+    /// dialog (Call-ID and a tag of the request that created it).
+    pub(super) fn rr_signature(&self, call_id: &str, tag: &str, user: &str) -> u64 {
+        self.cfg.keys.tag(
+            crate::mac::Purpose::RecordRoute,
+            &[call_id.as_bytes(), tag.as_bytes(), user.as_bytes()],
+        )
+    }
+
+    /// True when `uri` (a Route value naming us) carries our signature for this dialog, in
+    /// either direction (the caller's tag is the From tag one way, the To tag the other).
+    pub(super) fn rr_signed(&self, uri: &Uri, call_id: &str, from_tag: &str, to_tag: &str) -> bool {
+        let Some(sg) = uri.params.value("sg").and_then(crate::mac::parse_tag) else {
+            return false;
+        };
+        let user = uri.user.unwrap_or("");
+        sg == self.rr_signature(call_id, from_tag, user)
+            || sg == self.rr_signature(call_id, to_tag, user)
+    }
+
     /// True when host/port name this proxy (a listener address or an alias).
     fn is_us_host(&self, host: &str, port: Option<u16>) -> bool {
         if let Some(ip) = host_ip(host) {
@@ -352,12 +427,12 @@ impl Proxy {
     /// Handles one received message (a datagram, or one framed stream message).
     pub fn on_message(&self, now: Instant, src: Source, data: Bytes, out: &mut Vec<Transmit>) {
         if data.len() > self.cfg.max_message_size {
-            return self.on_bad_message(src, &data, ParseError::TooLarge(data.len()), out);
+            return self.on_bad_message(now, src, &data, ParseError::TooLarge(data.len()), out);
         }
         match Message::parse(data.clone()) {
             Ok(msg) if msg.is_request() => self.on_request(now, src, msg, out),
-            Ok(msg) => self.on_response(now, msg, out),
-            Err(e) => self.on_bad_message(src, &data, e, out),
+            Ok(msg) => self.on_response(now, src, msg, out),
+            Err(e) => self.on_bad_message(now, src, &data, e, out),
         }
     }
 
@@ -491,12 +566,13 @@ impl Proxy {
             return self.router.probe_result(Instant::now(), p.id, None);
         };
         let data = format!(
-            "{m} {uri} SIP/2.0\r\nVia: SIP/2.0/{t} {local};branch={PROBE_PREFIX}{id:x}\r\nMax-Forwards: {mf}\r\nFrom: <{from}>;tag=sbp{id:x}\r\nTo: <{uri}>\r\nCall-ID: sbp{id:x}.{salt:x}@{ip}\r\nCSeq: 1 {m}\r\nUser-Agent: {SERVER}\r\nContent-Length: 0\r\n\r\n",
+            "{m} {uri} SIP/2.0\r\nVia: SIP/2.0/{t} {local};branch={PROBE_PREFIX}{id:x}.{mac:016x}\r\nMax-Forwards: {mf}\r\nFrom: <{from}>;tag=sbp{id:x}\r\nTo: <{uri}>\r\nCall-ID: sbp{id:x}.{salt:x}@{ip}\r\nCSeq: 1 {m}\r\nUser-Agent: {SERVER}\r\nContent-Length: 0\r\n\r\n",
             m = p.method,
             uri = p.uri,
             t = p.target.transport.via_name(),
             id = p.id,
             mf = p.max_forwards,
+            mac = self.cfg.keys.tag_ids(crate::mac::Purpose::Probe, &[p.id]),
             from = p.from,
             salt = self.cfg.salt as u32,
             ip = local.ip(),
@@ -520,9 +596,10 @@ impl Proxy {
                 return;
             };
             Bytes::from(format!(
-                "OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={KEEPALIVE_PREFIX}{id:x}\r\nMax-Forwards: 70\r\nFrom: <{from}>;tag=sbk{id:x}\r\nTo: <{uri}>\r\nCall-ID: sbk{id:x}.{salt:x}@{ip}\r\nCSeq: 1 OPTIONS\r\nUser-Agent: {SERVER}\r\nContent-Length: 0\r\n\r\n",
+                "OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={KEEPALIVE_PREFIX}{id:x}.{mac:016x}\r\nMax-Forwards: 70\r\nFrom: <{from}>;tag=sbk{id:x}\r\nTo: <{uri}>\r\nCall-ID: sbk{id:x}.{salt:x}@{ip}\r\nCSeq: 1 OPTIONS\r\nUser-Agent: {SERVER}\r\nContent-Length: 0\r\n\r\n",
                 uri = k.uri,
                 id = k.id,
+                mac = self.cfg.keys.tag_ids(crate::mac::Purpose::KeepAlive, &[k.id]),
                 from = k.from,
                 salt = self.cfg.salt as u32,
                 ip = local.ip(),
@@ -540,10 +617,19 @@ impl Proxy {
 
     // ----- malformed input --------------------------------------------------------------
 
-    fn on_bad_message(&self, src: Source, data: &[u8], e: ParseError, out: &mut Vec<Transmit>) {
+    fn on_bad_message(
+        &self,
+        now: Instant,
+        src: Source,
+        data: &[u8],
+        e: ParseError,
+        out: &mut Vec<Transmit>,
+    ) {
         Stats::inc(&self.stats.bad_messages);
         let s = salvage(data);
-        tracing::warn!(source = %src.addr, transport = %src.transport, error = %e, "malformed message");
+        if let Some(skipped) = self.log_limit.allow(now, Kind::Malformed) {
+            tracing::warn!(source = %src.addr, transport = %src.transport, error = %e, skipped, "malformed message");
+        }
         if s.is_request && s.has_via && s.method != "ACK" {
             let call_id = s
                 .lines

@@ -182,7 +182,7 @@ impl Proxy {
                 && via
                     .branch()
                     .and_then(parse_branch)
-                    .is_some_and(|(l, _, _)| l == loop_hash)
+                    .is_some_and(|(l, _, _, _)| l == loop_hash)
             {
                 return Err(reject(482, "Loop Detected"));
             }
@@ -191,11 +191,23 @@ impl Proxy {
         let routes: Vec<&str> = msg.values(HeaderName::Route).collect();
         let mut popped = 0;
         let mut last_popped: Option<NameAddr> = None;
+        // an in-dialog request must follow a Route we signed for its dialog (or a dialog we
+        // track): anything else would let anyone relay through us to any address
+        let (from_tag, to_tag_s) = (msg.from_tag().unwrap_or(""), msg.to_tag().unwrap_or(""));
+        // signed: a Route of ours carries a valid signature and none a wrong one (ours without
+        // any, as an outbound proxy's Route, may come along)
+        let (mut signed, mut tampered) = (false, false);
         while popped < routes.len() {
             let na =
                 NameAddr::parse(routes[popped], "Route").map_err(|e| reject(400, e.reason()))?;
             if !self.is_us(&na.uri) {
                 break;
+            }
+            if to_tag && na.uri.params.has("sg") {
+                match self.rr_signed(&na.uri, msg.call_id(), from_tag, to_tag_s) {
+                    true => signed = true,
+                    false => tampered = true,
+                }
             }
             last_popped = Some(na);
             popped += 1;
@@ -208,7 +220,14 @@ impl Proxy {
                 .map_err(|e| reject(400, e.reason()))?;
             new_ruri = Some(last.uri.raw.to_string());
             drop_last = true;
+            if to_tag && uri.params.has("sg") {
+                match self.rr_signed(&uri, msg.call_id(), from_tag, to_tag_s) {
+                    true => signed = true,
+                    false => tampered = true,
+                }
+            }
         }
+        let signed = signed && !tampered;
         let remaining = routes.len() - popped - drop_last as usize;
         let plan_base = |record_route: bool| -> Result<Plan, Reject> {
             Ok(Plan {
@@ -228,6 +247,18 @@ impl Proxy {
         if to_tag {
             if popped == 0 && new_ruri.is_none() {
                 return Err(reject(404, "Not Here (no route to follow)"));
+            }
+            if !signed
+                && !self
+                    .dialogs
+                    .as_ref()
+                    .is_some_and(|d| d.knows(msg.call_id(), from_tag, to_tag_s))
+            {
+                Stats::inc(&self.stats.forged_routes);
+                if let Some(skipped) = self.log_limit.allow(now, Kind::ForgedRoute) {
+                    tracing::warn!(source = %src.addr, method = msg.method_str(), call_id = msg.call_id(), skipped, "in-dialog request without a Route the proxy signed: refused");
+                }
+                return Err(reject(403, "Forbidden"));
             }
             if let Some(d) = &self.dialogs {
                 // INVITE-dialog requests must belong to a dialog we know (event dialogs of
@@ -413,7 +444,10 @@ impl Proxy {
         let facing = self
             .listener(first.transport)
             .ok_or_else(|| reject(503, "Service Unavailable (no listener for transport)"))?;
-        let token = src.flow.map(|f| format!("f{f:x}@")).unwrap_or_default();
+        let token = src
+            .flow
+            .map(|f| format!("{}@", self.flow_token(f)))
+            .unwrap_or_default();
         let tp = src
             .transport
             .uri_param()
@@ -513,10 +547,10 @@ impl Proxy {
         } else {
             5060
         });
+        // a flow token counts only with its MAC: a guessed one routes by address instead
         let flow = popped
             .and_then(|p| p.user)
-            .and_then(|u| u.strip_prefix('f'))
-            .and_then(|h| u64::from_str_radix(h, 16).ok());
+            .and_then(|u| self.flow_of_token(u));
         Ok(Target {
             transport,
             addr: SocketAddr::new(ip, port),
@@ -546,10 +580,7 @@ impl Proxy {
             let dest = ctx.candidates[ctx.next_candidate].clone();
             ctx.next_candidate += 1;
             let idx = ctx.branches.len() as u32;
-            let branch = format!(
-                "{BRANCH_PREFIX}{:x}.{:x}.{:x}",
-                ctx.plan.loop_hash, ctx.id, idx
-            );
+            let branch = self.branch_for(ctx.plan.loop_hash, ctx.id, idx);
             let Some(data) = ctx.req.as_ref().and_then(|req| {
                 self.build_forward(req, &ctx.plan, dest.transport, &branch, Some(&dest))
             }) else {
@@ -643,19 +674,32 @@ impl Proxy {
                     .map(|p| format!(";transport={p}"))
                     .unwrap_or_default()
             };
+            // each of our Record-Route URIs is signed for the dialog (Call-ID, the caller's
+            // tag, its user part), so only its parties can route along it
+            let (call_id, tag) = (req.call_id(), req.from_tag().unwrap_or(""));
             if out_t != plan.in_transport || plan.in_transport.is_reliable() {
                 // RFC 5658 double Record-Route; the inbound one carries the flow token
                 let inbound = self.listener(plan.in_transport).unwrap_or(ours);
-                let user = plan.in_flow.map(|f| format!("f{f:x}@")).unwrap_or_default();
-                e.push_top(format_args!("Record-Route: <sip:{}{};lr>", ours, tp(out_t)));
+                let token = plan.in_flow.map(|f| self.flow_token(f)).unwrap_or_default();
+                let at = if token.is_empty() { "" } else { "@" };
                 e.push_top(format_args!(
-                    "Record-Route: <sip:{}{}{};lr>",
-                    user,
+                    "Record-Route: <sip:{}{};lr;sg={:016x}>",
+                    ours,
+                    tp(out_t),
+                    self.rr_signature(call_id, tag, "")
+                ));
+                e.push_top(format_args!(
+                    "Record-Route: <sip:{token}{at}{}{};lr;sg={:016x}>",
                     inbound,
-                    tp(plan.in_transport)
+                    tp(plan.in_transport),
+                    self.rr_signature(call_id, tag, &token)
                 ));
             } else {
-                e.push_top(format_args!("Record-Route: <sip:{};lr>", ours));
+                e.push_top(format_args!(
+                    "Record-Route: <sip:{};lr;sg={:016x}>",
+                    ours,
+                    self.rr_signature(call_id, tag, "")
+                ));
             }
         }
         if let Some((idx, line)) = &plan.via_fix {

@@ -4,37 +4,43 @@
 use super::*;
 
 impl Proxy {
-    pub(super) fn on_response(&self, now: Instant, msg: Message, out: &mut Vec<Transmit>) {
+    pub(super) fn on_response(
+        &self,
+        now: Instant,
+        src: Source,
+        msg: Message,
+        out: &mut Vec<Transmit>,
+    ) {
         Stats::inc(&self.stats.rcv_replies);
         let code = msg.status().unwrap_or(0);
-        if let Some(id) = msg
-            .branch()
-            .and_then(|b| b.strip_prefix(PROBE_PREFIX))
-            .and_then(|h| u64::from_str_radix(h, 16).ok())
-        {
-            if code >= 200 {
-                self.router.probe_result(now, id, Some(code));
+        let branch = msg.branch().unwrap_or("");
+        if branch.starts_with(PROBE_PREFIX) {
+            match self.our_id_branch(branch, PROBE_PREFIX, crate::mac::Purpose::Probe) {
+                Some(id) if code >= 200 => self.router.probe_result(now, id, Some(code)),
+                Some(_) => {}
+                None => self.forged_response(now, &src, &msg),
             }
             return;
         }
-        if let Some(id) = msg
-            .branch()
-            .and_then(|b| b.strip_prefix(KEEPALIVE_PREFIX))
-            .and_then(|h| u64::from_str_radix(h, 16).ok())
-        {
-            // any answer, even 404 or 405, shows the binding is alive
-            if let Some(reg) = &self.registrar {
-                reg.on_pong(id);
+        if branch.starts_with(KEEPALIVE_PREFIX) {
+            match self.our_id_branch(branch, KEEPALIVE_PREFIX, crate::mac::Purpose::KeepAlive) {
+                // any answer, even 404 or 405, shows the binding is alive
+                Some(id) => {
+                    if let Some(reg) = &self.registrar {
+                        reg.on_pong(id);
+                    }
+                }
+                None => self.forged_response(now, &src, &msg),
             }
             return;
         }
-        if msg
-            .branch()
-            .is_some_and(|b| b.starts_with(DIALOG_BYE_PREFIX))
-        {
+        if branch.starts_with(DIALOG_BYE_PREFIX) {
             return; // the answer to a BYE the proxy sent to end a dialog
         }
-        let Some((_, id, idx)) = msg.branch().and_then(parse_branch) else {
+        let Some((id, idx)) = self.our_branch(branch) else {
+            if branch.starts_with(BRANCH_PREFIX) {
+                return self.forged_response(now, &src, &msg);
+            }
             Stats::inc(&self.stats.dropped);
             return;
         };
@@ -55,6 +61,14 @@ impl Proxy {
         let Some(b) = ctx.branches.get_mut(idx) else {
             return;
         };
+        if src.addr != b.target.addr && src.flow.is_none_or(|f| Some(f) != b.target.flow) {
+            // a reply may come from another address (a multi-homed peer, RFC 3261 §18.2.1
+            // lets it); the MAC says it answers our request, the log says who sent it
+            Stats::inc(&self.stats.foreign_sources);
+            if let Some(skipped) = self.log_limit.allow(now, Kind::ForeignSource) {
+                tracing::info!(source = %src.addr, destination = %b.target.addr, code, call_id = msg.call_id(), skipped, "reply from another address than its request went to");
+            }
+        }
         if msg.cseq().is_ok_and(|c| c.method == "CANCEL") {
             if let Some(c) = &mut b.cancel {
                 c.on_response(now, code);
@@ -135,6 +149,15 @@ impl Proxy {
             }
         }
         self.settle(shard, id);
+    }
+
+    /// A response whose branch looks like ours but fails the MAC check: dropped, counted,
+    /// logged at most once a second.
+    fn forged_response(&self, now: Instant, src: &Source, msg: &Message) {
+        Stats::inc(&self.stats.forged_responses);
+        if let Some(skipped) = self.log_limit.allow(now, Kind::ForgedResponse) {
+            tracing::warn!(source = %src.addr, branch = msg.branch().unwrap_or(""), code = msg.status().unwrap_or(0), skipped, "response with a branch the proxy did not issue: dropped");
+        }
     }
 
     /// A response on an INVITE branch the proxy gave up on (silence) or whose final is over.

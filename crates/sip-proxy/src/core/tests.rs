@@ -72,6 +72,15 @@ fn answer(req: &Message, code: u16, to_tag: &str) -> Bytes {
     Bytes::from(s)
 }
 
+/// Our Record-Route URI for a call as the proxy signs it (`user`: a flow token or empty).
+fn rr(p: &Proxy, call: &str, tag: &str, user: &str, rest: &str) -> String {
+    let at = if user.is_empty() { "" } else { "@" };
+    format!(
+        "<sip:{user}{at}127.0.0.1:5060{rest};lr;sg={:016x}>",
+        p.rr_signature(call, tag, user)
+    )
+}
+
 fn send(p: &Proxy, now: Instant, from: &str, msg: &str) -> Vec<Transmit> {
     let mut out = vec![];
     p.on_message(
@@ -101,7 +110,8 @@ fn invite_is_relayed_with_via_record_route_and_trying() {
     assert_eq!(vias[1].received(), Some("127.0.0.1"));
     assert_eq!(
         fwd.get(HeaderName::RecordRoute),
-        Some("<sip:127.0.0.1:5060;lr>")
+        Some(rr(&p, "c1", "ft", "", "").as_str()),
+        "signed for the dialog"
     );
     assert_eq!(fwd.max_forwards().unwrap(), Some(69));
 }
@@ -124,8 +134,9 @@ fn full_call_relays_replies_and_routes_ack_and_bye() {
     assert_eq!(ok.status(), Some(200));
     assert_eq!(o[0].target.addr, addr(UAC));
     // ACK and BYE come back with our Record-Route as Route
+    let route = ok.get(HeaderName::RecordRoute).unwrap().to_string();
     let in_dialog = |m: &str, seq: u32, br: &str| {
-        format!("{m} sip:b@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{br}\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:svc@h>;tag=tt\r\nCall-ID: c2\r\nCSeq: {seq} {m}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+        format!("{m} sip:b@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{br}\r\nRoute: {route}\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:svc@h>;tag=tt\r\nCall-ID: c2\r\nCSeq: {seq} {m}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
     };
     let o = send(&p, now, UAC, &in_dialog("ACK", 1, "ack"));
     assert_eq!(o.len(), 1, "2xx ACK relayed statelessly");
@@ -415,21 +426,38 @@ fn tcp_caller_to_udp_backend_gets_double_record_route_with_flow_token() {
         "replies go back over the caller's connection"
     );
     let fwd = parse(&out[1]);
-    let rr: Vec<_> = fwd.values(HeaderName::RecordRoute).collect();
-    // the outbound-facing entry is on top: the callee routes through it first
-    assert_eq!(
-        rr,
-        [
-            "<sip:127.0.0.1:5060;lr>",
-            "<sip:f2a@127.0.0.1:5060;transport=tcp;lr>"
-        ]
+    let rrs: Vec<_> = fwd.values(HeaderName::RecordRoute).collect();
+    // the outbound-facing entry is on top: the callee routes through it first; the inbound
+    // one carries the caller's flow token with its MAC
+    let token = p.flow_token(0x2a);
+    assert!(
+        token.starts_with("f2a-") && token.len() == 4 + 16,
+        "{token}"
     );
+    let (top, flow_rr) = (
+        rr(&p, "t1", "ft", "", ""),
+        rr(&p, "t1", "ft", &token, ";transport=tcp"),
+    );
+    assert_eq!(rrs, [top.as_str(), flow_rr.as_str()]);
     // a BYE from the callee follows both routes back to the caller's flow
-    let bye = "BYE sip:a@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-b1\r\nRoute: <sip:127.0.0.1:5060;lr>, <sip:f2a@127.0.0.1:5060;transport=tcp;lr>\r\nFrom: <sip:svc@h>;tag=tt\r\nTo: <sip:a@h>;tag=ft\r\nCall-ID: t1\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n";
-    let o = send(&p, now, "127.0.0.1:5080", bye);
+    let bye = format!("BYE sip:a@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-b1\r\nRoute: {top}, {flow_rr}\r\nFrom: <sip:svc@h>;tag=tt\r\nTo: <sip:a@h>;tag=ft\r\nCall-ID: t1\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n");
+    let o = send(&p, now, "127.0.0.1:5080", &bye);
     assert_eq!(o[0].target.transport, Transport::Tcp);
     assert_eq!(o[0].target.flow, Some(0x2a));
     assert!(parse(&o[0]).get(HeaderName::Route).is_none());
+    // a guessed token (the id without its MAC, or another MAC) reaches no connection
+    for guess in ["f2b", "f2b-0000000000000000"] {
+        let forged = bye
+            .replace(&token, guess)
+            .replace("z9hG4bK-b1", "z9hG4bK-b2");
+        let o = send(&p, now, "127.0.0.1:5080", &forged);
+        assert_eq!(o.len(), 1, "{guess}");
+        assert_eq!(
+            parse(&o[0]).status(),
+            Some(403),
+            "{guess}: the signature covers the token"
+        );
+    }
 }
 
 #[test]
@@ -491,8 +519,8 @@ fn late_2xx_on_a_branch_given_up_for_silence_is_still_relayed() {
 fn in_dialog_requests_wait_for_timer_f_not_the_failover_timer() {
     let p = proxy(&["127.0.0.1:5080"]);
     let t0 = Instant::now();
-    let bye = "BYE sip:b@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-slowbye\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:svc@h>;tag=tt\r\nCall-ID: slow\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
-    let out = send(&p, t0, UAC, bye);
+    let bye = format!("BYE sip:b@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-slowbye\r\nRoute: {}\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:svc@h>;tag=tt\r\nCall-ID: slow\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n", rr(&p, "slow", "ft", "", ""));
+    let out = send(&p, t0, UAC, &bye);
     let fwd = parse(&out[0]);
     let mut o = vec![];
     p.on_timers(t0 + Duration::from_millis(2600), &mut o);
@@ -519,7 +547,8 @@ fn in_dialog_requests_wait_for_timer_f_not_the_failover_timer() {
         t0,
         UAC,
         &bye.replace("slowbye", "deadbye")
-            .replace("Call-ID: slow", "Call-ID: dead"),
+            .replace("Call-ID: slow", "Call-ID: dead")
+            .replace(&rr(&p, "slow", "ft", "", ""), &rr(&p, "dead", "ft", "", "")),
     );
     assert_eq!(out.len(), 1);
     p.on_timers(t0 + Duration::from_secs(32), &mut o);
@@ -678,8 +707,18 @@ fn with_dialogs(p: Proxy, lifetime_s: u64, now: Instant) -> Proxy {
     )))
 }
 
-fn dlg_req(m: &str, call: &str, seq: u32, br: &str, from_tag: &str, to_tag: &str) -> String {
-    format!("{m} sip:b@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{br}\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:a@h>;tag={from_tag}\r\nTo: <sip:svc@h>;tag={to_tag}\r\nCall-ID: {call}\r\nCSeq: {seq} {m}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+/// An in-dialog request from the caller along the Route the proxy signed for its call.
+fn dlg_req(
+    p: &Proxy,
+    m: &str,
+    call: &str,
+    seq: u32,
+    br: &str,
+    from_tag: &str,
+    to_tag: &str,
+) -> String {
+    let route = rr(p, call, from_tag, "", "");
+    format!("{m} sip:b@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{br}\r\nRoute: {route}\r\nFrom: <sip:a@h>;tag={from_tag}\r\nTo: <sip:svc@h>;tag={to_tag}\r\nCall-ID: {call}\r\nCSeq: {seq} {m}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
 }
 
 /// INVITE through the proxy answered 200 by the backend: the dialog exists.
@@ -700,21 +739,31 @@ fn dialogs_validate_in_dialog_requests_and_end_on_bye() {
     assert_eq!(d.list()[0].state, crate::dialog::DialogState::Confirmed);
     // a BYE with a wrong to-tag, or for another Call-ID: 481, not relayed
     for bad in [
-        dlg_req("BYE", "d1", 2, "b1", "ft", "zz"),
-        dlg_req("BYE", "nope", 2, "b2", "ft", "tt"),
+        dlg_req(&p, "BYE", "d1", 2, "b1", "ft", "zz"),
+        dlg_req(&p, "BYE", "nope", 2, "b2", "ft", "tt"),
     ] {
         let o = send(&p, now, UAC, &bad);
         assert_eq!(o.len(), 1);
         assert_eq!(parse(&o[0]).status(), Some(481));
     }
     // a re-INVITE and the real BYE pass
-    let o = send(&p, now, UAC, &dlg_req("INVITE", "d1", 3, "ri", "ft", "tt"));
+    let o = send(
+        &p,
+        now,
+        UAC,
+        &dlg_req(&p, "INVITE", "d1", 3, "ri", "ft", "tt"),
+    );
     assert!(o.iter().any(|t| t.target.addr == addr("127.0.0.1:5080")));
-    let o = send(&p, now, UAC, &dlg_req("BYE", "d1", 4, "b3", "ft", "tt"));
+    let o = send(&p, now, UAC, &dlg_req(&p, "BYE", "d1", 4, "b3", "ft", "tt"));
     assert_eq!(o[0].target.addr, addr("127.0.0.1:5080"));
     assert!(d.list().is_empty(), "ended by the BYE");
     // the ACK of the 2xx is never refused; NOTIFY (event dialogs) passes
-    let o = send(&p, now, UAC, &dlg_req("NOTIFY", "d1", 5, "n1", "ft", "tt"));
+    let o = send(
+        &p,
+        now,
+        UAC,
+        &dlg_req(&p, "NOTIFY", "d1", 5, "n1", "ft", "tt"),
+    );
     assert_eq!(o[0].target.addr, addr("127.0.0.1:5080"));
     assert_eq!(p.stats().dialogs_refused.load(Ordering::Relaxed), 2);
 }
@@ -939,8 +988,143 @@ fn balanced_calls_are_counted_until_failure_or_bye_and_refused_when_full() {
     };
     p.on_message(now, udp(n2), answer(&f2, 200, "t2"), &mut o);
     assert_eq!(used().iter().sum::<i64>(), 1);
-    let bye = dlg_req("BYE", "L2", 2, "byeL2", "ft", "t2");
+    let bye = dlg_req(&p, "BYE", "L2", 2, "byeL2", "ft", "t2");
     send(&p, now, UAC, &bye);
     assert_eq!(used(), vec![0, 0], "released exactly once");
     assert_eq!(b.active_calls(), 0);
+}
+
+/// A request with a To tag and a Route naming the proxy, for a dialog the proxy never
+/// relayed, once went to whatever its Request-URI said: an open relay for MESSAGE, NOTIFY,
+/// INVITE, BYE, OPTIONS and ACK, with or without dialog tracking. Now: 403, relayed nowhere.
+#[test]
+fn forged_in_dialog_requests_are_relayed_nowhere() {
+    let now = Instant::now();
+    for tracking in [false, true] {
+        let p = proxy(&["127.0.0.1:5080"]);
+        let p = if tracking {
+            with_dialogs(p, 3600, now)
+        } else {
+            p
+        };
+        answered_call(&p, now, "real");
+        let victim = addr("127.0.0.1:9999");
+        let real_route = rr(&p, "real", "ft", "", "");
+        let routes = [
+            "<sip:127.0.0.1:5060;lr>".to_string(),
+            "<sip:127.0.0.1:5060;lr;sg=0123456789abcdef>".to_string(),
+            real_route.clone(), // signed, but for another call
+        ];
+        let mut n = 0;
+        for (i, route) in routes.iter().enumerate() {
+            for m in ["MESSAGE", "NOTIFY", "INVITE", "BYE", "OPTIONS", "ACK"] {
+                let req = format!("{m} sip:target@127.0.0.1:9999 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-f{i}{m}\r\nRoute: {route}\r\nFrom: <sip:attacker@evil.example>;tag=a{i}\r\nTo: <sip:target@127.0.0.1>;tag=b{i}\r\nCall-ID: forged-{i}\r\nCSeq: 7 {m}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+                let o = send(&p, now, "127.0.0.1:6000", &req);
+                assert!(
+                    o.iter().all(|t| t.target.addr != victim),
+                    "{m} via {route} relayed (tracking {tracking})"
+                );
+                if m == "ACK" {
+                    assert!(o.is_empty());
+                } else {
+                    assert_eq!(o.len(), 1, "{m}");
+                    assert_eq!(parse(&o[0]).status(), Some(403), "{m}");
+                }
+                n += 1;
+            }
+        }
+        assert_eq!(p.stats().forged_routes.load(Ordering::Relaxed), n);
+        // the real call's own in-dialog requests still pass, in both directions
+        let o = send(
+            &p,
+            now,
+            UAC,
+            &dlg_req(&p, "MESSAGE", "real", 5, "m1", "ft", "tt"),
+        );
+        assert_eq!(
+            o[0].target.addr,
+            addr("127.0.0.1:5080"),
+            "tracking {tracking}"
+        );
+        let back = format!("INFO sip:a@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-i1\r\nRoute: {real_route}\r\nFrom: <sip:svc@h>;tag=tt\r\nTo: <sip:a@h>;tag=ft\r\nCall-ID: real\r\nCSeq: 1 INFO\r\nContent-Length: 0\r\n\r\n");
+        let o = send(&p, now, "127.0.0.1:5080", &back);
+        assert_eq!(
+            o[0].target.addr,
+            addr(UAC),
+            "callee to caller, tracking {tracking}"
+        );
+    }
+}
+
+/// With dialog tracking, a dialog the proxy knows is followed even when its Route lost
+/// the signature (a restart with a new secret): the table vouches for it.
+#[test]
+fn a_tracked_dialog_passes_without_a_signature() {
+    let now = Instant::now();
+    let p = with_dialogs(proxy(&["127.0.0.1:5080"]), 3600, now);
+    answered_call(&p, now, "kept");
+    let bye = dlg_req(&p, "BYE", "kept", 2, "b1", "ft", "tt")
+        .replace(&rr(&p, "kept", "ft", "", ""), "<sip:127.0.0.1:5060;lr>");
+    let o = send(&p, now, UAC, &bye);
+    assert_eq!(o[0].target.addr, addr("127.0.0.1:5080"));
+}
+
+/// Responses were matched by a branch whose ids count up from 1, from any address: anyone
+/// could end a live call with a forged 486. A branch now carries a MAC: a response whose
+/// branch lacks it or has another is dropped and counted, and the call goes on.
+#[test]
+fn forged_responses_cannot_end_a_call() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let now = Instant::now();
+    let fwd = parse(&send(&p, now, UAC, &invite("live"))[1]);
+    let branch = fwd.branch().unwrap().to_string();
+    let (ids, mac) = branch.rsplit_once('.').unwrap();
+    assert_eq!(mac.len(), 16);
+    let wrong_mac = format!("{ids}.{:016x}", u64::from_str_radix(mac, 16).unwrap() ^ 1);
+    for forged in [ids.to_string(), wrong_mac] {
+        let busy = String::from_utf8(answer(&fwd, 486, "x").to_vec())
+            .unwrap()
+            .replace(&branch, &forged);
+        let mut o = vec![];
+        p.on_message(now, udp("127.0.0.1:6666"), Bytes::from(busy), &mut o);
+        assert!(o.is_empty(), "{forged}: {o:?}");
+    }
+    assert_eq!(p.stats().forged_responses.load(Ordering::Relaxed), 2);
+    // the real answer still completes the call; from another address it is logged as such
+    let mut o = vec![];
+    p.on_message(now, udp("127.0.0.1:5081"), answer(&fwd, 200, "tt"), &mut o);
+    assert_eq!(parse(&o[0]).status(), Some(200));
+    assert_eq!(p.stats().foreign_sources.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn probe_and_keepalive_branches_carry_their_own_mac() {
+    let p = proxy(&[]);
+    let mac = p.cfg.keys.tag_ids(crate::mac::Purpose::Probe, &[7]);
+    let good = format!("{PROBE_PREFIX}7.{mac:016x}");
+    assert_eq!(
+        p.our_id_branch(&good, PROBE_PREFIX, crate::mac::Purpose::Probe),
+        Some(7)
+    );
+    for bad in [
+        format!("{PROBE_PREFIX}7"),
+        format!("{PROBE_PREFIX}8.{mac:016x}"),
+        format!("{PROBE_PREFIX}7.{:016x}", mac ^ 4),
+    ] {
+        assert_eq!(
+            p.our_id_branch(&bad, PROBE_PREFIX, crate::mac::Purpose::Probe),
+            None,
+            "{bad}"
+        );
+    }
+    // a probe's MAC is no keepalive's
+    let as_keepalive = good.replace(PROBE_PREFIX, KEEPALIVE_PREFIX);
+    assert_eq!(
+        p.our_id_branch(
+            &as_keepalive,
+            KEEPALIVE_PREFIX,
+            crate::mac::Purpose::KeepAlive
+        ),
+        None
+    );
 }
