@@ -55,6 +55,8 @@ default_set = 1
 [management]
 listen = "127.0.0.1:8898"
 token_file = "$WORK/switchboard.token"
+[security]
+allow = ["127.0.0.1/32"]              # the load generator (Kamailio's config has no pike either)
 [database]
 url = "sqlite://$WORK/sb.db"
 [log]

@@ -29,6 +29,9 @@ default_set = 1
 [management]
 listen = "127.0.0.1:$MGMT"
 token_file = "$WORK/switchboard.token"
+[security]
+# the suites' SIPp peers load the proxy from 127.0.0.1 (the flood defence has its own suite)
+allow = ["127.0.0.1/32"]
 TOML
 }
 start_sb() {
@@ -167,6 +170,9 @@ default_set = 1
 [management]
 listen = "127.0.0.1:$MGMT"
 token_file = "$WORK/switchboard.token"
+[security]
+# the suites' SIPp peers load the proxy from 127.0.0.1 (the flood defence has its own suite)
+allow = ["127.0.0.1/32"]
 TOML
 : > "$WORK/sb.log"; start_sb; start_uas $B1; start_uas $B2; start_uas $B3; sleep 0.3
 n=$("$SB" dispatcher list --json --mi "$MI" --token-file "$WORK/switchboard.token" | python3 -c "import json,sys; d=json.load(sys.stdin); print(len(d['sets'][0]['destinations']))")

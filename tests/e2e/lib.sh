@@ -44,6 +44,9 @@ default_set = 1
 [management]
 listen = "127.0.0.1:$MGMT"
 token_file = "$WORK/switchboard.token"
+[security]
+# the suites' SIPp peers load the proxy from 127.0.0.1 (the flood defence has its own suite)
+allow = ["127.0.0.1/32"]
 [database]
 url = "sqlite://$WORK/sb.db"
 TOML

@@ -23,6 +23,7 @@ mod balancer;
 mod dialog;
 mod dispatcher;
 mod registrar;
+mod security;
 
 pub use registrar::{Loaded, StoredSecret, SubscriberStore};
 
@@ -159,6 +160,48 @@ fn statistics(st: &AdminState) -> Vec<(String, String, u64, &'static str)> {
     for (n, h, val) in (st.gauges)() {
         v.push((n.into(), h.into(), val, "gauge"));
     }
+    v.push((
+        "reply_cache_bytes".into(),
+        "bytes held by the reply cache (retransmissions of REGISTER replies and challenges)".into(),
+        st.proxy.reply_cache_bytes() as u64,
+        "gauge",
+    ));
+    if let Some(p) = st.proxy.pike() {
+        let now = Instant::now();
+        v.push((
+            "bans_active".into(),
+            "sources banned now (flood, scanner, password guessing, operator)".into(),
+            p.list(now).len() as u64,
+            "gauge",
+        ));
+        v.push((
+            "flood_sources_tracked".into(),
+            "sources the flood defence counts now".into(),
+            p.tracked() as u64,
+            "gauge",
+        ));
+    }
+    if let Some(r) = st.proxy.registrar() {
+        let (failures, foreign) = r.auth_counts();
+        v.push((
+            "auth_failures".into(),
+            "wrong answers to a digest challenge (counted as guesses)".into(),
+            failures,
+            "counter",
+        ));
+        v.push((
+            "auth_foreign_nonces".into(),
+            "credentials with a nonce not issued to their sender (answered, never counted)".into(),
+            foreign,
+            "counter",
+        ));
+        v.push((
+            "auth_user_bans".into(),
+            "usernames banned from a source now".into(),
+            r.user_bans(Instant::now()).len() as u64,
+            "gauge",
+        ));
+    }
     v
 }
 
@@ -174,6 +217,9 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
         return r;
     }
     if let Some(r) = balancer::call(st, method, params) {
+        return r;
+    }
+    if let Some(r) = security::call(st, method, params) {
         return r;
     }
     match method {
@@ -231,6 +277,9 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
             "subscriber_list",
             "subscriber_reload",
             "auth_unban",
+            "ban_list",
+            "ban_add",
+            "ban_remove",
             "dlg_list",
             "dlg_end_dlg",
             "profile_get_size",
@@ -654,6 +703,53 @@ mod tests {
         );
         assert_eq!(code, 200);
         assert!(body.contains("inactive"), "{body}");
+    }
+
+    #[test]
+    fn ban_list_add_remove() {
+        let mut st = state();
+        st.proxy = Arc::new(
+            Proxy::new(
+                sip_proxy::ProxyConfig::default(),
+                Arc::new(sip_proxy::RoundRobin::new(vec![])),
+            )
+            .with_pike(Arc::new(sip_proxy::pike::Pike::new(Default::default()))),
+        );
+        let rpc = |m: &str, p: Value| {
+            one(
+                &st,
+                json!({"jsonrpc": "2.0", "id": 1, "method": m, "params": p}),
+            )
+        };
+        let r = rpc("ban_add", json!({"ip": "192.0.2.7", "seconds": 120}));
+        assert_eq!(r["result"]["banned"], "192.0.2.7", "{r}");
+        let r = rpc("ban_add", json!(["2001:db8::1"]));
+        assert_eq!(r["result"]["seconds"], 3600, "{r}");
+        let r = rpc("ban_list", json!({}));
+        let bans = r["result"]["bans"].as_array().unwrap();
+        assert_eq!(bans.len(), 2, "{r}");
+        assert_eq!(bans[0]["source"], "192.0.2.7");
+        assert_eq!(bans[0]["reason"], "operator");
+        assert_eq!(bans[1]["source"], "2001:db8::/64", "IPv6 by prefix");
+        for bad in [
+            json!({"ip": "nope"}),
+            json!({}),
+            json!({"ip": "192.0.2.8", "seconds": 0}),
+        ] {
+            let r = rpc("ban_add", bad.clone());
+            assert_eq!(r["error"]["code"], -32602, "{bad}: {r}");
+        }
+        let r = rpc("ban_remove", json!({"ip": "192.0.2.7"}));
+        assert_eq!(r["result"]["was_banned"], true);
+        let r = rpc("ban_remove", json!(["192.0.2.7"]));
+        assert_eq!(r["result"]["was_banned"], false);
+        assert_eq!(
+            rpc("ban_list", json!({}))["result"]["bans"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     fn with_dispatcher() -> AdminState {

@@ -1,7 +1,7 @@
 //! Registrar methods of the management API: the OpenSIPS usrloc ones (`ul_dump`,
 //! `ul_show_contact`, `ul_rm`, `ul_rm_contact`, and the OpenSIPS 4 `usrloc:*` names) and
 //! subscriber management (`subscriber_add`, `subscriber_passwd`, `subscriber_remove`,
-//! `subscriber_list`, `subscriber_reload`), and `auth_unban`.
+//! `subscriber_list`, `subscriber_reload`).
 
 use std::time::Instant;
 
@@ -226,12 +226,6 @@ pub(crate) fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcR
                 r.load_credentials(all);
             }
             Ok(json!({"subscribers": names, "skipped": bad}))
-        })(),
-        "auth_unban" => (|| {
-            let r = registrar(st)?;
-            let ip = str_param(params, "ip", 0)?;
-            let ip: std::net::IpAddr = ip.parse().map_err(|_| (-32602, format!("{ip:?} is not an IP address")))?;
-            Ok(json!({"ip": ip.to_string(), "was_banned": r.unban(ip)}))
         })(),
         _ => return None,
     })

@@ -36,6 +36,14 @@ pub struct ProxyConfig {
     /// The MAC key of branches, flow tokens and Record-Route signatures (from the secret the
     /// binary keeps; nodes of a cluster share it).
     pub keys: crate::mac::Keys,
+    /// Server and User-Agent of what the proxy writes itself (empty: no such header).
+    pub server: std::sync::Arc<str>,
+    /// Reason phrases of 5xx/480 the proxy writes keep their details (otherwise they go to
+    /// the log only: they describe the topology behind the proxy).
+    pub detailed_reasons: bool,
+    /// Bytes the reply cache (replies to REGISTER and challenges, for retransmissions) may
+    /// hold.
+    pub reply_cache_bytes: usize,
 }
 
 impl Default for ProxyConfig {
@@ -51,6 +59,9 @@ impl Default for ProxyConfig {
             max_message_size: 65535,
             salt: 0x5b5b_1234,
             keys: crate::mac::Keys::default(),
+            server: crate::build::SERVER.into(),
+            detailed_reasons: false,
+            reply_cache_bytes: 16 << 20,
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct DialogConfig {
     pub lifetime: Duration,
     /// A Session-Expires shorter than the lifetime bounds it (refreshed by re-INVITE/UPDATE).
     pub honour_session_expires: bool,
+    /// The User-Agent of the BYEs the proxy sends (empty: none).
+    pub user_agent: Arc<str>,
 }
 
 impl Default for DialogConfig {
@@ -25,6 +27,7 @@ impl Default for DialogConfig {
         DialogConfig {
             lifetime: Duration::from_secs(6 * 3600),
             honour_session_expires: true,
+            user_agent: crate::build::SERVER.into(),
         }
     }
 }
@@ -678,7 +681,7 @@ impl Dialogs {
                 if d.saved {
                     self.queue(DlgEvent::Removed(d.id));
                 }
-                let byes = byes_for(&d, via);
+                let byes = byes_for(&d, via, &self.cfg.user_agent);
                 return Some((d, byes));
             }
         }
@@ -728,7 +731,7 @@ impl Dialogs {
                         saves.push(DlgEvent::Removed(d.id));
                     }
                     let byes = if d.state == DialogState::Confirmed {
-                        byes_for(&d, via)
+                        byes_for(&d, via, &self.cfg.user_agent)
                     } else {
                         Vec::new()
                     };
@@ -775,7 +778,7 @@ impl Dialogs {
 /// BYE to the callee (as the caller) and to the caller (as the callee), each with the route
 /// set toward its side. `via` gives the Via value (`SIP/2.0/UDP host:port`) of the listener
 /// for a transport.
-fn byes_for(d: &Dialog, via: &dyn Fn(Transport) -> String) -> Vec<ByeOut> {
+fn byes_for(d: &Dialog, via: &dyn Fn(Transport) -> String, ua: &str) -> Vec<ByeOut> {
     let bye = |uri: &str, route: &str, from: &str, to: &str, seq: u32, n: u8, t: Transport| {
         let via = via(t);
         let route = if route.is_empty() {
@@ -783,11 +786,15 @@ fn byes_for(d: &Dialog, via: &dyn Fn(Transport) -> String) -> Vec<ByeOut> {
         } else {
             format!("Route: {route}\r\n")
         };
+        let ua = if ua.is_empty() {
+            String::new()
+        } else {
+            format!("User-Agent: {ua}\r\n")
+        };
         format!(
-            "BYE {uri} SIP/2.0\r\nVia: {via};branch=z9hG4bKsbB{:x}.{n}\r\n{route}Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {seq} BYE\r\nReason: SIP;cause=200;text=\"dialog ended by the proxy\"\r\nUser-Agent: {}\r\nContent-Length: 0\r\n\r\n",
+            "BYE {uri} SIP/2.0\r\nVia: {via};branch=z9hG4bKsbB{:x}.{n}\r\n{route}Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {seq} BYE\r\nReason: SIP;cause=200;text=\"dialog ended by the proxy\"\r\n{ua}Content-Length: 0\r\n\r\n",
             d.id,
             d.call_id(),
-            crate::build::SERVER
         )
     };
     vec![
@@ -963,6 +970,7 @@ mod tests {
             DialogConfig {
                 lifetime: Duration::from_secs(10),
                 honour_session_expires: true,
+                ..Default::default()
             },
             (Instant::now(), 0),
         );

@@ -19,12 +19,14 @@ mod ctx;
 pub mod dialog;
 pub mod dispatcher;
 pub mod mac;
+pub mod pike;
 mod ratelog;
 pub mod registrar;
 mod router;
 mod stats;
 mod types;
 
+pub use crate::build::SERVER;
 pub use crate::core::Proxy;
 pub use config::{Listener, ProxyConfig};
 pub use router::{Probe, RoundRobin, Router};

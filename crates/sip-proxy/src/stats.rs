@@ -37,6 +37,10 @@ stats! {
     forged_responses: "responses dropped: their branch is not one the proxy issued (MAC check)",
     forged_routes: "in-dialog requests refused with 403: no Route the proxy signed, no dialog it tracks",
     foreign_sources: "responses matched to a transaction but sent from another address than its destination",
+    banned_dropped: "messages dropped because their source is banned",
+    rate_limited: "requests dropped over their source's budget (flood defence)",
+    scanners_banned: "requests from well-known scanners (their source banned at once)",
+    reply_cache_full: "replies not cached for retransmissions: the cache was at its size limit",
 }
 
 /// One counter value.

@@ -555,3 +555,64 @@ pub fn lb(mi: &Mi, cmd: LbCmd) -> anyhow::Result<ExitCode> {
         LbCmd::Reload => rpc(mi, "lb_reload", json!({})),
     })
 }
+
+#[derive(Subcommand)]
+pub enum BanCmd {
+    /// The sources banned now (flood, scanner, password guessing, operator) and the
+    /// usernames banned from a source.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban an address (an IPv6 address bans its prefix, /64 by default).
+    Add {
+        ip: String,
+        #[arg(long, default_value_t = 3600)]
+        seconds: u64,
+    },
+    /// Lift the bans of an address (or only the ban of one username from it).
+    Remove {
+        ip: String,
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+/// Runs one ban-list subcommand.
+pub fn ban(mi: &Mi, cmd: BanCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BanCmd::List { json: true } => done(rpc(mi, "ban_list", json!({}))),
+        BanCmd::List { json: false } => match rpc(mi, "ban_list", json!({})) {
+            Ok(v) => {
+                println!(
+                    "{:<28} {:<18} {:>10} {:>7}",
+                    "source", "reason", "remaining", "strikes"
+                );
+                for b in v["bans"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<28} {:<18} {:>9}s {:>7}",
+                        b["source"].as_str().unwrap_or(""),
+                        b["reason"].as_str().unwrap_or(""),
+                        b["remaining_s"],
+                        b["strikes"]
+                    );
+                }
+                for u in v["user_bans"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<28} {:<18} {:>9}s {:>7}",
+                        u["source"].as_str().unwrap_or(""),
+                        format!("user {}", u["user"].as_str().unwrap_or("")),
+                        u["remaining_s"],
+                        "-"
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => done(Err(e)),
+        },
+        BanCmd::Add { ip, seconds } => {
+            done(rpc(mi, "ban_add", json!({"ip": ip, "seconds": seconds})))
+        }
+        BanCmd::Remove { ip, user } => done(rpc(mi, "ban_remove", json!({"ip": ip, "user": user}))),
+    }
+}

@@ -35,6 +35,8 @@ pub struct RawConfig {
     pub balancer: Option<crate::balancer_config::RawBalancer>,
     #[serde(default)]
     pub accounting: RawAccounting,
+    #[serde(default)]
+    pub security: crate::security_config::RawSecurity,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -308,6 +310,8 @@ pub struct Config {
     pub write_queue_limit: usize,
     /// At SIGTERM, how long the writers may take to write what they hold.
     pub shutdown_timeout: Duration,
+    /// The flood defence's settings, unless it is off.
+    pub pike: Option<sip_proxy::pike::PikeConfig>,
 }
 
 impl Config {
@@ -514,6 +518,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         .balancer
         .as_ref()
         .map(|b| crate::balancer_config::validate(b, &mut errors));
+    let security = crate::security_config::validate(&raw.security, &mut errors);
     if raw.accounting.enabled && !raw.dialog.enabled {
         errors.push(err(
             "accounting.enabled",
@@ -531,6 +536,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
     let dialog = raw.dialog.enabled.then(|| sip_proxy::dialog::DialogConfig {
         lifetime: Duration::from_secs(raw.dialog.lifetime_s),
         honour_session_expires: raw.dialog.honour_session_expires,
+        user_agent: security.server_header.as_str().into(),
     });
     let ids: std::collections::HashSet<i64> = dispatcher.sets.iter().map(|s| s.id).collect();
     let default_set = match raw.routing.default_set {
@@ -634,6 +640,9 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         failover_codes,
         salt,
         max_message_size: raw.sip.max_message_size,
+        server: security.server_header.as_str().into(),
+        detailed_reasons: security.detailed_reasons,
+        reply_cache_bytes: security.reply_cache_bytes,
         ..ProxyConfig::default()
     };
     Ok(Config {
@@ -658,6 +667,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         accounting: raw.accounting.enabled,
         write_queue_limit: raw.database.write_queue_limit,
         shutdown_timeout: Duration::from_secs(raw.database.flush_timeout_s),
+        pike: security.pike,
     })
 }
 

@@ -7,6 +7,7 @@ mod dialog_store;
 mod dispatch_config;
 mod esl;
 mod registrar_config;
+mod security_config;
 mod token;
 mod writers;
 
@@ -108,6 +109,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::LbCmd,
     },
+    /// The ban list of a running switchboard (flood, scanners, password guessing).
+    Ban {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        cmd: cli::BanCmd,
+    },
     /// List or export the CDRs (the acc and missed_calls tables of [database]).
     Cdr {
         #[arg(long, short, global = true)]
@@ -161,6 +169,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Ul { remote, cmd } => remote.connect().and_then(|mi| cli::ul(&mi, cmd)),
         Cmd::Cdr { config, cmd } => cdr_cmd(&config, cmd),
         Cmd::Lb { remote, cmd } => remote.connect().and_then(|mi| cli::lb(&mi, cmd)),
+        Cmd::Ban { remote, cmd } => remote.connect().and_then(|mi| cli::ban(&mi, cmd)),
     };
     match result {
         Ok(code) => code,
@@ -340,6 +349,9 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         None => dispatcher.clone(),
     };
     let mut proxy = sip_proxy::Proxy::new(cfg.proxy.clone(), router.clone());
+    if let Some(pc) = &cfg.pike {
+        proxy = proxy.with_pike(Arc::new(sip_proxy::pike::Pike::new(pc.clone())));
+    }
     // the writers and supervised tasks run on the runtime
     let _guard = rt.enter();
     let limit = cfg.write_queue_limit;

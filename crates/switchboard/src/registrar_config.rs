@@ -55,6 +55,12 @@ pub struct RawRegistrar {
     pub auth_ban_after: u32,
     #[serde(default = "d_ban_time")]
     pub auth_ban_time_s: u64,
+    /// Failures for this many usernames from one source ban the source.
+    #[serde(default = "d_ban_users")]
+    pub auth_ban_after_users: u32,
+    /// Failures in all from one source within the window that ban the source.
+    #[serde(default = "d_ban_total")]
+    pub auth_ban_after_total: u32,
     #[serde(default)]
     pub trusted: Vec<String>,
     #[serde(default = "d_user_calls")]
@@ -107,6 +113,12 @@ fn d_slow() -> u32 {
 }
 fn d_ban() -> u32 {
     10
+}
+fn d_ban_users() -> u32 {
+    5
+}
+fn d_ban_total() -> u32 {
+    50
 }
 fn d_ban_time() -> u64 {
     300
@@ -297,6 +309,8 @@ pub fn validate(r: &RawRegistrar, errors: &mut Vec<ConfigError>) -> RegistrarSet
         slow_after: r.auth_slow_after,
         ban_after: r.auth_ban_after,
         ban_time: Duration::from_secs(r.auth_ban_time_s),
+        ban_after_users: r.auth_ban_after_users,
+        ban_after_total: r.auth_ban_after_total,
     };
     for (i, t) in r.trusted.iter().enumerate() {
         match parse_cidr(t) {

@@ -4,7 +4,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -26,6 +26,7 @@ use crate::build::{
 use crate::config::ProxyConfig;
 use crate::ctx::{Branch, ClientTxn, Ctx, Plan, ServerTxn};
 use crate::dialog::{ByeOut, Dialog, Dialogs, Leg};
+use crate::pike::Pike;
 use crate::ratelog::{Kind, LogLimit};
 use crate::registrar::{CallAuth, Fork, KeepAlive, Registrar, RegistrarMode, Reply};
 use crate::router::{Probe, Router};
@@ -69,6 +70,12 @@ struct Reject {
     extra: Vec<String>,
     /// Hold the reply back this long (a source guessing passwords).
     delay: Option<std::time::Duration>,
+    /// Send nothing (a username banned from this source).
+    drop: bool,
+    /// Ban the source (it guessed across usernames).
+    ban_source: bool,
+    /// The request authenticated (the source leaves the tight budget).
+    authenticated: bool,
 }
 
 fn reject(code: u16, reason: impl Into<String>) -> Reject {
@@ -77,6 +84,9 @@ fn reject(code: u16, reason: impl Into<String>) -> Reject {
         reason: reason.into(),
         extra: Vec::new(),
         delay: None,
+        drop: false,
+        ban_source: false,
+        authenticated: false,
     }
 }
 
@@ -87,6 +97,9 @@ impl From<Reply> for Reject {
             reason: r.reason,
             extra: r.extra,
             delay: r.delay,
+            drop: r.drop,
+            ban_source: r.ban_source,
+            authenticated: r.authenticated,
         }
     }
 }
@@ -127,6 +140,10 @@ pub struct Proxy {
     delayed: Mutex<Vec<(Instant, Transmit)>>,
     /// Limits log lines about what peers send.
     log_limit: LogLimit,
+    /// Flood and scan defence (per-source budgets and bans).
+    pike: Option<Arc<Pike>>,
+    /// Bytes held by the shards' reply caches (`answered`), bounded by the config.
+    answered_bytes: AtomicUsize,
 }
 
 fn hash64<T: Hash + ?Sized>(salt: u64, v: &T) -> u64 {
@@ -179,7 +196,25 @@ impl Proxy {
             cdrs: None,
             delayed: Mutex::new(Vec::new()),
             log_limit: LogLimit::default(),
+            pike: None,
+            answered_bytes: AtomicUsize::new(0),
         }
+    }
+
+    /// Adds the flood and scan defence.
+    pub fn with_pike(mut self, p: Arc<Pike>) -> Proxy {
+        self.pike = Some(p);
+        self
+    }
+
+    /// The flood and scan defence, when on.
+    pub fn pike(&self) -> Option<&Arc<Pike>> {
+        self.pike.as_ref()
+    }
+
+    /// Bytes held by the reply cache.
+    pub fn reply_cache_bytes(&self) -> usize {
+        self.answered_bytes.load(Ordering::Relaxed)
     }
 
     /// Adds the registrar and location service.
@@ -426,6 +461,14 @@ impl Proxy {
 
     /// Handles one received message (a datagram, or one framed stream message).
     pub fn on_message(&self, now: Instant, src: Source, data: Bytes, out: &mut Vec<Transmit>) {
+        if self
+            .pike
+            .as_ref()
+            .is_some_and(|p| p.is_banned(now, src.addr.ip()))
+        {
+            Stats::inc(&self.stats.banned_dropped);
+            return;
+        }
         if data.len() > self.cfg.max_message_size {
             return self.on_bad_message(now, src, &data, ParseError::TooLarge(data.len()), out);
         }
@@ -463,6 +506,9 @@ impl Proxy {
                 }
             }
         }
+        if let Some(p) = &self.pike {
+            p.tick(now);
+        }
         if let Some(reg) = &self.registrar {
             let mut pings = Vec::new();
             reg.tick(now, &mut pings);
@@ -488,7 +534,15 @@ impl Proxy {
             let shard = &mut *g;
             if shard.next_clean.is_none_or(|t| t <= now) {
                 shard.next_clean = Some(now + std::time::Duration::from_secs(1));
-                shard.answered.retain(|_, (t, _)| *t > now);
+                let mut freed = 0;
+                shard.answered.retain(|k, (t, b)| {
+                    let keep = *t > now;
+                    if !keep {
+                        freed += k.len() + b.len();
+                    }
+                    keep
+                });
+                self.answered_bytes.fetch_sub(freed, Ordering::Relaxed);
                 if shard.answered.capacity() > 4 * shard.answered.len() + 64 {
                     shard.answered.shrink_to_fit(); // a burst of registrations is over
                 }
@@ -637,7 +691,7 @@ impl Proxy {
                 .find(|l| l.starts_with("Call-ID:"))
                 .map_or("", |l| l.as_str());
             let tag = self.local_tag(call_id);
-            let data = salvage_response(&s.lines, e.status(), &e.reason(), &tag);
+            let data = salvage_response(&s.lines, e.status(), &e.reason(), &tag, &self.cfg.server);
             Stats::inc(&self.stats.local_replies);
             out.push(Transmit {
                 target: src.reply_target(),
@@ -667,11 +721,29 @@ impl Proxy {
         local_response_via(
             req,
             r.code,
-            &r.reason,
+            self.public_reason(r.code, &r.reason),
             &tag,
             &r.extra,
             via.as_ref().map(|v| v.1.as_str()),
+            &self.cfg.server,
         )
+    }
+
+    /// The reason phrase a peer sees: the details of server-side failures (`503 Service
+    /// Unavailable (no destination available in balancer group 1 ...)`) describe the
+    /// topology behind the proxy and go to the log only, unless `detailed_reasons` is set;
+    /// the cause of a refused request (`400 Bad Request (Via)`) stays.
+    fn public_reason<'a>(&self, code: u16, reason: &'a str) -> &'a str {
+        if self.cfg.detailed_reasons || !(code >= 500 || code == 480) {
+            return reason;
+        }
+        match reason.find(" (") {
+            Some(i) => {
+                tracing::debug!(code, reason, "reason phrase shortened for the peer");
+                &reason[..i]
+            }
+            None => reason,
+        }
     }
 
     /// A reply of the registrar or of authentication: remembered under the transaction
@@ -688,10 +760,34 @@ impl Proxy {
         r: Reject,
         out: &mut Vec<Transmit>,
     ) {
+        if let Some(p) = &self.pike {
+            if r.ban_source {
+                p.ban(now, src.addr.ip(), crate::pike::BanReason::Guessing);
+            }
+            if r.authenticated {
+                p.authenticated(now, src.addr.ip());
+            }
+        }
+        if r.drop {
+            Stats::inc(&self.stats.dropped);
+            return;
+        }
         let data = self.reply_bytes(src, req, &r);
-        self.lock(si)
-            .answered
-            .insert(key, (now + ANSWERED_TTL, data.clone()));
+        // the cache is bounded: past its budget a retransmission is answered afresh
+        let size = key.len() + data.len();
+        if self.answered_bytes.load(Ordering::Relaxed) + size <= self.cfg.reply_cache_bytes {
+            self.answered_bytes.fetch_add(size, Ordering::Relaxed);
+            let old = self
+                .lock(si)
+                .answered
+                .insert(key, (now + ANSWERED_TTL, data.clone()));
+            if let Some((_, b)) = old {
+                self.answered_bytes
+                    .fetch_sub(b.len() + size - data.len(), Ordering::Relaxed);
+            }
+        } else {
+            Stats::inc(&self.stats.reply_cache_full);
+        }
         let t = Transmit {
             target: src.reply_target(),
             data,
@@ -721,3 +817,5 @@ mod timers;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hardening;

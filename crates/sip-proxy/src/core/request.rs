@@ -12,6 +12,11 @@ impl Proxy {
         out: &mut Vec<Transmit>,
     ) {
         Stats::inc(&self.stats.rcv_requests);
+        if let Some(p) = &self.pike {
+            if !self.pike_exempt(p, &src) && !self.pike_pass(now, p, &src, &msg) {
+                return;
+            }
+        }
         let Ok(key) = server_key(&msg) else {
             return self.reply_stateless(&src, &msg, reject(400, "Bad Request (Via)"), out);
         };
@@ -47,10 +52,6 @@ impl Proxy {
         }
         if let Some(reg) = &self.registrar {
             let trusted = self.router.is_destination(src.addr) || reg.is_trusted_ip(src.addr.ip());
-            if !trusted && reg.is_banned(src.addr.ip(), now) {
-                Stats::inc(&self.stats.dropped);
-                return;
-            }
             if msg.method() == Some(Method::Register)
                 && reg.config().mode == RegistrarMode::Local
                 && msg.uri().is_ok_and(|u| {
@@ -133,7 +134,7 @@ impl Proxy {
             let trying = ctx
                 .req
                 .as_ref()
-                .map(|r| local_response(r, 100, "Trying", "", &[]))
+                .map(|r| local_response(r, 100, "Trying", "", &[], &self.cfg.server))
                 .unwrap_or_default();
             ctx.server.send_response(now, 100, trying);
             self.flush_server(&mut ctx, out);
@@ -396,6 +397,42 @@ impl Proxy {
         Ok(Decision::Forward { plan, candidates })
     }
 
+    /// Media servers, trusted and allowed networks are never limited or banned.
+    fn pike_exempt(&self, p: &Pike, src: &Source) -> bool {
+        let ip = src.addr.ip();
+        p.is_allowed(ip)
+            || self.router.is_destination(src.addr)
+            || self.registrar.as_ref().is_some_and(|r| r.is_trusted_ip(ip))
+    }
+
+    /// Scanners are banned at once; every other request is counted against its source's
+    /// budget. False: drop the request.
+    fn pike_pass(&self, now: Instant, p: &Pike, src: &Source, msg: &Message) -> bool {
+        use crate::pike::{BanReason, Class, Verdict};
+        if msg
+            .get_named("User-Agent")
+            .is_some_and(|ua| p.is_scanner(ua))
+        {
+            Stats::inc(&self.stats.scanners_banned);
+            p.ban(now, src.addr.ip(), BanReason::Scanner);
+            return false;
+        }
+        let class = match msg.method() {
+            Some(Method::Register) => Class::Register,
+            Some(Method::Invite) => Class::Invite,
+            Some(Method::Options) => Class::Options,
+            _ => Class::Other,
+        };
+        let auth_on = self.registrar.as_ref().is_some_and(|r| r.config().auth);
+        match p.check(now, src.addr.ip(), class, auth_on) {
+            Verdict::Pass => true,
+            Verdict::Drop | Verdict::Banned => {
+                Stats::inc(&self.stats.rate_limited);
+                false
+            }
+        }
+    }
+
     /// True when `src` is a media server (a dispatcher destination) or in a trusted network.
     pub(super) fn is_trusted(&self, src: &Source) -> bool {
         self.router.is_destination(src.addr)
@@ -491,6 +528,9 @@ impl Proxy {
         match reg.authorize_call(now, src, msg, trusted) {
             CallAuth::Refuse(r) => return Err(r.into()),
             CallAuth::User(_) => {
+                if let Some(p) = &self.pike {
+                    p.authenticated(now, src.addr.ip());
+                }
                 // consume the credentials: the media server must not see them
                 for (i, h) in msg.headers().iter().enumerate() {
                     if h.name == HeaderName::ProxyAuthorization {
@@ -512,7 +552,9 @@ impl Proxy {
         } else {
             return Ok(UserRoute::Dispatch { strip });
         };
-        if !(trusted || (cfg.direct_user_calls && reg.knows(user, &domain, now))) {
+        // from outside, a user without a binding and a name that does not exist are alike:
+        // both go to the media servers (their answer, not ours, says what happens)
+        if !(trusted || (cfg.direct_user_calls && reg.is_registered(user, &domain, now))) {
             return Ok(UserRoute::Dispatch { strip });
         }
         let candidates = reg.lookup(user, &domain, now).map_err(Reject::from)?;
@@ -797,7 +839,7 @@ impl Proxy {
         let tag = self.local_tag(msg.call_id());
         out.push(Transmit {
             target: src.reply_target(),
-            data: local_response(&msg, 200, "OK", &tag, &[]),
+            data: local_response(&msg, 200, "OK", &tag, &[], &self.cfg.server),
             origin: None,
         });
         if !ctx.final_sent && !ctx.cancelled {
@@ -827,7 +869,7 @@ impl Proxy {
         let Ok(inv) = Message::parse_raw(b.request.clone()) else {
             return;
         };
-        let cancel = make_cancel(&inv);
+        let cancel = make_cancel(&inv, &self.cfg.server);
         b.cancel = Some(ClientNonInvite::new(
             now,
             cancel,

@@ -218,6 +218,7 @@ impl Proxy {
                     &via_host.to_string(),
                     b.target.transport.via_name(),
                     &branch,
+                    &self.cfg.server,
                 ) else {
                     return;
                 };
@@ -488,13 +489,23 @@ impl Proxy {
         (rr[last + 1..].join(", "), to_callee.join(", "))
     }
 
-    /// `<sip:HOST:PORT;lr>` naming one of our listeners (what we add when the transport
-    /// does not change).
+    /// `<sip:HOST:PORT;lr;sg=MAC>` naming one of our listeners (what we add when the
+    /// transport does not change; the MAC is not checked here, only the shape).
     fn is_plain_own_rr(&self, v: &str) -> bool {
-        v.strip_prefix("<sip:")
-            .and_then(|r| r.strip_suffix(";lr>"))
-            .and_then(|hp| hp.rsplit_once(':'))
-            .is_some_and(|(h, p)| p.parse().is_ok_and(|p| self.is_us_host(h, Some(p))))
+        let Some((hp, params)) = v
+            .strip_prefix("<sip:")
+            .and_then(|r| r.strip_suffix('>'))
+            .and_then(|r| r.split_once(';'))
+        else {
+            return false;
+        };
+        let signed = params
+            .strip_prefix("lr;sg=")
+            .is_some_and(|t| crate::mac::parse_tag(t).is_some());
+        (params == "lr" || signed)
+            && hp
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| p.parse().is_ok_and(|p| self.is_us_host(h, Some(p))))
     }
 
     pub(super) fn local_reply(&self, ctx: &Ctx, code: u16, reason: &str) -> Bytes {
@@ -505,7 +516,14 @@ impl Proxy {
             vec![]
         };
         match &ctx.req {
-            Some(req) => local_response(req, code, reason, &self.local_tag(req.call_id()), &extra),
+            Some(req) => local_response(
+                req,
+                code,
+                self.public_reason(code, reason),
+                &self.local_tag(req.call_id()),
+                &extra,
+                &self.cfg.server,
+            ),
             None => Bytes::new(),
         }
     }

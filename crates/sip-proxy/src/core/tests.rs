@@ -8,13 +8,13 @@ use super::*;
 use crate::config::Listener;
 use crate::router::RoundRobin;
 
-const UAC: &str = "127.0.0.1:5070";
+pub(super) const UAC: &str = "127.0.0.1:5070";
 
-fn addr(s: &str) -> SocketAddr {
+pub(super) fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn proxy(backends: &[&str]) -> Proxy {
+pub(super) fn proxy(backends: &[&str]) -> Proxy {
     let cfg = ProxyConfig {
         listeners: vec![
             Listener {
@@ -42,7 +42,7 @@ fn proxy(backends: &[&str]) -> Proxy {
     Proxy::new(cfg, Arc::new(RoundRobin::new(dests)))
 }
 
-fn udp(from: &str) -> Source {
+pub(super) fn udp(from: &str) -> Source {
     Source {
         transport: Transport::Udp,
         addr: addr(from),
@@ -50,17 +50,17 @@ fn udp(from: &str) -> Source {
     }
 }
 
-fn invite(call: &str) -> String {
+pub(super) fn invite(call: &str) -> String {
     format!("INVITE sip:svc@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{call};rport\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:svc@h>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:a@127.0.0.1:5070>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
 }
 
-fn parse(t: &Transmit) -> Message {
+pub(super) fn parse(t: &Transmit) -> Message {
     Message::parse(t.data.clone())
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&t.data)))
 }
 
 /// A response from the backend to the forwarded request `req`.
-fn answer(req: &Message, code: u16, to_tag: &str) -> Bytes {
+pub(super) fn answer(req: &Message, code: u16, to_tag: &str) -> Bytes {
     let mut s = format!("SIP/2.0 {code} X\r\n");
     for v in req.all(HeaderName::Via) {
         s.push_str(&format!("Via: {v}\r\n"));
@@ -73,7 +73,7 @@ fn answer(req: &Message, code: u16, to_tag: &str) -> Bytes {
 }
 
 /// Our Record-Route URI for a call as the proxy signs it (`user`: a flow token or empty).
-fn rr(p: &Proxy, call: &str, tag: &str, user: &str, rest: &str) -> String {
+pub(super) fn rr(p: &Proxy, call: &str, tag: &str, user: &str, rest: &str) -> String {
     let at = if user.is_empty() { "" } else { "@" };
     format!(
         "<sip:{user}{at}127.0.0.1:5060{rest};lr;sg={:016x}>",
@@ -81,7 +81,7 @@ fn rr(p: &Proxy, call: &str, tag: &str, user: &str, rest: &str) -> String {
     )
 }
 
-fn send(p: &Proxy, now: Instant, from: &str, msg: &str) -> Vec<Transmit> {
+pub(super) fn send(p: &Proxy, now: Instant, from: &str, msg: &str) -> Vec<Transmit> {
     let mut out = vec![];
     p.on_message(
         now,
@@ -247,7 +247,8 @@ fn cancel_for_unknown_transaction_gets_481() {
 
 #[test]
 fn silent_destinations_fail_over_then_503_names_the_set() {
-    let p = proxy(&["127.0.0.1:5080", "127.0.0.1:5082"]);
+    let mut p = proxy(&["127.0.0.1:5080", "127.0.0.1:5082"]);
+    p.cfg.detailed_reasons = true;
     let t0 = Instant::now();
     let out = send(&p, t0, UAC, &invite("c6"));
     assert_eq!(out[1].target.addr.port(), 5080);
@@ -697,18 +698,19 @@ fn cancel_during_failover_stops_it_and_answers_487() {
     assert_eq!(p.stats().failovers.load(Ordering::Relaxed), 0);
 }
 
-fn with_dialogs(p: Proxy, lifetime_s: u64, now: Instant) -> Proxy {
+pub(super) fn with_dialogs(p: Proxy, lifetime_s: u64, now: Instant) -> Proxy {
     p.with_dialogs(Arc::new(crate::dialog::Dialogs::new(
         crate::dialog::DialogConfig {
             lifetime: Duration::from_secs(lifetime_s),
             honour_session_expires: true,
+            ..Default::default()
         },
         (now, 1_800_000_000),
     )))
 }
 
 /// An in-dialog request from the caller along the Route the proxy signed for its call.
-fn dlg_req(
+pub(super) fn dlg_req(
     p: &Proxy,
     m: &str,
     call: &str,
@@ -722,7 +724,7 @@ fn dlg_req(
 }
 
 /// INVITE through the proxy answered 200 by the backend: the dialog exists.
-fn answered_call(p: &Proxy, now: Instant, call: &str) {
+pub(super) fn answered_call(p: &Proxy, now: Instant, call: &str) {
     let fwd = parse(&send(p, now, UAC, &invite(call))[1]);
     let mut o = vec![];
     p.on_message(now, udp("127.0.0.1:5080"), answer(&fwd, 180, "tt"), &mut o);
@@ -964,10 +966,10 @@ fn balanced_calls_are_counted_until_failure_or_bye_and_refused_when_full() {
     let full = send(&p, now, UAC, &invite("L3"));
     let r = parse(&full[0]);
     assert_eq!(r.status(), Some(503));
-    assert!(
-        r.reason().contains("no node with free pstn"),
-        "{}",
-        r.reason()
+    assert_eq!(
+        r.reason(),
+        "Service Unavailable",
+        "the balancer's groups are not the caller's business"
     );
     // call 1 is busy: its node is free again
     let busy_node = send(&p, now, UAC, &invite("L1")).len(); // retransmission, absorbed
@@ -992,139 +994,4 @@ fn balanced_calls_are_counted_until_failure_or_bye_and_refused_when_full() {
     send(&p, now, UAC, &bye);
     assert_eq!(used(), vec![0, 0], "released exactly once");
     assert_eq!(b.active_calls(), 0);
-}
-
-/// A request with a To tag and a Route naming the proxy, for a dialog the proxy never
-/// relayed, once went to whatever its Request-URI said: an open relay for MESSAGE, NOTIFY,
-/// INVITE, BYE, OPTIONS and ACK, with or without dialog tracking. Now: 403, relayed nowhere.
-#[test]
-fn forged_in_dialog_requests_are_relayed_nowhere() {
-    let now = Instant::now();
-    for tracking in [false, true] {
-        let p = proxy(&["127.0.0.1:5080"]);
-        let p = if tracking {
-            with_dialogs(p, 3600, now)
-        } else {
-            p
-        };
-        answered_call(&p, now, "real");
-        let victim = addr("127.0.0.1:9999");
-        let real_route = rr(&p, "real", "ft", "", "");
-        let routes = [
-            "<sip:127.0.0.1:5060;lr>".to_string(),
-            "<sip:127.0.0.1:5060;lr;sg=0123456789abcdef>".to_string(),
-            real_route.clone(), // signed, but for another call
-        ];
-        let mut n = 0;
-        for (i, route) in routes.iter().enumerate() {
-            for m in ["MESSAGE", "NOTIFY", "INVITE", "BYE", "OPTIONS", "ACK"] {
-                let req = format!("{m} sip:target@127.0.0.1:9999 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-f{i}{m}\r\nRoute: {route}\r\nFrom: <sip:attacker@evil.example>;tag=a{i}\r\nTo: <sip:target@127.0.0.1>;tag=b{i}\r\nCall-ID: forged-{i}\r\nCSeq: 7 {m}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
-                let o = send(&p, now, "127.0.0.1:6000", &req);
-                assert!(
-                    o.iter().all(|t| t.target.addr != victim),
-                    "{m} via {route} relayed (tracking {tracking})"
-                );
-                if m == "ACK" {
-                    assert!(o.is_empty());
-                } else {
-                    assert_eq!(o.len(), 1, "{m}");
-                    assert_eq!(parse(&o[0]).status(), Some(403), "{m}");
-                }
-                n += 1;
-            }
-        }
-        assert_eq!(p.stats().forged_routes.load(Ordering::Relaxed), n);
-        // the real call's own in-dialog requests still pass, in both directions
-        let o = send(
-            &p,
-            now,
-            UAC,
-            &dlg_req(&p, "MESSAGE", "real", 5, "m1", "ft", "tt"),
-        );
-        assert_eq!(
-            o[0].target.addr,
-            addr("127.0.0.1:5080"),
-            "tracking {tracking}"
-        );
-        let back = format!("INFO sip:a@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-i1\r\nRoute: {real_route}\r\nFrom: <sip:svc@h>;tag=tt\r\nTo: <sip:a@h>;tag=ft\r\nCall-ID: real\r\nCSeq: 1 INFO\r\nContent-Length: 0\r\n\r\n");
-        let o = send(&p, now, "127.0.0.1:5080", &back);
-        assert_eq!(
-            o[0].target.addr,
-            addr(UAC),
-            "callee to caller, tracking {tracking}"
-        );
-    }
-}
-
-/// With dialog tracking, a dialog the proxy knows is followed even when its Route lost
-/// the signature (a restart with a new secret): the table vouches for it.
-#[test]
-fn a_tracked_dialog_passes_without_a_signature() {
-    let now = Instant::now();
-    let p = with_dialogs(proxy(&["127.0.0.1:5080"]), 3600, now);
-    answered_call(&p, now, "kept");
-    let bye = dlg_req(&p, "BYE", "kept", 2, "b1", "ft", "tt")
-        .replace(&rr(&p, "kept", "ft", "", ""), "<sip:127.0.0.1:5060;lr>");
-    let o = send(&p, now, UAC, &bye);
-    assert_eq!(o[0].target.addr, addr("127.0.0.1:5080"));
-}
-
-/// Responses were matched by a branch whose ids count up from 1, from any address: anyone
-/// could end a live call with a forged 486. A branch now carries a MAC: a response whose
-/// branch lacks it or has another is dropped and counted, and the call goes on.
-#[test]
-fn forged_responses_cannot_end_a_call() {
-    let p = proxy(&["127.0.0.1:5080"]);
-    let now = Instant::now();
-    let fwd = parse(&send(&p, now, UAC, &invite("live"))[1]);
-    let branch = fwd.branch().unwrap().to_string();
-    let (ids, mac) = branch.rsplit_once('.').unwrap();
-    assert_eq!(mac.len(), 16);
-    let wrong_mac = format!("{ids}.{:016x}", u64::from_str_radix(mac, 16).unwrap() ^ 1);
-    for forged in [ids.to_string(), wrong_mac] {
-        let busy = String::from_utf8(answer(&fwd, 486, "x").to_vec())
-            .unwrap()
-            .replace(&branch, &forged);
-        let mut o = vec![];
-        p.on_message(now, udp("127.0.0.1:6666"), Bytes::from(busy), &mut o);
-        assert!(o.is_empty(), "{forged}: {o:?}");
-    }
-    assert_eq!(p.stats().forged_responses.load(Ordering::Relaxed), 2);
-    // the real answer still completes the call; from another address it is logged as such
-    let mut o = vec![];
-    p.on_message(now, udp("127.0.0.1:5081"), answer(&fwd, 200, "tt"), &mut o);
-    assert_eq!(parse(&o[0]).status(), Some(200));
-    assert_eq!(p.stats().foreign_sources.load(Ordering::Relaxed), 1);
-}
-
-#[test]
-fn probe_and_keepalive_branches_carry_their_own_mac() {
-    let p = proxy(&[]);
-    let mac = p.cfg.keys.tag_ids(crate::mac::Purpose::Probe, &[7]);
-    let good = format!("{PROBE_PREFIX}7.{mac:016x}");
-    assert_eq!(
-        p.our_id_branch(&good, PROBE_PREFIX, crate::mac::Purpose::Probe),
-        Some(7)
-    );
-    for bad in [
-        format!("{PROBE_PREFIX}7"),
-        format!("{PROBE_PREFIX}8.{mac:016x}"),
-        format!("{PROBE_PREFIX}7.{:016x}", mac ^ 4),
-    ] {
-        assert_eq!(
-            p.our_id_branch(&bad, PROBE_PREFIX, crate::mac::Purpose::Probe),
-            None,
-            "{bad}"
-        );
-    }
-    // a probe's MAC is no keepalive's
-    let as_keepalive = good.replace(PROBE_PREFIX, KEEPALIVE_PREFIX);
-    assert_eq!(
-        p.our_id_branch(
-            &as_keepalive,
-            KEEPALIVE_PREFIX,
-            crate::mac::Purpose::KeepAlive
-        ),
-        None
-    );
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sip_wire::auth::Algorithm;
 use sip_wire::{split_commas, HeaderName, Message, NameAddr, Scheme, Uri};
 
-pub use auth::{Credential, FailPolicy, Verdict};
+pub use auth::{Credential, FailOutcome, FailPolicy, Verdict};
 pub use location::{Binding, LocEvent};
 
 use crate::types::{Destination, Source, Target, Transport};
@@ -109,6 +109,12 @@ pub struct Reply {
     pub reason: String,
     pub extra: Vec<String>,
     pub delay: Option<Duration>,
+    /// Send nothing: the username is banned from this source.
+    pub drop: bool,
+    /// The sender guessed too much: the caller bans the whole source.
+    pub ban_source: bool,
+    /// The request carried valid credentials.
+    pub authenticated: bool,
 }
 
 fn reply(code: u16, reason: impl Into<String>) -> Reply {
@@ -117,6 +123,18 @@ fn reply(code: u16, reason: impl Into<String>) -> Reply {
         reason: reason.into(),
         extra: Vec::new(),
         delay: None,
+        drop: false,
+        ban_source: false,
+        authenticated: false,
+    }
+}
+
+impl Reply {
+    /// Applies what a counted failure leads to.
+    fn fail(mut self, o: FailOutcome) -> Reply {
+        self.delay = o.delay;
+        self.ban_source = o.ban_source;
+        self
     }
 }
 
@@ -251,7 +269,8 @@ pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
     (n <= max).then_some((ip, n))
 }
 
-fn in_cidr(ip: IpAddr, (net, bits): (IpAddr, u8)) -> bool {
+/// True when `ip` is in the network `net/bits`.
+pub fn in_cidr(ip: IpAddr, (net, bits): (IpAddr, u8)) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(b)) => {
             let m = if bits == 0 {
@@ -347,8 +366,19 @@ impl Registrar {
         self.cfg.trusted.iter().any(|n| in_cidr(ip, *n))
     }
 
-    pub fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
-        self.auth.is_banned(ip, now)
+    /// The usernames banned from a source: (source, username, time left).
+    pub fn user_bans(&self, now: Instant) -> Vec<(IpAddr, String, Duration)> {
+        self.auth.user_bans(now)
+    }
+
+    /// (wrong answers counted as guesses, credentials with a nonce not issued to their
+    /// sender).
+    pub fn auth_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.auth.failures.load(Relaxed),
+            self.auth.foreign_nonces.load(Relaxed),
+        )
     }
 
     // ----- subscribers ---------------------------------------------------------------
@@ -373,39 +403,48 @@ impl Registrar {
         self.auth.user_count()
     }
 
-    pub fn unban(&self, ip: IpAddr) -> bool {
-        self.auth.unban(ip)
+    /// Lifts the username bans of `ip` (one username, or all); true when there was one.
+    pub fn unban(&self, ip: IpAddr, user: Option<&str>) -> bool {
+        self.auth.unban(ip, user)
     }
 
     // ----- authentication --------------------------------------------------------------
 
-    /// Runs digest authentication of `msg` for `realm`; `proxy` selects 407 over 401.
+    /// Runs digest authentication of `msg` from `user` (the To user of a REGISTER, the From
+    /// user of a call) for `realm`; `proxy` selects 407 over 401. A username banned from this
+    /// source gets nothing at all.
     fn authenticate(
         &self,
         now: Instant,
         src: &Source,
         msg: &Message,
+        user: &str,
         realm: &str,
         proxy: bool,
     ) -> Result<String, Reply> {
+        let ip = src.addr.ip();
+        if self.auth.is_user_banned(ip, user, now) {
+            let mut r = reply(403, "Forbidden");
+            r.drop = true;
+            return Err(r);
+        }
         let unix = self.unix(now);
         let (code, base) = if proxy {
             (407, "Proxy Authentication Required")
         } else {
             (401, "Unauthorized")
         };
-        match self.auth.check(msg, proxy, realm, unix) {
+        match self.auth.check(msg, proxy, realm, unix, ip) {
             Verdict::Ok(user) => Ok(user),
             Verdict::Malformed(why) => {
-                let mut r = reply(400, format!("Bad Request ({why})"));
-                r.delay = self.auth.failed(src.addr.ip(), now);
-                Err(r)
+                Err(reply(400, format!("Bad Request ({why})"))
+                    .fail(self.auth.failed(ip, user, now)))
             }
             Verdict::Challenge { stale, reason } => {
                 let mut r = reply(code, format!("{base}{reason}"));
-                r.extra = self.auth.challenge(proxy, unix, realm, stale);
-                // a first request without credentials, or an expired / foreign nonce, is not
-                // a guess; a wrong answer or a replay is
+                r.extra = self.auth.challenge(proxy, unix, realm, stale, ip);
+                // a first request without credentials, an expired, used or foreign nonce is
+                // not a guess; a wrong answer to our nonce is
                 let had_credentials = msg
                     .get(if proxy {
                         HeaderName::ProxyAuthorization
@@ -414,7 +453,7 @@ impl Registrar {
                     })
                     .is_some();
                 if had_credentials && !stale && reason != " (nonce not issued here)" {
-                    r.delay = self.auth.failed(src.addr.ip(), now);
+                    r = r.fail(self.auth.failed(ip, user, now));
                 }
                 Err(r)
             }
@@ -444,16 +483,16 @@ impl Registrar {
                 _ => CallAuth::Refuse(reply(403, "Forbidden (relay denied)")),
             };
         }
-        match self.authenticate(now, src, msg, &domain, true) {
+        let claimed = from.uri.user.unwrap_or("");
+        match self.authenticate(now, src, msg, claimed, &domain, true) {
             Ok(user) if from.uri.user == Some(user.as_str()) => {
-                self.auth.succeeded(src.addr.ip());
+                self.auth.succeeded(src.addr.ip(), &user);
                 CallAuth::User(user)
             }
-            Ok(_) => {
-                let mut r = reply(403, "Forbidden (authenticated user does not match From)");
-                r.delay = self.auth.failed(src.addr.ip(), now);
-                CallAuth::Refuse(r)
-            }
+            Ok(_) => CallAuth::Refuse(
+                reply(403, "Forbidden (authenticated user does not match From)")
+                    .fail(self.auth.failed(src.addr.ip(), claimed, now)),
+            ),
             Err(r) => CallAuth::Refuse(r),
         }
     }
@@ -490,14 +529,17 @@ impl Registrar {
                 format!("Forbidden (domain {domain} is not served here)"),
             ));
         }
+        let mut authenticated = false;
         if self.cfg.auth && !trusted && !self.is_trusted_ip(src.addr.ip()) {
-            let authed = self.authenticate(now, src, msg, &domain, false)?;
+            let authed = self.authenticate(now, src, msg, user, &domain, false)?;
             if authed != user {
-                let mut r = reply(403, "Forbidden (authenticated user does not match To)");
-                r.delay = self.auth.failed(src.addr.ip(), now);
-                return Err(r);
+                return Err(
+                    reply(403, "Forbidden (authenticated user does not match To)")
+                        .fail(self.auth.failed(src.addr.ip(), user, now)),
+                );
             }
-            self.auth.succeeded(src.addr.ip());
+            self.auth.succeeded(src.addr.ip(), user);
+            authenticated = true;
         }
         let aor = format!("{user}@{domain}");
         let cseq = msg.cseq().map_err(|e| reply(400, e.reason()))?.seq;
@@ -625,6 +667,7 @@ impl Registrar {
         };
         self.queue(events);
         let mut r = reply(200, "OK");
+        r.authenticated = authenticated;
         r.extra = lines;
         if let Some(p) = &path {
             if msg
@@ -726,6 +769,12 @@ impl Registrar {
     }
 
     // ----- lookup ----------------------------------------------------------------------
+
+    /// True when `user@domain` has a live binding.
+    pub fn is_registered(&self, user: &str, domain: &str, now: Instant) -> bool {
+        self.loc
+            .contains(&format!("{user}@{}", domain.to_ascii_lowercase()), now)
+    }
 
     /// True when `user@domain` has live bindings or is a subscriber.
     pub fn knows(&self, user: &str, domain: &str, now: Instant) -> bool {

@@ -288,7 +288,13 @@ fn replayed_nc_is_refused_but_a_retransmission_gets_the_same_reply() {
     );
     let r = parse(&send(&p, now, "127.0.0.1:40000", &replay)[0]);
     assert_eq!(r.status(), Some(401));
-    assert!(r.reason().contains("replayed"), "{}", r.reason());
+    assert!(r.reason().contains("already used"), "{}", r.reason());
+    assert!(
+        r.get(HeaderName::WwwAuthenticate)
+            .unwrap()
+            .contains("stale=true"),
+        "a right answer to a used nonce: the client may answer the new one at once"
+    );
     assert_eq!(
         reg.show("alice@example.com", now)[0].cseq,
         2,
@@ -323,7 +329,13 @@ fn foreign_and_stale_nonces() {
         FailPolicy::default(),
     );
     let ch = other
-        .challenge(false, EPOCH_UNIX, "example.com", false)
+        .challenge(
+            false,
+            EPOCH_UNIX,
+            "example.com",
+            false,
+            "127.0.0.1".parse().unwrap(),
+        )
         .remove(0);
     let ch = ch.trim_start_matches("WWW-Authenticate: ");
     let auth = answer(ch, "alice", "secret1", "REGISTER", "sip:example.com", 1);
@@ -784,6 +796,8 @@ fn repeated_failures_are_slowed_then_banned() {
             slow_after: 1,
             ban_after: 3,
             ban_time: Duration::from_secs(100),
+            ban_after_users: 3,
+            ban_after_total: 50,
         };
     });
     let r1 = register_auth(&p, now, "alice", "bad", "<sip:alice@10.0.0.5>", 0, 1);
@@ -836,7 +850,12 @@ fn repeated_failures_are_slowed_then_banned() {
             &format!("Authorization: {auth}\r\n"),
         ),
     );
-    assert!(reg.is_banned("127.0.0.1".parse().unwrap(), now));
+    let bans = reg.user_bans(now);
+    assert_eq!(bans.len(), 1);
+    assert_eq!(
+        (bans[0].0.to_string(), bans[0].1.as_str()),
+        ("127.0.0.1".into(), "alice")
+    );
     assert!(send(
         &p,
         now,
@@ -844,6 +863,9 @@ fn repeated_failures_are_slowed_then_banned() {
         &register("alice", "h4", 8, "<sip:alice@10.0.0.5>", "")
     )
     .is_empty());
+    // bob, behind the same address, still registers: only alice is banned there
+    let r = register_auth(&p, now, "bob", "secret2", "<sip:bob@10.0.0.6>", 0, 10);
+    assert_eq!(r.status(), Some(200), "{}", r.reason());
     // the trusted network is never banned
     assert!(!send(&p, now, "127.0.0.9:5080", &invite_to("alice", "t1")).is_empty());
 }
@@ -1064,4 +1086,104 @@ fn a_tcp_contact_gets_crlf_keepalives_and_goes_when_its_connection_is_gone() {
     let mut o = vec![];
     p.on_transport_error(now, pings[0].origin.unwrap(), &mut o);
     assert!(reg.show("alice@example.com", now).is_empty());
+}
+
+/// Twelve forged packets carrying a victim's address once banned it for 300 s. A nonce is
+/// now good only from the address it was issued to: answers with a nonce issued to another
+/// address (or never issued) get a fresh challenge and count as nobody's guess.
+#[test]
+fn nonces_are_bound_to_the_client_address_and_forgeries_never_count() {
+    let (p, reg, now) = setup(|c| {
+        c.fail = FailPolicy {
+            slow_after: 1,
+            ban_after: 3,
+            ..FailPolicy::default()
+        };
+    });
+    // the attacker gets a nonce for its own address, then sends wrong answers as the victim
+    let out = send(
+        &p,
+        now,
+        "127.0.0.66:5060",
+        &register("alice", "x1", 1, "<sip:alice@10.0.0.5>", ""),
+    );
+    let ch = parse(&out[0])
+        .get(HeaderName::WwwAuthenticate)
+        .unwrap()
+        .to_string();
+    for i in 0..12 {
+        let auth = answer(&ch, "alice", "guess", "REGISTER", "sip:example.com", i + 1);
+        let out = send(
+            &p,
+            now,
+            "127.0.0.1:40000",
+            &register(
+                "alice",
+                &format!("f{i}"),
+                10 + i,
+                "<sip:alice@10.0.0.5>",
+                &format!("Authorization: {auth}\r\n"),
+            ),
+        );
+        let r = parse(&out[0]);
+        assert_eq!(r.status(), Some(401));
+        assert!(
+            r.reason().contains("nonce not issued here"),
+            "{}",
+            r.reason()
+        );
+    }
+    assert!(reg.user_bans(now).is_empty(), "the victim is not banned");
+    assert_eq!(reg.auth_counts(), (0, 12));
+    // and the victim still registers
+    let r = register_auth(&p, now, "alice", "secret1", "<sip:alice@10.0.0.5>", 0, 40);
+    assert_eq!(r.status(), Some(200));
+}
+
+/// A response without qop has no nonce count: before, it could be replayed until the nonce
+/// expired; now such a nonce serves one request.
+#[test]
+fn answers_without_qop_cannot_be_replayed() {
+    let (p, reg, now) = setup(|_| {});
+    let out = send(
+        &p,
+        now,
+        "127.0.0.1:40000",
+        &register("alice", "q1", 1, "<sip:alice@10.0.0.5>", ""),
+    );
+    let ch = parse(&out[0])
+        .get(HeaderName::WwwAuthenticate)
+        .unwrap()
+        .to_string();
+    let (realm, nonce) = (
+        param(&ch, "realm").to_string(),
+        param(&ch, "nonce").to_string(),
+    );
+    let h1 = ha1(Algorithm::Md5, "alice", &realm, "secret1");
+    let h2 = Algorithm::Md5.hash_colon(&[b"REGISTER", b"sip:example.com"]);
+    let resp = Algorithm::Md5.hash_colon(&[h1.as_bytes(), nonce.as_bytes(), h2.as_bytes()]);
+    let auth = format!("Authorization: Digest username=\"alice\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"sip:example.com\", response=\"{resp}\", algorithm=MD5\r\n");
+    let r = parse(
+        &send(
+            &p,
+            now,
+            "127.0.0.1:40000",
+            &register("alice", "q2", 2, "<sip:alice@10.0.0.5>", &auth),
+        )[0],
+    );
+    assert_eq!(r.status(), Some(200), "{}", r.reason());
+    let r = parse(
+        &send(
+            &p,
+            now,
+            "127.0.0.1:40000",
+            &register("alice", "q3", 3, "<sip:alice@10.0.0.7>", &auth),
+        )[0],
+    );
+    assert_eq!(r.status(), Some(401), "the replay");
+    assert_eq!(
+        reg.show("alice@example.com", now).len(),
+        1,
+        "the replay added nothing"
+    );
 }

@@ -1,0 +1,330 @@
+//! Scenario tests of the proxy's defences: forged in-dialog requests and responses, floods
+//! and scanners, what the proxy tells a stranger.
+
+use std::time::Duration;
+
+use super::tests::*;
+use super::*;
+
+/// A request with a To tag and a Route naming the proxy, for a dialog the proxy never
+/// relayed, once went to whatever its Request-URI said: an open relay for MESSAGE, NOTIFY,
+/// INVITE, BYE, OPTIONS and ACK, with or without dialog tracking. Now: 403, relayed nowhere.
+#[test]
+fn forged_in_dialog_requests_are_relayed_nowhere() {
+    let now = Instant::now();
+    for tracking in [false, true] {
+        let p = proxy(&["127.0.0.1:5080"]);
+        let p = if tracking {
+            with_dialogs(p, 3600, now)
+        } else {
+            p
+        };
+        answered_call(&p, now, "real");
+        let victim = addr("127.0.0.1:9999");
+        let real_route = rr(&p, "real", "ft", "", "");
+        let routes = [
+            "<sip:127.0.0.1:5060;lr>".to_string(),
+            "<sip:127.0.0.1:5060;lr;sg=0123456789abcdef>".to_string(),
+            real_route.clone(), // signed, but for another call
+        ];
+        let mut n = 0;
+        for (i, route) in routes.iter().enumerate() {
+            for m in ["MESSAGE", "NOTIFY", "INVITE", "BYE", "OPTIONS", "ACK"] {
+                let req = format!("{m} sip:target@127.0.0.1:9999 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-f{i}{m}\r\nRoute: {route}\r\nFrom: <sip:attacker@evil.example>;tag=a{i}\r\nTo: <sip:target@127.0.0.1>;tag=b{i}\r\nCall-ID: forged-{i}\r\nCSeq: 7 {m}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+                let o = send(&p, now, "127.0.0.1:6000", &req);
+                assert!(
+                    o.iter().all(|t| t.target.addr != victim),
+                    "{m} via {route} relayed (tracking {tracking})"
+                );
+                if m == "ACK" {
+                    assert!(o.is_empty());
+                } else {
+                    assert_eq!(o.len(), 1, "{m}");
+                    assert_eq!(parse(&o[0]).status(), Some(403), "{m}");
+                }
+                n += 1;
+            }
+        }
+        assert_eq!(p.stats().forged_routes.load(Ordering::Relaxed), n);
+        // the real call's own in-dialog requests still pass, in both directions
+        let o = send(
+            &p,
+            now,
+            UAC,
+            &dlg_req(&p, "MESSAGE", "real", 5, "m1", "ft", "tt"),
+        );
+        assert_eq!(
+            o[0].target.addr,
+            addr("127.0.0.1:5080"),
+            "tracking {tracking}"
+        );
+        let back = format!("INFO sip:a@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-i1\r\nRoute: {real_route}\r\nFrom: <sip:svc@h>;tag=tt\r\nTo: <sip:a@h>;tag=ft\r\nCall-ID: real\r\nCSeq: 1 INFO\r\nContent-Length: 0\r\n\r\n");
+        let o = send(&p, now, "127.0.0.1:5080", &back);
+        assert_eq!(
+            o[0].target.addr,
+            addr(UAC),
+            "callee to caller, tracking {tracking}"
+        );
+    }
+}
+
+/// With dialog tracking, a dialog the proxy knows is followed even when its Route lost
+/// the signature (a restart with a new secret): the table vouches for it.
+#[test]
+fn a_tracked_dialog_passes_without_a_signature() {
+    let now = Instant::now();
+    let p = with_dialogs(proxy(&["127.0.0.1:5080"]), 3600, now);
+    answered_call(&p, now, "kept");
+    let bye = dlg_req(&p, "BYE", "kept", 2, "b1", "ft", "tt")
+        .replace(&rr(&p, "kept", "ft", "", ""), "<sip:127.0.0.1:5060;lr>");
+    let o = send(&p, now, UAC, &bye);
+    assert_eq!(o[0].target.addr, addr("127.0.0.1:5080"));
+}
+
+/// Responses were matched by a branch whose ids count up from 1, from any address: anyone
+/// could end a live call with a forged 486. A branch now carries a MAC: a response whose
+/// branch lacks it or has another is dropped and counted, and the call goes on.
+#[test]
+fn forged_responses_cannot_end_a_call() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let now = Instant::now();
+    let fwd = parse(&send(&p, now, UAC, &invite("live"))[1]);
+    let branch = fwd.branch().unwrap().to_string();
+    let (ids, mac) = branch.rsplit_once('.').unwrap();
+    assert_eq!(mac.len(), 16);
+    let wrong_mac = format!("{ids}.{:016x}", u64::from_str_radix(mac, 16).unwrap() ^ 1);
+    for forged in [ids.to_string(), wrong_mac] {
+        let busy = String::from_utf8(answer(&fwd, 486, "x").to_vec())
+            .unwrap()
+            .replace(&branch, &forged);
+        let mut o = vec![];
+        p.on_message(now, udp("127.0.0.1:6666"), Bytes::from(busy), &mut o);
+        assert!(o.is_empty(), "{forged}: {o:?}");
+    }
+    assert_eq!(p.stats().forged_responses.load(Ordering::Relaxed), 2);
+    // the real answer still completes the call; from another address it is logged as such
+    let mut o = vec![];
+    p.on_message(now, udp("127.0.0.1:5081"), answer(&fwd, 200, "tt"), &mut o);
+    assert_eq!(parse(&o[0]).status(), Some(200));
+    assert_eq!(p.stats().foreign_sources.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn probe_and_keepalive_branches_carry_their_own_mac() {
+    let p = proxy(&[]);
+    let mac = p.cfg.keys.tag_ids(crate::mac::Purpose::Probe, &[7]);
+    let good = format!("{PROBE_PREFIX}7.{mac:016x}");
+    assert_eq!(
+        p.our_id_branch(&good, PROBE_PREFIX, crate::mac::Purpose::Probe),
+        Some(7)
+    );
+    for bad in [
+        format!("{PROBE_PREFIX}7"),
+        format!("{PROBE_PREFIX}8.{mac:016x}"),
+        format!("{PROBE_PREFIX}7.{:016x}", mac ^ 4),
+    ] {
+        assert_eq!(
+            p.our_id_branch(&bad, PROBE_PREFIX, crate::mac::Purpose::Probe),
+            None,
+            "{bad}"
+        );
+    }
+    // a probe's MAC is no keepalive's
+    let as_keepalive = good.replace(PROBE_PREFIX, KEEPALIVE_PREFIX);
+    assert_eq!(
+        p.our_id_branch(
+            &as_keepalive,
+            KEEPALIVE_PREFIX,
+            crate::mac::Purpose::KeepAlive
+        ),
+        None
+    );
+}
+
+fn options(call: &str, ua: &str) -> String {
+    format!("OPTIONS sip:svc@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:6000;branch=z9hG4bK-{call}\r\nFrom: <sip:x@h>;tag=f\r\nTo: <sip:svc@h>\r\nCall-ID: {call}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nUser-Agent: {ua}\r\nContent-Length: 0\r\n\r\n")
+}
+
+fn guarded(backends: &[&str], cfg: crate::pike::PikeConfig) -> Proxy {
+    proxy(backends).with_pike(Arc::new(Pike::new(cfg)))
+}
+
+/// One source flooding: its budget passes, the rest is dropped, and past the drop limit it
+/// is banned and its packets are dropped before they are parsed. Another source, and the
+/// media server, go on as before.
+#[test]
+fn a_flooding_source_is_dropped_then_banned_and_others_are_not() {
+    let p = guarded(
+        &["127.0.0.1:5080"],
+        crate::pike::PikeConfig {
+            options: crate::pike::Budget::per_second(10),
+            ban_after_drops: 50,
+            ..Default::default()
+        },
+    );
+    let now = Instant::now();
+    let mut answered = 0;
+    for i in 0..1000 {
+        answered += send(
+            &p,
+            now,
+            "127.0.0.2:6000",
+            &options(&format!("fl{i}"), "flood"),
+        )
+        .len();
+    }
+    assert_eq!(answered, 20, "the burst, relayed");
+    let pk = p.pike().unwrap();
+    assert!(pk.is_banned(now, "127.0.0.2".parse().unwrap()));
+    assert_eq!(p.stats().rate_limited.load(Ordering::Relaxed), 50);
+    assert_eq!(
+        p.stats().banned_dropped.load(Ordering::Relaxed),
+        1000 - 20 - 50
+    );
+    // a caller elsewhere is not affected
+    let o = send(&p, now, UAC, &invite("calm"));
+    assert_eq!(parse(&o[1]).method(), Some(Method::Invite));
+    // the ban is listed, and lifted by the operator
+    assert_eq!(pk.list(now)[0].reason, "flood");
+    assert!(pk.unban(now, "127.0.0.2".parse().unwrap()));
+    assert_eq!(
+        send(
+            &p,
+            now + Duration::from_secs(5),
+            "127.0.0.2:6000",
+            &options("again", "x")
+        )
+        .len(),
+        1
+    );
+}
+
+/// An allowed network (a carrier) is never limited, whatever it sends.
+#[test]
+fn allowed_networks_are_never_limited() {
+    let p = guarded(
+        &["127.0.0.1:5080"],
+        crate::pike::PikeConfig {
+            options: crate::pike::Budget::per_second(10),
+            ban_after_drops: 50,
+            allow: vec![("127.0.0.5".parse().unwrap(), 32)],
+            ..Default::default()
+        },
+    );
+    let now = Instant::now();
+    let relayed: usize = (0..500)
+        .map(|i| {
+            send(
+                &p,
+                now,
+                "127.0.0.5:6000",
+                &options(&format!("c{i}"), "carrier"),
+            )
+            .len()
+        })
+        .sum();
+    assert_eq!(relayed, 500);
+    assert!(p.pike().unwrap().list(now).is_empty());
+}
+
+/// A well-known scanner's first request bans its source.
+#[test]
+fn scanners_are_banned_at_their_first_request() {
+    let p = guarded(&["127.0.0.1:5080"], Default::default());
+    let now = Instant::now();
+    assert!(send(
+        &p,
+        now,
+        "127.0.0.2:6000",
+        &options("s1", "friendly-scanner")
+    )
+    .is_empty());
+    assert!(
+        send(&p, now, "127.0.0.2:6000", &options("s2", "Linphone")).is_empty(),
+        "banned"
+    );
+    assert_eq!(p.pike().unwrap().list(now)[0].reason, "scanner");
+    assert_eq!(p.stats().scanners_banned.load(Ordering::Relaxed), 1);
+}
+
+/// What the proxy writes itself carries no version (a scanner would pick its exploits by it).
+#[test]
+fn the_server_header_names_no_version() {
+    let p = proxy(&[]);
+    let o = send(&p, Instant::now(), UAC, &invite("nov"));
+    let r = parse(&o[0]);
+    assert_eq!(r.get_named("Server"), Some("switchboard"));
+    let mut q = proxy(&[]);
+    q.cfg.server = "".into();
+    let r = parse(&send(&q, Instant::now(), UAC, &invite("none"))[0]);
+    assert_eq!(r.get_named("Server"), None, "configurable, also away");
+}
+
+/// The reply cache (retransmissions of answered REGISTERs and challenges) is bounded: past
+/// its budget replies go out uncached.
+#[test]
+fn the_reply_cache_has_a_size_limit() {
+    use crate::registrar::{Registrar, RegistrarConfig};
+    let now = Instant::now();
+    let mut p = proxy(&["127.0.0.1:5080"]).with_registrar(Arc::new(Registrar::new(
+        RegistrarConfig {
+            domains: vec!["example.com".into()],
+            ..RegistrarConfig::default()
+        },
+        (now, 1_800_000_000),
+    )));
+    p.cfg.reply_cache_bytes = 20_000;
+    for i in 0..200 {
+        let reg = format!("REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.3:7000;branch=z9hG4bK-r{i}\r\nFrom: <sip:u{i}@example.com>;tag=f\r\nTo: <sip:u{i}@example.com>\r\nCall-ID: r{i}\r\nCSeq: 1 REGISTER\r\nContact: <sip:u@127.0.0.3:7000>\r\nContent-Length: 0\r\n\r\n");
+        let o = send(&p, now, "127.0.0.3:7000", &reg);
+        assert_eq!(parse(&o[0]).status(), Some(401));
+    }
+    assert!(p.reply_cache_bytes() <= 20_000, "{}", p.reply_cache_bytes());
+    assert!(p.stats().reply_cache_full.load(Ordering::Relaxed) > 100);
+    let mut o = vec![];
+    p.on_timers(now + Duration::from_secs(40), &mut o);
+    assert_eq!(
+        p.reply_cache_bytes(),
+        0,
+        "expired entries give their bytes back"
+    );
+}
+
+/// From outside, a subscriber without a binding and a name that does not exist get the
+/// same treatment (before: `480` for one, the media server for the other).
+#[test]
+fn callers_cannot_tell_subscribers_from_unknown_names() {
+    use crate::registrar::{Credential, Registrar, RegistrarConfig};
+    let now = Instant::now();
+    let reg = Arc::new(Registrar::new(
+        RegistrarConfig {
+            domains: vec!["example.com".into()],
+            auth: false,
+            ..RegistrarConfig::default()
+        },
+        (now, 1_800_000_000),
+    ));
+    reg.set_credential(
+        "alice",
+        "example.com",
+        Credential::from_password("alice", "example.com", "pw"),
+    );
+    let p = proxy(&["127.0.0.1:5080"]).with_registrar(reg);
+    let call = |user: &str| {
+        let inv = invite(user)
+            .replace("sip:svc@127.0.0.1:5060", &format!("sip:{user}@example.com"))
+            .replace("<sip:a@h>", "<sip:mallory@evil.example>");
+        let o = send(&p, now, "127.0.0.4:5070", &inv);
+        o.iter()
+            .map(|t| (t.target.addr, parse(t).status()))
+            .collect::<Vec<_>>()
+    };
+    let known = call("alice");
+    let unknown = call("nobody");
+    assert_eq!(known, unknown);
+    assert_eq!(
+        known[1],
+        (addr("127.0.0.1:5080"), None),
+        "both to the media server"
+    );
+}
