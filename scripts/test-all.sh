@@ -35,5 +35,6 @@ if [ -x target/release/switchboard ]; then
   step "end-to-end (SIPp): dialogs" tests/e2e/dialog.sh
   step "end-to-end (SIPp): resource balancer" tests/e2e/balancer.sh
   step "end-to-end (SIPp + stand-in event sockets): live FreeSWITCH load" tests/e2e/esl.sh
+  step "end-to-end (sipvicious, floods, hostile TCP peers, SIGTERM under load): hardening" tests/e2e/hardening.sh
 fi
 steps_summary

@@ -21,6 +21,8 @@ pub struct NetConfig {
     pub tcp_idle_timeout: Duration,
     /// Largest message accepted on a stream.
     pub max_message_size: usize,
+    /// The limits of stream connections.
+    pub tcp_limits: crate::conn::TcpLimits,
     /// Called by a network thread that has had nothing to receive for a while, at most once
     /// a second per thread (and by the timer thread once a second). The binary lets the
     /// allocator take back what other threads freed for this one (see `main.rs`).
@@ -52,12 +54,21 @@ pub struct Net {
     pub(crate) rt: tokio::runtime::Handle,
     pub(crate) cfg: NetConfig,
     stop: Arc<AtomicBool>,
+    /// Wakes the accept loops at shutdown.
+    stop_notify: Arc<tokio::sync::Notify>,
     threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Why connections were refused or closed.
+    pub tcp: crate::conn::TcpCounters,
+    /// One warning a second about limits at most.
+    limit_log_at: std::sync::atomic::AtomicU64,
+    limit_log_skipped: std::sync::atomic::AtomicU64,
+    started: Instant,
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    // no SO_REUSEADDR: on Linux it would let a second instance bind the same UDP port and
+    // silently take half the traffic
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
     s.bind(&addr.into())?;
@@ -84,15 +95,12 @@ impl Net {
         }
         let mut tcp = Vec::new();
         for a in &cfg.tcp {
-            let l = std::net::TcpListener::bind(a).map_err(|source| NetError::Bind {
-                transport: "tcp",
-                addr: *a,
-                source,
-            })?;
-            l.set_nonblocking(true).map_err(|source| NetError::Bind {
-                transport: "tcp",
-                addr: *a,
-                source,
+            let l = crate::conn::listen(*a, cfg.tcp_limits.backlog).map_err(|source| {
+                NetError::Bind {
+                    transport: "tcp",
+                    addr: *a,
+                    source,
+                }
             })?;
             tcp.push(l);
         }
@@ -104,7 +112,12 @@ impl Net {
             rt: rt.clone(),
             cfg,
             stop: Arc::new(AtomicBool::new(false)),
+            stop_notify: Arc::new(tokio::sync::Notify::new()),
             threads: Default::default(),
+            tcp: Default::default(),
+            limit_log_at: Default::default(),
+            limit_log_skipped: Default::default(),
+            started: Instant::now(),
         });
         let workers = if net.cfg.udp_workers == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -152,9 +165,26 @@ impl Net {
         self.stop.load(Ordering::Relaxed)
     }
 
-    /// Stops the threads and waits for them.
+    /// Wakes the accept loops when the transports stop.
+    pub(crate) fn stop_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.stop_notify.clone()
+    }
+
+    /// `Some(lines skipped)` when a warning about a limit may be logged (one a second).
+    pub(crate) fn limit_log(&self) -> Option<u64> {
+        let sec = self.started.elapsed().as_secs() + 1;
+        if self.limit_log_at.swap(sec, Ordering::Relaxed) == sec {
+            self.limit_log_skipped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.limit_log_skipped.swap(0, Ordering::Relaxed))
+    }
+
+    /// Stops the listeners, closes the connections, stops the threads and waits for them.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.stop_notify.notify_waiters();
+        self.conns.close_all();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {
             let _ = t.join();

@@ -12,4 +12,5 @@ mod conn;
 mod driver;
 pub mod supervise;
 
+pub use conn::{TcpCounters, TcpLimits};
 pub use driver::{Net, NetConfig, NetError};

@@ -499,6 +499,11 @@ impl Balancer {
         self.nodes().iter().any(|n| n.cfg.addr == addr)
     }
 
+    /// True when `ip` is a node's address, whatever the port.
+    pub fn is_node_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.nodes().iter().any(|n| n.cfg.addr.ip() == ip)
+    }
+
     /// The call is over (failed, cancelled, hung up, expired): uncount it, once, where it
     /// went and where it came from.
     pub fn release(&self, call_id: &str) {
@@ -702,6 +707,10 @@ impl crate::Router for CallRouter {
 
     fn is_destination(&self, addr: std::net::SocketAddr) -> bool {
         self.balancer.is_node(addr) || self.dispatcher.is_destination(addr)
+    }
+
+    fn is_destination_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.balancer.is_node_ip(ip) || self.dispatcher.is_destination_ip(ip)
     }
 }
 

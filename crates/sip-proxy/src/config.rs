@@ -44,6 +44,13 @@ pub struct ProxyConfig {
     /// Bytes the reply cache (replies to REGISTER and challenges, for retransmissions) may
     /// hold.
     pub reply_cache_bytes: usize,
+    /// Live transactions one source (not a media server or allowed network) may have; more
+    /// get `503` (0: no limit).
+    pub max_transactions_per_source: usize,
+    /// Header fields a message may have; more get `400`.
+    pub max_headers: usize,
+    /// Via entries a request may carry; more get `400`.
+    pub max_vias: usize,
 }
 
 impl Default for ProxyConfig {
@@ -62,6 +69,9 @@ impl Default for ProxyConfig {
             server: crate::build::SERVER.into(),
             detailed_reasons: false,
             reply_cache_bytes: 16 << 20,
+            max_transactions_per_source: 5000,
+            max_headers: 256,
+            max_vias: 32,
         }
     }
 }

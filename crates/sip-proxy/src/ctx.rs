@@ -181,6 +181,8 @@ pub(crate) struct Ctx {
     pub final_sent: bool,
     pub cancelled: bool,
     pub armed: Option<Instant>,
+    /// The source this context counts against (`max_transactions_per_source`).
+    pub counted: Option<std::net::IpAddr>,
 }
 
 impl Ctx {

@@ -1,6 +1,7 @@
 //! Flood and scan defence, what OpenSIPS and Kamailio users get from `pike` and `ratelimit`:
-//! a token bucket per source and kind of request (REGISTER, INVITE, OPTIONS, the rest, and
-//! a tighter one for sources that never authenticated while the registrar asks for it);
+//! a token bucket per source and kind of request (REGISTER, INVITE, OPTIONS, the rest, and a
+//! tighter one for the REGISTERs of sources that never authenticated while the registrar asks
+//! for credentials);
 //! a source that keeps going past its budget is banned, for twice as long each time it comes
 //! back (up to a maximum); well-known scanners are banned at their first request. IPv6
 //! sources are counted and banned by prefix (/64 by default): one host owns a whole /64.
@@ -48,7 +49,7 @@ pub struct PikeConfig {
     pub invite: Budget,
     pub options: Budget,
     pub other: Budget,
-    /// Every request of a source that has not authenticated, while authentication is on.
+    /// REGISTERs of a source that has not authenticated yet, while authentication is on.
     pub unauthenticated: Budget,
     /// Requests dropped over budget within a ban window that get the source banned.
     pub ban_after_drops: u32,
@@ -73,7 +74,7 @@ impl Default for PikeConfig {
             invite: Budget::per_second(100),
             options: Budget::per_second(20),
             other: Budget::per_second(300),
-            unauthenticated: Budget::per_second(30),
+            unauthenticated: Budget::per_second(10),
             ban_after_drops: 100,
             ban_time: Duration::from_secs(60),
             ban_max: Duration::from_secs(3600),
@@ -301,7 +302,9 @@ impl Pike {
                 Class::Other => (3, self.cfg.other),
             };
             let mut ok = s.buckets[i].take(now, b);
-            if ok && auth_on && s.authed_until.is_none_or(|t| t <= now) {
+            // REGISTERs of a source that never logged in: the guesses come from there
+            if ok && auth_on && class == Class::Register && s.authed_until.is_none_or(|t| t <= now)
+            {
                 ok = s.buckets[4].take(now, self.cfg.unauthenticated);
             }
             if ok {
@@ -558,6 +561,13 @@ mod tests {
             Verdict::Pass,
             "auth off: no tight budget"
         );
+        for _ in 0..50 {
+            assert_eq!(
+                p.check(t, a, Class::Invite, true),
+                Verdict::Pass,
+                "calls into our domains need no login: only REGISTERs are held"
+            );
+        }
         p.authenticated(t, a);
         assert_eq!(p.check(t, a, Class::Register, true), Verdict::Pass);
     }

@@ -71,6 +71,12 @@ pub trait Router: Send + Sync + 'static {
         false
     }
 
+    /// True when `ip` is the address of one of the router's destinations, whatever the port
+    /// (a media server sends from other ports too): the flood defence never limits or bans it.
+    fn is_destination_ip(&self, _ip: std::net::IpAddr) -> bool {
+        false
+    }
+
     /// A call whose dialog was restored after a restart: count it again where it went
     /// (`node`, the destination URI its dialog names) and where it came from (`from`, for
     /// calls counted on the node that sent them).

@@ -41,6 +41,7 @@ stats! {
     rate_limited: "requests dropped over their source's budget (flood defence)",
     scanners_banned: "requests from well-known scanners (their source banned at once)",
     reply_cache_full: "replies not cached for retransmissions: the cache was at its size limit",
+    transactions_refused: "requests refused with 503: their source had max_transactions_per_source live",
 }
 
 /// One counter value.

@@ -128,6 +128,52 @@ pub struct RawSip {
     pub max_message_size: usize,
     /// The SIP secret's file (default: switchboard.secret beside the database).
     pub secret_file: Option<String>,
+    #[serde(default = "d_max_headers")]
+    pub max_headers: usize,
+    #[serde(default = "d_max_vias")]
+    pub max_vias: usize,
+    #[serde(default = "d_max_txn")]
+    pub max_transactions_per_source: usize,
+    #[serde(default = "d_tcp_max")]
+    pub tcp_max_connections: usize,
+    #[serde(default = "d_tcp_per_ip")]
+    pub tcp_max_connections_per_ip: usize,
+    #[serde(default = "d_tcp_msg")]
+    pub tcp_message_timeout_s: u64,
+    #[serde(default = "d_tcp_queue")]
+    pub tcp_send_queue_kb: usize,
+    #[serde(default = "d_tcp_write")]
+    pub tcp_write_timeout_s: u64,
+    #[serde(default = "d_backlog")]
+    pub tcp_listen_backlog: u32,
+}
+
+fn d_max_headers() -> usize {
+    256
+}
+fn d_max_vias() -> usize {
+    32
+}
+fn d_max_txn() -> usize {
+    5000
+}
+fn d_tcp_max() -> usize {
+    20_000
+}
+fn d_tcp_per_ip() -> usize {
+    1000
+}
+fn d_tcp_msg() -> u64 {
+    10
+}
+fn d_tcp_queue() -> usize {
+    256
+}
+fn d_tcp_write() -> u64 {
+    10
+}
+fn d_backlog() -> u32 {
+    4096
 }
 
 fn default_listen() -> Vec<String> {
@@ -149,6 +195,15 @@ impl Default for RawSip {
             tcp_idle_timeout_s: default_tcp_idle(),
             max_message_size: default_max_message(),
             secret_file: None,
+            max_headers: d_max_headers(),
+            max_vias: d_max_vias(),
+            max_transactions_per_source: d_max_txn(),
+            tcp_max_connections: d_tcp_max(),
+            tcp_max_connections_per_ip: d_tcp_per_ip(),
+            tcp_message_timeout_s: d_tcp_msg(),
+            tcp_send_queue_kb: d_tcp_queue(),
+            tcp_write_timeout_s: d_tcp_write(),
+            tcp_listen_backlog: d_backlog(),
         }
     }
 }
@@ -284,6 +339,7 @@ pub struct Config {
     pub udp_workers: usize,
     pub tcp_idle_timeout: Duration,
     pub max_message_size: usize,
+    pub tcp_limits: net::TcpLimits,
     pub dispatcher: crate::dispatch_config::DispatcherSettings,
     pub default_set: i64,
     pub management: SocketAddr,
@@ -473,6 +529,52 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
             "must be between 1024 and 1048576",
         ));
     }
+    let sip = &raw.sip;
+    for (key, v, lo, hi) in [
+        ("sip.max_headers", sip.max_headers as u64, 16, 10_000),
+        ("sip.max_vias", sip.max_vias as u64, 2, 1000),
+        (
+            "sip.max_transactions_per_source",
+            sip.max_transactions_per_source as u64,
+            0,
+            10_000_000,
+        ),
+        (
+            "sip.tcp_max_connections",
+            sip.tcp_max_connections as u64,
+            1,
+            1_000_000,
+        ),
+        (
+            "sip.tcp_max_connections_per_ip",
+            sip.tcp_max_connections_per_ip as u64,
+            1,
+            1_000_000,
+        ),
+        (
+            "sip.tcp_message_timeout_s",
+            sip.tcp_message_timeout_s,
+            1,
+            3600,
+        ),
+        (
+            "sip.tcp_send_queue_kb",
+            sip.tcp_send_queue_kb as u64,
+            4,
+            1 << 20,
+        ),
+        ("sip.tcp_write_timeout_s", sip.tcp_write_timeout_s, 1, 3600),
+        (
+            "sip.tcp_listen_backlog",
+            sip.tcp_listen_backlog as u64,
+            16,
+            1 << 20,
+        ),
+    ] {
+        if !(lo..=hi).contains(&v) {
+            errors.push(err(key, v, format!("must be {lo}..={hi}")));
+        }
+    }
     let t = &raw.transactions;
     if t.t1_ms == 0 || t.t1_ms > 10_000 {
         errors.push(err("transactions.t1_ms", t.t1_ms, "must be 1..=10000"));
@@ -643,6 +745,9 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         server: security.server_header.as_str().into(),
         detailed_reasons: security.detailed_reasons,
         reply_cache_bytes: security.reply_cache_bytes,
+        max_transactions_per_source: raw.sip.max_transactions_per_source,
+        max_headers: raw.sip.max_headers,
+        max_vias: raw.sip.max_vias,
         ..ProxyConfig::default()
     };
     Ok(Config {
@@ -652,6 +757,14 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         udp_workers: raw.sip.udp_workers,
         tcp_idle_timeout: Duration::from_secs(raw.sip.tcp_idle_timeout_s.max(1)),
         max_message_size: raw.sip.max_message_size,
+        tcp_limits: net::TcpLimits {
+            max_connections: raw.sip.tcp_max_connections,
+            max_per_ip: raw.sip.tcp_max_connections_per_ip,
+            message_timeout: Duration::from_secs(raw.sip.tcp_message_timeout_s),
+            send_queue: raw.sip.tcp_send_queue_kb << 10,
+            write_timeout: Duration::from_secs(raw.sip.tcp_write_timeout_s),
+            backlog: raw.sip.tcp_listen_backlog,
+        },
         dispatcher,
         default_set,
         management,

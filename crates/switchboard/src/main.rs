@@ -153,8 +153,26 @@ fn salt() -> u64 {
     t ^ ((std::process::id() as u64) << 32)
 }
 
+/// Raises the open-file limit to its hard maximum: every TCP connection is a descriptor, and
+/// the usual soft limit of 1024 would refuse connections long before `tcp_max_connections`.
+fn raise_fd_limit() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: getrlimit/setrlimit read and write a plain struct owned here.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     no_huge_pages();
+    raise_fd_limit();
     net::supervise::install_panic_hook();
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -265,9 +283,13 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
+    // colour codes only on a terminal: a log file or journal gets plain text
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -413,10 +435,11 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         udp_workers: cfg.udp_workers,
         tcp_idle_timeout: cfg.tcp_idle_timeout,
         max_message_size: cfg.max_message_size,
+        tcp_limits: cfg.tcp_limits.clone(),
         idle_hook: Some(collect_freed),
     };
     let network = net::Net::start(proxy.clone(), net_cfg, rt.handle().clone())?;
-    let n2 = network.clone();
+    let (n2, n3) = (network.clone(), network.clone());
     let admin_state = Arc::new(admin::AdminState {
         proxy: proxy.clone(),
         token: mgmt_token,
@@ -428,7 +451,10 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
                 n2.connections() as u64,
             )]
         }),
-        extra_metrics: Box::new(move |out| metrics_text(&queues, out)),
+        extra_metrics: Box::new(move |out| {
+            metrics_text(&queues, out);
+            tcp_metrics(&n3.tcp, out);
+        }),
         dispatcher: Some(dispatcher.clone()),
         reload: Some(reload_fn(
             path.clone(),
@@ -579,6 +605,26 @@ fn metrics_text(queues: &[writers::Meter], out: &mut String) {
             "switchboard_write_queue_dropped_total{{table=\"{}\"}} {}",
             q.table,
             (q.dropped)()
+        );
+    }
+}
+
+/// Why TCP connections were refused or closed, per reason.
+fn tcp_metrics(c: &net::TcpCounters, out: &mut String) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    out.push_str("# HELP switchboard_tcp_closed_total TCP connections refused or closed by a limit, per reason\n# TYPE switchboard_tcp_closed_total counter\n");
+    for (reason, v) in [
+        ("refused", &c.refused),
+        ("idle", &c.idle),
+        ("slow_message", &c.slow),
+        ("peer_not_reading", &c.stalled),
+        ("framing", &c.framing),
+    ] {
+        let _ = writeln!(
+            out,
+            "switchboard_tcp_closed_total{{reason=\"{reason}\"}} {}",
+            v.load(Relaxed)
         );
     }
 }

@@ -62,7 +62,7 @@ fn d_other() -> u32 {
     300
 }
 fn d_unauth() -> u32 {
-    30
+    10
 }
 fn d_drops() -> u32 {
     100

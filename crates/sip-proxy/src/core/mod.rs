@@ -144,6 +144,8 @@ pub struct Proxy {
     pike: Option<Arc<Pike>>,
     /// Bytes held by the shards' reply caches (`answered`), bounded by the config.
     answered_bytes: AtomicUsize,
+    /// Live transactions per source (sources the flood defence counts).
+    per_source: Box<[Mutex<HashMap<IpAddr, u32>>]>,
 }
 
 fn hash64<T: Hash + ?Sized>(salt: u64, v: &T) -> u64 {
@@ -198,6 +200,7 @@ impl Proxy {
             log_limit: LogLimit::default(),
             pike: None,
             answered_bytes: AtomicUsize::new(0),
+            per_source: (0..16).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
 
@@ -210,6 +213,31 @@ impl Proxy {
     /// The flood and scan defence, when on.
     pub fn pike(&self) -> Option<&Arc<Pike>> {
         self.pike.as_ref()
+    }
+
+    /// Counts a new transaction of `key`'s source; false when it has its maximum.
+    fn count_source(&self, key: IpAddr) -> bool {
+        let max = self.cfg.max_transactions_per_source;
+        let i = (hash64(0, &key) % self.per_source.len() as u64) as usize;
+        let mut g = self.per_source[i].lock().unwrap_or_else(|p| p.into_inner());
+        let n = g.entry(key).or_insert(0);
+        if max > 0 && *n as usize >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A transaction of `key`'s source is over.
+    pub(super) fn uncount_source(&self, key: IpAddr) {
+        let i = (hash64(0, &key) % self.per_source.len() as u64) as usize;
+        let mut g = self.per_source[i].lock().unwrap_or_else(|p| p.into_inner());
+        if let std::collections::hash_map::Entry::Occupied(mut e) = g.entry(key) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 
     /// Bytes held by the reply cache.
@@ -461,11 +489,9 @@ impl Proxy {
 
     /// Handles one received message (a datagram, or one framed stream message).
     pub fn on_message(&self, now: Instant, src: Source, data: Bytes, out: &mut Vec<Transmit>) {
-        if self
-            .pike
-            .as_ref()
-            .is_some_and(|p| p.is_banned(now, src.addr.ip()))
-        {
+        if self.pike.as_ref().is_some_and(|p| {
+            p.is_banned(now, src.addr.ip()) && !self.router.is_destination_ip(src.addr.ip())
+        }) {
             Stats::inc(&self.stats.banned_dropped);
             return;
         }
@@ -761,7 +787,7 @@ impl Proxy {
         out: &mut Vec<Transmit>,
     ) {
         if let Some(p) = &self.pike {
-            if r.ban_source {
+            if r.ban_source && !self.pike_exempt(p, src) {
                 p.ban(now, src.addr.ip(), crate::pike::BanReason::Guessing);
             }
             if r.authenticated {

@@ -12,10 +12,31 @@ impl Proxy {
         out: &mut Vec<Transmit>,
     ) {
         Stats::inc(&self.stats.rcv_requests);
+        // the source whose transactions are counted (none: exempt, or no flood defence)
+        let mut counted = None;
         if let Some(p) = &self.pike {
-            if !self.pike_exempt(p, &src) && !self.pike_pass(now, p, &src, &msg) {
-                return;
+            if !self.pike_exempt(p, &src) {
+                if !self.pike_pass(now, p, &src, &msg) {
+                    return;
+                }
+                counted = Some(p.key(src.addr.ip()));
             }
+        }
+        if msg.headers().len() > self.cfg.max_headers {
+            return self.reply_stateless(
+                &src,
+                &msg,
+                reject(400, "Bad Request (too many header fields)"),
+                out,
+            );
+        }
+        if msg.vias().nth(self.cfg.max_vias).is_some() {
+            return self.reply_stateless(
+                &src,
+                &msg,
+                reject(400, "Bad Request (too many Via entries)"),
+                out,
+            );
         }
         let Ok(key) = server_key(&msg) else {
             return self.reply_stateless(&src, &msg, reject(400, "Bad Request (Via)"), out);
@@ -101,6 +122,17 @@ impl Proxy {
                 }
             }
         }
+        if let Some(k) = counted {
+            if !self.count_source(k) {
+                Stats::inc(&self.stats.transactions_refused);
+                let mut r = reject(
+                    503,
+                    "Service Unavailable (too many transactions from this source)",
+                );
+                r.extra.push("Retry-After: 10".into());
+                return self.reply_stateless(&src, &msg, r, out);
+            }
+        }
         if invite && !in_dialog {
             self.router.on_call_from(msg.call_id(), src.addr);
         }
@@ -129,6 +161,7 @@ impl Proxy {
             final_sent: false,
             cancelled: false,
             armed: None,
+            counted,
         };
         if invite {
             let trying = ctx
@@ -398,10 +431,10 @@ impl Proxy {
     }
 
     /// Media servers, trusted and allowed networks are never limited or banned.
-    fn pike_exempt(&self, p: &Pike, src: &Source) -> bool {
+    pub(super) fn pike_exempt(&self, p: &Pike, src: &Source) -> bool {
         let ip = src.addr.ip();
         p.is_allowed(ip)
-            || self.router.is_destination(src.addr)
+            || self.router.is_destination_ip(ip)
             || self.registrar.as_ref().is_some_and(|r| r.is_trusted_ip(ip))
     }
 

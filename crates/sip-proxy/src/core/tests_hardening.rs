@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+use std::net::IpAddr;
+
+use crate::router::RoundRobin;
+
 use super::tests::*;
 use super::*;
 
@@ -326,5 +330,137 @@ fn callers_cannot_tell_subscribers_from_unknown_names() {
         known[1],
         (addr("127.0.0.1:5080"), None),
         "both to the media server"
+    );
+}
+
+/// A source may hold so many live transactions; past it, 503 with Retry-After, and the
+/// count falls as its transactions end.
+#[test]
+fn live_transactions_per_source_are_bounded() {
+    let mut p = guarded(&["127.0.0.1:5080"], Default::default());
+    p.cfg.max_transactions_per_source = 3;
+    let now = Instant::now();
+    for i in 0..3 {
+        let o = send(&p, now, "127.0.0.6:5070", &invite(&format!("t{i}")));
+        assert_eq!(o.len(), 2, "100 Trying and the relay");
+    }
+    let o = send(&p, now, "127.0.0.6:5070", &invite("t3"));
+    let r = parse(&o[0]);
+    assert_eq!(r.status(), Some(503));
+    assert_eq!(r.get_other("Retry-After"), Some("10"));
+    assert_eq!(p.stats().transactions_refused.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        send(&p, now, UAC, &invite("other")).len(),
+        2,
+        "another source is not counted with it"
+    );
+    // the three time out (Timer B / 408 and the contexts' end): room again
+    let mut o = vec![];
+    p.on_timers(now + Duration::from_secs(40), &mut o);
+    p.on_timers(now + Duration::from_secs(80), &mut o);
+    assert_eq!(
+        send(
+            &p,
+            now + Duration::from_secs(80),
+            "127.0.0.6:5070",
+            &invite("t4")
+        )
+        .len(),
+        2
+    );
+}
+
+/// Header fields and Via entries are bounded: a request past either gets 400 and no state.
+#[test]
+fn header_count_and_via_depth_are_bounded() {
+    let p = proxy(&["127.0.0.1:5080"]);
+    let now = Instant::now();
+    let many: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let o = send(
+        &p,
+        now,
+        UAC,
+        &invite("hdr").replace(
+            "Max-Forwards: 70\r\n",
+            &format!("Max-Forwards: 70\r\n{many}"),
+        ),
+    );
+    assert_eq!(parse(&o[0]).status(), Some(400));
+    assert!(parse(&o[0]).reason().contains("header fields"));
+    let vias: String = (0..40)
+        .map(|i| format!("Via: SIP/2.0/UDP 10.0.0.{i};branch=z9hG4bK{i}\r\n"))
+        .collect();
+    let o = send(
+        &p,
+        now,
+        UAC,
+        &invite("via").replace(
+            "Max-Forwards: 70\r\n",
+            &format!("Max-Forwards: 70\r\n{vias}"),
+        ),
+    );
+    assert_eq!(parse(&o[0]).status(), Some(400));
+    assert!(parse(&o[0]).reason().contains("Via"));
+    assert_eq!(p.active_contexts(), 0);
+}
+
+/// A router whose destinations are the media servers at 127.0.0.1.
+struct MediaServers(RoundRobin);
+
+impl Router for MediaServers {
+    fn select(&self, req: &Message, out: &mut Vec<Destination>) {
+        self.0.select(req, out)
+    }
+    fn is_destination_ip(&self, ip: IpAddr) -> bool {
+        ip == IpAddr::from([127, 0, 0, 1])
+    }
+}
+
+/// A media server's address is never limited, banned or dropped, whatever port it sends
+/// from: a scanner that happens to share it (or a ban an operator set) cannot cut the
+/// replies of calls in progress.
+#[test]
+fn media_servers_are_never_dropped_by_the_flood_defence() {
+    let dest = Destination {
+        uri: "sip:127.0.0.1:5080".into(),
+        transport: Transport::Udp,
+        addr: addr("127.0.0.1:5080"),
+        flow: None,
+        node: None,
+        route: None,
+    };
+    let pk = Arc::new(Pike::new(crate::pike::PikeConfig {
+        options: crate::pike::Budget::per_second(1),
+        ..Default::default()
+    }));
+    let p = Proxy::new(
+        proxy(&[]).cfg.clone(),
+        Arc::new(MediaServers(RoundRobin::new(vec![dest]))),
+    )
+    .with_pike(pk.clone());
+    let now = Instant::now();
+    let fwd = parse(&send(&p, now, UAC, &invite("ms1"))[1]);
+    pk.ban_for(now, "127.0.0.1".parse().unwrap(), Duration::from_secs(60));
+    let mut o = vec![];
+    p.on_message(now, udp("127.0.0.1:5080"), answer(&fwd, 200, "tt"), &mut o);
+    assert_eq!(
+        parse(&o[0]).status(),
+        Some(200),
+        "the media server's answer went through"
+    );
+    let relayed: usize = (0..50)
+        .map(|i| {
+            send(
+                &p,
+                now,
+                "127.0.0.1:5099",
+                &options(&format!("m{i}"), "FreeSWITCH"),
+            )
+            .len()
+        })
+        .sum();
+    assert_eq!(
+        relayed, 50,
+        "from another port of its address: not limited either"
     );
 }

@@ -61,6 +61,9 @@ impl Proxy {
                 if shard.by_key.get(&ctx.key) == Some(&id) {
                     shard.by_key.remove(&ctx.key);
                 }
+                if let Some(k) = ctx.counted {
+                    self.uncount_source(k);
+                }
             }
             return;
         }

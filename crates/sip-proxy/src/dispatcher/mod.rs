@@ -377,6 +377,13 @@ impl Router for Dispatcher {
             .any(|s| s.dests.iter().any(|d| d.cfg.addr == addr))
     }
 
+    fn is_destination_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.table()
+            .sets
+            .iter()
+            .any(|s| s.dests.iter().any(|d| d.cfg.addr.ip() == ip))
+    }
+
     fn on_branch_result(&self, dest: &Destination, ok: bool) {
         if let Some(n) = &dest.node {
             self.feedback(
