@@ -368,8 +368,10 @@ fn run_conn(net: Arc<Net>, s: TcpStream, peer: SocketAddr, accepted: bool) -> Op
     };
     tokio::spawn(async move {
         crate::supervise::catching("tcp-connection", reader).await;
-        h.close.notify_one();
+        // out of the table and the last sender dropped: the writer sends what is queued (a
+        // final 400 or 513, within the write timeout) and then closes
         net2.conns.remove(flow);
+        drop(h);
     });
     Some(flow)
 }

@@ -105,6 +105,9 @@ pub(crate) struct Branch {
     pub silence_deadline: Option<Instant>,
     /// No final response by then (Timer C): cancel the branch.
     pub final_deadline: Option<Instant>,
+    /// A CANCEL went out: if no final response comes by then (64·T1), the INVITE client
+    /// transaction is destroyed (RFC 3261 §9.1), so a callee that never answers leaks nothing.
+    pub abandon_at: Option<Instant>,
 }
 
 impl Branch {
@@ -117,6 +120,9 @@ impl Branch {
         };
         take(self.cancel.as_ref().and_then(|c| c.poll_timeout()));
         take(self.bye.as_ref().and_then(|c| c.poll_timeout()));
+        if !self.txn.is_terminated() {
+            take(self.abandon_at);
+        }
         if !self.done {
             if !self.provisional {
                 take(self.silence_deadline);

@@ -23,6 +23,8 @@ pub mod pike;
 mod ratelog;
 pub mod registrar;
 mod router;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod sequences;
 mod stats;
 mod types;
 

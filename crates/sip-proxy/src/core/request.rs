@@ -700,6 +700,7 @@ impl Proxy {
                 bye: None,
                 silence_deadline: ctx.fast_failover.then(|| now + self.cfg.branch_timeout),
                 final_deadline,
+                abandon_at: None,
             });
             Stats::inc(&self.stats.fwd_requests);
             if ctx.invite && ctx.fast_failover && !ctx.plan.ruri_from_dest {
@@ -910,6 +911,7 @@ impl Proxy {
             self.cfg.timers,
         ));
         b.cancel_pending = false;
+        b.abandon_at = Some(now + self.cfg.timers.t1 * 64);
         self.flush_branch(ctx, i, out);
     }
 }

@@ -21,6 +21,20 @@ impl Proxy {
             }
             self.flush_branch(ctx, i, out);
             let b = &mut ctx.branches[i];
+            if b.abandon_at.is_some_and(|d| d <= now) && !b.txn.is_terminated() {
+                // cancelled 64·T1 ago and still no final response (§9.1): give it up
+                tracing::debug!(destination = %b.dest.uri, "no final response after CANCEL: transaction destroyed");
+                b.txn.terminate();
+                b.abandon_at = None;
+                if !b.done {
+                    b.done = true;
+                    if ctx.best.is_none() {
+                        ctx.fallback = (408, "Request Timeout".into());
+                    }
+                    self.finalize(now, ctx, out);
+                }
+                continue;
+            }
             if b.done {
                 continue;
             }
