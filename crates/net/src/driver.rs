@@ -267,13 +267,14 @@ impl Net {
         for t in out.drain(..) {
             match t.target.transport {
                 Transport::Udp => {
+                    // the socket of the destination's address family (known from the bind
+                    // addresses: no getsockname per datagram)
                     let sock = self
                         .udp
                         .iter()
-                        .find(|s| {
-                            s.local_addr()
-                                .is_ok_and(|l| l.is_ipv4() == t.target.addr.is_ipv4())
-                        })
+                        .zip(&self.cfg.udp)
+                        .find(|(_, a)| a.is_ipv4() == t.target.addr.is_ipv4())
+                        .map(|(s, _)| s)
                         .or(self.udp.first());
                     let ok = sock.is_some_and(|s| s.send_to(&t.data, t.target.addr).is_ok());
                     if !ok {

@@ -37,8 +37,9 @@ fn reply(req: &Message, code: u16, reason: &str, body: bool) -> Bytes {
     Bytes::from(s)
 }
 
-fn in_dialog(method: &str, n: u64, seq: u32) -> Bytes {
-    Bytes::from(format!("{method} sip:127.0.0.1:5080;transport=UDP SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{n}-{seq}\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nFrom: sipp <sip:sipp@127.0.0.1:5070>;tag={n}SIPpTag00\r\nTo: service <sip:service@127.0.0.1:5060>;tag=uas1\r\nCall-ID: {n}-4242@127.0.0.1\r\nCSeq: {seq} {method}\r\nContact: sip:sipp@127.0.0.1:5070\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"))
+/// An in-dialog request along `route`, the (signed) Record-Route of the call, as SIPp sends it.
+fn in_dialog(method: &str, n: u64, seq: u32, route: &str) -> Bytes {
+    Bytes::from(format!("{method} sip:127.0.0.1:5080;transport=UDP SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{n}-{seq}\r\nRoute: {route}\r\nFrom: sipp <sip:sipp@127.0.0.1:5070>;tag={n}SIPpTag00\r\nTo: service <sip:service@127.0.0.1:5060>;tag=uas1\r\nCall-ID: {n}-4242@127.0.0.1\r\nCSeq: {seq} {method}\r\nContact: sip:sipp@127.0.0.1:5070\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"))
 }
 
 fn bench(c: &mut Criterion) {
@@ -72,7 +73,37 @@ fn bench(c: &mut Criterion) {
     let cdrs = Arc::new(Cdrs::default());
     let acc = plain().with_dialogs(dialogs()).with_cdrs(cdrs.clone());
     one_call(c, "core_one_call_dialog_acc", acc, Some(cdrs));
+    // the flood defence on and counting the caller (not allowed), budgets above the rate
+    let pike = sip_proxy::pike::PikeConfig {
+        invite: sip_proxy::pike::Budget::per_second(1_000_000),
+        other: sip_proxy::pike::Budget::per_second(1_000_000),
+        ..Default::default()
+    };
+    // the per-source transaction count runs too (~64k live from the one caller)
+    let counted = ProxyConfig {
+        max_transactions_per_source: 1_000_000,
+        ..cfg.clone()
+    };
+    let guarded = Proxy::new(counted, Arc::new(RoundRobin::new(dests.clone())))
+        .with_pike(Arc::new(sip_proxy::pike::Pike::new(pike)));
+    one_call(c, "core_one_call_pike", guarded, None);
     dialog_table(c, dialogs());
+    let keys = sip_proxy::mac::Keys::new(&[7; 16]);
+    c.bench_function("mac_branch_tag", |b| {
+        let mut id = 0u64;
+        b.iter(|| {
+            id += 1;
+            keys.tag_ids(sip_proxy::mac::Purpose::Branch, &[id, 0, 0x1234_5678])
+        })
+    });
+    c.bench_function("mac_record_route_signature", |b| {
+        b.iter(|| {
+            keys.tag(
+                sip_proxy::mac::Purpose::RecordRoute,
+                &[b"1234-4242@127.0.0.1", b"1234SIPpTag00", b""],
+            )
+        })
+    });
 }
 
 /// The dialog table alone, per call: early dialog on 180, confirmed on 200, the BYE
@@ -164,12 +195,14 @@ fn one_call(c: &mut Criterion, name: &str, p: Proxy, cdrs: Option<Arc<Cdrs>>) {
             out.clear();
             p.on_message(now, uac, invite(n), &mut out);
             let fwd = Message::parse(out[1].data.clone()).unwrap();
+            let route = fwd.get(HeaderName::RecordRoute).unwrap_or("").to_string();
             p.on_message(now, uas, reply(&fwd, 180, "Ringing", false), &mut out);
             p.on_message(now, uas, reply(&fwd, 200, "OK", true), &mut out);
-            p.on_message(now, uac, in_dialog("ACK", n, 1), &mut out);
+            p.on_message(now, uac, in_dialog("ACK", n, 1, &route), &mut out);
             out.clear();
-            p.on_message(now, uac, in_dialog("BYE", n, 2), &mut out);
+            p.on_message(now, uac, in_dialog("BYE", n, 2, &route), &mut out);
             let bye = Message::parse(out[0].data.clone()).unwrap();
+            assert!(bye.is_request(), "the BYE is relayed");
             p.on_message(now, uas, reply(&bye, 200, "OK", false), &mut out);
             if n.is_multiple_of(64) {
                 p.on_timers(now, &mut out);

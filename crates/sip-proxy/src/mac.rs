@@ -127,23 +127,30 @@ impl SipHash24 {
 
     fn write(&mut self, mut bytes: &[u8]) {
         self.len += bytes.len();
-        while !bytes.is_empty() {
-            if self.ntail == 0 && bytes.len() >= 8 {
-                let (w, rest) = bytes.split_at(8);
-                self.compress(u64::from_le_bytes(w.try_into().unwrap_or_default()));
-                bytes = rest;
-                continue;
+        if self.ntail > 0 {
+            // complete the word begun by the last write
+            let take = (8 - self.ntail).min(bytes.len());
+            for (i, b) in bytes[..take].iter().enumerate() {
+                self.tail |= u64::from(*b) << (8 * (self.ntail + i));
             }
-            self.tail |= u64::from(bytes[0]) << (8 * self.ntail);
-            self.ntail += 1;
-            bytes = &bytes[1..];
-            if self.ntail == 8 {
-                let m = self.tail;
-                self.compress(m);
-                self.tail = 0;
-                self.ntail = 0;
+            self.ntail += take;
+            bytes = &bytes[take..];
+            if self.ntail < 8 {
+                return;
             }
+            let m = self.tail;
+            self.compress(m);
+            self.tail = 0;
+            self.ntail = 0;
         }
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.compress(u64::from_le_bytes(w.try_into().unwrap_or_default()));
+        }
+        for (i, b) in words.remainder().iter().enumerate() {
+            self.tail |= u64::from(*b) << (8 * i);
+        }
+        self.ntail = words.remainder().len();
     }
 
     fn finish(mut self) -> u64 {

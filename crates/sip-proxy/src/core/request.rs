@@ -30,7 +30,7 @@ impl Proxy {
                 out,
             );
         }
-        if msg.vias().nth(self.cfg.max_vias).is_some() {
+        if too_many_vias(&msg, self.cfg.max_vias) {
             return self.reply_stateless(
                 &src,
                 &msg,
@@ -914,6 +914,21 @@ impl Proxy {
         b.abandon_at = Some(now + self.cfg.timers.t1 * 64);
         self.flush_branch(ctx, i, out);
     }
+}
+
+/// True when the Via entries (header lines and comma-separated values, counted without
+/// parsing them) are more than `max`.
+fn too_many_vias(msg: &Message, max: usize) -> bool {
+    let mut n = 0;
+    for h in msg.headers() {
+        if h.name == HeaderName::Via {
+            n += 1 + msg.value(h).bytes().filter(|&b| b == b',').count();
+            if n > max {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// The replacement for the first Via line when the sender's Via needs `received`/`rport`.
