@@ -109,7 +109,7 @@ banned=$(bans_json | python3 -c "import json,sys; d=json.load(sys.stdin); print(
 result "svcrack: banned after a few guesses, the password (20th) never found" $? "guesses=$guesses bans=$banned"
 
 # ---- guessing one account does not lock out another user at the same address ------------
-cli subscriber add 200@127.0.0.1 --password pw-200 >/dev/null
+echo pw-200 | cli subscriber add 200@127.0.0.1 --password - >/dev/null   # the password from stdin
 g=$($H guess $P 127.0.0.24 100 wrong 10)
 r=$($H register $P 127.0.0.24 200 pw-200); rc=$?
 [ $rc = 0 ]; result "ten wrong passwords for 100: 200 at the same address still registers" $? "$g; 200: $r"
@@ -133,6 +133,21 @@ flood_ban=$(bans_json | python3 -c "import json,sys; print(','.join(b['reason'] 
 [ "$ok" = 250 ] && [ "$failed" = 0 ] && [ "$flood_ban" = flood ] && [ $((peak - rss0)) -lt 51200 ]
 result "flood of 20,000/s for 10 s: caller loses no call, flooder banned, RSS bounded" $? \
   "$(cat "$WORK/flood.out"); calls ok=$ok failed=$failed; ban=$flood_ban; rss ${rss0}->${peak}->${rss1} kB"
+
+# ---- 20,000/s REGISTERs with forged nonces, the flood defence off: the reply cache's cap ---
+config '[registrar]
+domains = ["127.0.0.1"]
+[security]
+flood_defence = false
+reply_cache_mb = 4'
+restart
+rss0=$(rss_kb)
+r=$($H forged $P 127.0.0.2 20000 10); rss1=$(rss_kb)
+cache=$(metric switchboard_reply_cache_bytes); full=$(metric switchboard_reply_cache_full_total)
+foreign=$(metric switchboard_auth_foreign_nonces_total)
+[ "${cache:-99999999}" -le $((4 << 20)) ] && [ "${full:-0}" -gt 0 ] && [ $((rss1 - rss0)) -lt 40960 ] && [ "${foreign:-0}" -gt 10000 ]
+result "20,000/s forged-nonce REGISTERs: answered cheaply, reply cache at its cap, RSS bounded" $? \
+  "$r; cache=${cache}B full=${full} foreign_nonces=${foreign} rss ${rss0}->${rss1} kB"
 
 # ---- hostile TCP peers ---------------------------------------------------------------------
 config '[security]

@@ -5,6 +5,7 @@ in count and time. Each case prints one line `key=value ...` and exits 0 when it
   hostile.py guess  PORT SRC USER PASSWORD N     REGISTER N times with a wrong password
   hostile.py register PORT SRC USER PASSWORD     one REGISTER with the right one (exit 0 on 200)
   hostile.py flood  PORT SRC RATE SECONDS        OPTIONS at RATE/s from SRC
+  hostile.py forged PORT SRC RATE SECONDS        REGISTERs with a forged nonce at RATE/s
   hostile.py tcp-idle PORT SRC N HOLD            N idle connections held HOLD seconds
   hostile.py tcp-burst PORT SRC N                N connects at once: how many complete
   hostile.py tcp-slow PORT SRC                   a byte a second: when is it closed
@@ -92,7 +93,7 @@ def main():
         code = attempt(s, port, src, a[0], a[1], "ok")
         print(f"status={code}")
         sys.exit(0 if code == 200 else 1)
-    elif case == "flood":
+    elif case in ("flood", "forged"):
         rate, secs = int(a[0]), float(a[1])
         s = udp(src, 0.001)
         s.setblocking(False)
@@ -100,9 +101,14 @@ def main():
         while time.time() - t0 < secs and sent < rate * secs * 1.05:
             due = int((time.time() - t0) * rate)
             while sent < due:
-                m = (f"OPTIONS sip:x@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {src}:9;branch=z9hG4bKfl{sent}\r\n"
-                     f"From: <sip:f@{src}>;tag=f\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: fl{sent}\r\n"
-                     f"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+                if case == "flood":
+                    m = (f"OPTIONS sip:x@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {src}:9;branch=z9hG4bKfl{sent}\r\n"
+                         f"From: <sip:f@{src}>;tag=f\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: fl{sent}\r\n"
+                         f"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+                else:
+                    auth = (f'Authorization: Digest username="u{sent % 1000}", realm="127.0.0.1", '
+                            f'nonce="{sent:040x}", uri="sip:127.0.0.1", response="{sent:032x}", algorithm=MD5\r\n')
+                    m = register_msg(port, src, 9, f"u{sent % 1000}", 1, f"fn{sent}", auth)
                 try:
                     s.sendto(m, ("127.0.0.1", port))
                 except BlockingIOError:

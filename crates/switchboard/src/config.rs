@@ -837,6 +837,32 @@ mod tests {
         assert_eq!(e[0].key, "dialog.lifetime_s");
     }
 
+    /// Without its token the management API may listen on loopback only; the token and the
+    /// secret live beside the database unless configured.
+    #[test]
+    fn management_without_a_token_stays_on_loopback() {
+        let with = |m: &str| {
+            load(
+                &format!("[dispatcher]\n[[dispatcher.set]]\nid = 1\ndestinations = [\"sip:127.0.0.1:5080\"]\n[routing]\ndefault_set = 1\n[database]\nurl = \"sqlite:///var/lib/sb/sb.db\"\n[management]\n{m}\n"),
+                1,
+            )
+        };
+        let e = with("listen = \"0.0.0.0:8888\"\nauth = false").unwrap_err();
+        assert!(e.iter().any(|x| x.key == "management.auth"), "{e:?}");
+        assert!(with("listen = \"127.0.0.1:8888\"\nauth = false").is_ok());
+        let c = with("listen = \"0.0.0.0:8888\"").unwrap();
+        assert_eq!(
+            c.token_path(),
+            std::path::Path::new("/var/lib/sb/switchboard.token")
+        );
+        assert_eq!(
+            c.secret_path(),
+            std::path::Path::new("/var/lib/sb/switchboard.secret")
+        );
+        let c = with("token_file = \"/etc/sb/t\"").unwrap();
+        assert_eq!(c.token_path(), std::path::Path::new("/etc/sb/t"));
+    }
+
     #[test]
     fn unknown_key_is_refused_by_name() {
         let e = load(
