@@ -180,6 +180,12 @@ fn statistics(st: &AdminState) -> Vec<(String, String, u64, &'static str)> {
             p.tracked() as u64,
             "gauge",
         ));
+        v.push((
+            "flood_untracked".into(),
+            "requests of new sources not counted: the source table was full".into(),
+            p.untracked.load(std::sync::atomic::Ordering::Relaxed),
+            "counter",
+        ));
     }
     if let Some(r) = st.proxy.registrar() {
         let (failures, foreign) = r.auth_counts();

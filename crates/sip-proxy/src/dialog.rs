@@ -1083,12 +1083,8 @@ mod persistence_tests {
         "SIP/2.0/UDP 127.0.0.1:5060".into()
     }
 
-    #[test]
-    fn confirmed_dialogs_are_saved_and_removed_through_events() {
-        let t = Dialogs::new(DialogConfig::default(), (Instant::now(), 100));
-        t.set_persistence(true);
-        let now = Instant::now();
-        let leg = |p: &'static str| Leg {
+    fn leg(p: &'static str) -> Leg<'static> {
+        Leg {
             party: p,
             contact: "sip:x@127.0.0.1",
             route: "",
@@ -1098,7 +1094,14 @@ mod persistence_tests {
                 flow: None,
             },
             cseq: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn confirmed_dialogs_are_saved_and_removed_through_events() {
+        let t = Dialogs::new(DialogConfig::default(), (Instant::now(), 100));
+        t.set_persistence(true);
+        let now = Instant::now();
         ans(&t, now, 100, false, ("c", "f", "t"), leg("a"), leg("b"));
         let mut out = vec![];
         t.sweep(now + Duration::from_secs(0), &v, &mut out);
@@ -1155,17 +1158,6 @@ mod persistence_tests {
         let t = Dialogs::new(DialogConfig::default(), (Instant::now(), 100));
         t.set_persistence(true);
         let now = Instant::now();
-        let leg = |p: &'static str| Leg {
-            party: p,
-            contact: "sip:x@127.0.0.1",
-            route: "",
-            target: Target {
-                transport: Transport::Udp,
-                addr: ([127, 0, 0, 1], 5060).into(),
-                flow: None,
-            },
-            cseq: 1,
-        };
         ans(&t, now, 100, true, ("young", "f", "t"), leg("a"), leg("b"));
         ans(
             &t,

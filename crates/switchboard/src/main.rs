@@ -566,11 +566,26 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// One labelled Prometheus series: its HELP and TYPE lines, then a line per (label, value).
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    label: &str,
+    rows: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (l, v) in rows {
+        let _ = writeln!(out, "{name}{{{label}=\"{l}\"}} {v}");
+    }
+}
+
 /// The binary's own series for `/metrics`: panics caught per task (the receive loops and
 /// writers are listed at 0 too, so the series exists before the first one), and each
 /// write-behind queue's backlog and drops.
 fn metrics_text(queues: &[writers::Meter], out: &mut String) {
-    use std::fmt::Write as _;
     let mut panics: Vec<(&str, u64)> = ["udp-receive", "tcp-receive", "tcp-connection", "timers"]
         .iter()
         .chain(queues.iter().map(|q| &q.table))
@@ -582,51 +597,53 @@ fn metrics_text(queues: &[writers::Meter], out: &mut String) {
             None => panics.push((t, n)),
         }
     }
-    out.push_str("# HELP switchboard_task_panics_total panics caught in background work (logged; the work went on)\n# TYPE switchboard_task_panics_total counter\n");
-    for (t, n) in panics {
-        let _ = writeln!(out, "switchboard_task_panics_total{{task=\"{t}\"}} {n}");
-    }
+    labelled(
+        out,
+        "switchboard_task_panics_total",
+        "panics caught in background work (logged; the work went on)",
+        "counter",
+        "task",
+        panics,
+    );
     if queues.is_empty() {
         return;
     }
-    out.push_str("# HELP switchboard_write_queue_pending changes waiting to be written, per table\n# TYPE switchboard_write_queue_pending gauge\n");
-    for q in queues {
-        let _ = writeln!(
-            out,
-            "switchboard_write_queue_pending{{table=\"{}\"}} {}",
-            q.table,
-            (q.pending)()
-        );
-    }
-    out.push_str("# HELP switchboard_write_queue_dropped_total changes dropped (queue full, or a change that could not be written)\n# TYPE switchboard_write_queue_dropped_total counter\n");
-    for q in queues {
-        let _ = writeln!(
-            out,
-            "switchboard_write_queue_dropped_total{{table=\"{}\"}} {}",
-            q.table,
-            (q.dropped)()
-        );
-    }
+    labelled(
+        out,
+        "switchboard_write_queue_pending",
+        "changes waiting to be written, per table",
+        "gauge",
+        "table",
+        queues.iter().map(|q| (q.table, (q.pending)() as u64)),
+    );
+    labelled(
+        out,
+        "switchboard_write_queue_dropped_total",
+        "changes dropped (queue full, or a change that could not be written)",
+        "counter",
+        "table",
+        queues.iter().map(|q| (q.table, (q.dropped)())),
+    );
 }
 
 /// Why TCP connections were refused or closed, per reason.
 fn tcp_metrics(c: &net::TcpCounters, out: &mut String) {
-    use std::fmt::Write as _;
     use std::sync::atomic::Ordering::Relaxed;
-    out.push_str("# HELP switchboard_tcp_closed_total TCP connections refused or closed by a limit, per reason\n# TYPE switchboard_tcp_closed_total counter\n");
-    for (reason, v) in [
-        ("refused", &c.refused),
-        ("idle", &c.idle),
-        ("slow_message", &c.slow),
-        ("peer_not_reading", &c.stalled),
-        ("framing", &c.framing),
-    ] {
-        let _ = writeln!(
-            out,
-            "switchboard_tcp_closed_total{{reason=\"{reason}\"}} {}",
-            v.load(Relaxed)
-        );
-    }
+    labelled(
+        out,
+        "switchboard_tcp_closed_total",
+        "TCP connections refused or closed by a limit, per reason",
+        "counter",
+        "reason",
+        [
+            ("refused", &c.refused),
+            ("idle", &c.idle),
+            ("slow_message", &c.slow),
+            ("peer_not_reading", &c.stalled),
+            ("framing", &c.framing),
+        ]
+        .map(|(r, v)| (r, v.load(Relaxed))),
+    );
 }
 
 /// The subscriber table, for the management API.

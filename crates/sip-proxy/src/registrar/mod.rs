@@ -776,12 +776,6 @@ impl Registrar {
             .contains(&format!("{user}@{}", domain.to_ascii_lowercase()), now)
     }
 
-    /// True when `user@domain` has live bindings or is a subscriber.
-    pub fn knows(&self, user: &str, domain: &str, now: Instant) -> bool {
-        let domain = domain.to_ascii_lowercase();
-        self.auth.has_user(user, &domain) || self.loc.contains(&format!("{user}@{domain}"), now)
-    }
-
     /// Branches for a call to `user@domain`: one per live binding, in q order. `404` for
     /// an unknown user, `480` for a known one with no binding.
     pub fn lookup(
