@@ -218,6 +218,11 @@ out=$("$SB" run --config "$WORK/busy-mgmt.toml" 2>&1 </dev/null); rc=$?
 [ $rc != 0 ] && grep -qi "management" <<<"$out"
 result "a management port another process holds: non-zero exit" $? "rc=$rc: $(tail -1 <<<"$out" | cut -c1-120)"
 
+sed "s#^url = .*#url = \"sqlite://$WORK/missing/sb.db\"#" "$WORK/sb.toml" > "$WORK/bad-db.toml"
+out=$("$SB" check --config "$WORK/bad-db.toml" 2>&1); rc=$?
+out2=$("$SB" run --config "$WORK/bad-db.toml" 2>&1 </dev/null); rc2=$?
+[ $rc = 1 ] && grep -q "does not exist" <<<"$out" && [ $rc2 != 0 ] && grep -q "cannot be opened" <<<"$out2"
+result "a database that cannot be opened: check and run fail, naming it" $? "check rc=$rc: $(tail -1 <<<"$out" | cut -c1-100); run rc=$rc2"
 python3 -c "import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', $P)); time.sleep(5)" & UP=$!; PIDS+=($UP); sleep 0.3
 out=$("$SB" run --config "$WORK/sb.toml" 2>&1 </dev/null); rc=$?
 [ $rc != 0 ] && grep -qi "cannot bind udp 127.0.0.1:$P" <<<"$out"

@@ -371,6 +371,44 @@ pub struct Config {
 }
 
 impl Config {
+    /// True when a feature of this configuration reads or writes the database.
+    pub fn uses_database(&self) -> bool {
+        self.dispatcher.from_database
+            || self.registrar.is_some()
+            || (self.dialog.is_some() && self.dialog_persist)
+            || self.accounting
+            || self.balancer.as_ref().is_some_and(|b| b.from_database)
+    }
+
+    /// Why the SQLite database could not be opened, when it could not: its folder is missing
+    /// or not writable, or the file is not readable and writable. Nothing is created.
+    pub fn database_problem(&self) -> Option<String> {
+        let path = self
+            .database_url
+            .strip_prefix("sqlite://")
+            .unwrap_or(&self.database_url);
+        let p = std::path::Path::new(path);
+        let writable = |p: &std::path::Path| {
+            use std::os::unix::ffi::OsStrExt as _;
+            let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+                return false;
+            };
+            // SAFETY: access() reads a NUL-terminated path and changes nothing.
+            unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::W_OK) == 0 }
+        };
+        if p.exists() {
+            if p.is_dir() {
+                return Some(format!("{path} is a folder, not a database file"));
+            }
+            return (!writable(p)).then(|| format!("{path} is not readable and writable"));
+        }
+        let dir = self.database_dir();
+        if !dir.is_dir() {
+            return Some(format!("the folder {} does not exist", dir.display()));
+        }
+        (!writable(&dir)).then(|| format!("the folder {} is not writable", dir.display()))
+    }
+
     /// The folder of the SQLite database (`.` for a bare file name).
     pub fn database_dir(&self) -> std::path::PathBuf {
         let path = self
@@ -861,6 +899,38 @@ mod tests {
         );
         let c = with("token_file = \"/etc/sb/t\"").unwrap();
         assert_eq!(c.token_path(), std::path::Path::new("/etc/sb/t"));
+    }
+
+    #[test]
+    fn a_database_that_cannot_be_opened_is_found_without_creating_it() {
+        let with = |url: &str| {
+            load(
+                &format!("[dispatcher]\n[[dispatcher.set]]\nid = 1\ndestinations = [\"sip:127.0.0.1:5080\"]\n[routing]\ndefault_set = 1\n[database]\nurl = \"{url}\"\n[registrar]\n"),
+                1,
+            )
+            .unwrap()
+        };
+        let c = with("sqlite:///nonexistent-sb/dir/sb.db");
+        assert!(c.uses_database());
+        assert_eq!(
+            c.database_problem().as_deref(),
+            Some("the folder /nonexistent-sb/dir does not exist")
+        );
+        let dir = std::env::temp_dir();
+        let c = with(&format!("sqlite://{}", dir.display()));
+        assert!(c.database_problem().unwrap().contains("is a folder"));
+        let c = with(&format!(
+            "sqlite://{}/sb-check-{}.db",
+            dir.display(),
+            std::process::id()
+        ));
+        assert_eq!(c.database_problem(), None);
+        assert!(
+            !dir.join(format!("sb-check-{}.db", std::process::id()))
+                .exists(),
+            "nothing created"
+        );
+        assert!(!load(EMBEDDED_DEFAULT, 1).unwrap().uses_database());
     }
 
     #[test]

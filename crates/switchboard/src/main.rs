@@ -208,6 +208,14 @@ fn report(name: &str, errors: &[config::ConfigError]) {
 fn check(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let (text, name) = read_config(path)?;
     match config::load(&text, 0) {
+        Ok(c) if c.uses_database() && c.database_problem().is_some() => {
+            let why = c.database_problem().unwrap_or_default();
+            eprintln!(
+                "{name}: database.url {}: cannot be opened: {why}",
+                c.database_url
+            );
+            Ok(std::process::ExitCode::from(1))
+        }
         Ok(c) => {
             println!("{name}: ok ({} udp, {} tcp listeners, {} destinations, default set {}, management on {})", c.udp.len(), c.tcp.len(), c.dispatcher.sets.iter().map(|s| s.destinations.len()).sum::<usize>(), c.default_set, c.management);
             Ok(std::process::ExitCode::SUCCESS)
@@ -297,6 +305,13 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         .thread_name("switchboard-rt")
         .on_thread_park(collect_freed_on_park)
         .build()?;
+    if let Some(why) = cfg
+        .uses_database()
+        .then(|| cfg.database_problem())
+        .flatten()
+    {
+        anyhow::bail!("database.url {}: cannot be opened: {why}", cfg.database_url);
+    }
     cfg.proxy.keys = token::sip_keys(&cfg.secret_path()).map_err(|e| anyhow::anyhow!(e))?;
     let mgmt_token = match cfg.management_auth {
         true => Some(token::load_or_create(&cfg.token_path()).map_err(|e| anyhow::anyhow!(e))?),
@@ -310,12 +325,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         )
     })?;
     let d = &cfg.dispatcher;
-    let store = match d.from_database
-        || cfg.registrar.is_some()
-        || (cfg.dialog.is_some() && cfg.dialog_persist)
-        || cfg.accounting
-        || cfg.balancer.as_ref().is_some_and(|b| b.from_database)
-    {
+    let store = match cfg.uses_database() {
         true => Some(
             rt.block_on(store::Store::open(&cfg.database_url))
                 .with_context(|| format!("opening {}", cfg.database_url))?,

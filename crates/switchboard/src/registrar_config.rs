@@ -23,6 +23,9 @@ pub struct RawRegistrar {
     pub auth: bool,
     #[serde(default = "d_algorithms")]
     pub algorithms: Vec<String>,
+    /// Domains whose challenges offer SHA-256 first, then `algorithms`.
+    #[serde(default)]
+    pub sha256_domains: Vec<String>,
     #[serde(default = "d_nonce")]
     pub nonce_expires_s: u64,
     #[serde(default)]
@@ -79,7 +82,7 @@ fn d_true() -> bool {
     true
 }
 fn d_algorithms() -> Vec<String> {
-    vec!["MD5".into(), "SHA-256".into()]
+    vec!["MD5".into()]
 }
 fn d_nonce() -> u64 {
     30
@@ -197,6 +200,17 @@ pub fn validate(r: &RawRegistrar, errors: &mut Vec<ConfigError>) -> RegistrarSet
                 "must be SHA-256 or MD5",
             )),
         }
+    }
+    for (i, d) in r.sha256_domains.iter().enumerate() {
+        let d = d.to_ascii_lowercase();
+        if !c.domains.is_empty() && !c.domains.contains(&d) {
+            errors.push(err(
+                format!("registrar.sha256_domains[{i}]"),
+                format!("{d:?}"),
+                "not one of registrar.domains",
+            ));
+        }
+        c.sha256_domains.push(d);
     }
     if c.algorithms.is_empty() && r.auth {
         errors.push(err(
@@ -474,7 +488,11 @@ mod tests {
         let mut e = vec![];
         let s = validate(&raw(""), &mut e);
         assert!(e.is_empty(), "{e:?}");
-        assert_eq!(s.core.algorithms, vec![Algorithm::Md5, Algorithm::Sha256]);
+        assert_eq!(
+            s.core.algorithms,
+            vec![Algorithm::Md5],
+            "one challenge by default"
+        );
         assert_eq!(s.core.secret.len(), 32);
         assert!(s.persist);
     }

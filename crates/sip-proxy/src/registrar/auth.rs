@@ -134,6 +134,9 @@ type FailKey = (IpAddr, Box<str>);
 pub(crate) struct Authenticator {
     secret: Vec<u8>,
     pub algorithms: Vec<Algorithm>,
+    /// What realms with SHA-256 opted in offer: SHA-256, then `algorithms`.
+    with_sha256: Vec<Algorithm>,
+    sha256_realms: Vec<String>,
     nonce_expires: u64,
     policy: FailPolicy,
     seq: std::sync::atomic::AtomicU32,
@@ -167,6 +170,15 @@ impl Authenticator {
     ) -> Self {
         Authenticator {
             secret,
+            with_sha256: std::iter::once(Algorithm::Sha256)
+                .chain(
+                    algorithms
+                        .iter()
+                        .copied()
+                        .filter(|a| *a != Algorithm::Sha256),
+                )
+                .collect(),
+            sha256_realms: Vec::new(),
             algorithms,
             nonce_expires,
             policy,
@@ -178,6 +190,25 @@ impl Authenticator {
             bans: std::sync::atomic::AtomicUsize::new(0),
             foreign_nonces: std::sync::atomic::AtomicU64::new(0),
             failures: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Offers SHA-256 first in these realms.
+    pub fn with_sha256_realms(mut self, realms: &[String]) -> Self {
+        self.sha256_realms = realms.iter().map(|r| r.to_ascii_lowercase()).collect();
+        self
+    }
+
+    /// The algorithms offered for `realm`, the preferred first.
+    fn offered(&self, realm: &str) -> &[Algorithm] {
+        if self
+            .sha256_realms
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(realm))
+        {
+            &self.with_sha256
+        } else {
+            &self.algorithms
         }
     }
 
@@ -261,7 +292,7 @@ impl Authenticator {
             "WWW-Authenticate"
         };
         let nonce = self.nonce(unix, realm, client);
-        self.algorithms
+        self.offered(realm)
             .iter()
             .map(|a| {
                 format!(
@@ -310,7 +341,7 @@ impl Authenticator {
                 reason: "",
             };
         };
-        if !self.algorithms.contains(&c.algorithm) {
+        if !self.offered(realm).contains(&c.algorithm) {
             return Verdict::Challenge {
                 stale: false,
                 reason: " (algorithm not offered)",

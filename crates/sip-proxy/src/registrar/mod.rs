@@ -48,9 +48,13 @@ pub struct RegistrarConfig {
     pub domains: Vec<String>,
     /// Challenge REGISTER and calls from local users.
     pub auth: bool,
-    /// Offered in this order (the first is preferred). MD5 comes first by default: many
-    /// deployed phones (and SIPp) read only the first challenge and know only MD5.
+    /// Offered in this order (the first is preferred). MD5 alone by default, as OpenSIPS and
+    /// Kamailio do: some phones fail when offered several challenges (Debian 12's baresip
+    /// 1.0 answers neither), and many (and SIPp) know only MD5.
     pub algorithms: Vec<Algorithm>,
+    /// Domains (lowercase) whose challenges offer SHA-256 first, then `algorithms` (RFC 8760):
+    /// opt-in, for domains whose phones all handle several challenges.
+    pub sha256_domains: Vec<String>,
     pub nonce_expires: u64,
     pub secret: Vec<u8>,
     pub default_expires: u32,
@@ -81,7 +85,8 @@ impl Default for RegistrarConfig {
             mode: RegistrarMode::Local,
             domains: Vec::new(),
             auth: true,
-            algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
+            algorithms: vec![Algorithm::Md5],
+            sha256_domains: Vec::new(),
             nonce_expires: 30,
             secret: b"switchboard".to_vec(),
             default_expires: 3600,
@@ -301,7 +306,8 @@ impl Registrar {
                 cfg.algorithms.clone(),
                 cfg.nonce_expires,
                 cfg.fail.clone(),
-            ),
+            )
+            .with_sha256_realms(&cfg.sha256_domains),
             loc: Location::new(64),
             events: Mutex::new(Vec::new()),
             persist: std::sync::atomic::AtomicBool::new(true),

@@ -162,7 +162,7 @@ fn register_auth(
 
 #[test]
 fn register_with_sha256_and_md5_digest() {
-    let (p, reg, now) = setup(|_| {});
+    let (p, reg, now) = setup(|c| c.algorithms = vec![Algorithm::Md5, Algorithm::Sha256]);
     let out = send(
         &p,
         now,
@@ -203,6 +203,42 @@ fn register_with_sha256_and_md5_digest() {
     assert_eq!(b.len(), 1);
     assert!(b[0].nat);
     assert_eq!(b[0].source.addr, addr("127.0.0.1:40000"));
+}
+
+/// By default one challenge, MD5 (Debian 12's baresip 1.0 fails to register when offered
+/// MD5 and SHA-256 together); a domain that opts in gets SHA-256 first, then MD5.
+#[test]
+fn one_md5_challenge_by_default_and_sha256_per_domain() {
+    let offers = |sha: Vec<String>, domain: &str| {
+        let (p, reg, now) = setup(|c| {
+            c.domains.push("secure.example".into());
+            c.sha256_domains = sha;
+        });
+        reg.set_credential(
+            "alice",
+            domain,
+            Credential::from_password("alice", domain, "pw"),
+        );
+        let out = send(
+            &p,
+            now,
+            "127.0.0.1:40000",
+            &register("alice", "o1", 1, "<sip:alice@10.0.0.5>", "")
+                .replace("@example.com", &format!("@{domain}")),
+        );
+        let r = parse(&out[0]);
+        r.all(HeaderName::WwwAuthenticate)
+            .map(|c| param(c, "algorithm").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(offers(vec![], "example.com"), ["MD5"]);
+    let sha = vec!["secure.example".to_string()];
+    assert_eq!(offers(sha.clone(), "secure.example"), ["SHA-256", "MD5"]);
+    assert_eq!(
+        offers(sha, "example.com"),
+        ["MD5"],
+        "only the domain that opted in"
+    );
 }
 
 #[test]
