@@ -73,35 +73,37 @@ fn keep<T>(v: &mut Vec<T>, x: T, max: usize) {
     v.push(x);
 }
 
+/// A proxy on UDP and TCP 127.0.0.1:5060 relaying, round robin, to `backends` over UDP:
+/// the core's scenario tests start from it too.
+pub fn plain_proxy(backends: &[&str]) -> Proxy {
+    let cfg = ProxyConfig {
+        listeners: [Transport::Udp, Transport::Tcp]
+            .map(|transport| Listener {
+                transport,
+                advertise: addr("127.0.0.1:5060"),
+            })
+            .to_vec(),
+        ..ProxyConfig::default()
+    };
+    let dests = backends
+        .iter()
+        .map(|d| Destination {
+            uri: format!("sip:{d}").into(),
+            transport: Transport::Udp,
+            addr: addr(d),
+            flow: None,
+            node: None,
+            route: None,
+        })
+        .collect();
+    Proxy::new(cfg, Arc::new(RoundRobin::new(dests)))
+}
+
 impl Harness {
     /// A proxy with dialogs, a registrar (no auth, so calls and registrations go through),
     /// the flood defence with generous budgets, and two destinations.
     pub fn new() -> Harness {
         let now = Instant::now();
-        let cfg = ProxyConfig {
-            listeners: vec![
-                Listener {
-                    transport: Transport::Udp,
-                    advertise: addr("127.0.0.1:5060"),
-                },
-                Listener {
-                    transport: Transport::Tcp,
-                    advertise: addr("127.0.0.1:5060"),
-                },
-            ],
-            ..ProxyConfig::default()
-        };
-        let dests = DESTS
-            .iter()
-            .map(|d| Destination {
-                uri: format!("sip:{d}").into(),
-                transport: Transport::Udp,
-                addr: addr(d),
-                flow: None,
-                node: None,
-                route: None,
-            })
-            .collect();
         let reg = Registrar::new(
             RegistrarConfig {
                 domains: vec!["example.com".into()],
@@ -117,7 +119,7 @@ impl Harness {
             },
             (now, 1_800_000_000),
         );
-        let proxy = Proxy::new(cfg, Arc::new(RoundRobin::new(dests)))
+        let proxy = plain_proxy(&DESTS)
             .with_registrar(Arc::new(reg))
             .with_dialogs(Arc::new(dialogs))
             .with_cdrs(Arc::new(crate::cdr::Cdrs::default()))

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::Listener;
-use crate::router::RoundRobin;
 
 pub(super) const UAC: &str = "127.0.0.1:5070";
 
@@ -15,31 +14,7 @@ pub(super) fn addr(s: &str) -> SocketAddr {
 }
 
 pub(super) fn proxy(backends: &[&str]) -> Proxy {
-    let cfg = ProxyConfig {
-        listeners: vec![
-            Listener {
-                transport: Transport::Udp,
-                advertise: addr("127.0.0.1:5060"),
-            },
-            Listener {
-                transport: Transport::Tcp,
-                advertise: addr("127.0.0.1:5060"),
-            },
-        ],
-        ..ProxyConfig::default()
-    };
-    let dests = backends
-        .iter()
-        .map(|b| Destination {
-            uri: format!("sip:{b}").into(),
-            transport: Transport::Udp,
-            addr: addr(b),
-            flow: None,
-            node: None,
-            route: None,
-        })
-        .collect();
-    Proxy::new(cfg, Arc::new(RoundRobin::new(dests)))
+    crate::sequences::plain_proxy(backends)
 }
 
 pub(super) fn udp(from: &str) -> Source {

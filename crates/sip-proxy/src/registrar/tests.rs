@@ -97,6 +97,14 @@ fn param<'a>(h: &'a str, name: &str) -> &'a str {
     }
 }
 
+/// The (first) WWW-Authenticate value of the reply in `out`.
+fn challenge(out: &[Transmit]) -> String {
+    parse(&out[0])
+        .get(HeaderName::WwwAuthenticate)
+        .unwrap()
+        .to_string()
+}
+
 /// Credentials answering `challenge` (a WWW-/Proxy-Authenticate value).
 fn answer(challenge: &str, user: &str, pass: &str, method: &str, uri: &str, nc: u32) -> String {
     let realm = param(challenge, "realm");
@@ -263,10 +271,7 @@ fn authenticated_user_must_match_to() {
         "127.0.0.1:40000",
         &register("bob", "m1", 1, "<sip:bob@10.0.0.5>", ""),
     );
-    let ch = parse(&out[0])
-        .get(HeaderName::WwwAuthenticate)
-        .unwrap()
-        .to_string();
+    let ch = challenge(&out);
     let auth = answer(&ch, "alice", "secret1", "REGISTER", "sip:example.com", 1);
     let out = send(
         &p,
@@ -295,10 +300,7 @@ fn replayed_nc_is_refused_but_a_retransmission_gets_the_same_reply() {
         "127.0.0.1:40000",
         &register("alice", "n1", 1, "<sip:alice@10.0.0.5>", ""),
     );
-    let ch = parse(&out[0])
-        .get(HeaderName::WwwAuthenticate)
-        .unwrap()
-        .to_string();
+    let ch = challenge(&out);
     let auth = answer(&ch, "alice", "secret1", "REGISTER", "sip:example.com", 1);
     let msg = register(
         "alice",
@@ -402,10 +404,7 @@ fn foreign_and_stale_nonces() {
         "127.0.0.1:40000",
         &register("alice", "s1", 2, "<sip:alice@10.0.0.5>", ""),
     );
-    let ch = parse(&out[0])
-        .get(HeaderName::WwwAuthenticate)
-        .unwrap()
-        .to_string();
+    let ch = challenge(&out);
     let auth = answer(&ch, "alice", "secret1", "REGISTER", "sip:example.com", 1);
     let later = now + Duration::from_secs(31);
     let r = parse(
@@ -845,10 +844,7 @@ fn repeated_failures_are_slowed_then_banned() {
         "127.0.0.1:40000",
         &register("alice", "h1", 5, "<sip:alice@10.0.0.5>", ""),
     );
-    let ch = parse(&out[0])
-        .get(HeaderName::WwwAuthenticate)
-        .unwrap()
-        .to_string();
+    let ch = challenge(&out);
     let auth = answer(&ch, "alice", "bad", "REGISTER", "sip:example.com", 1);
     let out = send(
         &p,
@@ -1143,10 +1139,7 @@ fn nonces_are_bound_to_the_client_address_and_forgeries_never_count() {
         "127.0.0.66:5060",
         &register("alice", "x1", 1, "<sip:alice@10.0.0.5>", ""),
     );
-    let ch = parse(&out[0])
-        .get(HeaderName::WwwAuthenticate)
-        .unwrap()
-        .to_string();
+    let ch = challenge(&out);
     for i in 0..12 {
         let auth = answer(&ch, "alice", "guess", "REGISTER", "sip:example.com", i + 1);
         let out = send(
@@ -1187,10 +1180,7 @@ fn answers_without_qop_cannot_be_replayed() {
         "127.0.0.1:40000",
         &register("alice", "q1", 1, "<sip:alice@10.0.0.5>", ""),
     );
-    let ch = parse(&out[0])
-        .get(HeaderName::WwwAuthenticate)
-        .unwrap()
-        .to_string();
+    let ch = challenge(&out);
     let (realm, nonce) = (
         param(&ch, "realm").to_string(),
         param(&ch, "nonce").to_string(),
