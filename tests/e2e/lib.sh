@@ -41,6 +41,8 @@ algorithm = "round-robin"
 destinations = [${d%, }]
 [routing]
 default_set = 1
+# every peer of these suites is on 127.0.0.1: media servers are told apart by their port
+match_media_servers = "address-port"
 [management]
 listen = "127.0.0.1:$MGMT"
 token_file = "$WORK/switchboard.token"

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 use sip_proxy::balancer::Balancer;
+use sip_proxy::dispatcher::DestState;
 
 use crate::AdminState;
 
@@ -36,6 +37,9 @@ pub(crate) fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcR
                         "group": n.cfg.group,
                         "uri": &*n.cfg.uri,
                         "enabled": n.enabled(),
+                        "state": n.health().state().as_str(),
+                        "failures": n.health().failures(),
+                        "rtt_ms": n.health().rtt_us() as f64 / 1000.0,
                         "description": n.cfg.description,
                         "resources": n.load().iter().map(|(r, cap, used)| {
                             let mut v = json!({"name": r, "max": cap, "load": used});
@@ -67,15 +71,50 @@ pub(crate) fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcR
         "lb_status" | "load_balancer:status" => (|| {
             let b = balancer(st)?;
             let uri = text(params, "destination", 0)?;
-            let on = match params.get("status").or(params.get(1)) {
-                Some(Value::Number(n)) => n.as_i64() != Some(0),
-                Some(Value::Bool(x)) => *x,
-                Some(Value::String(s)) if s == "1" || s == "on" || s == "enable" => true,
-                Some(Value::String(s)) if s == "0" || s == "off" || s == "disable" => false,
-                _ => return Err((-32602, "status must be 1/on or 0/off".to_string())),
+            // OpenSIPS: 0 off, 1 on; also a state name (draining, active, disabled)
+            let state = match params.get("status").or(params.get(1)) {
+                Some(Value::Number(n)) if n.as_i64() == Some(0) => DestState::Disabled,
+                Some(Value::Number(n)) if n.as_i64() == Some(1) => DestState::Active,
+                Some(Value::Bool(x)) if *x => DestState::Active,
+                Some(Value::Bool(_)) => DestState::Disabled,
+                Some(Value::String(s)) => match s.as_str() {
+                    "1" | "on" | "enable" => DestState::Active,
+                    "0" | "off" | "disable" => DestState::Disabled,
+                    other => DestState::parse(other)
+                        .filter(|s| matches!(s, DestState::Active | DestState::Disabled | DestState::Draining))
+                        .ok_or((-32602, format!("status {other:?}: 1/on, 0/off, or draining")))?,
+                },
+                _ => return Err((-32602, "status must be 1/on, 0/off or draining".to_string())),
             };
-            b.set_enabled(&uri, on).map_err(|e| (404, e))?;
-            Ok(json!({ "destination": uri, "enabled": on }))
+            b.set_state(&uri, state).map_err(|e| (404, e))?;
+            Ok(json!({ "destination": uri, "enabled": state != DestState::Disabled, "state": state.as_str() }))
+        })(),
+        "lb_is_destination" | "load_balancer:is_destination" => (|| {
+            let b = balancer(st)?;
+            let ip: std::net::IpAddr = text(params, "address", 0)?
+                .trim()
+                .parse()
+                .map_err(|_| (-32602, "address must be an IP address".to_string()))?;
+            let port = match params.get("port").or(params.get(1)) {
+                None | Some(Value::Null) => 0,
+                Some(v) => v
+                    .as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                    .filter(|p| *p <= 65535)
+                    .ok_or((-32602, "port must be 0-65535 (0: any)".to_string()))? as u16,
+            };
+            let group = match params.get("group").or(params.get(2)) {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_i64()
+                        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                        .ok_or((-32602, "group must be an integer".to_string()))?,
+                ),
+            };
+            Ok(match b.find_node(ip, port, group) {
+                Some(n) => json!({ "is_destination": true, "id": n.cfg.id, "group": n.cfg.group, "uri": &*n.cfg.uri }),
+                None => json!({ "is_destination": false }),
+            })
         })(),
         "lb_reload" | "load_balancer:reload" => (|| {
             balancer(st)?;

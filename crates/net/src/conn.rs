@@ -261,6 +261,11 @@ fn run_conn(net: Arc<Net>, s: TcpStream, peer: SocketAddr, accepted: bool) -> Op
         net.cfg.tcp_limits.clone(),
     );
     let net_w = net.clone();
+    // when we last wrote a whole message (not a pong), in ms since the connection opened:
+    // our keepalives and requests to the peer count as traffic for the idle timeout
+    let opened = Instant::now();
+    let last_out = Arc::new(AtomicU64::new(0));
+    let last_out_w = last_out.clone();
     tokio::spawn(async move {
         loop {
             let b = tokio::select! {
@@ -271,6 +276,10 @@ fn run_conn(net: Arc<Net>, s: TcpStream, peer: SocketAddr, accepted: bool) -> Op
             match tokio::time::timeout(limits.write_timeout, wr.write_all(&b)).await {
                 Ok(Ok(())) => {
                     queued.fetch_sub(n, Ordering::Relaxed);
+                    if n > 4 {
+                        let ms = opened.elapsed().as_millis() as u64;
+                        last_out_w.store(ms, Ordering::Relaxed);
+                    }
                 }
                 Ok(Err(_)) => break,
                 Err(_) => {
@@ -314,6 +323,16 @@ fn run_conn(net: Arc<Net>, s: TcpStream, peer: SocketAddr, accepted: bool) -> Op
                         net.tcp.slow.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(%peer, "tcp message not complete in time: closing");
                     } else {
+                        let now = Instant::now();
+                        let out_at = opened + Duration::from_millis(last_out.load(Ordering::Relaxed));
+                        if out_at > active && out_at + idle > now {
+                            active = out_at; // we sent it a message since
+                            continue;
+                        }
+                        if net.proxy.holds_flow(flow, now) {
+                            active = now; // a registration lives on it
+                            continue;
+                        }
                         net.tcp.idle.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(%peer, "tcp idle timeout: closing");
                     }
@@ -371,6 +390,7 @@ fn run_conn(net: Arc<Net>, s: TcpStream, peer: SocketAddr, accepted: bool) -> Op
         // out of the table and the last sender dropped: the writer sends what is queued (a
         // final 400 or 513, within the write timeout) and then closes
         net2.conns.remove(flow);
+        net2.proxy.flow_closed(flow);
         drop(h);
     });
     Some(flow)

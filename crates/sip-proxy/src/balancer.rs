@@ -6,10 +6,11 @@
 //! Call-ID, so each call is released exactly once (no drift, no underflow).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::dispatcher::{DestState, Health, HealthBook, Transition};
 use crate::types::{Destination, Transport};
 
 /// Where a live capacity is read: FreeSWITCH's event socket (`fs://[password@]host[:port]`,
@@ -170,17 +171,24 @@ pub struct LbNode {
     pub cfg: LbNodeConfig,
     capacity: Vec<AtomicI64>,
     used: Vec<AtomicI64>,
-    enabled: AtomicBool,
+    /// Up, down, draining or disabled: shared with the dispatcher when it names the same
+    /// server, probed with the dispatcher's settings.
+    health: Arc<Health>,
     /// Per resource: `Some` for an `fs://` one.
     live: Vec<Option<Mutex<Live>>>,
 }
 
 impl LbNode {
-    fn new(cfg: LbNodeConfig) -> LbNode {
+    fn new(cfg: LbNodeConfig, book: &HealthBook) -> LbNode {
+        let initial = if cfg.enabled {
+            DestState::Active
+        } else {
+            DestState::Disabled
+        };
         LbNode {
             capacity: cfg.resources.iter().map(|r| AtomicI64::new(r.1)).collect(),
             used: cfg.resources.iter().map(|_| AtomicI64::new(0)).collect(),
-            enabled: AtomicBool::new(cfg.enabled),
+            health: book.get(&cfg.uri, cfg.transport, cfg.addr, initial),
             live: cfg
                 .resources
                 .iter()
@@ -215,8 +223,14 @@ impl LbNode {
             .collect()
     }
 
+    /// False when an operator switched it off (`lb_status 0`).
     pub fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::Relaxed)
+        self.health.state() != DestState::Disabled
+    }
+
+    /// The server's health, shared with the dispatcher.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// The last FreeSWITCH report for a live resource (`None` before the first, or for a
@@ -280,6 +294,56 @@ impl LbFlags {
     }
 }
 
+/// Where one kind of call goes: a group and the resources it needs.
+#[derive(Debug, Clone)]
+pub struct LbTarget {
+    pub group: i64,
+    pub resources: Vec<String>,
+    pub flags: LbFlags,
+}
+
+/// A kind of traffic with a group of its own (seed 000: calls from users to the internal
+/// FreeSWITCH profiles, group 1; calls from carriers to the external ones, group 3). A rule
+/// matches when every criterion it gives matches; the first rule that matches wins.
+#[derive(Debug, Clone)]
+pub struct LbRule {
+    /// A name for logs and the API.
+    pub name: String,
+    /// Source networks (carriers, a partner's PBX); empty: any source.
+    pub sources: Vec<(std::net::IpAddr, u8)>,
+    /// Request-URI domains; empty: any.
+    pub domains: Vec<String>,
+    /// Request-URI user prefixes (`+44`, `00`); empty: any.
+    pub prefixes: Vec<String>,
+    pub target: LbTarget,
+}
+
+impl LbRule {
+    fn matches(&self, req: &sip_wire::Message, from: std::net::IpAddr) -> bool {
+        if !self.sources.is_empty()
+            && !self
+                .sources
+                .iter()
+                .any(|c| crate::registrar::in_cidr(from, *c))
+        {
+            return false;
+        }
+        if self.domains.is_empty() && self.prefixes.is_empty() {
+            return true;
+        }
+        let Ok(uri) = req.uri() else { return false };
+        (self.domains.is_empty()
+            || self
+                .domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(uri.host)))
+            && (self.prefixes.is_empty()
+                || uri
+                    .user
+                    .is_some_and(|u| self.prefixes.iter().any(|p| u.starts_with(p.as_str()))))
+    }
+}
+
 /// The balancer's routing settings: which group and resources calls use.
 #[derive(Debug, Clone)]
 pub struct LbRoute {
@@ -293,6 +357,8 @@ pub struct LbRoute {
     /// `lb_count_call`: a call a node sends (FreeSWITCH calling out) is counted on that
     /// node while it lasts.
     pub count_from_nodes: bool,
+    /// Kinds of traffic routed to other groups, tried in order before the default above.
+    pub rules: Vec<LbRule>,
 }
 
 impl LbRoute {
@@ -304,12 +370,26 @@ impl LbRoute {
             flags,
             methods: vec!["INVITE".into()],
             count_from_nodes: false,
+            rules: Vec::new(),
         }
     }
 
     /// True when requests of `method` go through the balancer.
     pub fn takes(&self, method: &str) -> bool {
         self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+    }
+
+    /// The group, resources and flags for `req` from `from`: the first rule that matches,
+    /// or the default.
+    pub fn pick(
+        &self,
+        req: &sip_wire::Message,
+        from: std::net::IpAddr,
+    ) -> (i64, &[String], LbFlags) {
+        match self.rules.iter().find(|r| r.matches(req, from)) {
+            Some(r) => (r.target.group, &r.target.resources, r.target.flags),
+            None => (self.group, &self.resources, self.flags),
+        }
     }
 }
 
@@ -323,22 +403,32 @@ pub struct Balancer {
     rng: AtomicU64,
     /// "no capacity" is logged once per 10 s, with how many calls were refused meanwhile.
     full_log: Mutex<(Option<Instant>, u64)>,
+    /// Where the nodes' health records come from (the dispatcher's, when there is one).
+    book: Arc<HealthBook>,
 }
 
 impl Balancer {
-    pub fn new(nodes: Vec<LbNodeConfig>, route: LbRoute, seed: u64) -> Balancer {
+    /// A balancer whose nodes share their health through `book` (give it the
+    /// dispatcher's, so a server in both is one server; its nodes are probed with it).
+    pub fn new(
+        nodes: Vec<LbNodeConfig>,
+        route: LbRoute,
+        seed: u64,
+        book: Arc<HealthBook>,
+    ) -> Balancer {
+        let nodes: Vec<Arc<LbNode>> = nodes
+            .into_iter()
+            .map(|c| Arc::new(LbNode::new(c, &book)))
+            .collect();
+        book.set_extra(nodes.iter().map(|n| n.health.clone()).collect());
         Balancer {
-            nodes: RwLock::new(Arc::new(
-                nodes
-                    .into_iter()
-                    .map(|c| Arc::new(LbNode::new(c)))
-                    .collect(),
-            )),
+            nodes: RwLock::new(Arc::new(nodes)),
             route,
             calls: Mutex::new(HashMap::new()),
             inbound: Mutex::new(HashMap::new()),
             rng: AtomicU64::new(seed | 1),
             full_log: Mutex::new((None, 0)),
+            book,
         }
     }
 
@@ -373,8 +463,11 @@ impl Balancer {
         out: &mut Vec<Destination>,
     ) {
         let nodes = self.nodes();
-        let mut scored: Vec<(f64, u64, &Arc<LbNode>)> = Vec::new();
-        for n in nodes.iter().filter(|n| n.cfg.group == group && n.enabled()) {
+        let mut scored: Vec<(bool, f64, u64, &Arc<LbNode>)> = Vec::new();
+        for n in nodes
+            .iter()
+            .filter(|n| n.cfg.group == group && n.health.selectable())
+        {
             let mut free = f64::INFINITY;
             let mut ok = true;
             for r in res {
@@ -401,12 +494,13 @@ impl Balancer {
                 } else {
                     0
                 };
-                scored.push((free, tie, n));
+                scored.push((n.health.suspect(), free, tie, n));
             }
         }
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
-        let have_room = scored.iter().any(|s| s.0 > 0.0);
-        for (free, _, n) in &scored {
+        // a node whose last call or probe failed comes after the others until it answers
+        scored.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)).then(b.2.cmp(&a.2)));
+        let have_room = scored.iter().any(|s| s.1 > 0.0);
+        for (_, free, _, n) in &scored {
             if *free > 0.0 || (flags.allow_overload && !have_room) {
                 out.push(n.destination());
             }
@@ -569,14 +663,58 @@ impl Balancer {
     }
 
     /// `lb_status`: enables or disables a node.
-    pub fn set_enabled(&self, uri: &str, on: bool) -> Result<(), String> {
+    pub fn set_enabled(&self, uri: &str, on: bool) -> Result<Option<Transition>, String> {
+        self.set_state(
+            uri,
+            if on {
+                DestState::Active
+            } else {
+                DestState::Disabled
+            },
+        )
+    }
+
+    /// Sets a node's state (drain it, switch it off, bring it back); the dispatcher sees
+    /// the same state where it names the same server.
+    pub fn set_state(&self, uri: &str, state: DestState) -> Result<Option<Transition>, String> {
         let nodes = self.nodes();
         let n = nodes
             .iter()
             .find(|n| &*n.cfg.uri == uri)
             .ok_or_else(|| format!("no node {uri}"))?;
-        n.enabled.store(on, Ordering::Relaxed);
-        Ok(())
+        let t = n.health.set_state(state);
+        if let Some(t) = t {
+            tracing::info!(
+                node = uri,
+                from = t.from.as_str(),
+                to = t.to.as_str(),
+                "balancer node state set by operator"
+            );
+        }
+        Ok(t)
+    }
+
+    /// `lb_is_destination`: the node at `addr` (any port when `port` is 0), in `group`
+    /// when one is given.
+    pub fn find_node(
+        &self,
+        ip: std::net::IpAddr,
+        port: u16,
+        group: Option<i64>,
+    ) -> Option<Arc<LbNode>> {
+        self.nodes()
+            .iter()
+            .find(|n| {
+                n.cfg.addr.ip() == ip
+                    && (port == 0 || n.cfg.addr.port() == port)
+                    && group.is_none_or(|g| n.cfg.group == g)
+            })
+            .cloned()
+    }
+
+    /// The health record of the node `dest` names, for feedback from real traffic.
+    pub fn health_of(&self, dest: &Destination) -> Option<Arc<Health>> {
+        self.node_of(dest).map(|n| n.health.clone())
     }
 
     /// `lb_reload`: new nodes; nodes that stay keep their counts, so no call is lost.
@@ -585,7 +723,7 @@ impl Balancer {
         let new: Vec<Arc<LbNode>> = cfgs
             .into_iter()
             .map(|c| {
-                let n = LbNode::new(c);
+                let n = LbNode::new(c, &self.book);
                 if let Some(o) = old.iter().find(|o| o.cfg.uri == n.cfg.uri) {
                     for (i, (r, _)) in n.cfg.resources.iter().enumerate() {
                         if let Some(j) = o.index(r) {
@@ -615,6 +753,8 @@ impl Balancer {
                 }
             }
         }
+        self.book
+            .set_extra(new.iter().map(|n| n.health.clone()).collect());
         *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         count
     }
@@ -629,10 +769,19 @@ pub struct CallRouter {
 
 impl crate::Router for CallRouter {
     fn select(&self, req: &sip_wire::Message, out: &mut Vec<Destination>) {
-        if self.balancer.route().takes(req.method_str()) {
-            let r = self.balancer.route();
-            self.balancer
-                .candidates(r.group, &r.resources, r.flags, out);
+        self.select_from(req, std::net::SocketAddr::from(([0, 0, 0, 0], 0)), out)
+    }
+
+    fn select_from(
+        &self,
+        req: &sip_wire::Message,
+        from: std::net::SocketAddr,
+        out: &mut Vec<Destination>,
+    ) {
+        let r = self.balancer.route();
+        if r.takes(req.method_str()) {
+            let (group, res, flags) = r.pick(req, from.ip());
+            self.balancer.candidates(group, res, flags, out);
         } else {
             self.dispatcher.select(req, out);
         }
@@ -643,12 +792,16 @@ impl crate::Router for CallRouter {
     }
 
     fn describe_for(&self, req: &sip_wire::Message) -> String {
-        if self.balancer.route().takes(req.method_str()) {
-            let r = self.balancer.route();
+        self.describe_from(req, std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    fn describe_from(&self, req: &sip_wire::Message, from: std::net::SocketAddr) -> String {
+        let r = self.balancer.route();
+        if r.takes(req.method_str()) {
+            let (group, res, _) = r.pick(req, from.ip());
             format!(
-                "balancer group {}: no node with free {}",
-                r.group,
-                r.resources.join("+")
+                "balancer group {group}: no node with free {}",
+                res.join("+")
             )
         } else {
             self.dispatcher.describe()
@@ -660,7 +813,17 @@ impl crate::Router for CallRouter {
     }
 
     fn on_branch_result(&self, dest: &Destination, ok: bool) {
-        self.dispatcher.on_branch_result(dest, ok)
+        if dest.node.is_some() {
+            return self.dispatcher.on_branch_result(dest, ok);
+        }
+        if let Some(h) = self.balancer.health_of(dest) {
+            let why = if ok {
+                "reply"
+            } else {
+                "no reply or failover reply"
+            };
+            self.dispatcher.health_feedback(&h, ok, why);
+        }
     }
 
     fn on_attempt(&self, call_id: &str, dest: &Destination) {
@@ -737,6 +900,7 @@ mod tests {
             vec![node(1, 5080, "pstn=30"), node(2, 5082, "pstn=10;vm=5")],
             LbRoute::calls(1, vec!["pstn".into()], LbFlags::parse(flags).unwrap()),
             7,
+            Arc::default(),
         )
     }
 
@@ -832,6 +996,7 @@ mod tests {
             ],
             LbRoute::calls(1, vec!["pstn".into()], LbFlags::default()),
             7,
+            Arc::default(),
         );
         let rep = |max, sessions, idle_cpu| LiveReport {
             max_sessions: max,
@@ -950,5 +1115,236 @@ mod tests {
         assert_eq!(b.nodes()[0].load()[0].2, 1, "the call stays counted");
         b.release("k");
         assert_eq!(b.nodes()[0].load()[0].2, 0);
+    }
+
+    fn grouped(id: i64, group: i64, port: u16) -> LbNodeConfig {
+        LbNodeConfig {
+            group,
+            ..node(id, port, "pstn=100")
+        }
+    }
+
+    /// A dispatcher with set 1 = {5080} and a balancer over 5080 and 5082 sharing its
+    /// health records, as `switchboard run` builds them.
+    fn shared(
+        threshold_down: u32,
+    ) -> (
+        Arc<crate::dispatcher::Dispatcher>,
+        Arc<Balancer>,
+        CallRouter,
+    ) {
+        use crate::dispatcher::{Algorithm, DestConfig, Dispatcher, ProbeConfig, SetConfig};
+        let d = Arc::new(Dispatcher::new(
+            vec![SetConfig {
+                id: 1,
+                algorithm: Algorithm::RoundRobin,
+                hash_header: None,
+                destinations: vec![DestConfig {
+                    uri: "sip:127.0.0.1:5080".into(),
+                    transport: Transport::Udp,
+                    addr: ([127, 0, 0, 1], 5080).into(),
+                    weight: 1,
+                    priority: 0,
+                    attrs: String::new(),
+                    description: String::new(),
+                    state: DestState::Active,
+                }],
+            }],
+            1,
+            3,
+            ProbeConfig {
+                interval: Duration::from_secs(1),
+                threshold_down,
+                ..ProbeConfig::default()
+            },
+            1,
+        ));
+        let b = Arc::new(Balancer::new(
+            vec![node(1, 5080, "pstn=100"), node(2, 5082, "pstn=10")],
+            LbRoute::calls(1, vec!["pstn".into()], LbFlags::default()),
+            7,
+            d.health_book().clone(),
+        ));
+        let r = CallRouter {
+            dispatcher: d.clone(),
+            balancer: b.clone(),
+        };
+        (d, b, r)
+    }
+
+    fn invite_to(uri: &str) -> sip_wire::Message {
+        sip_wire::Message::parse(bytes::Bytes::from(format!("INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n"))).unwrap()
+    }
+
+    fn ports(r: &CallRouter, req: &sip_wire::Message, from: &str) -> Vec<u16> {
+        use crate::Router;
+        let mut out = vec![];
+        r.select_from(req, from.parse().unwrap(), &mut out);
+        out.iter().map(|d| d.addr.port()).collect()
+    }
+
+    #[test]
+    fn a_server_in_the_dispatcher_and_the_balancer_has_one_state() {
+        let (d, b, r) = shared(3);
+        let inv = invite_to("sip:100@x");
+        assert_eq!(ports(&r, &inv, "10.0.0.1:5060"), vec![5080, 5082]);
+        // drained through the dispatcher: the balancer places no new call there
+        d.set_state(1, "sip:127.0.0.1:5080", DestState::Draining)
+            .unwrap();
+        assert_eq!(ports(&r, &inv, "10.0.0.1:5060"), vec![5082]);
+        assert_eq!(b.nodes()[0].health().state(), DestState::Draining);
+        // back through the balancer: the dispatcher sees it active
+        b.set_state("sip:127.0.0.1:5080", DestState::Active)
+            .unwrap();
+        assert_eq!(
+            d.table().get(1).unwrap().dests[0].state(),
+            DestState::Active
+        );
+        b.set_enabled("sip:127.0.0.1:5082", false).unwrap();
+        assert!(!b.nodes()[1].enabled());
+        assert_eq!(ports(&r, &inv, "10.0.0.1:5060"), vec![5080]);
+        assert!(b.set_state("sip:nope", DestState::Active).is_err());
+        // a reload of either keeps the shared state
+        b.reload(b.nodes().iter().map(|n| n.cfg.clone()).collect());
+        assert!(!b.nodes()[1].enabled());
+        d.set_state(1, "sip:127.0.0.1:5080", DestState::Draining)
+            .unwrap();
+        b.reload(b.nodes().iter().map(|n| n.cfg.clone()).collect());
+        assert_eq!(ports(&r, &inv, "10.0.0.1:5060"), Vec::<u16>::new());
+    }
+
+    #[test]
+    fn balancer_nodes_are_probed_once_each_and_taken_out_when_they_stop_answering() {
+        use crate::Router;
+        let (_d, b, r) = shared(1);
+        let t0 = Instant::now();
+        let mut probes = vec![];
+        r.due_probes(t0, &mut probes);
+        let mut targets: Vec<u16> = probes.iter().map(|p| p.target.addr.port()).collect();
+        targets.sort();
+        assert_eq!(
+            targets,
+            vec![5080, 5082],
+            "each server once, the balancer-only one too"
+        );
+        // 5080 answers, 5082 does not: after the probe timeout it is down
+        let p5080 = probes
+            .iter()
+            .find(|p| p.target.addr.port() == 5080)
+            .unwrap();
+        r.probe_result(t0, p5080.id, Some(200));
+        let mut again = vec![];
+        r.due_probes(t0 + Duration::from_millis(1100), &mut again);
+        assert_eq!(b.nodes()[1].health().state(), DestState::Inactive);
+        let inv = invite_to("sip:100@x");
+        assert_eq!(ports(&r, &inv, "10.0.0.1:5060"), vec![5080]);
+        // it answers again: back in
+        let p5082 = again.iter().find(|p| p.target.addr.port() == 5082).unwrap();
+        r.probe_result(t0, p5082.id, Some(200));
+        assert_eq!(b.nodes()[1].health().state(), DestState::Active);
+    }
+
+    #[test]
+    fn a_node_that_failed_a_call_is_tried_last_until_it_answers() {
+        use crate::Router;
+        let (_d, b, r) = shared(3);
+        let inv = invite_to("sip:100@x");
+        assert_eq!(ports(&r, &inv, "10.0.0.1:5060"), vec![5080, 5082]);
+        let d5080 = b.nodes()[0].destination();
+        r.on_branch_result(&d5080, false);
+        assert_eq!(
+            ports(&r, &inv, "10.0.0.1:5060"),
+            vec![5082, 5080],
+            "the failed node is a failover only"
+        );
+        assert_eq!(
+            b.nodes()[0].health().state(),
+            DestState::Active,
+            "one failure is not down"
+        );
+        r.on_branch_result(&d5080, true);
+        assert_eq!(ports(&r, &inv, "10.0.0.1:5060"), vec![5080, 5082]);
+    }
+
+    #[test]
+    fn rules_send_kinds_of_traffic_to_their_groups() {
+        let b = Balancer::new(
+            vec![
+                grouped(1, 1, 5080),
+                grouped(2, 3, 5090),
+                grouped(3, 5, 5095),
+            ],
+            LbRoute {
+                rules: vec![
+                    LbRule {
+                        name: "carriers".into(),
+                        sources: vec![crate::registrar::parse_cidr("203.0.113.0/24").unwrap()],
+                        domains: vec![],
+                        prefixes: vec![],
+                        target: LbTarget {
+                            group: 3,
+                            resources: vec!["pstn".into()],
+                            flags: LbFlags::default(),
+                        },
+                    },
+                    LbRule {
+                        name: "international".into(),
+                        sources: vec![],
+                        domains: vec!["example.com".into()],
+                        prefixes: vec!["00".into(), "+".into()],
+                        target: LbTarget {
+                            group: 5,
+                            resources: vec!["pstn".into()],
+                            flags: LbFlags::default(),
+                        },
+                    },
+                ],
+                ..LbRoute::calls(1, vec!["pstn".into()], LbFlags::default())
+            },
+            7,
+            Arc::default(),
+        );
+        let r = CallRouter {
+            dispatcher: Arc::new(crate::dispatcher::Dispatcher::new(
+                vec![],
+                1,
+                3,
+                Default::default(),
+                1,
+            )),
+            balancer: Arc::new(b),
+        };
+        let user = "192.0.2.7:5060";
+        let carrier = "203.0.113.9:5060";
+        assert_eq!(
+            ports(&r, &invite_to("sip:100@example.com"), user),
+            vec![5080]
+        );
+        assert_eq!(
+            ports(&r, &invite_to("sip:100@example.com"), carrier),
+            vec![5090]
+        );
+        assert_eq!(
+            ports(&r, &invite_to("sip:0044100@example.com"), user),
+            vec![5095]
+        );
+        assert_eq!(
+            ports(&r, &invite_to("sip:0044100@EXAMPLE.com"), user),
+            vec![5095]
+        );
+        assert_eq!(
+            ports(&r, &invite_to("sip:0044100@other.net"), user),
+            vec![5080],
+            "both criteria"
+        );
+        use crate::Router;
+        let why = r.describe_from(&invite_to("sip:1@x"), carrier.parse().unwrap());
+        assert!(why.contains("group 3"), "{why}");
+        // lb_is_destination per group, any port
+        let ip = "127.0.0.1".parse().unwrap();
+        assert!(r.balancer.find_node(ip, 5090, Some(3)).is_some());
+        assert!(r.balancer.find_node(ip, 5090, Some(1)).is_none());
+        assert!(r.balancer.find_node(ip, 0, Some(1)).is_some());
+        assert!(r.balancer.find_node(ip, 5099, None).is_none());
     }
 }

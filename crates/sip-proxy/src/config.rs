@@ -51,6 +51,10 @@ pub struct ProxyConfig {
     pub max_headers: usize,
     /// Via entries a request may carry; more get `400`.
     pub max_vias: usize,
+    /// A media server is recognised by its IP address alone (FreeSWITCH sends from each
+    /// profile's port, and over TCP from ephemeral ports); off: by address and port, for
+    /// hosts where users share an address with a media server.
+    pub media_servers_by_address: bool,
 }
 
 impl Default for ProxyConfig {
@@ -72,6 +76,7 @@ impl Default for ProxyConfig {
             max_transactions_per_source: 5000,
             max_headers: 256,
             max_vias: 32,
+            media_servers_by_address: false,
         }
     }
 }

@@ -25,6 +25,18 @@ pub trait Router: Send + Sync + 'static {
     /// Appends the candidates for `req` to `out`, best first.
     fn select(&self, req: &Message, out: &mut Vec<Destination>);
 
+    /// Appends the candidates for `req` sent from `from` (a router with rules by source
+    /// overrides this); [`Router::select`] by default.
+    fn select_from(&self, req: &Message, _from: std::net::SocketAddr, out: &mut Vec<Destination>) {
+        self.select(req, out)
+    }
+
+    /// Names what the router would route `req` from `from` to, for the reason phrase of a
+    /// `503`; [`Router::describe_for`] by default.
+    fn describe_from(&self, req: &Message, _from: std::net::SocketAddr) -> String {
+        self.describe_for(req)
+    }
+
     /// Candidates chosen by a consistent hash of `key` (an AOR in forward-mode
     /// registration, so a user stays on one media server); the plain selection by default.
     fn select_by_key(&self, _key: &str, req: &Message, out: &mut Vec<Destination>) {
@@ -102,6 +114,14 @@ impl RoundRobin {
 }
 
 impl Router for RoundRobin {
+    fn is_destination(&self, addr: std::net::SocketAddr) -> bool {
+        self.dests.iter().any(|d| d.addr == addr)
+    }
+
+    fn is_destination_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.dests.iter().any(|d| d.addr.ip() == ip)
+    }
+
     fn select(&self, _req: &Message, out: &mut Vec<Destination>) {
         let n = self.dests.len();
         if n == 0 {

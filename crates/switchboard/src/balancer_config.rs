@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use sip_proxy::balancer::{parse_resources, LbFlags, LbNodeConfig, LbRoute};
+use sip_proxy::balancer::{parse_resources, LbFlags, LbNodeConfig, LbRoute, LbRule, LbTarget};
 
 use crate::config::{err, parse_destination, ConfigError};
 
@@ -30,6 +30,29 @@ pub struct RawBalancer {
     /// OpenSIPS `lb_count_call`: calls a node sends (FreeSWITCH calling out) count on it.
     #[serde(default)]
     pub count_calls_from_nodes: bool,
+    /// Kinds of traffic sent to other groups, first match wins.
+    #[serde(default)]
+    pub rule: Vec<RawRule>,
+}
+
+/// `[[balancer.rule]]`: a kind of traffic (by source network, Request-URI domain or number
+/// prefix) balanced over another group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub sources: Vec<String>,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    pub group: i64,
+    /// Default: the section's `resources`.
+    pub resources: Option<Vec<String>>,
+    /// Default: the section's `flags`.
+    pub flags: Option<String>,
 }
 
 fn d_methods() -> Vec<String> {
@@ -223,6 +246,7 @@ pub fn validate(r: &RawBalancer, errors: &mut Vec<ConfigError>) -> BalancerSetti
             None => methods.push(up),
         }
     }
+    let rules = validate_rules(r, &nodes, flags, errors);
     BalancerSettings {
         nodes,
         route: LbRoute {
@@ -231,9 +255,100 @@ pub fn validate(r: &RawBalancer, errors: &mut Vec<ConfigError>) -> BalancerSetti
             flags,
             methods,
             count_from_nodes: r.count_calls_from_nodes,
+            rules,
         },
         from_database,
     }
+}
+
+fn validate_rules(
+    r: &RawBalancer,
+    nodes: &[LbNodeConfig],
+    flags: LbFlags,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<LbRule> {
+    let mut rules = Vec::new();
+    for (i, raw) in r.rule.iter().enumerate() {
+        let key = format!("balancer.rule[{i}]");
+        let before = errors.len();
+        let mut sources = Vec::new();
+        for (j, c) in raw.sources.iter().enumerate() {
+            match sip_proxy::registrar::parse_cidr(c) {
+                Some(n) => sources.push(n),
+                None => errors.push(err(
+                    format!("{key}.sources[{j}]"),
+                    format!("{c:?}"),
+                    "not an address or network (10.0.0.0/8, 2001:db8::/32)",
+                )),
+            }
+        }
+        for (j, p) in raw.prefixes.iter().enumerate() {
+            if p.is_empty() || p.bytes().any(|b| b <= b' ' || b == b'@') {
+                errors.push(err(
+                    format!("{key}.prefixes[{j}]"),
+                    format!("{p:?}"),
+                    "a number prefix such as \"+44\" or \"00\"",
+                ));
+            }
+        }
+        if raw.sources.is_empty() && raw.domains.is_empty() && raw.prefixes.is_empty() {
+            errors.push(err(
+                key.clone(),
+                "no criteria",
+                "give sources, domains or prefixes (a rule without any would take every call)",
+            ));
+        }
+        let rflags = match &raw.flags {
+            Some(f) => LbFlags::parse(f).unwrap_or_else(|why| {
+                errors.push(err(format!("{key}.flags"), format!("{f:?}"), why));
+                flags
+            }),
+            None => flags,
+        };
+        let resources = raw.resources.clone().unwrap_or_else(|| r.resources.clone());
+        if !nodes.is_empty() {
+            if !nodes.iter().any(|n| n.group == raw.group) {
+                errors.push(err(
+                    format!("{key}.group"),
+                    raw.group,
+                    "no balancer.node is in this group",
+                ));
+            } else {
+                for res in &resources {
+                    if !nodes
+                        .iter()
+                        .filter(|n| n.group == raw.group)
+                        .any(|n| n.resources.iter().any(|(x, _)| x == res))
+                    {
+                        errors.push(err(
+                            format!("{key}.resources"),
+                            format!("{res:?}"),
+                            format!("no node of group {} offers it", raw.group),
+                        ));
+                    }
+                }
+            }
+        }
+        if errors.len() > before {
+            continue;
+        }
+        rules.push(LbRule {
+            name: if raw.name.is_empty() {
+                format!("rule {}", i + 1)
+            } else {
+                raw.name.clone()
+            },
+            sources,
+            domains: raw.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            prefixes: raw.prefixes.clone(),
+            target: LbTarget {
+                group: raw.group,
+                resources,
+                flags: rflags,
+            },
+        });
+    }
+    rules
 }
 
 #[cfg(test)]
@@ -302,6 +417,59 @@ resources = "pstn=1"
             ("balancer.methods[2]", "not a SIP method"),
             ("balancer.methods[3]", "twice"),
             ("balancer.node[0].resources", "port must be 1-65535"),
+        ] {
+            assert!(
+                got.iter().any(|(gk, gw)| gk == k && gw.contains(why)),
+                "{k}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rules_are_validated_with_their_keys() {
+        let raw: RawBalancer = toml::from_str(
+            r#"
+resources = ["pstn"]
+[[node]]
+uri = "sip:127.0.0.1:5080"
+resources = "pstn=30"
+[[node]]
+uri = "sip:127.0.0.1:5090"
+group = 3
+resources = "pstn=30"
+[[rule]]
+name = "carriers"
+sources = ["203.0.113.0/24"]
+group = 3
+[[rule]]
+sources = ["203.0.113.0/33"]
+group = 3
+[[rule]]
+group = 3
+[[rule]]
+domains = ["x"]
+group = 7
+[[rule]]
+prefixes = ["+ 4"]
+group = 3
+resources = ["fax"]
+flags = "q"
+"#,
+        )
+        .unwrap();
+        let mut e = vec![];
+        let s = validate(&raw, &mut e);
+        let got: Vec<(String, String)> = e.iter().map(|e| (e.key.clone(), e.why.clone())).collect();
+        assert_eq!(s.route.rules.len(), 1);
+        assert_eq!(s.route.rules[0].target.group, 3);
+        assert_eq!(s.route.rules[0].target.resources, vec!["pstn"]);
+        for (k, why) in [
+            ("balancer.rule[1].sources[0]", "not an address"),
+            ("balancer.rule[2]", "give sources"),
+            ("balancer.rule[3].group", "no balancer.node"),
+            ("balancer.rule[4].prefixes[0]", "number prefix"),
+            ("balancer.rule[4].resources", "no node of group 3"),
+            ("balancer.rule[4].flags", "unknown flag"),
         ] {
             assert!(
                 got.iter().any(|(gk, gw)| gk == k && gw.contains(why)),

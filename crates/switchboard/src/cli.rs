@@ -519,8 +519,12 @@ pub fn print_cdrs(rows: &[store::CdrRow], format: &str) -> Result<(), String> {
 
 #[derive(Subcommand)]
 pub enum LbCmd {
-    /// Nodes, their resources, capacity and load.
-    List,
+    /// Nodes: group, state, and per resource the load and capacity.
+    List {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Change a node's capacity for a resource.
     Resize {
         uri: String,
@@ -528,7 +532,8 @@ pub enum LbCmd {
         #[arg(allow_hyphen_values = true)]
         capacity: i64,
     },
-    /// Enable (on) or disable (off) a node.
+    /// Enable (on), disable (off) or drain (draining: no new calls, its calls finish) a
+    /// node; the dispatcher sees the same state where it names the same server.
     Status { uri: String, status: String },
     /// Re-read the nodes (configuration file or load_balancer table); calls stay counted.
     Reload,
@@ -537,7 +542,16 @@ pub enum LbCmd {
 /// Runs one balancer subcommand.
 pub fn lb(mi: &Mi, cmd: LbCmd) -> anyhow::Result<ExitCode> {
     done(match cmd {
-        LbCmd::List => rpc(mi, "lb_list", json!({})),
+        LbCmd::List { json: true } => rpc(mi, "lb_list", json!({})),
+        LbCmd::List { json: false } => {
+            return match rpc(mi, "lb_list", json!({})) {
+                Ok(v) => {
+                    print_lb(&v);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => done(Err(e)),
+            }
+        }
         LbCmd::Resize {
             uri,
             resource,
@@ -554,6 +568,56 @@ pub fn lb(mi: &Mi, cmd: LbCmd) -> anyhow::Result<ExitCode> {
         ),
         LbCmd::Reload => rpc(mi, "lb_reload", json!({})),
     })
+}
+
+/// One line per node and resource: `load/capacity` and what is free.
+fn print_lb(v: &Value) {
+    println!(
+        "{:>4} {:>5} {:<32} {:<9} {:<10} {:>7} {:>8} {:>6}  description",
+        "id", "group", "node", "state", "resource", "load", "capacity", "free"
+    );
+    for n in v["Destinations"].as_array().into_iter().flatten() {
+        for (i, r) in n["resources"].as_array().into_iter().flatten().enumerate() {
+            let (max, load) = (
+                r["max"].as_i64().unwrap_or(0),
+                r["load"].as_i64().unwrap_or(0),
+            );
+            let first = i == 0;
+            println!(
+                "{:>4} {:>5} {:<32} {:<9} {:<10} {:>7} {:>8} {:>6}  {}",
+                if first {
+                    n["id"].to_string()
+                } else {
+                    String::new()
+                },
+                if first {
+                    n["group"].to_string()
+                } else {
+                    String::new()
+                },
+                if first {
+                    n["uri"].as_str().unwrap_or("")
+                } else {
+                    ""
+                },
+                if first {
+                    n["state"].as_str().unwrap_or("")
+                } else {
+                    ""
+                },
+                r["name"].as_str().unwrap_or(""),
+                load,
+                max,
+                (max - load).max(0),
+                if first {
+                    n["description"].as_str().unwrap_or("")
+                } else {
+                    ""
+                },
+            );
+        }
+    }
+    println!("calls counted: {}", v["calls"]);
 }
 
 #[derive(Subcommand)]

@@ -251,10 +251,27 @@ impl Default for RawTransactions {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouting {
     pub default_set: Option<i64>,
+    /// How a request is recognised as a media server's: "address" (its IP, any port) or
+    /// "address-port".
+    #[serde(default = "d_match")]
+    pub match_media_servers: String,
+}
+
+fn d_match() -> String {
+    "address".into()
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        RawRouting {
+            default_set: None,
+            match_media_servers: d_match(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -419,6 +436,32 @@ impl Config {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => ".".into(),
         }
+    }
+
+    /// Settings that are valid one by one but work against each other; `check` prints them
+    /// and `run` logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let t1 = self.proxy.timers.t1;
+        if self.proxy.branch_timeout >= t1 * 64 {
+            w.push(format!("transactions.branch_timeout_ms ({} ms) is not below Timer B (64 x t1_ms = {} ms): a silent destination is never failed over from", self.proxy.branch_timeout.as_millis(), (t1 * 64).as_millis()));
+        }
+        if self.tcp_limits.message_timeout >= self.tcp_idle_timeout {
+            w.push("sip.tcp_message_timeout_s is not below sip.tcp_idle_timeout_s: a slow message outlives an idle connection".into());
+        }
+        if let Some(r) = &self.registrar {
+            let ping = r.core.ping_interval.as_secs();
+            if ping > 25 {
+                w.push(format!("registrar.ping_interval_s = {ping}: many NAT routers drop a UDP binding after 30 s of silence, and users behind them stop receiving calls"));
+            }
+            if ping == 0 && !self.udp.is_empty() {
+                w.push("registrar.ping_interval_s = 0: users behind NAT over UDP are not kept reachable (their NAT bindings expire between REGISTERs)".into());
+            }
+        }
+        if self.balancer.is_some() && self.dispatcher.probe.interval.is_zero() {
+            w.push("dispatcher.probe_interval_s = 0 with a [balancer]: its nodes are not probed, a stopped node is found only by calls that time out on it".into());
+        }
+        w
     }
 
     /// Where the SIP secret is kept: `[sip] secret_file`, or `switchboard.secret` beside the
@@ -698,6 +741,18 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
             0
         }
     };
+    let media_servers_by_address = match raw.routing.match_media_servers.as_str() {
+        "address" => true,
+        "address-port" => false,
+        other => {
+            errors.push(err(
+                "routing.match_media_servers",
+                format!("{other:?}"),
+                "must be \"address\" (any port) or \"address-port\"",
+            ));
+            true
+        }
+    };
     let management: SocketAddr = match raw.management.listen.parse() {
         Ok(a) => a,
         Err(_) => {
@@ -786,6 +841,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         max_transactions_per_source: raw.sip.max_transactions_per_source,
         max_headers: raw.sip.max_headers,
         max_vias: raw.sip.max_vias,
+        media_servers_by_address,
         ..ProxyConfig::default()
     };
     Ok(Config {

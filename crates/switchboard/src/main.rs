@@ -217,6 +217,9 @@ fn check(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::from(1))
         }
         Ok(c) => {
+            for w in c.warnings() {
+                eprintln!("{name}: warning: {w}");
+            }
             println!("{name}: ok ({} udp, {} tcp listeners, {} destinations, default set {}, management on {})", c.udp.len(), c.tcp.len(), c.dispatcher.sets.iter().map(|s| s.destinations.len()).sum::<usize>(), c.default_set, c.management);
             Ok(std::process::ExitCode::SUCCESS)
         }
@@ -299,6 +302,9 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    for w in cfg.warnings() {
+        tracing::warn!("{name}: {w}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -364,6 +370,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
                 nodes,
                 b.route.clone(),
                 cfg.proxy.salt,
+                dispatcher.health_book().clone(),
             )))
         }
         None => None,

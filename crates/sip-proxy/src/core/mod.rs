@@ -351,6 +351,21 @@ impl Proxy {
         }
     }
 
+    /// True when connection `flow` must stay open past its idle timeout: a registration
+    /// made over it still lasts (the user is reached over it).
+    pub fn holds_flow(&self, flow: crate::types::FlowId, now: Instant) -> bool {
+        self.registrar
+            .as_ref()
+            .is_some_and(|r| r.holds_flow(flow, now))
+    }
+
+    /// Connection `flow` is closed.
+    pub fn flow_closed(&self, flow: crate::types::FlowId) {
+        if let Some(r) = &self.registrar {
+            r.flow_closed(flow);
+        }
+    }
+
     /// The registrar, when configured.
     pub fn registrar(&self) -> Option<&Arc<Registrar>> {
         self.registrar.as_ref()

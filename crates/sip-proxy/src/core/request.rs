@@ -72,7 +72,7 @@ impl Proxy {
             }
         }
         if let Some(reg) = &self.registrar {
-            let trusted = self.router.is_destination(src.addr) || reg.is_trusted_ip(src.addr.ip());
+            let trusted = self.is_media_server(src.addr) || reg.is_trusted_ip(src.addr.ip());
             if msg.method() == Some(Method::Register)
                 && reg.config().mode == RegistrarMode::Local
                 && msg.uri().is_ok_and(|u| {
@@ -354,7 +354,15 @@ impl Proxy {
         if remaining > 0 {
             return Err(reject(403, "Forbidden (preloaded Route to another host)"));
         }
-        if popped > 0 && new_ruri.is_none() && !self.is_us(&uri) && self.is_trusted(src) {
+        // a Request-URI in a domain the registrar serves is ours, whatever Route brought it:
+        // the location service decides (FreeSWITCH's outbound-proxy form)
+        let served = self.registrar.as_ref().is_some_and(|r| {
+            r.config().mode == RegistrarMode::Local
+                && !r.config().domains.is_empty()
+                && r.is_local_domain(uri.host)
+        });
+        if popped > 0 && new_ruri.is_none() && !self.is_us(&uri) && !served && self.is_trusted(src)
+        {
             // a media server follows a Path (or an outbound proxy Route) to a user: the
             // Request-URI is the target, the popped Route's flow token the connection
             let target = self.resolve(&uri, last_popped.as_ref().map(|n| &n.uri))?;
@@ -408,13 +416,13 @@ impl Proxy {
             }
         }
         let mut candidates = Vec::with_capacity(4);
-        self.router.select(msg, &mut candidates);
+        self.router.select_from(msg, src.addr, &mut candidates);
         if candidates.is_empty() {
             let mut r = reject(
                 503,
                 format!(
                     "Service Unavailable (no destination available in {})",
-                    self.router.describe_for(msg)
+                    self.router.describe_from(msg, src.addr)
                 ),
             );
             r.extra.push("Retry-After: 5".into());
@@ -466,9 +474,19 @@ impl Proxy {
         }
     }
 
+    /// True when `addr` is a media server's (a dispatcher destination or balancer node): by
+    /// IP address alone, or address and port (`media_servers_by_address` off).
+    pub(super) fn is_media_server(&self, addr: SocketAddr) -> bool {
+        if self.cfg.media_servers_by_address {
+            self.router.is_destination_ip(addr.ip())
+        } else {
+            self.router.is_destination(addr)
+        }
+    }
+
     /// True when `src` is a media server (a dispatcher destination) or in a trusted network.
     pub(super) fn is_trusted(&self, src: &Source) -> bool {
-        self.router.is_destination(src.addr)
+        self.is_media_server(src.addr)
             || self
                 .registrar
                 .as_ref()
@@ -556,7 +574,7 @@ impl Proxy {
         msg: &Message,
         uri: &Uri,
     ) -> Result<UserRoute, Reject> {
-        let trusted = self.router.is_destination(src.addr);
+        let trusted = self.is_media_server(src.addr);
         let mut strip = Vec::new();
         match reg.authorize_call(now, src, msg, trusted) {
             CallAuth::Refuse(r) => return Err(r.into()),

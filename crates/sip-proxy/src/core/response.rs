@@ -123,6 +123,15 @@ impl Proxy {
                     self.router.on_call_answered(msg.call_id(), &b.dest);
                     self.track_dialog(now, ctx, idx, &msg, true);
                 }
+                if let (Some(flow), Some(reg)) = (ctx.plan.in_flow, &self.registrar) {
+                    // a REGISTER forwarded to a media server: the client's connection lives
+                    // as long as the registration it granted
+                    if msg.cseq().is_ok_and(|c| c.method == "REGISTER") {
+                        if let Some(secs) = granted_expires(&msg) {
+                            reg.hold_flow(flow, now + std::time::Duration::from_secs(secs));
+                        }
+                    }
+                }
                 self.send_upstream(now, ctx, code, strip_top_via(&msg), out);
                 if first {
                     for i in 0..ctx.branches.len() {
@@ -574,4 +583,27 @@ fn via_target(v: &Via) -> Option<Target> {
         addr: SocketAddr::new(ip, port),
         flow: None,
     })
+}
+
+/// The longest registration a 2xx to a REGISTER grants: its Contacts' `expires`
+/// parameters, or its Expires header (capped at a day).
+fn granted_expires(msg: &Message) -> Option<u64> {
+    let header = msg
+        .get(HeaderName::Expires)
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut best: Option<u64> = None;
+    for v in msg.values(HeaderName::Contact) {
+        let Ok(na) = NameAddr::parse(v, "Contact") else {
+            continue;
+        };
+        let e = na
+            .params
+            .value("expires")
+            .and_then(|e| e.trim().parse::<u64>().ok())
+            .or(header);
+        if let Some(e) = e {
+            best = Some(best.map_or(e, |b| b.max(e)));
+        }
+    }
+    best.filter(|e| *e > 0).map(|e| e.min(86_400))
 }

@@ -901,17 +901,18 @@ fn balanced(now: Instant) -> (Proxy, Arc<crate::balancer::Balancer>) {
         enabled: true,
         description: String::new(),
     };
-    let b = Arc::new(Balancer::new(
-        vec![node(1, 5080), node(2, 5082)],
-        LbRoute::calls(1, vec!["pstn".into()], LbFlags::default()),
-        1,
-    ));
     let d = Arc::new(crate::dispatcher::Dispatcher::new(
         vec![],
         1,
         3,
         crate::dispatcher::ProbeConfig::default(),
         1,
+    ));
+    let b = Arc::new(Balancer::new(
+        vec![node(1, 5080), node(2, 5082)],
+        LbRoute::calls(1, vec!["pstn".into()], LbFlags::default()),
+        1,
+        d.health_book().clone(),
     ));
     let cfg = ProxyConfig {
         listeners: vec![Listener {

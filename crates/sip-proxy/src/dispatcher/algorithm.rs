@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sip_wire::{HeaderName, Message};
 
-use super::dest::{Dest, DestConfig};
+use super::dest::{Dest, DestConfig, HealthBook};
 use super::ring::{hash_key, Ring};
 
 /// How a set picks its destinations.
@@ -195,7 +195,35 @@ impl DestSet {
         hash_header: Option<String>,
         cfgs: Vec<DestConfig>,
     ) -> DestSet {
-        let dests: Vec<Arc<Dest>> = cfgs.into_iter().map(|c| Arc::new(Dest::new(c))).collect();
+        let dests = cfgs.into_iter().map(|c| Arc::new(Dest::new(c))).collect();
+        DestSet::build(id, algorithm, hash_header, dests)
+    }
+
+    /// Builds a set whose destinations take their health from `book` (shared with every
+    /// other set and balancer group naming the same server).
+    pub fn with_book(
+        id: i64,
+        algorithm: Algorithm,
+        hash_header: Option<String>,
+        cfgs: Vec<DestConfig>,
+        book: &HealthBook,
+    ) -> DestSet {
+        let dests = cfgs
+            .into_iter()
+            .map(|c| {
+                let h = book.get(&c.uri, c.transport, c.addr, c.state);
+                Arc::new(Dest::with_health(c, h))
+            })
+            .collect();
+        DestSet::build(id, algorithm, hash_header, dests)
+    }
+
+    fn build(
+        id: i64,
+        algorithm: Algorithm,
+        hash_header: Option<String>,
+        dests: Vec<Arc<Dest>>,
+    ) -> DestSet {
         let ids: Vec<&str> = dests.iter().map(|d| &*d.cfg.uri).collect();
         let weights: Vec<u32> = dests.iter().map(|d| d.cfg.weight).collect();
         let ring = Ring::new(&ids, &weights);

@@ -1,8 +1,10 @@
-//! One destination of a set: its address, settings, health state and live counters.
+//! One destination of a set: its address and settings, the health of its server (shared
+//! with every other table naming that server) and its live counters.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::types::Transport;
 
@@ -88,34 +90,32 @@ pub struct DestConfig {
     pub state: DestState,
 }
 
-/// A destination with its live state, shared by every selection and probe.
+/// The health of one media server, shared by every dispatcher destination and balancer
+/// node at its address: a server in two sets, or in a set and a balancer group, is up,
+/// down or draining once, for all of them (see [`HealthBook`]).
 #[derive(Debug)]
-pub struct Dest {
-    pub cfg: DestConfig,
+pub struct Health {
+    /// The URI it was first configured with (probes go there, logs name it).
+    pub uri: Arc<str>,
+    pub transport: Transport,
+    pub addr: SocketAddr,
     state: AtomicU8,
     fails: AtomicU32,
     oks: AtomicU32,
-    calls: AtomicU32,
     /// Smoothed probe round-trip time in microseconds (0 = unknown).
     rtt_us: AtomicU32,
 }
 
-/// A state change worth logging once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transition {
-    pub from: DestState,
-    pub to: DestState,
-}
-
-impl Dest {
-    pub(crate) fn new(cfg: DestConfig) -> Dest {
-        let s = cfg.state;
-        Dest {
-            cfg,
-            state: AtomicU8::new(s.to_u8()),
+impl Health {
+    /// A server in `state`, with no history.
+    pub fn new(uri: Arc<str>, transport: Transport, addr: SocketAddr, state: DestState) -> Health {
+        Health {
+            uri,
+            transport,
+            addr,
+            state: AtomicU8::new(state.to_u8()),
             fails: AtomicU32::new(0),
             oks: AtomicU32::new(0),
-            calls: AtomicU32::new(0),
             rtt_us: AtomicU32::new(0),
         }
     }
@@ -130,6 +130,12 @@ impl Dest {
         self.state() == DestState::Active
     }
 
+    /// True when its last request failed (no reply, a failover reply, a failed probe) and
+    /// it has not answered since: a balancer tries it after the others.
+    pub fn suspect(&self) -> bool {
+        self.fails.load(Ordering::Relaxed) > 0
+    }
+
     /// Sets the state (operator action); returns the transition when it changed.
     pub fn set_state(&self, s: DestState) -> Option<Transition> {
         let old = DestState::from_u8(self.state.swap(s.to_u8(), Ordering::Relaxed));
@@ -138,25 +144,11 @@ impl Dest {
         (old != s).then_some(Transition { from: old, to: s })
     }
 
-    /// Copies the live state of the destination this one replaces on reload.
-    pub(crate) fn inherit(&self, old: &Dest) {
-        self.state
-            .store(old.state.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.fails
-            .store(old.fails.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.oks
-            .store(old.oks.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.calls
-            .store(old.calls.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.rtt_us
-            .store(old.rtt_us.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
-
     /// A failure (probe not answered or refused, transport error, branch timeout, failover
-    /// code). After `threshold` in a row an active or draining destination goes inactive.
+    /// code). After `threshold` in a row an active destination goes inactive.
     pub fn record_failure(&self, threshold: u32) -> Option<Transition> {
         self.oks.store(0, Ordering::Relaxed);
-        let n = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.fails.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         let s = self.state();
         if n >= threshold && matches!(s, DestState::Active) {
             return self.cas(s, DestState::Inactive);
@@ -196,6 +188,142 @@ impl Dest {
         self.fails.load(Ordering::Relaxed)
     }
 
+    /// Records a probe round trip (exponentially smoothed, 1/4 weight to the new sample).
+    pub fn record_rtt(&self, us: u32) {
+        let old = self.rtt_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            us.max(1)
+        } else {
+            ((old as u64 * 3 + us as u64) / 4).max(1) as u32
+        };
+        self.rtt_us.store(new, Ordering::Relaxed);
+    }
+
+    /// Smoothed probe RTT in microseconds, 0 when never measured.
+    pub fn rtt_us(&self) -> u32 {
+        self.rtt_us.load(Ordering::Relaxed)
+    }
+}
+
+/// One [`Health`] per media server address (transport and socket address): the dispatcher's
+/// sets and the balancer's groups take theirs from here, so they share it, and a table
+/// rebuilt on reload finds the record of a server that stays (its state, failures and RTT
+/// carry over). Entries are weak: a server removed from every table is forgotten.
+#[derive(Debug, Default)]
+pub struct HealthBook {
+    entries: Mutex<HashMap<(Transport, SocketAddr), Weak<Health>>>,
+    /// Servers probed besides the dispatcher's destinations (the balancer's nodes).
+    extra: Mutex<Vec<Arc<Health>>>,
+}
+
+impl HealthBook {
+    /// The record of the server at (`transport`, `addr`), made in `state` if it has none.
+    pub fn get(
+        &self,
+        uri: &Arc<str>,
+        transport: Transport,
+        addr: SocketAddr,
+        state: DestState,
+    ) -> Arc<Health> {
+        let mut g = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = g.get(&(transport, addr)).and_then(Weak::upgrade) {
+            return h;
+        }
+        g.retain(|_, w| w.strong_count() > 0);
+        let h = Arc::new(Health::new(uri.clone(), transport, addr, state));
+        g.insert((transport, addr), Arc::downgrade(&h));
+        h
+    }
+
+    /// Replaces the servers probed besides the dispatcher's destinations.
+    pub fn set_extra(&self, v: Vec<Arc<Health>>) {
+        *self.extra.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+
+    /// The servers probed besides the dispatcher's destinations.
+    pub fn extra(&self) -> Vec<Arc<Health>> {
+        self.extra.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A destination of a set: its settings, the shared health of its server, and the calls
+/// established through this set's entry.
+#[derive(Debug)]
+pub struct Dest {
+    pub cfg: DestConfig,
+    health: Arc<Health>,
+    calls: AtomicU32,
+}
+
+/// A state change worth logging once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: DestState,
+    pub to: DestState,
+}
+
+impl Dest {
+    /// A destination with a health record of its own (tests, a set built alone).
+    pub(crate) fn new(cfg: DestConfig) -> Dest {
+        let h = Arc::new(Health::new(
+            cfg.uri.clone(),
+            cfg.transport,
+            cfg.addr,
+            cfg.state,
+        ));
+        Dest::with_health(cfg, h)
+    }
+
+    pub(crate) fn with_health(cfg: DestConfig, health: Arc<Health>) -> Dest {
+        Dest {
+            cfg,
+            health,
+            calls: AtomicU32::new(0),
+        }
+    }
+
+    /// The server's shared health.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Current state.
+    pub fn state(&self) -> DestState {
+        self.health.state()
+    }
+
+    /// True when new calls may go here.
+    pub fn selectable(&self) -> bool {
+        self.health.selectable()
+    }
+
+    /// Sets the state (operator action); returns the transition when it changed.
+    pub fn set_state(&self, s: DestState) -> Option<Transition> {
+        self.health.set_state(s)
+    }
+
+    /// Copies the call count of the destination this one replaces on reload (the health
+    /// is shared through the [`HealthBook`]).
+    pub(crate) fn inherit(&self, old: &Dest) {
+        self.calls
+            .store(old.calls.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// See [`Health::record_failure`].
+    pub fn record_failure(&self, threshold: u32) -> Option<Transition> {
+        self.health.record_failure(threshold)
+    }
+
+    /// See [`Health::record_success`].
+    pub fn record_success(&self, threshold: u32) -> Option<Transition> {
+        self.health.record_success(threshold)
+    }
+
+    /// Consecutive failures so far.
+    pub fn failures(&self) -> u32 {
+        self.health.failures()
+    }
+
     /// Calls established on this destination and not yet ended.
     pub fn active_calls(&self) -> u32 {
         self.calls.load(Ordering::Relaxed)
@@ -211,20 +339,14 @@ impl Dest {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1));
     }
 
-    /// Records a probe round trip (exponentially smoothed, 1/4 weight to the new sample).
+    /// See [`Health::record_rtt`].
     pub fn record_rtt(&self, us: u32) {
-        let old = self.rtt_us.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            us.max(1)
-        } else {
-            ((old as u64 * 3 + us as u64) / 4).max(1) as u32
-        };
-        self.rtt_us.store(new, Ordering::Relaxed);
+        self.health.record_rtt(us)
     }
 
     /// Smoothed probe RTT in microseconds, 0 when never measured.
     pub fn rtt_us(&self) -> u32 {
-        self.rtt_us.load(Ordering::Relaxed)
+        self.health.rtt_us()
     }
 }
 

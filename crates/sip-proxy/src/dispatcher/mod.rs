@@ -20,7 +20,7 @@ use sip_wire::Message;
 
 pub use algorithm::{Algorithm, DestSet};
 pub use codes::ReplyCodes;
-pub use dest::{Dest, DestConfig, DestState, Transition};
+pub use dest::{Dest, DestConfig, DestState, Health, HealthBook, Transition};
 pub use ring::hash_key;
 
 /// The xorshift step the random algorithms use (shared with the balancer's tie-break).
@@ -96,8 +96,7 @@ pub struct SetConfig {
 }
 
 struct PendingProbe {
-    dest: Arc<Dest>,
-    set: i64,
+    health: Arc<Health>,
     sent: Instant,
     deadline: Instant,
 }
@@ -123,27 +122,36 @@ pub struct Dispatcher {
     configs: Mutex<Vec<SetConfig>>,
     /// Called on every state change (set, URI, new state): persistence to the table.
     hook: RwLock<Option<TransitionHook>>,
+    /// The health of every server, shared with the balancer.
+    health: Arc<HealthBook>,
 }
 
 /// Observer of destination state changes.
 pub type TransitionHook = Box<dyn Fn(i64, &str, DestState) + Send + Sync>;
 
+/// Logs a state change of a server once, and tells the hook about every set entry naming
+/// it (balancer-only servers have none).
 fn log_transition(
     hook: &RwLock<Option<TransitionHook>>,
-    set: i64,
-    d: &Dest,
+    table: &SetTable,
+    h: &Arc<Health>,
     t: Option<Transition>,
     why: &str,
 ) {
-    if let Some(t) = t {
-        if let Some(h) = hook.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            h(set, &d.cfg.uri, t.to);
+    let Some(t) = t else { return };
+    let mut sets = Vec::new();
+    for s in &table.sets {
+        for d in s.dests.iter().filter(|d| Arc::ptr_eq(d.health(), h)) {
+            sets.push(s.id);
+            if let Some(f) = hook.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                f(s.id, &d.cfg.uri, t.to);
+            }
         }
-        if t.to == DestState::Active {
-            tracing::info!(set, destination = %d.cfg.uri, from = t.from.as_str(), to = t.to.as_str(), why, "destination state changed");
-        } else {
-            tracing::warn!(set, destination = %d.cfg.uri, from = t.from.as_str(), to = t.to.as_str(), why, "destination state changed");
-        }
+    }
+    if t.to == DestState::Active {
+        tracing::info!(sets = ?sets, destination = %h.uri, from = t.from.as_str(), to = t.to.as_str(), why, "destination state changed");
+    } else {
+        tracing::warn!(sets = ?sets, destination = %h.uri, from = t.from.as_str(), to = t.to.as_str(), why, "destination state changed");
     }
 }
 
@@ -167,6 +175,7 @@ impl Dispatcher {
             calls: Mutex::default(),
             configs: Mutex::default(),
             hook: RwLock::new(None),
+            health: Arc::default(),
         };
         d.reload(sets, false);
         d
@@ -180,6 +189,11 @@ impl Dispatcher {
     /// The table in force.
     pub fn table(&self) -> Arc<SetTable> {
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The health records of the servers, for the balancer to share.
+    pub fn health_book(&self) -> &Arc<HealthBook> {
+        &self.health
     }
 
     /// The probing settings.
@@ -200,13 +214,22 @@ impl Dispatcher {
         let mut built = Vec::with_capacity(sets.len());
         let mut n = 0;
         for s in sets {
-            let set = DestSet::new(s.id, s.algorithm, s.hash_header, s.destinations);
-            if inherit_state {
-                if let Some(prev) = old.get(set.id) {
-                    for d in &set.dests {
-                        if let Some(p) = prev.dests.iter().find(|p| p.cfg.uri == d.cfg.uri) {
-                            d.inherit(p);
-                        }
+            let set = DestSet::with_book(
+                s.id,
+                s.algorithm,
+                s.hash_header,
+                s.destinations,
+                &self.health,
+            );
+            if !inherit_state {
+                // afresh: the configured state, whatever the shared record says
+                for d in &set.dests {
+                    d.set_state(d.cfg.state);
+                }
+            } else if let Some(prev) = old.get(set.id) {
+                for d in &set.dests {
+                    if let Some(p) = prev.dests.iter().find(|p| p.cfg.uri == d.cfg.uri) {
+                        d.inherit(p);
                     }
                 }
             }
@@ -270,7 +293,7 @@ impl Dispatcher {
             .iter()
             .find(|d| &*d.cfg.uri == uri)
             .ok_or_else(|| format!("no destination {uri} in set {set}"))?;
-        log_transition(&self.hook, set, d, d.set_state(state), "operator");
+        log_transition(&self.hook, &t, d.health(), d.set_state(state), "operator");
         Ok(())
     }
 
@@ -295,20 +318,16 @@ impl Dispatcher {
         }
     }
 
-    fn feedback(&self, dest: &Arc<Dest>, ok: bool, why: &str) {
+    /// A result of real traffic for a server: a reply (`ok`), or a timeout, transport
+    /// error or failover reply; the thresholds of the probing settings apply.
+    pub fn health_feedback(&self, h: &Arc<Health>, ok: bool, why: &str) {
         let t = if ok {
-            dest.record_success(self.probe.threshold_up)
+            h.record_success(self.probe.threshold_up)
         } else {
-            dest.record_failure(self.probe.threshold_down)
+            h.record_failure(self.probe.threshold_down)
         };
         if t.is_some() {
-            let set = self
-                .table()
-                .sets
-                .iter()
-                .find(|s| s.dests.iter().any(|d| Arc::ptr_eq(d, dest)))
-                .map_or(-1, |s| s.id);
-            log_transition(&self.hook, set, dest, t, why);
+            log_transition(&self.hook, &self.table(), h, t, why);
         }
     }
 
@@ -386,8 +405,8 @@ impl Router for Dispatcher {
 
     fn on_branch_result(&self, dest: &Destination, ok: bool) {
         if let Some(n) = &dest.node {
-            self.feedback(
-                n,
+            self.health_feedback(
+                n.health(),
                 ok,
                 if ok {
                     "reply"
@@ -436,10 +455,11 @@ impl Router for Dispatcher {
             .filter(|(_, p)| p.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
+        let table = self.table();
         for id in expired {
             if let Some(p) = book.pending.remove(&id) {
-                let t = p.dest.record_failure(self.probe.threshold_down);
-                log_transition(&self.hook, p.set, &p.dest, t, "probe timeout");
+                let t = p.health.record_failure(self.probe.threshold_down);
+                log_transition(&self.hook, &table, &p.health, t, "probe timeout");
             }
         }
         if book.next_round.is_some_and(|t| t > now) {
@@ -451,40 +471,49 @@ impl Router for Dispatcher {
             .interval
             .min(Duration::from_secs(4))
             .max(Duration::from_millis(200));
-        for set in &self.table().sets {
-            for d in &set.dests {
-                let probe_it = match d.state() {
-                    DestState::Disabled => false,
-                    DestState::Inactive | DestState::Probing => true,
-                    DestState::Active | DestState::Draining => self.probe.mode == ProbeMode::All,
-                };
-                if !probe_it || book.pending.values().any(|p| Arc::ptr_eq(&p.dest, d)) {
-                    continue;
-                }
-                book.next_id += 1;
-                let id = book.next_id;
-                book.pending.insert(
-                    id,
-                    PendingProbe {
-                        dest: d.clone(),
-                        set: set.id,
-                        sent: now,
-                        deadline: now + timeout,
-                    },
-                );
-                out.push(Probe {
-                    id,
-                    target: Target {
-                        transport: d.cfg.transport,
-                        addr: d.cfg.addr,
-                        flow: None,
-                    },
-                    uri: d.cfg.uri.clone(),
-                    method: self.probe.method,
-                    from: self.probe.from.clone(),
-                    max_forwards: self.probe.max_forwards,
-                });
+        // every server once, whether it is in one set, several, or a balancer group only
+        let mut servers: Vec<Arc<Health>> = Vec::new();
+        let all = table
+            .sets
+            .iter()
+            .flat_map(|s| s.dests.iter().map(|d| d.health().clone()))
+            .chain(self.health.extra());
+        for h in all {
+            if !servers.iter().any(|x| Arc::ptr_eq(x, &h)) {
+                servers.push(h);
             }
+        }
+        for h in servers {
+            let probe_it = match h.state() {
+                DestState::Disabled => false,
+                DestState::Inactive | DestState::Probing => true,
+                DestState::Active | DestState::Draining => self.probe.mode == ProbeMode::All,
+            };
+            if !probe_it || book.pending.values().any(|p| Arc::ptr_eq(&p.health, &h)) {
+                continue;
+            }
+            book.next_id += 1;
+            let id = book.next_id;
+            out.push(Probe {
+                id,
+                target: Target {
+                    transport: h.transport,
+                    addr: h.addr,
+                    flow: None,
+                },
+                uri: h.uri.clone(),
+                method: self.probe.method,
+                from: self.probe.from.clone(),
+                max_forwards: self.probe.max_forwards,
+            });
+            book.pending.insert(
+                id,
+                PendingProbe {
+                    health: h,
+                    sent: now,
+                    deadline: now + timeout,
+                },
+            );
         }
     }
 
@@ -500,23 +529,23 @@ impl Router for Dispatcher {
         };
         let ok = code.is_some_and(|c| self.probe.codes.accepts(c));
         if ok {
-            p.dest.record_rtt(
+            p.health.record_rtt(
                 now.saturating_duration_since(p.sent)
                     .as_micros()
                     .min(u32::MAX as u128) as u32,
             );
         }
         let t = if ok {
-            p.dest.record_success(self.probe.threshold_up)
+            p.health.record_success(self.probe.threshold_up)
         } else {
-            p.dest.record_failure(self.probe.threshold_down)
+            p.health.record_failure(self.probe.threshold_down)
         };
         let why = match code {
             Some(c) if !ok => format!("probe answered {c}"),
             Some(_) => "probe answered".to_string(),
             None => "probe could not be sent".to_string(),
         };
-        log_transition(&self.hook, p.set, &p.dest, t, &why);
+        log_transition(&self.hook, &self.table(), &p.health, t, &why);
     }
 }
 

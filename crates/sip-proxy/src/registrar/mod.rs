@@ -6,7 +6,7 @@
 mod auth;
 mod location;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -181,6 +181,9 @@ pub struct Registrar {
     persist: std::sync::atomic::AtomicBool,
     agents: Mutex<HashSet<Arc<str>>>,
     pongs: Mutex<HashSet<u64>>,
+    /// Connections (TCP, TLS, WebSocket) that carry a registration, and until when: they
+    /// stay open that long whatever their idle timeout (OpenSIPS `tcp_persistent_flag`).
+    flows: Mutex<HashMap<crate::types::FlowId, Instant>>,
     next_id: AtomicU64,
     /// The wall clock at a known instant: `unix(now)` without reading the clock.
     epoch: (Instant, u64),
@@ -313,6 +316,7 @@ impl Registrar {
             persist: std::sync::atomic::AtomicBool::new(true),
             agents: Mutex::new(HashSet::new()),
             pongs: Mutex::new(HashSet::new()),
+            flows: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             rounds: Mutex::new((epoch.0, epoch.0 + cfg.ping_interval)),
             epoch,
@@ -639,6 +643,11 @@ impl Registrar {
                             updated_unix: unix,
                             missed: 0,
                         };
+                        if let Some(f) = b.source.flow {
+                            let mut g = lock(&self.flows);
+                            let until = g.entry(f).or_insert(b.expires_at);
+                            *until = (*until).max(b.expires_at);
+                        }
                         events.push(LocEvent::Saved {
                             aor: aor.clone(),
                             binding: Box::new(b.clone()),
@@ -939,6 +948,33 @@ impl Registrar {
             });
         });
         self.queue(ev);
+    }
+
+    /// True while a registration made over connection `flow` lasts: the connection must
+    /// stay open whatever its idle timeout.
+    pub fn holds_flow(&self, flow: crate::types::FlowId, now: Instant) -> bool {
+        let mut g = lock(&self.flows);
+        match g.get(&flow) {
+            Some(t) if *t > now => true,
+            Some(_) => {
+                g.remove(&flow);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Keeps connection `flow` open until `until` (a registration a media server granted
+    /// to a REGISTER forwarded over it).
+    pub fn hold_flow(&self, flow: crate::types::FlowId, until: Instant) {
+        let mut g = lock(&self.flows);
+        let t = g.entry(flow).or_insert(until);
+        *t = (*t).max(until);
+    }
+
+    /// Connection `flow` is closed: it holds nothing any more.
+    pub fn flow_closed(&self, flow: crate::types::FlowId) {
+        lock(&self.flows).remove(&flow);
     }
 
     /// A contact answered its keepalive.

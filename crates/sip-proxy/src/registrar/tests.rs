@@ -1213,3 +1213,120 @@ fn answers_without_qop_cannot_be_replayed() {
         "the replay added nothing"
     );
 }
+
+#[test]
+fn a_connection_that_carries_a_registration_is_held_for_its_life() {
+    let (p, reg, now) = open();
+    let tcp = |flow| Source {
+        transport: Transport::Tcp,
+        addr: addr("127.0.0.1:40010"),
+        flow: Some(flow),
+    };
+    let r = register(
+        "alice",
+        "h1",
+        1,
+        "<sip:alice@10.0.0.5;transport=tcp>;expires=300",
+        "",
+    );
+    let mut out = vec![];
+    p.on_message(now, tcp(7), Bytes::from(r), &mut out);
+    assert_eq!(parse(&out[0]).status(), Some(200));
+    assert!(p.holds_flow(7, now + Duration::from_secs(299)));
+    assert!(
+        !p.holds_flow(7, now + Duration::from_secs(301)),
+        "past its registration"
+    );
+    assert!(!p.holds_flow(8, now), "another connection holds nothing");
+    // closed: forgotten
+    let r = register(
+        "alice",
+        "h2",
+        2,
+        "<sip:alice@10.0.0.5;transport=tcp>;expires=300",
+        "",
+    );
+    p.on_message(now, tcp(9), Bytes::from(r), &mut out);
+    assert!(p.holds_flow(9, now));
+    p.flow_closed(9);
+    assert!(!p.holds_flow(9, now));
+    // over UDP nothing is held
+    reg_status(&p, now, "h3", 3, "<sip:alice@10.0.0.6>", "");
+    assert_eq!(reg.counts().1, 2);
+}
+
+#[test]
+fn forward_mode_holds_the_connection_for_what_the_media_server_granted() {
+    let (p, _reg, now) = setup(|c| c.mode = RegistrarMode::Forward);
+    let r = register("alice", "fh1", 1, "<sip:alice@10.0.0.5;transport=tcp>", "");
+    let mut out = vec![];
+    let src = Source {
+        transport: Transport::Tcp,
+        addr: addr("127.0.0.1:40011"),
+        flow: Some(3),
+    };
+    p.on_message(now, src, Bytes::from(r), &mut out);
+    let fwd = parse(&out[0]);
+    assert!(!p.holds_flow(3, now), "nothing granted yet");
+    let ok = response_to(&fwd, 200).replace(
+        "Content-Length: 0",
+        "Contact: <sip:alice@127.0.0.1:40011>;expires=120\r\nContent-Length: 0",
+    );
+    let out = send(&p, now, "127.0.0.1:5080", &ok);
+    assert_eq!(out.len(), 1);
+    assert!(p.holds_flow(3, now + Duration::from_secs(119)));
+    assert!(!p.holds_flow(3, now + Duration::from_secs(121)));
+}
+
+fn with_match(by_address: bool) -> (Proxy, Instant) {
+    let (_, reg, now) = setup(|c| c.direct_user_calls = false);
+    let cfg = ProxyConfig {
+        listeners: vec![Listener {
+            transport: Transport::Udp,
+            advertise: addr("127.0.0.1:5060"),
+        }],
+        media_servers_by_address: by_address,
+        ..ProxyConfig::default()
+    };
+    let media = vec![Destination {
+        uri: "sip:127.0.0.2:5080".into(),
+        transport: Transport::Udp,
+        addr: addr("127.0.0.2:5080"),
+        flow: None,
+        node: None,
+        route: None,
+    }];
+    let p = Proxy::new(cfg, Arc::new(RoundRobin::new(media))).with_registrar(reg);
+    (p, now)
+}
+
+#[test]
+fn a_media_server_calling_from_another_port_with_a_route_reaches_the_user() {
+    for by_address in [true, false] {
+        let (p, now) = with_match(by_address);
+        let r = register_auth(
+            &p,
+            now,
+            "alice",
+            "secret1",
+            "<sip:alice@127.0.0.1:40000>",
+            0,
+            1,
+        );
+        assert_eq!(r.status(), Some(200));
+        // FreeSWITCH's outbound-proxy form, from its second profile's port
+        let inv = "INVITE sip:alice@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5090;branch=z9hG4bKfs2\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:fs@127.0.0.2>;tag=f\r\nTo: <sip:alice@example.com>\r\nCall-ID: fs2\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+        let out = send(&p, now, "127.0.0.2:5090", inv);
+        let relayed = out.iter().find(|t| parse(t).is_request());
+        if by_address {
+            let call = relayed.expect("to alice's contact, not 503 cannot resolve");
+            assert_eq!(call.target.addr, addr("127.0.0.1:40000"));
+            assert_eq!(parse(call).uri_str(), "sip:alice@127.0.0.1:40000");
+        } else {
+            // by address and port, 5090 is no media server: an outside call, sent to the
+            // media servers (user_calls = "media-server")
+            let fwd = relayed.expect("relayed");
+            assert_eq!(fwd.target.addr, addr("127.0.0.2:5080"));
+        }
+    }
+}
