@@ -55,6 +55,9 @@ pub struct ProxyConfig {
     /// profile's port, and over TCP from ephemeral ports); off: by address and port, for
     /// hosts where users share an address with a media server.
     pub media_servers_by_address: bool,
+    /// Addresses the listeners are bound to where they advertise another (a proxy behind
+    /// NAT or a cloud load balancer): requests naming them are ours too.
+    pub bound: Vec<SocketAddr>,
 }
 
 impl Default for ProxyConfig {
@@ -77,6 +80,7 @@ impl Default for ProxyConfig {
             max_headers: 256,
             max_vias: 32,
             media_servers_by_address: false,
+            bound: Vec::new(),
         }
     }
 }

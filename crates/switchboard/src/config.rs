@@ -481,19 +481,207 @@ impl Config {
     }
 }
 
-/// Parses TOML text; a syntax error or unknown key comes back as one error line.
-pub fn parse(text: &str) -> Result<RawConfig, Vec<ConfigError>> {
-    toml::from_str(text).map_err(|e| {
+/// Parses TOML text. A syntax error is reported with its line; unknown keys (with the
+/// nearest known one: "did you mean") and values of the wrong type are reported with their
+/// section, key and line, all of them in one run: after each, the offending entry is left
+/// out and the text parsed again.
+/// Returns what could be read once the refused entries are left out, and the refusals.
+fn parse_all(text: &str) -> (Option<RawConfig>, Vec<ConfigError>) {
+    let mut text = text.to_string();
+    let mut errors = Vec::new();
+    for _ in 0..64 {
+        let e = match toml::from_str::<RawConfig>(&text) {
+            Ok(raw) => return (Some(raw), errors),
+            Err(e) => e,
+        };
         let msg = e.message().to_string();
-        let span = e.span().map(|s| {
-            let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}")
-        });
-        vec![err(span.unwrap_or_else(|| "config".into()), "-", msg)]
-    })
+        let Some(span) = e.span() else {
+            // no place in the text (a missing required key): the message names it
+            errors.push(err("config", "-", msg));
+            return (None, errors);
+        };
+        let at = span.start.min(text.len());
+        let line_no = text[..at].matches('\n').count() + 1;
+        let Some((section, key, first, last)) = entry_at(&text, line_no) else {
+            // a syntax error: nothing further can be read reliably
+            errors.push(err(format!("line {line_no}"), "-", msg));
+            return (None, errors);
+        };
+        let name = if section.is_empty() {
+            key.clone()
+        } else {
+            format!("{section}.{key}")
+        };
+        let why = match unknown_field(&msg) {
+            Some((field, expected)) => match nearest(&field, &expected) {
+                Some(m) => format!("unknown key {field:?} (line {line_no}): did you mean {m:?}?"),
+                None => format!(
+                    "unknown key {field:?} (line {line_no}); known: {}",
+                    expected.join(", ")
+                ),
+            },
+            None => format!("{msg} (line {line_no})"),
+        };
+        let value = text
+            .lines()
+            .nth(first - 1)
+            .and_then(|l| l.split_once('='))
+            .map_or("-".to_string(), |(_, v)| v.trim().to_string());
+        errors.push(err(name, value, why));
+        // blank the entry out (its lines, or its whole table for an unknown section; the
+        // line numbers of the rest stay) and read the rest
+        let kept: Vec<&str> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| if i + 1 < first || i + 1 > last { l } else { "" })
+            .collect();
+        text = kept.join("\n");
+    }
+    (None, errors)
 }
 
-/// A destination URI as a next hop: `sip:`/`sips:` with an IP address host.
+/// The `key = value` entry (or `[table]` header with its body) around line `line_no`:
+/// (section, key, first line, last line), 1-based. `None` when the line is in no entry.
+fn entry_at(text: &str, line_no: usize) -> Option<(String, String, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let header = |l: &str| -> Option<String> {
+        let t = l.trim();
+        (t.starts_with('[') && t.ends_with(']'))
+            .then(|| t.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+    };
+    // the entry starts at the nearest line above (or at) line_no that begins a key or a
+    // table, outside an unfinished multi-line value
+    let mut starts: Vec<(usize, Option<String>)> = Vec::new(); // (line, header name)
+    let mut depth = 0i32;
+    for (i, l) in lines.iter().enumerate() {
+        let code = strip_comment(l);
+        if depth == 0 {
+            if let Some(h) = header(code) {
+                starts.push((i + 1, Some(h)));
+            } else if code.contains('=') && !code.trim().is_empty() {
+                starts.push((i + 1, None));
+            }
+        }
+        depth += bracket_balance(code);
+        depth = depth.max(0);
+    }
+    let idx = starts.iter().rposition(|(n, _)| *n <= line_no)?;
+    let (first, hdr) = starts[idx].clone();
+    let section = starts[..=idx]
+        .iter()
+        .rev()
+        .find_map(|(_, h)| h.clone())
+        .unwrap_or_default();
+    match hdr {
+        // a table header: the table and its body up to the next header
+        Some(h) => {
+            let last = starts[idx + 1..]
+                .iter()
+                .find(|(_, h)| h.is_some())
+                .map_or(lines.len(), |(n, _)| n - 1);
+            let (sec, key) = match h.rsplit_once('.') {
+                Some((a, b)) => (a.to_string(), b.to_string()),
+                None => (String::new(), h.clone()),
+            };
+            Some((sec, key, first, last))
+        }
+        None => {
+            let key = strip_comment(lines[first - 1])
+                .split_once('=')?
+                .0
+                .trim()
+                .trim_matches('"')
+                .to_string();
+            let last = starts
+                .get(idx + 1)
+                .map_or(lines.len(), |(n, _)| n - 1)
+                .max(first);
+            // the entry's value ends where its brackets close
+            let mut depth = 0;
+            let mut end = first;
+            for (i, l) in lines.iter().enumerate().take(last).skip(first - 1) {
+                depth += bracket_balance(strip_comment(l));
+                end = i + 1;
+                if depth <= 0 {
+                    break;
+                }
+            }
+            (line_no <= end.max(first)).then_some((section, key, first, end))
+        }
+    }
+}
+
+/// The line without a trailing `# comment` (a `#` inside quotes stays).
+fn strip_comment(l: &str) -> &str {
+    let mut quote: Option<char> = None;
+    for (i, c) in l.char_indices() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '#') => return &l[..i],
+            _ => {}
+        }
+    }
+    l
+}
+
+/// Opening minus closing brackets and braces outside quotes.
+fn bracket_balance(l: &str) -> i32 {
+    let mut quote: Option<char> = None;
+    let mut n = 0;
+    for c in l.chars() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '[' | '{') => n += 1,
+            (None, ']' | '}') => n -= 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" (or "expected `a`"): the field and
+/// the known names.
+fn unknown_field(msg: &str) -> Option<(String, Vec<String>)> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    Some((field.to_string(), expected))
+}
+
+/// The known name closest to `field` (by edit distance, at most a third of its length).
+fn nearest(field: &str, known: &[String]) -> Option<String> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                cur.push(
+                    (prev[j] + (ca != *cb) as usize)
+                        .min(prev[j + 1] + 1)
+                        .min(cur[j] + 1),
+                );
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    let f = field.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (distance(&f, k), k))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(1) || k.contains(&f) || f.contains(k.as_str()))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.clone())
+}
+
 pub fn parse_destination(key: &str, s: &str) -> Result<Destination, ConfigError> {
     let uri =
         Uri::parse(s).map_err(|e| err(key, format!("{s:?}"), format!("not a SIP URI ({e})")))?;
@@ -549,8 +737,24 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
             "at least one listen socket is needed",
         ));
     }
+    let mut bound = Vec::new();
     for (i, l) in raw.sip.listen.iter().enumerate() {
         let key = format!("sip.listen[{i}]");
+        // "udp:10.0.0.5:5060 advertise 203.0.113.5:5060" (Kamailio's listen ... advertise)
+        let (l, advertised) = match l.split_once(" advertise ") {
+            Some((l, adv)) => match adv.trim().parse::<SocketAddr>() {
+                Ok(a) if !a.ip().is_unspecified() && a.port() != 0 => (l.trim(), Some(a)),
+                _ => {
+                    errors.push(err(
+                        &key,
+                        format!("{adv:?}"),
+                        "the advertised address must be a public IP:port, e.g. 203.0.113.5:5060",
+                    ));
+                    continue;
+                }
+            },
+            None => (l.as_str(), None),
+        };
         let Some((t, a)) = l.split_once(':') else {
             errors.push(err(
                 &key,
@@ -570,11 +774,11 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
                 continue;
             }
         };
-        if addr.ip().is_unspecified() {
+        if addr.ip().is_unspecified() && advertised.is_none() {
             errors.push(err(
                 &key,
                 format!("{l:?}"),
-                "listen on a specific address: it is advertised in Via and Record-Route",
+                "listen on a specific address (it is advertised in Via and Record-Route), or give the address to advertise: \"udp:0.0.0.0:5060 advertise 203.0.113.5:5060\"",
             ));
             continue;
         }
@@ -598,9 +802,12 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
                 continue;
             }
         }
+        if advertised.is_some() {
+            bound.push(addr);
+        }
         listeners.push(Listener {
             transport: Transport::parse(t).unwrap_or(Transport::Udp),
-            advertise: addr,
+            advertise: advertised.unwrap_or(addr),
         });
     }
     if raw.sip.max_message_size < 1024 || raw.sip.max_message_size > 1 << 20 {
@@ -842,6 +1049,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         max_headers: raw.sip.max_headers,
         max_vias: raw.sip.max_vias,
         media_servers_by_address,
+        bound,
         ..ProxyConfig::default()
     };
     Ok(Config {
@@ -880,7 +1088,16 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
 
 /// Parses and validates.
 pub fn load(text: &str, salt: u64) -> Result<Config, Vec<ConfigError>> {
-    validate(parse(text)?, salt)
+    let (raw, mut errors) = parse_all(text);
+    // what could be read is validated too: every refusal in one run
+    match (raw.map(|r| validate(r, salt)), errors.is_empty()) {
+        (Some(Ok(c)), true) => Ok(c),
+        (Some(Err(more)), _) => {
+            errors.extend(more);
+            Err(errors)
+        }
+        _ => Err(errors),
+    }
 }
 
 #[cfg(test)]
@@ -1002,10 +1219,32 @@ mod tests {
     }
 
     #[test]
+    fn a_listener_advertises_its_public_address() {
+        let c = load(
+            &EMBEDDED_DEFAULT.replace(
+                r#"listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]"#,
+                r#"listen = ["udp:0.0.0.0:5060 advertise 203.0.113.5:5060", "tcp:127.0.0.1:5060"]"#,
+            ),
+            1,
+        )
+        .unwrap();
+        assert_eq!(c.udp, vec!["0.0.0.0:5060".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.proxy.listeners[0].advertise,
+            "203.0.113.5:5060".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(c.proxy.listeners[1].advertise, c.tcp[0]);
+        assert_eq!(
+            c.proxy.bound,
+            vec!["0.0.0.0:5060".parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    #[test]
     fn bad_values_are_refused_with_key_and_reason() {
         let text = r#"
 [sip]
-listen = ["udp:127.0.0.1:5060", "sctp:127.0.0.1:5060", "udp:0.0.0.0:5060", "udp:nope"]
+listen = ["udp:127.0.0.1:5060", "sctp:127.0.0.1:5060", "udp:0.0.0.0:5060", "udp:nope", "tcp:127.0.0.1:5060 advertise 0.0.0.0:5060", "tcp:127.0.0.1:5060 advertise sip.example.com"]
 [transactions]
 t1_ms = 0
 failover_codes = [200]
@@ -1029,6 +1268,8 @@ level = "loud"
             "sip.listen[1]",
             "sip.listen[2]",
             "sip.listen[3]",
+            "sip.listen[4]",
+            "sip.listen[5]",
             "transactions.t1_ms",
             "transactions.failover_codes[0]",
             "dispatcher.set[0].algorithm",
@@ -1135,5 +1376,54 @@ default_set = 7
     fn syntax_errors_name_the_line() {
         let e = load("[sip]\nlisten = [\n", 1).unwrap_err();
         assert!(e[0].key.starts_with("line"), "{:?}", e[0]);
+    }
+
+    #[test]
+    fn every_key_and_type_error_in_one_run_with_section_and_a_suggestion() {
+        let text = EMBEDDED_DEFAULT
+            .replace(
+                "udp_workers = 0",
+                "udp_workers = \"four\"\nlisten_backlog = 5",
+            )
+            .replace("t1_ms = 500", "t1_ms = 500\nbranch_timeout = 2000")
+            .replace("[log]", "[logging]\nlevel = 1\n[log]")
+            .replace("probe_interval_s = 5", "probe_interval_s = [\n  5,\n]");
+        let e = load(&text, 1).unwrap_err();
+        let shown: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+        let has = |key: &str, why: &str| e.iter().any(|x| x.key == key && x.why.contains(why));
+        assert!(has("sip.udp_workers", "invalid type"), "{shown:#?}");
+        assert!(
+            has("sip.listen_backlog", "did you mean \"tcp_listen_backlog\""),
+            "{shown:#?}"
+        );
+        assert!(
+            has(
+                "transactions.branch_timeout",
+                "did you mean \"branch_timeout_ms\""
+            ),
+            "{shown:#?}"
+        );
+        assert!(has("logging", "did you mean \"log\""), "{shown:#?}");
+        assert!(
+            has("dispatcher.probe_interval_s", "invalid type"),
+            "{shown:#?}"
+        );
+        assert_eq!(e.len(), 5, "{shown:#?}");
+        assert!(e.iter().all(|x| x.why.contains("(line ")), "{shown:#?}");
+        let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        assert!(
+            has(
+                "sip.listen_backlog",
+                &format!("(line {})", line_of("listen_backlog = 5"))
+            ),
+            "line numbers of the original text: {shown:#?}"
+        );
+        // the values that could be read are validated in the same run
+        let e = load(&text.replace("t1_ms = 500", "t1_ms = 0"), 1).unwrap_err();
+        assert!(e.iter().any(|x| x.key == "transactions.t1_ms"), "{e:?}");
+        assert_eq!(e.len(), 6);
+        // a key nothing resembles lists the known ones
+        let e = load("[sip]\nzzzzzz = 1\n", 1).unwrap_err();
+        assert!(e[0].why.contains("known: listen"), "{e:?}");
     }
 }

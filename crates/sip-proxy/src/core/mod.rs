@@ -487,7 +487,9 @@ impl Proxy {
                 .cfg
                 .listeners
                 .iter()
-                .any(|l| l.advertise.ip() == ip && l.advertise.port() == port);
+                .map(|l| l.advertise)
+                .chain(self.cfg.bound.iter().copied())
+                .any(|a| a.ip() == ip && a.port() == port);
         }
         self.cfg
             .aliases

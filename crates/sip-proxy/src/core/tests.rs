@@ -971,3 +971,43 @@ fn balanced_calls_are_counted_until_failure_or_bye_and_refused_when_full() {
     assert_eq!(used(), vec![0, 0], "released exactly once");
     assert_eq!(b.active_calls(), 0);
 }
+
+#[test]
+fn an_advertised_address_is_written_and_the_bound_one_is_still_ours() {
+    let cfg = ProxyConfig {
+        listeners: vec![Listener {
+            transport: Transport::Udp,
+            advertise: addr("203.0.113.5:5060"),
+        }],
+        bound: vec![addr("127.0.0.1:5060")],
+        ..ProxyConfig::default()
+    };
+    let dest = Destination {
+        uri: "sip:127.0.0.1:5080".into(),
+        transport: Transport::Udp,
+        addr: addr("127.0.0.1:5080"),
+        flow: None,
+        node: None,
+        route: None,
+    };
+    let p = Proxy::new(cfg, Arc::new(crate::router::RoundRobin::new(vec![dest])));
+    let now = Instant::now();
+    // the Request-URI names the bound address: ours, so routed to the media server
+    let out = send(&p, now, UAC, &invite("adv1"));
+    let fwd = parse(out.iter().find(|t| parse(t).is_request()).expect("relayed"));
+    let via = fwd.get(HeaderName::Via).unwrap();
+    assert!(via.starts_with("SIP/2.0/UDP 203.0.113.5:5060;"), "{via}");
+    let rr = fwd.get(HeaderName::RecordRoute).unwrap();
+    assert!(rr.starts_with("<sip:203.0.113.5:5060;lr"), "{rr}");
+    // a Route naming the public address is popped as ours, and so is one naming the bound
+    for route in ["203.0.113.5:5060", "127.0.0.1:5060"] {
+        let call = format!("adv-{route}");
+        let inv = invite(&call).replace(
+            "Max-Forwards: 70",
+            &format!("Route: <sip:{route};lr>\r\nMax-Forwards: 70"),
+        );
+        let out = send(&p, now, UAC, &inv);
+        let fwd = parse(out.iter().find(|t| parse(t).is_request()).expect("relayed"));
+        assert!(fwd.get(HeaderName::Route).is_none(), "{route} popped");
+    }
+}
