@@ -16,11 +16,36 @@ fn balancer(st: &AdminState) -> Result<&Balancer, (i64, String)> {
     ))
 }
 
+/// A parameter by name (`a|b`: OpenSIPS' name, then ours) or position, as text.
 fn text(params: &Value, name: &str, pos: usize) -> Result<String, (i64, String)> {
-    match params.get(name).or(params.get(pos)) {
+    match name
+        .split('|')
+        .find_map(|n| params.get(n))
+        .or(params.get(pos))
+    {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Number(n)) => Ok(n.to_string()),
-        _ => Err((-32602, format!("missing parameter {name}"))),
+        _ => Err((
+            -32602,
+            format!(
+                "missing parameter {}",
+                name.split('|').next().unwrap_or(name)
+            ),
+        )),
+    }
+}
+
+/// The node a request names: OpenSIPS' `destination_id` (the table's id), or its URI.
+fn node_uri(b: &Balancer, params: &Value) -> Result<String, (i64, String)> {
+    let d = text(params, "destination_id|destination", 0)?;
+    match d.trim().parse::<i64>() {
+        Ok(id) => b
+            .nodes()
+            .iter()
+            .find(|n| n.cfg.id == id)
+            .map(|n| n.cfg.uri.to_string())
+            .ok_or((404, format!("no node with id {id}"))),
+        Err(_) => Ok(d),
     }
 }
 
@@ -59,9 +84,10 @@ pub(crate) fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcR
         }),
         "lb_resize" | "load_balancer:resize" => (|| {
             let b = balancer(st)?;
-            let uri = text(params, "destination", 0)?;
-            let res = text(params, "resource", 1)?;
-            let cap: i64 = text(params, "capacity", 2)?
+            // OpenSIPS: destination_id, res_name, new_capacity
+            let uri = node_uri(b, params)?;
+            let res = text(params, "res_name|resource", 1)?;
+            let cap: i64 = text(params, "new_capacity|capacity", 2)?
                 .trim()
                 .parse()
                 .map_err(|_| (-32602, "capacity must be an integer".to_string()))?;
@@ -70,9 +96,20 @@ pub(crate) fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcR
         })(),
         "lb_status" | "load_balancer:status" => (|| {
             let b = balancer(st)?;
-            let uri = text(params, "destination", 0)?;
-            // OpenSIPS: 0 off, 1 on; also a state name (draining, active, disabled)
-            let state = match params.get("status").or(params.get(1)) {
+            let uri = node_uri(b, params)?;
+            // OpenSIPS: destination_id, new_status 0 off / 1 on; also a state name
+            // (draining, active, disabled); without a status, the node's
+            let Some(status) = params
+                .get("new_status")
+                .or(params.get("status"))
+                .or(params.get(1))
+            else {
+                let n = b.nodes().iter().find(|n| *n.cfg.uri == *uri).cloned();
+                return n
+                    .map(|n| json!({ "destination": uri, "enabled": n.enabled(), "state": n.health().state().as_str() }))
+                    .ok_or((404, format!("no node {uri}")));
+            };
+            let state = match Some(status) {
                 Some(Value::Number(n)) if n.as_i64() == Some(0) => DestState::Disabled,
                 Some(Value::Number(n)) if n.as_i64() == Some(1) => DestState::Active,
                 Some(Value::Bool(x)) if *x => DestState::Active,

@@ -9,25 +9,37 @@ use crate::AdminState;
 
 type RpcResult = Result<Value, (i64, String)>;
 
+/// A parameter by name (`a|b`: OpenSIPS' name, then ours) or by position.
 fn param<'a>(params: &'a Value, name: &str, pos: usize) -> Option<&'a Value> {
-    params.get(name).or_else(|| params.get(pos))
+    name.split('|')
+        .find_map(|n| params.get(n))
+        .or_else(|| params.get(pos))
+}
+
+/// The name an error message gives (OpenSIPS' name).
+fn first(name: &str) -> &str {
+    name.split('|').next().unwrap_or(name)
 }
 
 fn str_param(params: &Value, name: &str, pos: usize) -> Result<String, (i64, String)> {
     match param(params, name, pos) {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err((-32602, format!("{name} must be a string, got {other}"))),
-        None => Err((-32602, format!("missing parameter {name}"))),
+        Some(other) => Err((
+            -32602,
+            format!("{} must be a string, got {other}", first(name)),
+        )),
+        None => Err((-32602, format!("missing parameter {}", first(name)))),
     }
 }
 
 fn int_param(
     params: &Value,
-    name: &str,
+    name_all: &str,
     pos: usize,
     default: Option<i64>,
 ) -> Result<i64, (i64, String)> {
-    match param(params, name, pos) {
+    let name = first(name_all);
+    match param(params, name_all, pos) {
         Some(Value::Number(n)) => n
             .as_i64()
             .ok_or((-32602, format!("{name} must be an integer"))),
@@ -95,8 +107,9 @@ pub fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcResult> 
                     "unknown state {state_s:?} (active, inactive, probing, disabled, draining)"
                 ),
             ))?;
-            let set = int_param(params, "set", 1, None)?;
-            let uri = str_param(params, "destination", 2)?;
+            // OpenSIPS: state, group, address
+            let set = int_param(params, "group|set", 1, None)?;
+            let uri = str_param(params, "address|destination", 2)?;
             d.set_state(set, &uri, state).map_err(|e| (-32001, e))?;
             Ok(json!({"set": set, "destination": uri, "state": state.as_str()}))
         })(),
@@ -119,8 +132,9 @@ pub fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcResult> 
             Ok(json!({"destinations": n, "inherit_state": inherit}))
         })(),
         "ds_add" => (|| {
-            let set = int_param(params, "set", 0, None)?;
-            let uri = str_param(params, "uri", 1)?;
+            // Kamailio's dispatcher.add: group, address, ...
+            let set = int_param(params, "group|set", 0, None)?;
+            let uri = str_param(params, "address|uri", 1)?;
             let weight = int_param(params, "weight", 2, Some(1))?;
             let priority = int_param(params, "priority", 3, Some(0))?;
             let attrs = str_param(params, "attrs", 4).unwrap_or_default();
@@ -145,8 +159,8 @@ pub fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcResult> 
             Ok(json!({"set": set, "added": uri}))
         })(),
         "ds_remove" => (|| {
-            let set = int_param(params, "set", 0, None)?;
-            let uri = str_param(params, "uri", 1)?;
+            let set = int_param(params, "group|set", 0, None)?;
+            let uri = str_param(params, "address|uri", 1)?;
             d.remove_destination(set, &uri).map_err(|e| (-32001, e))?;
             if let Some(persist) = &st.store_remove {
                 persist(set, &uri).map_err(|e| {

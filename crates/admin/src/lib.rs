@@ -24,6 +24,7 @@ mod dialog;
 mod dispatcher;
 mod registrar;
 mod security;
+mod stats;
 
 pub use registrar::{Loaded, StoredSecret, SubscriberStore};
 
@@ -143,7 +144,7 @@ fn is_json(h: &HeaderMap) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn statistics(st: &AdminState) -> Vec<(String, String, u64, &'static str)> {
+pub(crate) fn statistics(st: &AdminState) -> Vec<(String, String, u64, &'static str)> {
     let mut v: Vec<(String, String, u64, &'static str)> = st
         .proxy
         .stats()
@@ -252,21 +253,19 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
                     ))
                 }
             };
-            let all = filter
-                .iter()
-                .any(|f| f == "all" || f == "core:" || f == "sip:");
-            let mut m = serde_json::Map::new();
-            for (name, _, v, _) in statistics(st) {
-                if all || filter.iter().any(|f| f == &name) {
-                    m.insert(format!("sip:{name}"), json!(v));
-                }
-            }
-            Ok(Value::Object(m))
+            stats::get(&stats::groups(st), &filter)
         }
+        "list_statistics" | "core:list_statistics" => Ok(Value::Object(
+            stats::groups(st)
+                .into_iter()
+                .map(|(g, n, _)| (format!("{g}:{n}"), json!(g)))
+                .collect(),
+        )),
         "which" | "core:which" => Ok(json!([
             "version",
             "uptime",
             "get_statistics",
+            "list_statistics",
             "which",
             "ds_list",
             "ds_set_state",
@@ -292,7 +291,8 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
             "lb_list",
             "lb_resize",
             "lb_status",
-            "lb_reload"
+            "lb_reload",
+            "lb_is_destination",
         ])),
         _ => Err((-32601, format!("method not found: {method}"))),
     }
@@ -383,6 +383,9 @@ async fn metrics(
         for (n, c) in per {
             s.push_str(&format!("switchboard_node_dialogs{{node=\"{n}\"}} {c}\n"));
         }
+    }
+    if let Some(b) = &st.balancer {
+        s.push_str(&b.metrics_text());
     }
     if let Some(r) = st.proxy.registrar() {
         let (aors, contacts) = r.counts();
@@ -792,6 +795,104 @@ mod tests {
             }
         }));
         st
+    }
+
+    #[test]
+    fn opensips_parameter_names_and_statistics_groups() {
+        use sip_proxy::balancer::{parse_resources, Balancer, LbFlags, LbNodeConfig, LbRoute};
+        let mut st = with_dispatcher();
+        // ds_set_state as OpenSIPS documents it: state, group, address
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "ds_set_state", "params": {"state": "i", "group": 1, "address": "sip:127.0.0.1:5080"}}),
+        );
+        assert_eq!(r["result"]["state"], "inactive", "{r}");
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "ds_set_state", "params": {"state": "i", "group": 1}}),
+        );
+        assert_eq!(r["error"]["message"], "missing parameter address", "{r}");
+        // the balancer: lb_resize/lb_status by destination_id, res_name, new_capacity,
+        // new_status; it shares the dispatcher's health records
+        let d = st.dispatcher.clone().unwrap();
+        let node = |id: i64, port: u16| LbNodeConfig {
+            id,
+            group: 1,
+            uri: format!("sip:127.0.0.1:{port}").into(),
+            transport: sip_proxy::Transport::Udp,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            resources: parse_resources("pstn=10").unwrap(),
+            live: vec![],
+            enabled: true,
+            description: String::new(),
+        };
+        st.balancer = Some(Arc::new(Balancer::new(
+            vec![node(7, 5080), node(8, 5090)],
+            LbRoute::calls(1, vec!["pstn".into()], LbFlags::default()),
+            1,
+            d.health_book().clone(),
+        )));
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 2, "method": "lb_resize", "params": {"destination_id": 8, "res_name": "pstn", "new_capacity": 4}}),
+        );
+        assert_eq!(r["result"]["max"], 4, "{r}");
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 3, "method": "lb_status", "params": {"destination_id": 8, "new_status": 0}}),
+        );
+        assert_eq!(r["result"]["enabled"], false, "{r}");
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 4, "method": "lb_status", "params": {"destination_id": 7}}),
+        );
+        assert_eq!(
+            r["result"]["state"], "inactive",
+            "the dispatcher's state: {r}"
+        );
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 5, "method": "lb_status", "params": {"destination_id": 99}}),
+        );
+        assert_eq!(r["error"]["message"], "no node with id 99");
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 6, "method": "lb_is_destination", "params": {"address": "127.0.0.1", "port": 5090, "group": 1}}),
+        );
+        assert_eq!(r["result"]["id"], 8, "{r}");
+        // statistics by OpenSIPS group
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 7, "method": "get_statistics", "params": {"statistics": ["load_balancer:", "dispatcher:destinations_up", "tm:"]}}),
+        );
+        let res = &r["result"];
+        assert_eq!(res["load_balancer:nodes"], 2, "{r}");
+        assert_eq!(
+            res["load_balancer:nodes_up"], 0,
+            "one inactive, one disabled: {r}"
+        );
+        assert_eq!(res["dispatcher:destinations_up"], 1, "{r}");
+        assert!(res.get("tm:inuse_transactions").is_some(), "{r}");
+        let r = one(
+            &st,
+            json!({"jsonrpc": "2.0", "id": 8, "method": "get_statistics", "params": [["shm:"]]}),
+        );
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("unknown statistics group shm"),
+            "{r}"
+        );
+        // /metrics lines for the balancer
+        let text = st.balancer.as_ref().unwrap().metrics_text();
+        assert!(text.contains("switchboard_lb_capacity{group=\"1\",node=\"sip:127.0.0.1:5090\",resource=\"pstn\"} 4"), "{text}");
+        assert!(
+            text.contains(
+                "switchboard_lb_load{group=\"1\",node=\"sip:127.0.0.1:5080\",resource=\"pstn\"} 0"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -73,7 +73,7 @@ fn contact_json(b: &Binding, now: Instant) -> Value {
         "Cflags": if b.nat { "NAT" } else { "" },
         "SIP_instance": b.instance.as_deref(),
         "Reg-id": b.reg_id,
-        "Missed-pings": b.missed,
+        "Missed-pings": b.missed_pings(),
     })
 }
 

@@ -694,6 +694,41 @@ impl Balancer {
         Ok(t)
     }
 
+    /// Prometheus lines: per node and resource its load and capacity, and whether it takes
+    /// new calls.
+    pub fn metrics_text(&self) -> String {
+        let nodes = self.nodes();
+        let mut s = String::from("# HELP switchboard_lb_load calls counted on a balancer node, per resource\n# TYPE switchboard_lb_load gauge\n");
+        for n in nodes.iter() {
+            for (r, _, used) in n.load() {
+                s.push_str(&format!(
+                    "switchboard_lb_load{{group=\"{}\",node=\"{}\",resource=\"{r}\"}} {used}\n",
+                    n.cfg.group, n.cfg.uri
+                ));
+            }
+        }
+        s.push_str("# HELP switchboard_lb_capacity capacity of a balancer node, per resource\n# TYPE switchboard_lb_capacity gauge\n");
+        for n in nodes.iter() {
+            for (r, cap, _) in n.load() {
+                s.push_str(&format!(
+                    "switchboard_lb_capacity{{group=\"{}\",node=\"{}\",resource=\"{r}\"}} {cap}\n",
+                    n.cfg.group, n.cfg.uri
+                ));
+            }
+        }
+        s.push_str("# HELP switchboard_lb_node_up 1 when the balancer node takes new calls\n# TYPE switchboard_lb_node_up gauge\n");
+        for n in nodes.iter() {
+            s.push_str(&format!(
+                "switchboard_lb_node_up{{group=\"{}\",node=\"{}\",state=\"{}\"}} {}\n",
+                n.cfg.group,
+                n.cfg.uri,
+                n.health.state().as_str(),
+                n.health.selectable() as u8
+            ));
+        }
+        s
+    }
+
     /// `lb_is_destination`: the node at `addr` (any port when `port` is 0), in `group`
     /// when one is given.
     pub fn find_node(

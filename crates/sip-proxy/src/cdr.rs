@@ -105,10 +105,19 @@ pub struct Cdrs {
     /// Calls refused by the proxy itself in the last 32 s (a retransmission of their
     /// INVITE is refused again, but recorded once), by a hash of Call-ID and From tag.
     refused: Mutex<HashMap<u64, Instant>>,
+    /// Records made so far: answered calls, and failed or cancelled ones.
+    pub answered: std::sync::atomic::AtomicU64,
+    pub missed: std::sync::atomic::AtomicU64,
 }
 
 impl Cdrs {
     pub fn push(&self, r: CallRecord) {
+        let n = if r.answered {
+            &self.answered
+        } else {
+            &self.missed
+        };
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.q.lock().unwrap_or_else(|p| p.into_inner()).push(r);
     }
 

@@ -1386,6 +1386,20 @@ impl Store {
 
     /// Accounted calls ended at or after `since` (UNIX), answered and failed, oldest first.
     pub async fn cdrs_since(&self, since: i64, limit: i64) -> Result<Vec<CdrRow>, StoreError> {
+        self.cdrs(since, limit, false).await
+    }
+
+    /// The `limit` calls that ended last (at or after `since`), newest first.
+    pub async fn latest_cdrs(&self, since: i64, limit: i64) -> Result<Vec<CdrRow>, StoreError> {
+        self.cdrs(since, limit, true).await
+    }
+
+    async fn cdrs(
+        &self,
+        since: i64,
+        limit: i64,
+        newest_first: bool,
+    ) -> Result<Vec<CdrRow>, StoreError> {
         let acc = self.columns("acc").await?;
         let missed = self.columns("missed_calls").await?;
         // a table made by OpenSIPS' schema lacks our columns: read them as empty, and take
@@ -1429,9 +1443,10 @@ impl Store {
             )
         };
         let q = &format!(
-            "{} UNION ALL {} ORDER BY end_time LIMIT ?2",
+            "{} UNION ALL {} ORDER BY end_time {} LIMIT ?2",
             pick(&acc, true),
-            pick(&missed, false)
+            pick(&missed, false),
+            if newest_first { "DESC" } else { "ASC" }
         );
         let rows = sqlx::query(q)
             .bind(since)

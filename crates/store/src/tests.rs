@@ -303,6 +303,11 @@ async fn cdrs_are_written_and_listed_since() {
         s.cdrs_since(1050, 100).await.unwrap(),
         vec![answered.clone()]
     );
+    assert_eq!(
+        s.latest_cdrs(0, 1).await.unwrap(),
+        vec![answered.clone()],
+        "the newest first, within the limit"
+    );
     // a batch larger than one statement
     let many: Vec<CdrRow> = (0..120)
         .map(|i| CdrRow {

@@ -89,8 +89,8 @@ pub struct Mi {
 impl Remote {
     /// Resolves the endpoint and reads the token.
     pub fn connect(&self) -> anyhow::Result<Mi> {
-        let (text, name) = crate::read_config(&self.config)?;
-        let cfg = crate::config::load(&text, 0).map_err(|errs| {
+        let (loaded, name) = crate::load_config(&self.config, 0)?;
+        let cfg = loaded.map_err(|errs| {
             let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
             anyhow::anyhow!("{name}: {}", all.join("; "))
         })?;
@@ -227,15 +227,15 @@ pub fn dispatcher(mi: &Mi, cmd: DispatcherCmd) -> anyhow::Result<ExitCode> {
             }
             ExitCode::SUCCESS
         }),
-        DispatcherCmd::Add { set, uri, weight, priority, attrs, description } => rpc(mi, "ds_add", json!({"set": set, "uri": uri, "weight": weight, "priority": priority, "attrs": attrs, "description": description})).map(|v| {
+        DispatcherCmd::Add { set, uri, weight, priority, attrs, description } => rpc(mi, "ds_add", json!({"group": set, "address": uri, "weight": weight, "priority": priority, "attrs": attrs, "description": description})).map(|v| {
             println!("{v}");
             ExitCode::SUCCESS
         }),
-        DispatcherCmd::Remove { set, uri } => rpc(mi, "ds_remove", json!({"set": set, "uri": uri})).map(|v| {
+        DispatcherCmd::Remove { set, uri } => rpc(mi, "ds_remove", json!({"group": set, "address": uri})).map(|v| {
             println!("{v}");
             ExitCode::SUCCESS
         }),
-        DispatcherCmd::SetState { set, uri, state } => rpc(mi, "ds_set_state", json!({"state": state, "set": set, "destination": uri})).map(|v| {
+        DispatcherCmd::SetState { set, uri, state } => rpc(mi, "ds_set_state", json!({"state": state, "group": set, "address": uri})).map(|v| {
             println!("{v}");
             ExitCode::SUCCESS
         }),
@@ -408,15 +408,19 @@ pub fn ul(mi: &Mi, cmd: UlCmd) -> anyhow::Result<ExitCode> {
 
 #[derive(Subcommand)]
 pub enum CdrCmd {
-    /// Print the CDRs as a table.
+    /// The calls that ended last, newest first, as a table.
     List {
         /// Only calls that ended at or after this UNIX time.
         #[arg(long, default_value_t = 0)]
         since: i64,
-        #[arg(long, default_value_t = 1000)]
+        /// How many calls.
+        #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
-    /// Print the CDRs as CSV or JSON.
+    /// Print the CDRs as CSV or JSON, oldest first (for billing and archives).
     Export {
         #[arg(long, default_value_t = 0)]
         since: i64,
@@ -426,6 +430,27 @@ pub enum CdrCmd {
         #[arg(long, default_value = "csv")]
         format: String,
     },
+}
+
+/// UNIX seconds as `2026-11-30 16:55:02` (UTC).
+pub fn utc(t: i64) -> String {
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    // civil date from days since 1970-01-01 (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 fn csv_field(s: &str) -> String {
@@ -501,14 +526,22 @@ pub fn print_cdrs(rows: &[store::CdrRow], format: &str) -> Result<(), String> {
         }
         "table" => {
             println!(
-                "{:<36} {:<8} {:>4} {:<20} {:<24} {:>8}  hangup_by",
-                "callid", "result", "code", "from", "to", "duration"
+                "{:<19} {:<8} {:>4} {:<24} {:<24} {:>8} {:<9} {:<28} callid",
+                "ended (UTC)", "result", "code", "from", "to", "duration", "hangup_by", "node"
             );
             for r in rows {
                 let f = fields(r);
                 println!(
-                    "{:<36} {:<8} {:>4} {:<20} {:<24} {:>8}  {}",
-                    f[0], f[1], f[2], f[4], f[5], f[12], f[13]
+                    "{:<19} {:<8} {:>4} {:<24} {:<24} {:>8} {:<9} {:<28} {}",
+                    utc(r.end_time),
+                    f[1],
+                    f[2],
+                    f[4],
+                    f[5],
+                    f[12],
+                    f[13],
+                    f[8],
+                    f[0]
                 );
             }
         }
@@ -621,6 +654,87 @@ fn print_lb(v: &Value) {
 }
 
 #[derive(Subcommand)]
+pub enum DlgCmd {
+    /// The calls in progress: state, caller, callee, media server, age.
+    List {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a call (a BYE to both sides): by the ID `dlg list` shows.
+    End { id: u64 },
+}
+
+/// Runs one dialog subcommand.
+pub fn dlg(mi: &Mi, cmd: DlgCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DlgCmd::List { json: true } => done(rpc(mi, "dlg_list", json!({}))),
+        DlgCmd::List { json: false } => match rpc(mi, "dlg_list", json!({})) {
+            Ok(v) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                println!(
+                    "{:>8} {:<10} {:<30} {:<30} {:<28} {:>6}  callid",
+                    "id", "state", "from", "to", "node", "age_s"
+                );
+                let list = v["Dialogs"].as_array().cloned().unwrap_or_default();
+                for d in &list {
+                    let start = d["start_time"].as_i64().unwrap_or(now);
+                    println!(
+                        "{:>8} {:<10} {:<30} {:<30} {:<28} {:>6}  {}",
+                        d["ID"].to_string(),
+                        d["state"].as_str().unwrap_or(""),
+                        d["from_uri"].as_str().unwrap_or(""),
+                        d["to_uri"].as_str().unwrap_or(""),
+                        d["node"].as_str().unwrap_or("-"),
+                        (now - start).max(0),
+                        d["callid"].as_str().unwrap_or("")
+                    );
+                }
+                println!("{} call(s)", list.len());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => done(Err(e)),
+        },
+        DlgCmd::End { id } => done(rpc(mi, "dlg_end_dlg", json!({"dialog_id": id}))),
+    }
+}
+
+/// `name=value` arguments as JSON-RPC named parameters: a value that parses as JSON (a
+/// number, true, a list) is sent as such, any other as a string.
+pub fn mi_params(args: &[String]) -> Result<Value, String> {
+    let mut m = serde_json::Map::new();
+    for a in args {
+        let (k, v) = a
+            .split_once('=')
+            .ok_or_else(|| format!("{a:?}: parameters are name=value"))?;
+        if k.is_empty() {
+            return Err(format!("{a:?}: a parameter needs a name"));
+        }
+        let v = serde_json::from_str::<Value>(v)
+            .ok()
+            .filter(|j| !j.is_string())
+            .unwrap_or_else(|| Value::String(v.to_string()));
+        if m.insert(k.to_string(), v).is_some() {
+            return Err(format!("parameter {k} given twice"));
+        }
+    }
+    Ok(Value::Object(m))
+}
+
+/// `switchboard mi METHOD [name=value ...]`.
+pub fn mi_call(mi: &Mi, method: &str, args: &[String]) -> anyhow::Result<ExitCode> {
+    match mi_params(args) {
+        Ok(p) => done(rpc(mi, method, p)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+#[derive(Subcommand)]
 pub enum BanCmd {
     /// The sources banned now (flood, scanner, password guessing, operator) and the
     /// usernames banned from a source.
@@ -678,5 +792,42 @@ pub fn ban(mi: &Mi, cmd: BanCmd) -> anyhow::Result<ExitCode> {
             done(rpc(mi, "ban_add", json!({"ip": ip, "seconds": seconds})))
         }
         BanCmd::Remove { ip, user } => done(rpc(mi, "ban_remove", json!({"ip": ip, "user": user}))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mi_parameters_are_name_value_pairs() {
+        let v = mi_params(&[
+            "group=1".into(),
+            "address=sip:10.0.0.5:5060".into(),
+            "state=i".into(),
+            "flags=[1,2]".into(),
+            "quoted=\"7\"".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"group": 1, "address": "sip:10.0.0.5:5060", "state": "i", "flags": [1, 2], "quoted": "\"7\""})
+        );
+        assert!(mi_params(&["novalue".into()])
+            .unwrap_err()
+            .contains("name=value"));
+        assert!(mi_params(&["=1".into()]).unwrap_err().contains("name"));
+        assert!(mi_params(&["a=1".into(), "a=2".into()])
+            .unwrap_err()
+            .contains("twice"));
+    }
+
+    #[test]
+    fn unix_times_print_as_utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_796_057_237), "2026-11-30 16:47:17");
+        assert_eq!(utc(4_102_444_799), "2099-12-31 23:59:59");
+        assert_eq!(utc(-1), "1969-12-31 23:59:59");
     }
 }

@@ -438,6 +438,33 @@ impl Config {
         }
     }
 
+    /// Relative file paths (the SQLite database, the token and secret files) are read
+    /// against `dir`, the folder of the configuration file, not the folder `switchboard`
+    /// happens to be started from.
+    pub fn rebase(&mut self, dir: &std::path::Path) {
+        if let Some(p) = self.database_url.strip_prefix("sqlite://") {
+            let p = std::path::Path::new(p);
+            if p.is_relative() && !p.as_os_str().is_empty() && p != std::path::Path::new(":memory:")
+            {
+                self.database_url = format!("sqlite://{}", dir.join(p).display());
+            }
+        }
+        for f in [&mut self.token_file, &mut self.secret_file]
+            .into_iter()
+            .flatten()
+        {
+            if f.is_relative() {
+                *f = dir.join(&*f);
+            }
+        }
+    }
+
+    /// The SQLite file when it does not exist yet (read-only commands must not make one).
+    pub fn missing_database(&self) -> Option<String> {
+        let p = self.database_url.strip_prefix("sqlite://")?;
+        (!std::path::Path::new(p).exists()).then(|| p.to_string())
+    }
+
     /// Settings that are valid one by one but work against each other; `check` prints them
     /// and `run` logs them.
     pub fn warnings(&self) -> Vec<String> {

@@ -130,6 +130,22 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::UlCmd,
     },
+    /// The calls (dialogs) of a running switchboard: list them, end one.
+    Dlg {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        cmd: cli::DlgCmd,
+    },
+    /// Any management method by its OpenSIPS name, with name=value parameters (values that
+    /// read as JSON are sent as JSON): `switchboard mi ds_set_state state=i group=1
+    /// address=sip:10.0.0.5:5060`. Prints the result as JSON.
+    Mi {
+        #[command(flatten)]
+        remote: cli::Remote,
+        method: String,
+        params: Vec<String>,
+    },
 }
 
 pub(crate) fn read_config(path: &Option<PathBuf>) -> anyhow::Result<(String, String)> {
@@ -143,6 +159,24 @@ pub(crate) fn read_config(path: &Option<PathBuf>) -> anyhow::Result<(String, Str
             "embedded default".into(),
         )),
     }
+}
+
+/// Reads and validates the configuration (`path`, or the embedded default), with relative
+/// paths read against the file's folder.
+pub(crate) fn load_config(
+    path: &Option<PathBuf>,
+    salt: u64,
+) -> anyhow::Result<(Result<config::Config, Vec<config::ConfigError>>, String)> {
+    let (text, name) = read_config(path)?;
+    let mut r = config::load(&text, salt);
+    if let (Ok(c), Some(p)) = (&mut r, path) {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        c.rebase(&dir);
+    }
+    Ok((r, name))
 }
 
 fn salt() -> u64 {
@@ -188,6 +222,14 @@ fn main() -> std::process::ExitCode {
         Cmd::Cdr { config, cmd } => cdr_cmd(&config, cmd),
         Cmd::Lb { remote, cmd } => remote.connect().and_then(|mi| cli::lb(&mi, cmd)),
         Cmd::Ban { remote, cmd } => remote.connect().and_then(|mi| cli::ban(&mi, cmd)),
+        Cmd::Dlg { remote, cmd } => remote.connect().and_then(|mi| cli::dlg(&mi, cmd)),
+        Cmd::Mi {
+            remote,
+            method,
+            params,
+        } => remote
+            .connect()
+            .and_then(|mi| cli::mi_call(&mi, &method, &params)),
     };
     match result {
         Ok(code) => code,
@@ -206,8 +248,8 @@ fn report(name: &str, errors: &[config::ConfigError]) {
 }
 
 fn check(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
-    let (text, name) = read_config(path)?;
-    match config::load(&text, 0) {
+    let (loaded, name) = load_config(path, 0)?;
+    match loaded {
         Ok(c) if c.uses_database() && c.database_problem().is_some() => {
             let why = c.database_problem().unwrap_or_default();
             eprintln!(
@@ -233,8 +275,8 @@ fn check(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
 /// Re-reads and validates the configuration file for a runtime reload; every refusal in one
 /// message (the embedded default, without a file, reads as itself).
 fn reload_config(path: &Option<PathBuf>) -> Result<config::Config, String> {
-    let (text, name) = read_config(path).map_err(|e| e.to_string())?;
-    config::load(&text, 0).map_err(|errs| {
+    let (loaded, name) = load_config(path, 0).map_err(|e| e.to_string())?;
+    loaded.map_err(|errs| {
         let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         format!("{name}: {}", all.join("; "))
     })
@@ -284,8 +326,8 @@ fn reload_fn(
 }
 
 fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
-    let (text, name) = read_config(path)?;
-    let mut cfg = match config::load(&text, salt()) {
+    let (loaded, name) = load_config(path, salt())?;
+    let mut cfg = match loaded {
         Ok(c) => c,
         Err(errors) => {
             report(&name, &errors);
@@ -876,29 +918,33 @@ fn cdr_row<'a>(r: &'a sip_proxy::cdr::CallRecord, src_ip: &'a str) -> store::Cdr
 
 /// `switchboard cdr list|export`: reads the database of the configuration.
 fn cdr_cmd(path: &Option<PathBuf>, cmd: cli::CdrCmd) -> anyhow::Result<std::process::ExitCode> {
-    let (text, name) = read_config(path)?;
-    let cfg = match config::load(&text, 0) {
+    let (loaded, name) = load_config(path, 0)?;
+    let cfg = match loaded {
         Ok(c) => c,
         Err(errors) => {
             report(&name, &errors);
             return Ok(std::process::ExitCode::from(1));
         }
     };
+    if let Some(p) = cfg.missing_database() {
+        eprintln!("{name}: no database at {p}: switchboard has not run with this configuration (give its file with --config); nothing created");
+        return Ok(std::process::ExitCode::from(1));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let s = rt
         .block_on(store::Store::open(&cfg.database_url))
         .with_context(|| format!("opening {}", cfg.database_url))?;
-    let (since, limit, format) = match &cmd {
-        cli::CdrCmd::List { since, limit } => (*since, *limit, "table"),
-        cli::CdrCmd::Export {
-            since,
-            limit,
-            format,
-        } => (*since, *limit, format.as_str()),
+    let rows = match &cmd {
+        cli::CdrCmd::List { since, limit, .. } => rt.block_on(s.latest_cdrs(*since, *limit))?,
+        cli::CdrCmd::Export { since, limit, .. } => rt.block_on(s.cdrs_since(*since, *limit))?,
     };
-    let rows = rt.block_on(s.cdrs_since(since, limit))?;
+    let format = match &cmd {
+        cli::CdrCmd::List { json: true, .. } => "json",
+        cli::CdrCmd::List { .. } => "table",
+        cli::CdrCmd::Export { format, .. } => format.as_str(),
+    };
     cli::print_cdrs(&rows, format).map_err(|e| anyhow::anyhow!(e))?;
     Ok(std::process::ExitCode::SUCCESS)
 }

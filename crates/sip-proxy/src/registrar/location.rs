@@ -33,8 +33,16 @@ pub struct Binding {
     pub user_agent: Option<std::sync::Arc<str>>,
     /// UNIX seconds of the last REGISTER that saved or refreshed it.
     pub updated_unix: u64,
-    /// Keepalive pings sent without an answer since the last one answered.
+    /// Keepalive pings that went unanswered since the last one answered; the top bit
+    /// ([`super::PING_OUT`]) is set while one is out (see [`Binding::missed_pings`]).
     pub missed: u8,
+}
+
+impl Binding {
+    /// Keepalives that went unanswered since the last answer (not the one out now).
+    pub fn missed_pings(&self) -> u8 {
+        self.missed & !super::PING_OUT
+    }
 }
 
 /// A change to persist (write-behind).

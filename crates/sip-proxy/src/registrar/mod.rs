@@ -190,6 +190,9 @@ pub struct Registrar {
     rounds: Mutex<(Instant, Instant)>,
 }
 
+/// The bit of [`Binding::missed`] set while a keepalive is out.
+pub const PING_OUT: u8 = 0x80;
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
@@ -926,8 +929,12 @@ impl Registrar {
                 }
                 if ping_round && (b.nat || ping_all) {
                     let udp = b.source.transport == Transport::Udp;
+                    // `missed` counts pings that went unanswered; its top bit says one is
+                    // out now (an answering contact shows none missed between rounds)
                     if pongs.contains(&b.id) {
                         b.missed = 0;
+                    } else if b.missed & PING_OUT != 0 {
+                        b.missed = (b.missed & !PING_OUT).saturating_add(1).min(!PING_OUT);
                     }
                     if udp && b.missed >= max_missed {
                         tracing::info!(aor, contact = %b.uri, missed = b.missed, "contact stopped answering keepalives: removed");
@@ -935,7 +942,7 @@ impl Registrar {
                         return false;
                     }
                     if udp {
-                        b.missed += 1;
+                        b.missed |= PING_OUT;
                     }
                     out.push(KeepAlive {
                         id: b.id,

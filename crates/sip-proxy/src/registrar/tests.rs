@@ -791,7 +791,13 @@ fn keepalives_remove_a_silent_contact_and_keep_an_answering_one() {
         reg.show("alice@example.com", now).is_empty(),
         "alice never answered"
     );
-    assert_eq!(reg.show("bob@example.com", now).len(), 1);
+    let bob = reg.show("bob@example.com", now);
+    assert_eq!(bob.len(), 1);
+    assert_eq!(
+        bob[0].missed_pings(),
+        0,
+        "answering every ping, none missed"
+    );
 }
 
 #[test]
