@@ -278,8 +278,12 @@ pub enum SubscriberCmd {
     },
     /// Remove a subscriber.
     Remove { aor: String },
-    /// List the subscribers in the database.
-    List,
+    /// List the subscribers in the database, and whether each is registered now.
+    List {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-read the subscriber table (after editing it with SQL).
     Reload,
 }
@@ -292,7 +296,12 @@ pub enum UlCmd {
         json: bool,
     },
     /// The contacts of one AOR.
-    Show { aor: String },
+    Show {
+        aor: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove an AOR with all its contacts.
     Rm { aor: String },
     /// Remove one contact of an AOR.
@@ -352,7 +361,27 @@ pub fn subscriber(mi: &Mi, cmd: SubscriberCmd) -> anyhow::Result<ExitCode> {
         SubscriberCmd::Passwd { aor, password, ha1 } => password_arg(&password)
             .and_then(|p| rpc(mi, "subscriber_passwd", secret_params(aor, p, ha1))),
         SubscriberCmd::Remove { aor } => rpc(mi, "subscriber_remove", json!({"aor": aor})),
-        SubscriberCmd::List => rpc(mi, "subscriber_list", json!({})),
+        SubscriberCmd::List { json: true } => rpc(mi, "subscriber_list", json!({})),
+        SubscriberCmd::List { json: false } => {
+            return match rpc(mi, "subscriber_list", json!({})) {
+                Ok(v) => {
+                    println!("subscriber");
+                    let names = v["subscribers"].as_array().cloned().unwrap_or_default();
+                    for n in &names {
+                        println!("{}", n.as_str().unwrap_or(""));
+                    }
+                    for b in v["skipped"].as_array().into_iter().flatten() {
+                        eprintln!(
+                            "skipped: {}",
+                            b.as_str().map_or(b.to_string(), str::to_string)
+                        );
+                    }
+                    println!("{} subscriber(s)", names.len());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => done(Err(e)),
+            }
+        }
         SubscriberCmd::Reload => rpc(mi, "subscriber_reload", json!({})),
     })
 }
@@ -396,7 +425,8 @@ pub fn ul(mi: &Mi, cmd: UlCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         UlCmd::Dump { json: true } => done(rpc(mi, "ul_dump", json!({}))),
         UlCmd::Dump { json: false } => table(rpc(mi, "ul_dump", json!({}))),
-        UlCmd::Show { aor } => table(rpc(mi, "ul_show_contact", json!({"aor": aor}))),
+        UlCmd::Show { aor, json: true } => done(rpc(mi, "ul_show_contact", json!({"aor": aor}))),
+        UlCmd::Show { aor, json: false } => table(rpc(mi, "ul_show_contact", json!({"aor": aor}))),
         UlCmd::Rm { aor } => done(rpc(mi, "ul_rm", json!({"aor": aor}))),
         UlCmd::RmContact { aor, contact } => done(rpc(
             mi,

@@ -1454,3 +1454,113 @@ default_set = 7
         assert!(e[0].why.contains("known: listen"), "{e:?}");
     }
 }
+
+/// The keys the parser knows against the keys the example file and the README show.
+#[cfg(test)]
+mod documented {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The tables of the configuration, as written in TOML.
+    const TABLES: [(&str, bool); 15] = [
+        ("sip", false),
+        ("transactions", false),
+        ("dispatcher", false),
+        ("dispatcher.set", true),
+        ("routing", false),
+        ("management", false),
+        ("log", false),
+        ("database", false),
+        ("registrar", false),
+        ("dialog", false),
+        ("balancer", false),
+        ("balancer.node", true),
+        ("balancer.rule", true),
+        ("accounting", false),
+        ("security", false),
+    ];
+
+    /// The keys the parser accepts in `table`: the list its refusal of an unknown key gives.
+    fn parser_keys(table: &str, array: bool) -> BTreeSet<String> {
+        let head = if array {
+            format!("[[{table}]]")
+        } else {
+            format!("[{table}]")
+        };
+        let msg = match toml::from_str::<RawConfig>(&format!("{head}\nzz_not_a_key = 1\n")) {
+            Err(e) => e.message().to_string(),
+            Ok(_) => panic!("{table}: an unknown key was accepted"),
+        };
+        let (field, known) = unknown_field(&msg).unwrap_or_else(|| panic!("{table}: {msg}"));
+        assert_eq!(field, "zz_not_a_key");
+        known.into_iter().collect()
+    }
+
+    /// `table.key` of every key the example shows, set or commented out (`# key = ...`
+    /// under a `[table]` or `# [table]` header).
+    fn example_keys() -> BTreeSet<String> {
+        let mut table = String::new();
+        let mut out = BTreeSet::new();
+        for line in EMBEDDED_DEFAULT.lines() {
+            let l = line.trim().trim_start_matches('#').trim();
+            if l.starts_with('[') && l.ends_with(']') && !l.contains(' ') {
+                table = l.trim_matches(|c| c == '[' || c == ']').to_string();
+                continue;
+            }
+            let Some((k, _)) = l.split_once('=') else {
+                continue;
+            };
+            let k = k.trim();
+            if !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+            {
+                out.insert(format!("{table}.{k}"));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_example_documents_every_key_the_parser_knows_and_no_other() {
+        let mut parser = BTreeSet::new();
+        for (t, array) in TABLES {
+            for k in parser_keys(t, array) {
+                // a table inside this one is listed as its own table
+                if !TABLES.iter().any(|(x, _)| *x == format!("{t}.{k}")) {
+                    parser.insert(format!("{t}.{k}"));
+                }
+            }
+        }
+        let example = example_keys();
+        let undocumented: Vec<_> = parser.difference(&example).collect();
+        let unknown: Vec<_> = example.difference(&parser).collect();
+        assert!(
+            undocumented.is_empty(),
+            "keys the parser knows that switchboard.example.toml does not show: {undocumented:?}"
+        );
+        assert!(
+            unknown.is_empty(),
+            "keys switchboard.example.toml shows that the parser refuses: {unknown:?}"
+        );
+    }
+
+    #[test]
+    fn the_readme_table_names_every_section() {
+        let readme = include_str!("../../../README.md");
+        let table = &readme[readme
+            .find("## Configuration")
+            .expect("a Configuration section")..];
+        for (t, array) in TABLES {
+            let name = if array {
+                format!("`[[{t}]]`")
+            } else {
+                format!("`[{t}]`")
+            };
+            assert!(
+                table.contains(&name),
+                "the README's configuration table lacks {name}"
+            );
+        }
+    }
+}
