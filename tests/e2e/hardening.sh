@@ -35,6 +35,9 @@ id = 1
 destinations = ["sip:127.0.0.1:$B1"]
 [routing]
 default_set = 1
+# the media server is on 127.0.0.1 like the attackers (svcrack always sends from it): it is
+# told apart by its port, or every REGISTER from 127.0.0.1 would be a media server's
+match_media_servers = "address-port"
 [management]
 listen = "127.0.0.1:$MGMT"
 token_file = "$WORK/switchboard.token"

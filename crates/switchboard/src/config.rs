@@ -1246,6 +1246,37 @@ mod tests {
     }
 
     #[test]
+    fn relative_paths_are_read_against_the_config_folder() {
+        let mut c = load(
+            &EMBEDDED_DEFAULT
+                .replace("# token_file = \"/etc/switchboard/switchboard.token\"", "token_file = \"run/sb.token\"")
+                .replace("url = \"sqlite://switchboard.db\"", "url = \"sqlite://data/sb.db\""),
+            1,
+        )
+        .unwrap();
+        c.rebase(std::path::Path::new("/etc/switchboard"));
+        assert_eq!(c.database_url, "sqlite:///etc/switchboard/data/sb.db");
+        assert_eq!(
+            c.token_path(),
+            std::path::PathBuf::from("/etc/switchboard/run/sb.token")
+        );
+        assert_eq!(
+            c.secret_path(),
+            std::path::PathBuf::from("/etc/switchboard/data/switchboard.secret"),
+            "beside the database"
+        );
+        // absolute ones stay
+        let mut c = load(
+            &EMBEDDED_DEFAULT.replace("url = \"sqlite://switchboard.db\"", "url = \"sqlite:///var/lib/sb.db\""),
+            1,
+        )
+        .unwrap();
+        c.rebase(std::path::Path::new("/etc/switchboard"));
+        assert_eq!(c.database_url, "sqlite:///var/lib/sb.db");
+        assert_eq!(c.missing_database().as_deref(), Some("/var/lib/sb.db"));
+    }
+
+    #[test]
     fn a_listener_advertises_its_public_address() {
         let c = load(
             &EMBEDDED_DEFAULT.replace(
