@@ -61,6 +61,8 @@ id = 1
 destinations = ["sip:$FS1:$B1", "sip:$FS2:$B2"]
 [routing]
 default_set = 1
+# the nodes have addresses of their own (on loopback, where "auto" would match ports too)
+match_media_servers = "address"
 [management]
 listen = "127.0.0.1:$MGMT"
 token_file = "$WORK/switchboard.token"

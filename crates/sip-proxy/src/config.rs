@@ -55,6 +55,9 @@ pub struct ProxyConfig {
     /// profile's port, and over TCP from ephemeral ports); off: by address and port, for
     /// hosts where users share an address with a media server.
     pub media_servers_by_address: bool,
+    /// With `media_servers_by_address`, a media server on a loopback address (a one-host
+    /// setup, where users and local tools share the address) is still matched by port.
+    pub loopback_by_port: bool,
     /// Addresses the listeners are bound to where they advertise another (a proxy behind
     /// NAT or a cloud load balancer): requests naming them are ours too.
     pub bound: Vec<SocketAddr>,
@@ -80,6 +83,7 @@ impl Default for ProxyConfig {
             max_headers: 256,
             max_vias: 32,
             media_servers_by_address: false,
+            loopback_by_port: false,
             bound: Vec::new(),
         }
     }

@@ -255,14 +255,14 @@ impl Default for RawTransactions {
 #[serde(deny_unknown_fields)]
 pub struct RawRouting {
     pub default_set: Option<i64>,
-    /// How a request is recognised as a media server's: "address" (its IP, any port) or
-    /// "address-port".
+    /// How a request is recognised as a media server's: "auto" (its IP, any port; on a
+    /// loopback address its IP and port), "address" or "address-port".
     #[serde(default = "d_match")]
     pub match_media_servers: String,
 }
 
 fn d_match() -> String {
-    "address".into()
+    "auto".into()
 }
 
 impl Default for RawRouting {
@@ -975,18 +975,20 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
             0
         }
     };
-    let media_servers_by_address = match raw.routing.match_media_servers.as_str() {
-        "address" => true,
-        "address-port" => false,
-        other => {
-            errors.push(err(
-                "routing.match_media_servers",
-                format!("{other:?}"),
-                "must be \"address\" (any port) or \"address-port\"",
-            ));
-            true
-        }
-    };
+    let (media_servers_by_address, loopback_by_port) =
+        match raw.routing.match_media_servers.as_str() {
+            "auto" => (true, true),
+            "address" => (true, false),
+            "address-port" => (false, false),
+            other => {
+                errors.push(err(
+                    "routing.match_media_servers",
+                    format!("{other:?}"),
+                    "must be \"auto\", \"address\" (any port) or \"address-port\"",
+                ));
+                (true, true)
+            }
+        };
     let management: SocketAddr = match raw.management.listen.parse() {
         Ok(a) => a,
         Err(_) => {
@@ -1076,6 +1078,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         max_headers: raw.sip.max_headers,
         max_vias: raw.sip.max_vias,
         media_servers_by_address,
+        loopback_by_port,
         bound,
         ..ProxyConfig::default()
     };
@@ -1249,8 +1252,14 @@ mod tests {
     fn relative_paths_are_read_against_the_config_folder() {
         let mut c = load(
             &EMBEDDED_DEFAULT
-                .replace("# token_file = \"/etc/switchboard/switchboard.token\"", "token_file = \"run/sb.token\"")
-                .replace("url = \"sqlite://switchboard.db\"", "url = \"sqlite://data/sb.db\""),
+                .replace(
+                    "# token_file = \"/etc/switchboard/switchboard.token\"",
+                    "token_file = \"run/sb.token\"",
+                )
+                .replace(
+                    "url = \"sqlite://switchboard.db\"",
+                    "url = \"sqlite://data/sb.db\"",
+                ),
             1,
         )
         .unwrap();
@@ -1267,7 +1276,10 @@ mod tests {
         );
         // absolute ones stay
         let mut c = load(
-            &EMBEDDED_DEFAULT.replace("url = \"sqlite://switchboard.db\"", "url = \"sqlite:///var/lib/sb.db\""),
+            &EMBEDDED_DEFAULT.replace(
+                "url = \"sqlite://switchboard.db\"",
+                "url = \"sqlite:///var/lib/sb.db\"",
+            ),
             1,
         )
         .unwrap();

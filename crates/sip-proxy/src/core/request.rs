@@ -477,7 +477,8 @@ impl Proxy {
     /// True when `addr` is a media server's (a dispatcher destination or balancer node): by
     /// IP address alone, or address and port (`media_servers_by_address` off).
     pub(super) fn is_media_server(&self, addr: SocketAddr) -> bool {
-        if self.cfg.media_servers_by_address {
+        let by_port = self.cfg.loopback_by_port && addr.ip().is_loopback();
+        if self.cfg.media_servers_by_address && !by_port {
             self.router.is_destination_ip(addr.ip())
         } else {
             self.router.is_destination(addr)

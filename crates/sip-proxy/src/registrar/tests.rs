@@ -1285,6 +1285,10 @@ fn forward_mode_holds_the_connection_for_what_the_media_server_granted() {
 }
 
 fn with_match(by_address: bool) -> (Proxy, Instant) {
+    with_media(by_address, false, "127.0.0.2:5080")
+}
+
+fn with_media(by_address: bool, loopback_by_port: bool, media: &str) -> (Proxy, Instant) {
     let (_, reg, now) = setup(|c| c.direct_user_calls = false);
     let cfg = ProxyConfig {
         listeners: vec![Listener {
@@ -1292,12 +1296,13 @@ fn with_match(by_address: bool) -> (Proxy, Instant) {
             advertise: addr("127.0.0.1:5060"),
         }],
         media_servers_by_address: by_address,
+        loopback_by_port,
         ..ProxyConfig::default()
     };
     let media = vec![Destination {
-        uri: "sip:127.0.0.2:5080".into(),
+        uri: format!("sip:{media}").into(),
         transport: Transport::Udp,
-        addr: addr("127.0.0.2:5080"),
+        addr: addr(media),
         flow: None,
         node: None,
         route: None,
@@ -1334,5 +1339,34 @@ fn a_media_server_calling_from_another_port_with_a_route_reaches_the_user() {
             let fwd = relayed.expect("relayed");
             assert_eq!(fwd.target.addr, addr("127.0.0.2:5080"));
         }
+    }
+}
+
+#[test]
+fn auto_matches_media_servers_by_address_except_on_loopback() {
+    let inv = |from: &str| {
+        format!("INVITE sip:alice@example.com SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{}\r\nFrom: <sip:fs@10.9.9.9>;tag=f\r\nTo: <sip:alice@example.com>\r\nCall-ID: auto-{from}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n", from.replace([':', '.'], ""))
+    };
+    for (media, from, trusted) in [
+        ("10.0.0.2:5080", "10.0.0.2:5090", true), // its second profile: a media server
+        ("10.0.0.2:5080", "10.0.0.3:5080", false), // another address: not
+        ("127.0.0.2:5080", "127.0.0.2:5090", false), // loopback: the port counts
+        ("127.0.0.2:5080", "127.0.0.2:5080", true),
+    ] {
+        let (p, now) = with_media(true, true, media);
+        let r = register_auth(
+            &p,
+            now,
+            "alice",
+            "secret1",
+            "<sip:alice@127.0.0.1:40000>",
+            0,
+            1,
+        );
+        assert_eq!(r.status(), Some(200));
+        let out = send(&p, now, from, &inv(from));
+        let fwd = out.iter().find(|t| parse(t).is_request()).expect("relayed");
+        let to_user = fwd.target.addr == addr("127.0.0.1:40000");
+        assert_eq!(to_user, trusted, "media {media}, call from {from}");
     }
 }
