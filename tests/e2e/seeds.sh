@@ -165,6 +165,8 @@ kill -TERM $SB_PID; wait $SB_PID 2>/dev/null
 { phase1_config | sed -e 's/^\[sip\]$/[sip]\ntcp_idle_timeout_s = 15/'; cat <<TOML
 [registrar]
 domains = ["example.test"]
+[accounting]
+enabled = true
 TOML
 } > "$WORK/sb.toml"
 start_sb
@@ -253,6 +255,26 @@ rc=$?
 wait $IDLE; idle_after=$(cat "$WORK/idle.out")
 [ $rc = 0 ] && [ $check_rc = 0 ] && [ "$idle_after" -ge 14 ] && [ "$idle_after" -le 20 ]
 result "tcp-registration-outlives-idle-timeout" $? "carol registered over TCP for 300 s, idle timeout 15 s, called after $(( ($(now_ms) - t_reg) / 1000 )) s: sipp rc=$rc; an idle connection without one was closed after ${idle_after} s (idle closes: ${idle_closes:-?}); check: $(echo "$check" | tail -1 | cut -c1-60)"
+
+# ---- the CLI a new user meets ------------------------------------------------------------
+sleep 1 # the CDR writer
+R=(--config "$WORK/sb.toml")
+cdrs=$("$SB" cdr list "${R[@]}" 2>&1); cdr_rc=$?
+order=$("$SB" cdr list --json "${R[@]}" 2>/dev/null | python3 -c "
+import json,sys
+r=json.load(sys.stdin); e=[int(x['end']) for x in r]
+print('newest-first' if e == sorted(e, reverse=True) and len(e) >= 2 else 'wrong:%s' % e)")
+dated=$(echo "$cdrs" | sed -n 2p | grep -cE '^20[0-9]{2}-[01][0-9]-[0-3][0-9] [0-2][0-9]:[0-5][0-9]:[0-5][0-9] ')
+mkdir -p "$WORK/elsewhere" && sed "s#sqlite://$WORK/sb.db#sqlite://nothing-here.db#" "$WORK/sb.toml" > "$WORK/elsewhere/sb.toml"
+none=$(cd / && "$SB" cdr list --config "$WORK/elsewhere/sb.toml" 2>&1); none_rc=$?
+stats=$("$SB" mi get_statistics statistics='["usrloc:","acc:"]' "${R[@]}" 2>&1)
+bad=$("$SB" mi get_statistics statistics='["nosuch:"]' "${R[@]}" 2>&1); bad_rc=$?
+dlgs=$("$SB" dlg list "${R[@]}" 2>&1); dlg_rc=$?
+[ $cdr_rc = 0 ] && [ "$order" = newest-first ] && [ "$dated" = 1 ] && [ $none_rc != 0 ] && [[ "$none" == *"no database"* ]] \
+  && [ ! -e "$WORK/elsewhere/nothing-here.db" ] && [ ! -e /nothing-here.db ] && [[ "$stats" == *'"usrloc:registered_users"'* ]] \
+  && [[ "$stats" == *'"acc:answered_calls"'* ]] && [ $bad_rc != 0 ] && [[ "$bad" == *"unknown statistics group nosuch"* ]] \
+  && [ $dlg_rc = 0 ] && [[ "$dlgs" == *"call(s)"* ]]
+result "cli-cdr-mi-dlg" $? "cdr list: $order, dated rows: $dated; without a database: rc=$none_rc, nothing created (the relative path read beside its config); mi get_statistics usrloc:/acc: ok, nosuch: rc=$bad_rc; dlg list: $(echo "$dlgs" | tail -1)"
 
 echo "seeds e2e: $PASS passed, $FAIL failed"
 [ $FAIL = 0 ]
