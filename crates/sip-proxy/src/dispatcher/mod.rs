@@ -455,16 +455,18 @@ impl Router for Dispatcher {
             .filter(|(_, p)| p.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
-        let table = self.table();
         for id in expired {
             if let Some(p) = book.pending.remove(&id) {
                 let t = p.health.record_failure(self.probe.threshold_down);
-                log_transition(&self.hook, &table, &p.health, t, "probe timeout");
+                if t.is_some() {
+                    log_transition(&self.hook, &self.table(), &p.health, t, "probe timeout");
+                }
             }
         }
         if book.next_round.is_some_and(|t| t > now) {
             return;
         }
+        let table = self.table();
         book.next_round = Some(now + self.probe.interval);
         let timeout = self
             .probe
