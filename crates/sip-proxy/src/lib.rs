@@ -19,6 +19,7 @@ mod ctx;
 pub mod dialog;
 pub mod dispatcher;
 pub mod mac;
+pub mod numbers;
 pub mod pike;
 mod ratelog;
 pub mod registrar;

@@ -1311,20 +1311,25 @@ fn with_media(by_address: bool, loopback_by_port: bool, media: &str) -> (Proxy, 
     (p, now)
 }
 
+/// alice registers (digest) from 127.0.0.1:40000.
+fn register_alice(p: &Proxy, now: Instant) {
+    let r = register_auth(
+        p,
+        now,
+        "alice",
+        "secret1",
+        "<sip:alice@127.0.0.1:40000>",
+        0,
+        1,
+    );
+    assert_eq!(r.status(), Some(200));
+}
+
 #[test]
 fn a_media_server_calling_from_another_port_with_a_route_reaches_the_user() {
     for by_address in [true, false] {
         let (p, now) = with_match(by_address);
-        let r = register_auth(
-            &p,
-            now,
-            "alice",
-            "secret1",
-            "<sip:alice@127.0.0.1:40000>",
-            0,
-            1,
-        );
-        assert_eq!(r.status(), Some(200));
+        register_alice(&p, now);
         // FreeSWITCH's outbound-proxy form, from its second profile's port
         let inv = "INVITE sip:alice@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5090;branch=z9hG4bKfs2\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:fs@127.0.0.2>;tag=f\r\nTo: <sip:alice@example.com>\r\nCall-ID: fs2\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
         let out = send(&p, now, "127.0.0.2:5090", inv);
@@ -1354,16 +1359,7 @@ fn auto_matches_media_servers_by_address_except_on_loopback() {
         ("127.0.0.2:5080", "127.0.0.2:5080", true),
     ] {
         let (p, now) = with_media(true, true, media);
-        let r = register_auth(
-            &p,
-            now,
-            "alice",
-            "secret1",
-            "<sip:alice@127.0.0.1:40000>",
-            0,
-            1,
-        );
-        assert_eq!(r.status(), Some(200));
+        register_alice(&p, now);
         let out = send(&p, now, from, &inv(from));
         let fwd = out.iter().find(|t| parse(t).is_request()).expect("relayed");
         let to_user = fwd.target.addr == addr("127.0.0.1:40000");
