@@ -27,15 +27,18 @@ pub struct GatewayRow {
     pub description: String,
 }
 
-/// `dr_carriers` row.
+/// `dr_carriers` row (OpenSIPS 3, table version 3).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CarrierRow {
     pub id: i64,
     pub carrierid: String,
     /// `gw1,gw2` or, with weights, `gw1=70,gw2=30`.
     pub gwlist: String,
-    /// 0x1 weights, 0x2 only the first gateway.
+    /// 0x1 only the first gateway, 0x2 disabled.
     pub flags: i64,
+    /// `W`: order the gateways by weight; `O` (or empty): as listed. (`Q`, quality-based
+    /// ordering from OpenSIPS' qrouting, is refused.)
+    pub sort_alg: String,
     /// 0 active, 1 disabled.
     pub state: i64,
     pub attrs: String,
@@ -238,11 +241,20 @@ impl Drouting {
                 if out.is_empty() {
                     return Err("gwlist is empty".into());
                 }
+                let weighted = match c.sort_alg.trim() {
+                    "" | "O" | "o" | "0" | "N" | "n" => false,
+                    "W" | "w" => true,
+                    other => {
+                        return Err(format!(
+                            "sort_alg {other:?}: O (as listed) or W (by weight)"
+                        ))
+                    }
+                };
                 Ok(Carrier {
                     gws: out,
-                    weighted: c.flags & 1 != 0,
-                    first_only: c.flags & 2 != 0,
-                    enabled: c.state == 0 && c.flags & 4 == 0,
+                    weighted,
+                    first_only: c.flags & 1 != 0,
+                    enabled: c.state == 0 && c.flags & 2 == 0,
                 })
             })();
             match built {
@@ -540,14 +552,14 @@ mod tests {
                     id: 1,
                     carrierid: "w".into(),
                     gwlist: "a=80,b=20".into(),
-                    flags: 1,
+                    sort_alg: "W".into(),
                     ..CarrierRow::default()
                 },
                 CarrierRow {
                     id: 2,
                     carrierid: "one".into(),
                     gwlist: "c,a".into(),
-                    flags: 2,
+                    flags: 1,
                     ..CarrierRow::default()
                 },
             ],
@@ -564,6 +576,22 @@ mod tests {
         }
         assert!((720..=880).contains(&first_a), "80 % first: {first_a}");
         assert_eq!(ids(&dr.route(1, "2", 7).unwrap()), vec!["c"]);
+        // a disabled carrier (flags 0x2, or state 1) gives no gateway: the rule is passed over
+        for (flags, state) in [(2, 0), (0, 1)] {
+            let (dr, _) = Drouting::build(
+                &gws,
+                &[CarrierRow {
+                    id: 1,
+                    carrierid: "off".into(),
+                    gwlist: "a".into(),
+                    flags,
+                    state,
+                    ..CarrierRow::default()
+                }],
+                &[rule(1, "1", "1", 5, "#off"), rule(2, "1", "1", 0, "b")],
+            );
+            assert_eq!(ids(&dr.route(1, "1", 0).unwrap()), vec!["b"]);
+        }
     }
 
     #[test]
@@ -596,6 +624,13 @@ mod tests {
                     gwlist: "ok=-1".into(),
                     ..CarrierRow::default()
                 },
+                CarrierRow {
+                    id: 3,
+                    carrierid: "q".into(),
+                    gwlist: "ok".into(),
+                    sort_alg: "Q".into(),
+                    ..CarrierRow::default()
+                },
             ],
             &[
                 rule(1, "1", "+49x", 0, "ok"),
@@ -619,6 +654,7 @@ mod tests {
             "dr_gateways row 6: pri_prefix",
             "dr_carriers row 1: gwlist names \"ghost\"",
             "dr_carriers row 2: \"ok=-1\"",
+            "dr_carriers row 3: sort_alg \"Q\"",
             "dr_rules row 1: prefix",
             "dr_rules row 2: groupid",
             "dr_rules row 3: gwlist names carrier",
@@ -628,7 +664,7 @@ mod tests {
         ] {
             assert!(p.iter().any(|x| x.starts_with(want)), "{want}: {p:#?}");
         }
-        assert_eq!(p.len(), 13, "{p:#?}");
+        assert_eq!(p.len(), 14, "{p:#?}");
         assert_eq!(dr.route(1, "123", 0).unwrap().rule, 7);
         // a number with multi-byte characters: no prefix is cut inside one
         assert!(dr.route(1, "1é2", 0).is_none());
