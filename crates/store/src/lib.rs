@@ -10,6 +10,9 @@
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
+mod numbers;
+pub use numbers::{AliasRow, DialplanRow, DrCarrierRow, DrGatewayRow, DrRuleRow};
+
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -741,9 +744,13 @@ impl Store {
         ))
         .execute(&self.pool)
         .await?;
-        sqlx::query(
-            "INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('dispatcher', 9), ('subscriber', 8), ('location', 1013), ('dialog', 10), ('acc', 7), ('missed_calls', 5), ('load_balancer', 3)",
-        )
+        for t in numbers::CREATE {
+            sqlx::query(t).execute(&self.pool).await?;
+        }
+        sqlx::query(&format!(
+            "INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('dispatcher', 9), ('subscriber', 8), ('location', 1013), ('dialog', 10), ('acc', 7), ('missed_calls', 5), ('load_balancer', 3), {}",
+            numbers::VERSIONS
+        ))
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -657,3 +657,69 @@ async fn tables_from_the_opensips_schema_are_written_with_the_columns_they_have(
     assert!(s.dialog_rows().await.unwrap().0.is_empty());
     let _ = std::fs::remove_file(path);
 }
+
+#[tokio::test]
+async fn number_routing_tables_are_read_as_opensips_writes_them_and_bad_rows_reported() {
+    let (s, path) = fresh().await;
+    for sql in [
+        // dialplan: a good regex rule, an exact rule with NULLs, a text where pr must be
+        "INSERT INTO dialplan (dpid, pr, match_op, match_exp, match_flags, subst_exp, repl_exp, attrs) VALUES (1, 10, 1, '^0([1-9][0-9]+)$', 0, '^0(.*)$', '+49\\1', 'national')",
+        "INSERT INTO dialplan (dpid, pr, match_op, match_exp) VALUES (1, 5, 0, '110')",
+        "INSERT INTO dialplan (dpid, pr, match_op, match_exp) VALUES (1, 'high', 0, 'x')",
+        "INSERT INTO dr_gateways (gwid, type, address, strip, pri_prefix, description) VALUES ('de1', 1, '10.0.1.1:5060', 0, NULL, 'Berlin')",
+        "INSERT INTO dr_gateways (gwid, address, strip) VALUES ('de2', '10.0.1.2', 'two')",
+        "INSERT INTO dr_carriers (carrierid, gwlist, flags, sort_alg) VALUES ('germany', 'de1=70,de2=30', 0, 'W')",
+        "INSERT INTO dr_rules (groupid, prefix, priority, gwlist, attrs) VALUES ('1,2', '+49', 0, '#germany', NULL)",
+        "INSERT INTO dr_rules (groupid, prefix, priority, gwlist) VALUES ('1', '+44', X'00FF', 'de1')",
+        "INSERT INTO dbaliases (alias_username, alias_domain, username, domain) VALUES ('sales', 'example.com', 'alice', 'example.com')",
+    ] {
+        s.execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let (dp, bad) = s.dialplan_rows().await.unwrap();
+    assert_eq!(dp.len(), 2);
+    assert_eq!(dp[0].repl_exp, "+49\\1");
+    assert_eq!(dp[0].attrs, "national");
+    assert_eq!(
+        (dp[1].subst_exp.as_str(), dp[1].match_flags),
+        ("", 0),
+        "NULL reads as empty"
+    );
+    assert_eq!(bad.len(), 1);
+    assert!(bad[0].reason.contains("column pr"), "{:?}", bad[0]);
+    assert_eq!(bad[0].id, Some(3));
+    let (gws, bad) = s.dr_gateway_rows().await.unwrap();
+    assert_eq!(gws.len(), 1);
+    assert_eq!(
+        (
+            gws[0].gwid.as_str(),
+            gws[0].gw_type,
+            gws[0].description.as_str()
+        ),
+        ("de1", 1, "Berlin")
+    );
+    assert!(bad[0].reason.contains("column strip"), "{:?}", bad);
+    let (cs, bad) = s.dr_carrier_rows().await.unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(
+        (cs[0].gwlist.as_str(), cs[0].sort_alg.as_str()),
+        ("de1=70,de2=30", "W")
+    );
+    let (rules, bad) = s.dr_rule_rows().await.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        (rules[0].groupid.as_str(), rules[0].sort_alg.as_str()),
+        ("1,2", "N")
+    );
+    assert_eq!(bad.len(), 1, "a blob priority: {bad:?}");
+    let (aliases, bad) = s.alias_rows().await.unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(aliases[0].username, "alice");
+    // the version rows OpenSIPS' tools look for
+    let v: i64 =
+        sqlx::query_scalar("SELECT table_version FROM version WHERE table_name = 'dr_rules'")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+    assert_eq!(v, 4);
+    let _ = std::fs::remove_file(path);
+}
