@@ -58,6 +58,7 @@ fn bench(c: &mut Criterion) {
             flow: None,
             node: None,
             route: None,
+            name: None,
         })
         .collect();
     let plain = || Proxy::new(cfg.clone(), Arc::new(RoundRobin::new(dests.clone())));

@@ -263,6 +263,7 @@ impl LbNode {
             flow: None,
             node: None,
             route: None,
+            name: None,
         }
     }
 }
@@ -1106,6 +1107,7 @@ mod tests {
             flow: None,
             node: None,
             route: None,
+            name: None,
         };
         let d2 = Destination {
             uri: "sip:127.0.0.1:5082".into(),

@@ -162,6 +162,9 @@ pub(crate) struct Plan {
     pub parallel: bool,
     /// Header lines added on top (Path and Supported of a forwarded REGISTER).
     pub extra_top: Vec<String>,
+    /// The candidates are the request's own next hop (its Route or Request-URI), not one
+    /// of the configuration's: a name of it that does not exist is the sender's `604`.
+    pub request_target: bool,
 }
 
 pub(crate) struct Ctx {
@@ -189,11 +192,27 @@ pub(crate) struct Ctx {
     pub armed: Option<Instant>,
     /// The source this context counts against (`max_transactions_per_source`).
     pub counted: Option<std::net::IpAddr>,
+    /// Parked until the driver answers a command (a DNS lookup of a candidate's name).
+    pub wait: Option<Wait>,
+    /// A command made for this context, handed to the driver once the context is in its
+    /// table (so the answer always finds it).
+    pub outbox: Option<crate::command::Command>,
+}
+
+/// What a parked context waits for.
+pub(crate) struct Wait {
+    pub id: crate::command::CommandId,
+    pub deadline: Instant,
+    /// The name being resolved, for the log and the reason phrase.
+    pub name: std::sync::Arc<str>,
 }
 
 impl Ctx {
     pub fn next_timeout(&self) -> Option<Instant> {
         let mut t = self.server.poll_timeout();
+        if let Some(w) = &self.wait {
+            t = Some(t.map_or(w.deadline, |t| t.min(w.deadline)));
+        }
         for b in &self.branches {
             if let Some(bt) = b.next_timeout() {
                 t = Some(t.map_or(bt, |t| t.min(bt)));
@@ -211,7 +230,8 @@ impl Ctx {
         self.req.as_ref().map_or("", |r| r.call_id())
     }
 
+    /// Every branch has its final answer and none is still to start (no wait).
     pub fn all_branches_done(&self) -> bool {
-        self.branches.iter().all(|b| b.done)
+        self.wait.is_none() && self.branches.iter().all(|b| b.done)
     }
 }

@@ -13,11 +13,13 @@
 pub mod balancer;
 mod build;
 pub mod cdr;
+pub mod command;
 mod config;
 mod core;
 mod ctx;
 pub mod dialog;
 pub mod dispatcher;
+pub mod dns;
 pub mod mac;
 pub mod numbers;
 pub mod pike;

@@ -147,6 +147,7 @@ mod tests {
             flow: None,
             node: None,
             route: None,
+            name: None,
         }
     }
 

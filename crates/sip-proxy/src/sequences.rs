@@ -94,6 +94,7 @@ pub fn plain_proxy(backends: &[&str]) -> Proxy {
             flow: None,
             node: None,
             route: None,
+            name: None,
         })
         .collect();
     Proxy::new(cfg, Arc::new(RoundRobin::new(dests)))

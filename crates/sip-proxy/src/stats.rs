@@ -42,6 +42,11 @@ stats! {
     scanners_banned: "requests from well-known scanners (their source banned at once)",
     reply_cache_full: "replies not cached for retransmissions: the cache was at its size limit",
     transactions_refused: "requests refused with 503: their source had max_transactions_per_source live",
+    commands_sent: "commands handed to the driver (DNS lookups)",
+    events_late: "command answers that came after their deadline (dropped)",
+    waits_timed_out: "requests whose wait for a command answer passed its deadline",
+    waits_refused: "requests answered 503 at once: too many were waiting for commands",
+    dns_failures: "candidates given up because their name did not resolve",
 }
 
 /// One counter value.

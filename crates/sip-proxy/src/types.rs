@@ -122,4 +122,7 @@ pub struct Destination {
     /// Route header values to put on the request (a registered contact's Path, RFC 3327);
     /// `uri` then becomes the Request-URI and `addr` is the first Route's.
     pub route: Option<std::sync::Arc<str>>,
+    /// A host name still to resolve (RFC 3263): `addr` is a placeholder until the core
+    /// expands the name into one candidate per address it leads to.
+    pub name: Option<std::sync::Arc<crate::dns::Query>>,
 }

@@ -45,6 +45,7 @@ fn a_dialog_holds_under_2_kb() {
         flow: None,
         node: None,
         route: None,
+        name: None,
     }];
     let proxy = Proxy::new(
         ProxyConfig {

@@ -748,6 +748,7 @@ pub fn parse_destination(key: &str, s: &str) -> Result<Destination, ConfigError>
         flow: None,
         node: None,
         route: None,
+        name: None,
     })
 }
 

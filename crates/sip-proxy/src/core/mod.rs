@@ -146,6 +146,10 @@ pub struct Proxy {
     answered_bytes: AtomicUsize,
     /// Live transactions per source (sources the flood defence counts).
     per_source: Box<[Mutex<HashMap<IpAddr, u32>>]>,
+    /// Names resolved (RFC 3263), consulted before a lookup is asked for.
+    dns: Arc<crate::dns::Cache>,
+    /// Commands in flight and the contexts parked on them. Lock order: a shard, then this.
+    waits: Mutex<crate::command::Waits>,
 }
 
 fn hash64<T: Hash + ?Sized>(salt: u64, v: &T) -> u64 {
@@ -201,7 +205,20 @@ impl Proxy {
             pike: None,
             answered_bytes: AtomicUsize::new(0),
             per_source: (0..16).map(|_| Mutex::new(HashMap::new())).collect(),
+            dns: Arc::new(crate::dns::Cache::new(Default::default())),
+            waits: Mutex::new(Default::default()),
         }
+    }
+
+    /// Uses `cache` (with its `[dns]` settings) for names.
+    pub fn with_dns(mut self, cache: Arc<crate::dns::Cache>) -> Proxy {
+        self.dns = cache;
+        self
+    }
+
+    /// The name cache.
+    pub fn dns(&self) -> &Arc<crate::dns::Cache> {
+        &self.dns
     }
 
     /// Adds the flood and scan defence.
@@ -552,6 +569,12 @@ impl Proxy {
         if let Some(p) = &self.pike {
             p.tick(now);
         }
+        {
+            let mut w = self.waits.lock().unwrap_or_else(|p| p.into_inner());
+            if !w.by_id.is_empty() {
+                w.expire(now);
+            }
+        }
         if let Some(reg) = &self.registrar {
             let mut pings = Vec::new();
             reg.tick(now, &mut pings);
@@ -850,6 +873,7 @@ impl Proxy {
 
 mod request;
 mod response;
+mod wait;
 
 /// Forward-mode Contact rewriting, for the registrar tests.
 #[cfg(test)]
@@ -859,6 +883,10 @@ pub(crate) fn public_contact_for_test(v: &str, src: &Source) -> String {
 mod timers;
 
 #[cfg(test)]
+mod scenario;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_hardening;
+#[cfg(test)]
+mod tests_wait;

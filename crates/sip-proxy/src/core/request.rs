@@ -162,6 +162,8 @@ impl Proxy {
             cancelled: false,
             armed: None,
             counted,
+            wait: None,
+            outbox: None,
         };
         if invite {
             let trying = ctx
@@ -276,6 +278,7 @@ impl Proxy {
                 ruri_from_dest: false,
                 parallel: false,
                 extra_top: Vec::new(),
+                request_target: false,
             })
         };
         if to_tag {
@@ -336,18 +339,12 @@ impl Proxy {
                 Uri::parse(new_ruri.as_deref().unwrap_or(msg.uri_str()))
                     .map_err(|e| reject(400, e.reason()))?
             };
-            let target = self.resolve(&next, last_popped.as_ref().map(|n| &n.uri))?;
             // the flow token of our own Record-Route picks the connection back to the peer
-            let dest = Destination {
-                uri: next.raw.into(),
-                node: None,
-                route: None,
-                transport: target.transport,
-                addr: target.addr,
-                flow: target.flow,
-            };
+            let dest = self.next_hop(&next, last_popped.as_ref().map(|n| &n.uri))?;
+            let mut plan = plan_base(false)?;
+            plan.request_target = true;
             return Ok(Decision::Forward {
-                plan: plan_base(false)?,
+                plan,
                 candidates: vec![dest],
             });
         }
@@ -365,20 +362,14 @@ impl Proxy {
         {
             // a media server follows a Path (or an outbound proxy Route) to a user: the
             // Request-URI is the target, the popped Route's flow token the connection
-            let target = self.resolve(&uri, last_popped.as_ref().map(|n| &n.uri))?;
-            let dest = Destination {
-                uri: uri.raw.into(),
-                node: None,
-                route: None,
-                transport: target.transport,
-                addr: target.addr,
-                flow: target.flow,
-            };
+            let dest = self.next_hop(&uri, last_popped.as_ref().map(|n| &n.uri))?;
+            let mut plan = plan_base(matches!(
+                method,
+                Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
+            ))?;
+            plan.request_target = true;
             return Ok(Decision::Forward {
-                plan: plan_base(matches!(
-                    method,
-                    Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
-                ))?,
+                plan,
                 candidates: vec![dest],
             });
         }
@@ -617,8 +608,48 @@ impl Proxy {
         })
     }
 
-    /// The next hop of a URI: an IP literal, with the transport from the URI, or from the
-    /// last Route we popped (the leg it faces), and that Route's flow token.
+    /// The next hop of a URI: its address with the transport from the URI, or from the
+    /// last Route we popped (the leg it faces), and that Route's flow token; a host name is
+    /// left for [`Proxy::start_branch`] to resolve (RFC 3263).
+    pub(super) fn next_hop(&self, uri: &Uri, popped: Option<&Uri>) -> Result<Destination, Reject> {
+        let explicit = match uri.transport() {
+            Some(t) => Some(Transport::parse(t).ok_or_else(|| {
+                reject(503, format!("Service Unavailable (unknown transport {t})"))
+            })?),
+            None => None,
+        };
+        if host_ip(uri.host).is_none() {
+            let secure = uri.scheme == Scheme::Sips;
+            let q =
+                crate::dns::Query::new(uri.host, uri.port, explicit, secure).ok_or_else(|| {
+                    reject(
+                        400,
+                        format!("Bad Request (not a valid host name: {})", uri.host),
+                    )
+                })?;
+            return Ok(Destination {
+                uri: uri.raw.into(),
+                transport: explicit.unwrap_or(Transport::Udp),
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                flow: None,
+                node: None,
+                route: None,
+                name: Some(Arc::new(q)),
+            });
+        }
+        let t = self.resolve(uri, popped)?;
+        Ok(Destination {
+            uri: uri.raw.into(),
+            transport: t.transport,
+            addr: t.addr,
+            flow: t.flow,
+            node: None,
+            route: None,
+            name: None,
+        })
+    }
+
+    /// The next hop of a URI whose host is an IP literal.
     pub(super) fn resolve(&self, uri: &Uri, popped: Option<&Uri>) -> Result<Target, Reject> {
         let transport = match uri.transport() {
             Some(t) => Transport::parse(t).ok_or_else(|| {
@@ -663,7 +694,8 @@ impl Proxy {
         ) as u32
     }
 
-    /// Creates the next branch from the remaining candidates. False when none is left.
+    /// Creates the next branch from the remaining candidates (expanding a name first). False
+    /// when none is left; true as well when the context now waits for a name's lookup.
     pub(super) fn start_branch(
         &self,
         now: Instant,
@@ -671,8 +703,14 @@ impl Proxy {
         out: &mut Vec<Transmit>,
     ) -> bool {
         while ctx.next_candidate < ctx.candidates.len() {
-            let dest = ctx.candidates[ctx.next_candidate].clone();
             ctx.next_candidate += 1;
+            if let Some(q) = ctx.candidates[ctx.next_candidate - 1].name.clone() {
+                match self.expand_name(now, ctx, &q) {
+                    wait::Expanded::Done => continue,
+                    wait::Expanded::Waiting => return true,
+                }
+            }
+            let dest = ctx.candidates[ctx.next_candidate - 1].clone();
             let idx = ctx.branches.len() as u32;
             let branch = self.branch_for(ctx.plan.loop_hash, ctx.id, idx);
             let Some(data) = ctx.req.as_ref().and_then(|req| {
@@ -848,14 +886,14 @@ impl Proxy {
         };
         let in_branch = msg.branch().unwrap_or("");
         let branch = format!("{STATELESS_PREFIX}{:x}", hash64(self.cfg.salt, in_branch));
-        if let Some(data) = self.build_forward(&msg, &plan, dest.transport, &branch, None) {
+        let Some(target) = self.cached_target(now, dest) else {
+            Stats::inc(&self.stats.dropped);
+            return;
+        };
+        if let Some(data) = self.build_forward(&msg, &plan, target.transport, &branch, None) {
             Stats::inc(&self.stats.stateless_acks);
             out.push(Transmit {
-                target: Target {
-                    transport: dest.transport,
-                    addr: dest.addr,
-                    flow: dest.flow,
-                },
+                target,
                 data,
                 origin: None,
             });
@@ -899,6 +937,10 @@ impl Proxy {
             ctx.cancelled = true;
             for i in 0..ctx.branches.len() {
                 self.cancel_branch(now, ctx, i, out);
+            }
+            if ctx.wait.take().is_some() {
+                // parked on a lookup: nothing went out, so 487 at once
+                self.finalize(now, ctx, out);
             }
         }
         self.settle(shard, id);

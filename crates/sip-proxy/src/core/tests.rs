@@ -989,6 +989,7 @@ fn an_advertised_address_is_written_and_the_bound_one_is_still_ours() {
         flow: None,
         node: None,
         route: None,
+        name: None,
     };
     let p = Proxy::new(cfg, Arc::new(crate::router::RoundRobin::new(vec![dest])));
     let now = Instant::now();

@@ -428,6 +428,7 @@ fn media_servers_are_never_dropped_by_the_flood_defence() {
         flow: None,
         node: None,
         route: None,
+        name: None,
     };
     let pk = Arc::new(Pike::new(crate::pike::PikeConfig {
         options: crate::pike::Budget::per_second(1),

@@ -5,6 +5,7 @@ use super::*;
 
 impl Proxy {
     pub(super) fn ctx_timeout(&self, now: Instant, ctx: &mut Ctx, out: &mut Vec<Transmit>) {
+        self.wait_timeout(now, ctx, out);
         if let ServerTxn::Invite(s) = &mut ctx.server {
             if s.on_timeout(now) == Some(TxnEvent::AckTimeout) {
                 tracing::debug!(call_id = ctx.call_id(), "no ACK for the final response");
@@ -64,6 +65,14 @@ impl Proxy {
         let Some(ctx) = shard.ctxs.get_mut(&id) else {
             return;
         };
+        if let Some(c) = ctx.outbox.take() {
+            // the context is in its table: the answer will find it
+            self.waits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .outbox
+                .push(c);
+        }
         if ctx.final_sent && ctx.req.is_some() && ctx.all_branches_done() {
             ctx.req = None;
             ctx.candidates = Vec::new();

@@ -339,6 +339,7 @@ impl Dispatcher {
             flow: None,
             node: Some(d.clone()),
             route: None,
+            name: None,
         }
     }
 

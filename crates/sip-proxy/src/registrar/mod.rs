@@ -1081,6 +1081,7 @@ fn destination(b: &Binding) -> Option<Destination> {
             flow: None,
             node: None,
             route: Some(path.as_ref().into()),
+            name: None,
         });
     }
     let u = Uri::parse(&b.uri).ok()?;
@@ -1106,6 +1107,7 @@ fn destination(b: &Binding) -> Option<Destination> {
             .flatten(),
         node: None,
         route: None,
+        name: None,
     })
 }
 

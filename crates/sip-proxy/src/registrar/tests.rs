@@ -56,6 +56,7 @@ fn setup(f: impl FnOnce(&mut RegistrarConfig)) -> (Proxy, Arc<Registrar>, Instan
         flow: None,
         node: None,
         route: None,
+        name: None,
     }];
     let p = Proxy::new(cfg, Arc::new(RoundRobin::new(media))).with_registrar(reg.clone());
     (p, reg, now)
@@ -1306,6 +1307,7 @@ fn with_media(by_address: bool, loopback_by_port: bool, media: &str) -> (Proxy, 
         flow: None,
         node: None,
         route: None,
+        name: None,
     }];
     let p = Proxy::new(cfg, Arc::new(RoundRobin::new(media))).with_registrar(reg);
     (p, now)

@@ -1,0 +1,134 @@
+//! The scenario harness of the core's tests: a proxy on a virtual clock, messages sent as
+//! text from named endpoints, timers run by advancing the clock, and the driver's side of
+//! commands (what was asked, answering it) played by the test.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::*;
+use crate::command::{Command, CommandKind, Event, EventResult};
+use crate::dns::{Answer, DnsError, Query, Record};
+
+pub(super) struct Scenario {
+    pub proxy: Proxy,
+    pub now: Instant,
+}
+
+impl Scenario {
+    pub fn new(proxy: Proxy) -> Scenario {
+        Scenario {
+            proxy,
+            now: Instant::now(),
+        }
+    }
+
+    /// `msg` arrives over UDP from `from`; what the proxy sent in return.
+    pub fn send(&mut self, from: &str, msg: &str) -> Vec<Transmit> {
+        let mut out = vec![];
+        let src = Source {
+            transport: Transport::Udp,
+            addr: from.parse().expect("endpoint address"),
+            flow: None,
+        };
+        self.proxy.on_message(
+            self.now,
+            src,
+            Bytes::copy_from_slice(msg.as_bytes()),
+            &mut out,
+        );
+        out
+    }
+
+    /// Moves the clock on by `d`, firing every timer due on the way, in order.
+    pub fn advance(&mut self, d: Duration) -> Vec<Transmit> {
+        let end = self.now + d;
+        let mut out = vec![];
+        loop {
+            let next = self.proxy.next_timeout().filter(|t| *t <= end);
+            self.now = next.unwrap_or(end).max(self.now);
+            self.proxy.on_timers(self.now, &mut out);
+            if next.is_none() {
+                return out;
+            }
+        }
+    }
+
+    /// The commands the proxy made since the last call.
+    pub fn commands(&mut self) -> Vec<Command> {
+        let mut c = vec![];
+        self.proxy.poll_commands(&mut c);
+        c
+    }
+
+    /// The driver answers command `id`.
+    pub fn answer(&mut self, id: u64, result: EventResult) -> Vec<Transmit> {
+        let mut out = vec![];
+        self.proxy
+            .on_event(self.now, Event { id, result }, &mut out);
+        out
+    }
+
+    /// The one `Resolve` command made since the last call, with its query.
+    pub fn one_lookup(&mut self) -> (u64, Query) {
+        let c = self.commands();
+        assert_eq!(c.len(), 1, "one lookup expected: {c:?}");
+        let CommandKind::Resolve(q) = c[0].kind.clone();
+        (c[0].id, q)
+    }
+}
+
+/// Parses what the proxy sent.
+pub(super) fn msg(t: &Transmit) -> Message {
+    Message::parse(t.data.clone())
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&t.data)))
+}
+
+/// The statuses of the responses in `out`, and the destinations of the requests.
+pub(super) fn summary(out: &[Transmit]) -> Vec<String> {
+    out.iter()
+        .map(|t| {
+            let m = msg(t);
+            match m.status() {
+                Some(c) => format!("{c}->{}", t.target.addr),
+                None => format!("{}->{}", m.method_str(), t.target.addr),
+            }
+        })
+        .collect()
+}
+
+/// A DNS answer of UDP records `(priority, weight, address)`.
+pub(super) fn resolved(recs: &[(u16, u16, &str)], ttl_s: u64) -> EventResult {
+    EventResult::Resolved(Ok(Answer {
+        records: recs
+            .iter()
+            .map(|(p, w, a)| Record {
+                priority: *p,
+                weight: *w,
+                transport: Transport::Udp,
+                addr: a.parse::<SocketAddr>().expect("record address"),
+            })
+            .collect(),
+        ttl: Duration::from_secs(ttl_s),
+    }))
+}
+
+/// A DNS failure.
+pub(super) fn dns_failed(e: DnsError) -> EventResult {
+    EventResult::Resolved(Err(e))
+}
+
+/// A response from a downstream element to the request it received.
+pub(super) fn reply(req: &Message, code: u16, to_tag: &str) -> String {
+    let mut s = format!("SIP/2.0 {code} X\r\n");
+    for v in req.all(HeaderName::Via) {
+        s.push_str(&format!("Via: {v}\r\n"));
+    }
+    s.push_str(&format!(
+        "From: {}\r\nTo: {};tag={to_tag}\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
+        req.get(HeaderName::From).unwrap_or(""),
+        req.get(HeaderName::To).unwrap_or(""),
+        req.call_id(),
+        req.get(HeaderName::CSeq).unwrap_or("")
+    ));
+    s
+}

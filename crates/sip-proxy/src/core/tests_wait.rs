@@ -1,0 +1,306 @@
+//! Requests parked on a command (a DNS lookup of a destination's name), on the virtual
+//! clock: answered in time, late, never; retransmitted and cancelled while waiting; many
+//! at once.
+
+use std::time::Duration;
+
+use super::scenario::*;
+use super::*;
+use crate::dns::{DnsConfig, DnsError};
+
+const UAC: &str = "127.0.0.1:5070";
+
+/// A proxy whose one destination is `sip:fs.example.test` (a name).
+fn named_proxy(dns: DnsConfig) -> Scenario {
+    let cfg = ProxyConfig {
+        listeners: vec![crate::config::Listener {
+            transport: Transport::Udp,
+            advertise: "127.0.0.1:5060".parse().unwrap(),
+        }],
+        ..ProxyConfig::default()
+    };
+    let q = crate::dns::Query::new("fs.example.test", None, None, false).unwrap();
+    let dest = Destination {
+        uri: "sip:fs.example.test".into(),
+        transport: Transport::Udp,
+        addr: ([0, 0, 0, 0], 0).into(),
+        flow: None,
+        node: None,
+        route: None,
+        name: Some(Arc::new(q)),
+    };
+    let p = Proxy::new(cfg, Arc::new(crate::RoundRobin::new(vec![dest])))
+        .with_dns(Arc::new(crate::dns::Cache::new(dns)));
+    Scenario::new(p)
+}
+
+fn invite(call: &str) -> String {
+    format!("INVITE sip:1000@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{call}\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:1000@h>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:a@127.0.0.1:5070>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+}
+
+fn cancel(call: &str) -> String {
+    format!("CANCEL sip:1000@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{call}\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:1000@h>\r\nCall-ID: {call}\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+}
+
+const FS1: &str = "127.0.0.21:5080";
+const FS2: &str = "127.0.0.22:5080";
+
+fn two_targets() -> crate::command::EventResult {
+    resolved(&[(20, 1, FS2), (10, 1, FS1)], 60)
+}
+
+fn stat(s: &Scenario, f: impl Fn(&Stats) -> &AtomicU64) -> u64 {
+    f(s.proxy.stats()).load(Ordering::Relaxed)
+}
+
+#[test]
+fn answer_in_time_resumes_the_request_in_srv_priority_order_with_failover() {
+    let mut s = named_proxy(DnsConfig::default());
+    let out = s.send(UAC, &invite("c1"));
+    assert_eq!(
+        summary(&out),
+        ["100->127.0.0.1:5070"],
+        "parked: Trying only"
+    );
+    let (id, q) = s.one_lookup();
+    assert_eq!(&*q.host, "fs.example.test");
+    assert_eq!(s.proxy.waiting(), 1);
+    let out = s.answer(id, two_targets());
+    assert_eq!(
+        summary(&out),
+        [format!("INVITE->{FS1}")],
+        "priority 10 first"
+    );
+    assert_eq!(s.proxy.waiting(), 0);
+    // the first target fails: the second target of the same name gets the call
+    let fwd = msg(&out[0]);
+    let out = s.send(FS1, &reply(&fwd, 503, "x"));
+    assert!(
+        summary(&out).contains(&format!("INVITE->{FS2}")),
+        "{:?}",
+        summary(&out)
+    );
+    // a new call finds the name in the cache: no command, relayed at once
+    let out = s.send(UAC, &invite("c2"));
+    assert_eq!(
+        summary(&out),
+        ["100->127.0.0.1:5070".to_string(), format!("INVITE->{FS1}")]
+    );
+    assert!(s.commands().is_empty());
+}
+
+#[test]
+fn a_silent_first_target_fails_over_within_the_branch_timer() {
+    let mut s = named_proxy(DnsConfig::default());
+    s.send(UAC, &invite("c1"));
+    let (id, _) = s.one_lookup();
+    s.answer(id, two_targets());
+    let out = s.advance(Duration::from_millis(2100));
+    assert!(
+        summary(&out).contains(&format!("INVITE->{FS2}")),
+        "{:?}",
+        summary(&out)
+    );
+}
+
+#[test]
+fn no_answer_by_the_deadline_is_503_naming_the_name_and_a_late_answer_is_dropped() {
+    let mut s = named_proxy(DnsConfig {
+        wait: Duration::from_secs(3),
+        ..DnsConfig::default()
+    });
+    s.send(UAC, &invite("c1"));
+    let (id, _) = s.one_lookup();
+    assert!(s
+        .advance(Duration::from_millis(2900))
+        .iter()
+        .all(|t| msg(t).status() == Some(100)));
+    let out = s.advance(Duration::from_millis(200));
+    let finals: Vec<_> = out
+        .iter()
+        .map(msg)
+        .filter(|m| m.status() == Some(503))
+        .collect();
+    assert_eq!(finals.len(), 1, "{:?}", summary(&out));
+    assert_eq!(stat(&s, |x| &x.waits_timed_out), 1);
+    assert_eq!(s.proxy.waiting(), 0);
+    // the answer comes after all: dropped, nothing sent
+    let out = s.answer(id, two_targets());
+    assert!(out.is_empty(), "{:?}", summary(&out));
+    assert_eq!(stat(&s, |x| &x.events_late), 1);
+    // the ACK for the 503 ends the transaction; nothing stays behind
+    s.advance(Duration::from_secs(40));
+    assert_eq!(s.proxy.active_contexts(), 0);
+}
+
+#[test]
+fn detailed_reason_names_the_name_that_did_not_answer() {
+    let mut s = named_proxy(DnsConfig {
+        wait: Duration::from_secs(1),
+        ..DnsConfig::default()
+    });
+    s.proxy.cfg.detailed_reasons = true;
+    s.send(UAC, &invite("c1"));
+    s.one_lookup();
+    let out = s.advance(Duration::from_secs(2));
+    let r = out.iter().find(|t| msg(t).status() == Some(503)).unwrap();
+    let line = String::from_utf8_lossy(&r.data)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(line.contains("fs.example.test"), "{line}");
+}
+
+#[test]
+fn a_retransmission_while_waiting_is_absorbed_without_a_second_lookup() {
+    let mut s = named_proxy(DnsConfig::default());
+    s.send(UAC, &invite("c1"));
+    s.one_lookup();
+    let out = s.send(UAC, &invite("c1"));
+    assert_eq!(
+        summary(&out),
+        ["100->127.0.0.1:5070"],
+        "the Trying again, nothing relayed"
+    );
+    assert!(s.commands().is_empty(), "no second lookup");
+    assert_eq!(stat(&s, |x| &x.retransmissions_absorbed), 1);
+}
+
+#[test]
+fn cancel_while_waiting_ends_the_wait_with_487_and_the_answer_relays_nothing() {
+    let mut s = named_proxy(DnsConfig::default());
+    s.send(UAC, &invite("c1"));
+    let (id, _) = s.one_lookup();
+    let out = s.send(UAC, &cancel("c1"));
+    let codes: Vec<_> = out.iter().map(|t| msg(t).status()).collect();
+    assert_eq!(codes, [Some(200), Some(487)], "{:?}", summary(&out));
+    assert_eq!(msg(&out[0]).cseq().unwrap().method, "CANCEL");
+    assert_eq!(msg(&out[1]).cseq().unwrap().method, "INVITE");
+    let out = s.answer(id, two_targets());
+    assert!(
+        out.is_empty(),
+        "nothing relayed after the CANCEL: {:?}",
+        summary(&out)
+    );
+    // the answer still fills the cache for the next call
+    let out = s.send(UAC, &invite("c2"));
+    assert!(summary(&out).contains(&format!("INVITE->{FS1}")));
+}
+
+#[test]
+fn hundreds_waiting_on_one_name_share_one_lookup_and_all_go_on() {
+    let mut s = named_proxy(DnsConfig::default());
+    for i in 0..500 {
+        let out = s.send(UAC, &invite(&format!("m{i}")));
+        assert_eq!(out.len(), 1);
+    }
+    let (id, _) = s.one_lookup();
+    assert_eq!(s.proxy.waiting(), 500);
+    let out = s.answer(id, two_targets());
+    let relayed = summary(&out)
+        .iter()
+        .filter(|l| **l == format!("INVITE->{FS1}"))
+        .count();
+    assert_eq!(relayed, 500);
+    assert_eq!(s.proxy.waiting(), 0);
+}
+
+#[test]
+fn past_max_waiting_requests_get_503_at_once() {
+    let mut s = named_proxy(DnsConfig {
+        max_waiting: 100,
+        ..DnsConfig::default()
+    });
+    for i in 0..100 {
+        s.send(UAC, &invite(&format!("m{i}")));
+    }
+    let out = s.send(UAC, &invite("over"));
+    assert_eq!(
+        out.iter().map(|t| msg(t).status()).collect::<Vec<_>>(),
+        [Some(100), Some(503)]
+    );
+    assert_eq!(stat(&s, |x| &x.waits_refused), 1);
+}
+
+#[test]
+fn a_set_name_that_does_not_exist_is_503_and_cached_negatively() {
+    let mut s = named_proxy(DnsConfig::default());
+    // the set's name is ours: mark it as a set destination
+    s.send(UAC, &invite("c1"));
+    let (id, _) = s.one_lookup();
+    let out = s.answer(
+        id,
+        dns_failed(DnsError::NotFound {
+            name: "fs.example.test".into(),
+        }),
+    );
+    // the name is the configuration's: the caller is not at fault
+    assert_eq!(summary(&out), ["503->127.0.0.1:5070"]);
+    // the failure is remembered: the next call is answered without a lookup
+    let out = s.send(UAC, &invite("c2"));
+    assert_eq!(msg(out.last().unwrap()).status(), Some(503));
+    assert!(s.commands().is_empty());
+}
+
+#[test]
+fn an_unreachable_dns_server_leaves_calls_on_the_stale_answer() {
+    let mut s = named_proxy(DnsConfig {
+        stale_for: Duration::from_secs(60),
+        ..DnsConfig::default()
+    });
+    s.send(UAC, &invite("c1"));
+    let (id, _) = s.one_lookup();
+    s.answer(id, resolved(&[(10, 1, FS1)], 5));
+    s.advance(Duration::from_secs(10)); // the TTL is over
+    s.send(UAC, &invite("c2"));
+    let (id, _) = s.one_lookup();
+    let out = s.answer(
+        id,
+        dns_failed(DnsError::Unreachable {
+            name: "fs.example.test".into(),
+            detail: "timeout".into(),
+        }),
+    );
+    assert_eq!(
+        summary(&out),
+        [format!("INVITE->{FS1}")],
+        "the stale answer serves"
+    );
+    // for the next seconds no call waits for the dead server
+    let out = s.send(UAC, &invite("c3"));
+    assert!(summary(&out).contains(&format!("INVITE->{FS1}")));
+    assert!(s.commands().is_empty());
+}
+
+#[test]
+fn a_route_to_a_name_from_a_trusted_peer_is_resolved_and_a_bad_host_refused() {
+    // the R-URI and Route of in-dialog requests are names too: a BYE along a Record-Route
+    // that names a carrier host
+    let mut s = named_proxy(DnsConfig::default());
+    let p = &s.proxy;
+    let sg = p.rr_signature("d1", "ft", "");
+    let bye = |host: &str| {
+        format!("BYE sip:b@{host} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-bye{}\r\nRoute: <sip:127.0.0.1:5060;lr;sg={sg:016x}>\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:b@h>;tag=tt\r\nCall-ID: d1\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n", host.len())
+    };
+    let out = s.send(UAC, &bye("carrier.example.net"));
+    assert!(out.is_empty(), "parked: {:?}", summary(&out));
+    let (id, q) = s.one_lookup();
+    assert_eq!(&*q.host, "carrier.example.net");
+    let out = s.answer(id, resolved(&[(0, 0, "127.0.0.5:5060")], 60));
+    assert_eq!(summary(&out), ["BYE->127.0.0.5:5060"]);
+    // a name of the request's own that does not exist: 604
+    s.send(UAC, &bye("nx.example.net"));
+    let (id, _) = s.one_lookup();
+    let out = s.answer(
+        id,
+        dns_failed(DnsError::NotFound {
+            name: "nx.example.net".into(),
+        }),
+    );
+    assert_eq!(summary(&out), ["604->127.0.0.1:5070"]);
+    // a host that is no host name is refused with 400, nothing asked
+    let out = s.send(UAC, &bye("bad_host.example"));
+    assert_eq!(msg(&out[0]).status(), Some(400));
+    assert!(s.commands().is_empty());
+}
