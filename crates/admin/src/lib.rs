@@ -764,6 +764,7 @@ mod tests {
     fn with_dispatcher() -> AdminState {
         use sip_proxy::dispatcher::{Algorithm, DestState, ProbeConfig, SetConfig};
         let dest = |port: u16| DestConfig {
+            name: None,
             uri: format!("sip:127.0.0.1:{port}").into(),
             transport: sip_proxy::Transport::Udp,
             addr: format!("127.0.0.1:{port}").parse().unwrap(),

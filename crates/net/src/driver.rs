@@ -8,7 +8,13 @@ use bytes::Bytes;
 use sip_proxy::{Proxy, Source, Transmit, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use sip_proxy::command::{CommandKind, Event, EventResult};
+
 use crate::conn::ConnTable;
+
+/// Bounds of the timer thread's sleep.
+const TIMER_MIN_SLEEP: Duration = Duration::from_millis(5);
+const TIMER_MAX_SLEEP: Duration = Duration::from_millis(100);
 
 /// Transport settings.
 #[derive(Debug, Clone)]
@@ -27,6 +33,8 @@ pub struct NetConfig {
     /// a second per thread (and by the timer thread once a second). The binary lets the
     /// allocator take back what other threads freed for this one (see `main.rs`).
     pub idle_hook: Option<fn()>,
+    /// The DNS client's settings (`[dns]`).
+    pub dns: crate::dns::DnsSettings,
 }
 
 /// Why the transports could not start.
@@ -63,6 +71,9 @@ pub struct Net {
     limit_log_at: std::sync::atomic::AtomicU64,
     limit_log_skipped: std::sync::atomic::AtomicU64,
     started: Instant,
+    /// Runs the core's `Resolve` commands (`None`: no DNS settings could be read; every
+    /// lookup fails as unreachable).
+    resolver: Option<Arc<crate::dns::SipResolver>>,
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -104,7 +115,18 @@ impl Net {
             })?;
             tcp.push(l);
         }
+        let resolver = {
+            let _rt = rt.enter();
+            match crate::dns::SipResolver::new(&cfg.dns) {
+                Ok(r) => Some(Arc::new(r)),
+                Err(e) => {
+                    tracing::error!(error = %e, "no DNS client: names will not resolve");
+                    None
+                }
+            }
+        };
         let net = Arc::new_cyclic(|me| Net {
+            resolver,
             me: me.clone(),
             proxy,
             udp,
@@ -242,11 +264,20 @@ impl Net {
         }
     }
 
+    /// Fires the core's timers: sleeps until the earliest transaction timer, at least 5 ms
+    /// (timers that close together fire in one pass) and at most 100 ms (the core's other
+    /// periodic work: probes, sweeps, held-back replies, command deadlines).
     fn timer_loop(&self) {
         let mut out = Vec::new();
         let mut idle_done = Instant::now();
         while !self.stopping() {
-            std::thread::sleep(Duration::from_millis(5));
+            let now = Instant::now();
+            let wait = self
+                .proxy
+                .next_timeout()
+                .map_or(TIMER_MAX_SLEEP, |t| t.saturating_duration_since(now))
+                .clamp(TIMER_MIN_SLEEP, TIMER_MAX_SLEEP);
+            std::thread::sleep(wait);
             let now = Instant::now();
             crate::supervise::guard("timers", || {
                 self.proxy.on_timers(now, &mut out);
@@ -262,8 +293,45 @@ impl Net {
         }
     }
 
-    /// Sends what the core produced.
+    /// Runs the commands the core made: each on tokio, its answer fed back as an event.
+    fn run_commands(&self) {
+        let mut cmds = Vec::new();
+        self.proxy.poll_commands(&mut cmds);
+        for c in cmds {
+            let id = c.id;
+            #[allow(clippy::single_match)]
+            match c.kind {
+                CommandKind::Resolve(q) => {
+                    let (me, resolver) = (self.self_arc(), self.resolver.clone());
+                    self.rt.spawn(async move {
+                        let result = match resolver {
+                            Some(r) => r.resolve(&q).await,
+                            None => Err(sip_proxy::dns::DnsError::Unreachable {
+                                name: q.host.to_string(),
+                                detail: "no DNS client".into(),
+                            }),
+                        };
+                        if let Some(net) = me {
+                            crate::supervise::guard("dns-answer", || {
+                                let mut out = Vec::new();
+                                let ev = Event {
+                                    id,
+                                    result: EventResult::Resolved(result),
+                                };
+                                net.proxy.on_event(Instant::now(), ev, &mut out);
+                                net.dispatch(&mut out);
+                            });
+                        }
+                    });
+                }
+                _ => tracing::error!(id, "a command the driver cannot run"),
+            }
+        }
+    }
+
+    /// Sends what the core produced, and starts the commands it made.
     pub(crate) fn dispatch(&self, out: &mut Vec<Transmit>) {
+        self.run_commands();
         for t in out.drain(..) {
             match t.target.transport {
                 Transport::Udp => {

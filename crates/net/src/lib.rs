@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod conn;
+pub mod dns;
 mod driver;
 pub mod supervise;
 

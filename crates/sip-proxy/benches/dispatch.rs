@@ -13,6 +13,7 @@ use sip_wire::Message;
 fn dispatcher(n: u16, alg: Algorithm) -> Dispatcher {
     let dests = (0..n)
         .map(|i| DestConfig {
+            name: None,
             uri: format!("sip:10.0.{}.{}:5080", i / 250, i % 250 + 1).into(),
             transport: Transport::Udp,
             addr: format!("10.0.{}.{}:5080", i / 250, i % 250 + 1)

@@ -1177,6 +1177,7 @@ mod tests {
                 algorithm: Algorithm::RoundRobin,
                 hash_header: None,
                 destinations: vec![DestConfig {
+                    name: None,
                     uri: "sip:127.0.0.1:5080".into(),
                     transport: Transport::Udp,
                     addr: ([127, 0, 0, 1], 5080).into(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sip_proxy::balancer::{parse_resources, LbFlags, LbNodeConfig, LbRoute, LbRule, LbTarget};
 
-use crate::config::{err, parse_destination, ConfigError};
+use crate::config::{err, parse_address_destination, ConfigError};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,7 +107,7 @@ pub fn nodes_from_rows(rows: &[store::LoadBalancerRow]) -> (Vec<LbNodeConfig>, V
                 continue;
             }
         };
-        let dest = match parse_destination("dst_uri", &r.dst_uri) {
+        let dest = match parse_address_destination("dst_uri", &r.dst_uri) {
             Ok(d) => d,
             Err(e) => {
                 problems.push(format!("load_balancer row {}: {e}", r.id));
@@ -152,7 +152,7 @@ pub fn validate(r: &RawBalancer, errors: &mut Vec<ConfigError>) -> BalancerSetti
                 continue;
             }
         };
-        let dest = match parse_destination(&format!("{key}.uri"), &n.uri) {
+        let dest = match parse_address_destination(&format!("{key}.uri"), &n.uri) {
             Ok(d) => d,
             Err(e) => {
                 errors.push(e);

@@ -37,6 +37,8 @@ pub struct RawConfig {
     pub accounting: RawAccounting,
     #[serde(default)]
     pub security: crate::security_config::RawSecurity,
+    #[serde(default)]
+    pub dns: crate::dns_config::RawDns,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -385,6 +387,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// The flood defence's settings, unless it is off.
     pub pike: Option<sip_proxy::pike::PikeConfig>,
+    /// Names as next hops (RFC 3263).
+    pub dns: crate::dns_config::DnsSettings,
 }
 
 impl Config {
@@ -728,28 +732,54 @@ pub fn parse_destination(key: &str, s: &str) -> Result<Destination, ConfigError>
             format!("transport {transport} is not supported yet (udp, tcp)"),
         ));
     }
-    let ip: std::net::IpAddr = uri
-        .host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .map_err(|_| {
+    let host = uri.host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(Destination {
+            uri: s.into(),
+            transport,
+            addr: SocketAddr::new(ip, uri.port.unwrap_or(5060)),
+            flow: None,
+            node: None,
+            route: None,
+            name: None,
+        });
+    }
+    // a name: resolved per request the RFC 3263 way (NAPTR, SRV, A/AAAA)
+    let explicit = uri.transport().and(Some(transport));
+    let q = sip_proxy::dns::Query::new(uri.host, uri.port, explicit, uri.scheme == Scheme::Sips)
+        .ok_or_else(|| {
             err(
                 key,
                 format!("{s:?}"),
-                "host must be an IP address (DNS names are not resolved yet)",
+                "host is neither an IP address nor a valid host name",
             )
         })?;
-    let port = uri.port.unwrap_or(5060);
     Ok(Destination {
         uri: s.into(),
         transport,
-        addr: SocketAddr::new(ip, port),
+        addr: SocketAddr::new(
+            std::net::Ipv4Addr::UNSPECIFIED.into(),
+            uri.port.unwrap_or(0),
+        ),
         flow: None,
         node: None,
         route: None,
-        name: None,
+        name: Some(std::sync::Arc::new(q)),
     })
+}
+
+/// A destination that must be an IP address (a balancer node: its calls are counted and
+/// its health probed per address).
+pub fn parse_address_destination(key: &str, s: &str) -> Result<Destination, ConfigError> {
+    let d = parse_destination(key, s)?;
+    if d.name.is_some() {
+        return Err(err(
+            key,
+            format!("{s:?}"),
+            "a balancer node must be an IP address (its calls are counted per address); names are for dispatcher destinations",
+        ));
+    }
+    Ok(d)
 }
 
 /// Validates a raw configuration, collecting every error.
@@ -937,6 +967,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         .as_ref()
         .map(|b| crate::balancer_config::validate(b, &mut errors));
     let security = crate::security_config::validate(&raw.security, &mut errors);
+    let dns = crate::dns_config::validate(&raw.dns, &mut errors);
     if raw.accounting.enabled && !raw.dialog.enabled {
         errors.push(err(
             "accounting.enabled",
@@ -1114,6 +1145,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         write_queue_limit: raw.database.write_queue_limit,
         shutdown_timeout: Duration::from_secs(raw.database.flush_timeout_s),
         pike: security.pike,
+        dns,
     })
 }
 
@@ -1322,7 +1354,7 @@ failover_codes = [200]
 [[dispatcher.set]]
 id = 1
 algorithm = "zigzag"
-destinations = ["sip:example.com", "http://x", "sip:127.0.0.1:5080;transport=carrier-pigeon"]
+destinations = ["sip:bad_host.example", "http://x", "sip:127.0.0.1:5080;transport=carrier-pigeon"]
 [[dispatcher.set]]
 id = 1
 destinations = []
@@ -1506,7 +1538,7 @@ mod documented {
     use std::collections::BTreeSet;
 
     /// The tables of the configuration, as written in TOML.
-    const TABLES: [(&str, bool); 15] = [
+    const TABLES: [(&str, bool); 16] = [
         ("sip", false),
         ("transactions", false),
         ("dispatcher", false),
@@ -1522,6 +1554,7 @@ mod documented {
         ("balancer.rule", true),
         ("accounting", false),
         ("security", false),
+        ("dns", false),
     ];
 
     /// The keys the parser accepts in `table`: the list its refusal of an unknown key gives.

@@ -142,6 +142,7 @@ pub fn dest_from_parts(
         )
     })?;
     Ok(DestConfig {
+        name: d.name,
         uri: d.uri,
         transport: d.transport,
         addr: d.addr,
@@ -479,7 +480,7 @@ mod tests {
             row(1, 1, "sip:127.0.0.1:5080", 0, "2"),
             row(2, 1, "sip:127.0.0.1:5082", 4, "1"),
             row(3, 1, "sip:127.0.0.1:5084", 0, "fs://admin@127.0.0.1"),
-            row(4, 1, "sip:nowhere.example", 0, "1"),
+            row(4, 1, "sip:no_such_host", 0, "1"),
             row(5, 1, "sip:127.0.0.1:5080", 0, "1"),
             row(6, 2, "sip:127.0.0.1:5090", 9, "1"),
             row(7, 3, "sip:127.0.0.1:5092", 1, "-1"),

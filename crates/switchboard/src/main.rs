@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod dialog_store;
 mod dispatch_config;
+mod dns_config;
 mod esl;
 mod registrar_config;
 mod security_config;
@@ -429,7 +430,8 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         }),
         None => dispatcher.clone(),
     };
-    let mut proxy = sip_proxy::Proxy::new(cfg.proxy.clone(), router.clone());
+    let mut proxy = sip_proxy::Proxy::new(cfg.proxy.clone(), router.clone())
+        .with_dns(Arc::new(sip_proxy::dns::Cache::new(cfg.dns.cache.clone())));
     if let Some(pc) = &cfg.pike {
         proxy = proxy.with_pike(Arc::new(sip_proxy::pike::Pike::new(pc.clone())));
     }
@@ -496,6 +498,12 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         max_message_size: cfg.max_message_size,
         tcp_limits: cfg.tcp_limits.clone(),
         idle_hook: Some(collect_freed),
+        dns: net::dns::DnsSettings {
+            servers: cfg.dns.servers.clone(),
+            timeout: cfg.dns.timeout,
+            attempts: cfg.dns.attempts,
+            transports: cfg.proxy.listeners.iter().map(|l| l.transport).collect(),
+        },
     };
     let network = net::Net::start(proxy.clone(), net_cfg, rt.handle().clone())?;
     let (n2, n3) = (network.clone(), network.clone());

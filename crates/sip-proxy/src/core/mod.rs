@@ -150,6 +150,8 @@ pub struct Proxy {
     dns: Arc<crate::dns::Cache>,
     /// Commands in flight and the contexts parked on them. Lock order: a shard, then this.
     waits: Mutex<crate::command::Waits>,
+    /// Set when commands wait in the outbox: the driver's check per message is one load.
+    has_commands: std::sync::atomic::AtomicBool,
 }
 
 fn hash64<T: Hash + ?Sized>(salt: u64, v: &T) -> u64 {
@@ -207,6 +209,7 @@ impl Proxy {
             per_source: (0..16).map(|_| Mutex::new(HashMap::new())).collect(),
             dns: Arc::new(crate::dns::Cache::new(Default::default())),
             waits: Mutex::new(Default::default()),
+            has_commands: Default::default(),
         }
     }
 

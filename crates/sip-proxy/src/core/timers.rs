@@ -72,6 +72,7 @@ impl Proxy {
                 .unwrap_or_else(|p| p.into_inner())
                 .outbox
                 .push(c);
+            self.has_commands.store(true, Ordering::Release);
         }
         if ctx.final_sent && ctx.req.is_some() && ctx.all_branches_done() {
             ctx.req = None;

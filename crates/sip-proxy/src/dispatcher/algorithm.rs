@@ -211,7 +211,16 @@ impl DestSet {
         let dests = cfgs
             .into_iter()
             .map(|c| {
-                let h = book.get(&c.uri, c.transport, c.addr, c.state);
+                // a name's addresses change with DNS: its record is its own, not the book's
+                let h = match c.name {
+                    Some(_) => Arc::new(crate::dispatcher::Health::new(
+                        c.uri.clone(),
+                        c.transport,
+                        c.addr,
+                        c.state,
+                    )),
+                    None => book.get(&c.uri, c.transport, c.addr, c.state),
+                };
                 Arc::new(Dest::with_health(c, h))
             })
             .collect();

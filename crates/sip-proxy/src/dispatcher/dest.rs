@@ -80,6 +80,8 @@ impl DestState {
 /// Static settings of a destination (the OpenSIPS `dispatcher` row).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestConfig {
+    /// A host name to resolve per request (RFC 3263); `addr` is then a placeholder.
+    pub name: Option<Arc<crate::dns::Query>>,
     pub uri: Arc<str>,
     pub transport: Transport,
     pub addr: SocketAddr,
@@ -356,6 +358,7 @@ mod tests {
 
     fn dest() -> Dest {
         Dest::new(DestConfig {
+            name: None,
             uri: "sip:127.0.0.1:5080".into(),
             transport: Transport::Udp,
             addr: "127.0.0.1:5080".parse().unwrap(),

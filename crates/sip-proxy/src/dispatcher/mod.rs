@@ -339,7 +339,7 @@ impl Dispatcher {
             flow: None,
             node: Some(d.clone()),
             route: None,
-            name: None,
+            name: d.cfg.name.clone(),
         }
     }
 
@@ -481,7 +481,8 @@ impl Router for Dispatcher {
             .iter()
             .flat_map(|s| s.dests.iter().map(|d| d.health().clone()))
             .chain(self.health.extra());
-        for h in all {
+        // a named destination is not probed: its addresses are known per request only
+        for h in all.filter(|h| !h.addr.ip().is_unspecified()) {
             if !servers.iter().any(|x| Arc::ptr_eq(x, &h)) {
                 servers.push(h);
             }

@@ -7,6 +7,7 @@ use crate::types::Transport;
 
 fn dc(port: u16) -> DestConfig {
     DestConfig {
+        name: None,
         uri: format!("sip:127.0.0.1:{port}").into(),
         transport: Transport::Udp,
         addr: format!("127.0.0.1:{port}").parse().unwrap(),

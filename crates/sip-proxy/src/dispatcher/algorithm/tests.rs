@@ -9,6 +9,7 @@ use crate::types::Transport;
 
 fn cfg(port: u16, weight: u32, priority: i32) -> DestConfig {
     DestConfig {
+        name: None,
         uri: format!("sip:127.0.0.1:{port}").into(),
         transport: Transport::Udp,
         addr: format!("127.0.0.1:{port}").parse().unwrap(),
