@@ -15,6 +15,7 @@ command -v python3 >/dev/null || need+=(python3)
 command -v g++ >/dev/null || need+=(g++)
 command -v svmap >/dev/null || need+=(sipvicious)
 command -v baresip >/dev/null || need+=(baresip-core)
+command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -38,5 +39,6 @@ if [ -x target/release/switchboard ]; then
   step "end-to-end (SIPp + stand-in event sockets): live FreeSWITCH load" tests/e2e/esl.sh
   step "end-to-end (sipvicious, floods, hostile TCP peers, SIGTERM under load): hardening" tests/e2e/hardening.sh
   step "end-to-end (SIPp nodes on their own addresses, baresip): the seeds' setups" tests/e2e/seeds.sh
+  step "end-to-end (SIPp, dnsmasq, a hostile DNS server): next hops by name (RFC 3263)" tests/e2e/dns.sh
 fi
 steps_summary

@@ -132,6 +132,7 @@ impl SipResolver {
         } else {
             match self.inner.lookup(fqdn.as_str(), RecordType::NAPTR).await {
                 Ok(l) => {
+                    check_loop(q, &fqdn, l.answers())?;
                     ttl = ttl.min(until(l.valid_until()));
                     let mut naptrs: Vec<_> = l
                         .answers()
@@ -169,6 +170,7 @@ impl SipResolver {
                 Err(e) if e.is_no_records_found() || e.is_nx_domain() => continue,
                 Err(e) => return Err(failure(q, &e)),
             };
+            check_loop(q, name, l.answers())?;
             let mut ttl_srv = ttl.min(until(l.valid_until()));
             let srvs: Vec<_> = l
                 .answers()
@@ -205,7 +207,7 @@ impl SipResolver {
                 });
             }
         }
-        if no_service && q.transport.is_none() {
+        if no_service {
             return Err(DnsError::NoService {
                 name: q.host.to_string(),
             });
@@ -232,11 +234,47 @@ impl SipResolver {
     ) -> Result<Vec<IpAddr>, DnsError> {
         match self.inner.lookup_ip(fqdn).await {
             Ok(l) => {
+                check_loop(q, fqdn, l.as_lookup().answers())?;
                 *ttl = (*ttl).min(until(l.valid_until()));
                 Ok(l.iter().collect())
             }
+            Err(e) if e.is_no_records_found() && self.cname_loops(fqdn).await => {
+                Err(DnsError::Invalid {
+                    name: q.host.to_string(),
+                    detail: format!("CNAME loop at {}", fqdn.trim_end_matches('.')),
+                })
+            }
             Err(e) => Err(failure(q, &e)),
         }
+    }
+
+    /// A name with no address: true when that is because its CNAME chain loops (or runs
+    /// longer than any sane chain), which the DNS client reports as "no records".
+    async fn cname_loops(&self, name: &str) -> bool {
+        let norm = |s: &str| s.trim_end_matches('.').to_ascii_lowercase();
+        let mut seen = std::collections::HashSet::new();
+        let mut at = norm(name);
+        for _ in 0..12 {
+            if !seen.insert(at.clone()) {
+                return true;
+            }
+            let Ok(l) = self
+                .inner
+                .lookup(format!("{at}.").as_str(), RecordType::CNAME)
+                .await
+            else {
+                return false;
+            };
+            let next = l.answers().iter().find_map(|r| match &r.data {
+                RData::CNAME(c) if norm(&r.name.to_string()) == at => Some(norm(&c.0.to_string())),
+                _ => None,
+            });
+            match next {
+                Some(n) => at = n,
+                None => return false,
+            }
+        }
+        true
     }
 }
 
@@ -260,6 +298,43 @@ fn answer(
             .collect(),
         ttl,
     }
+}
+
+/// True when the answer's CNAME records lead from the queried name back to a name already
+/// met (a loop), so no record of the asked type can ever be reached.
+fn cname_loop(query: &str, answers: &[hickory_resolver::proto::rr::Record]) -> bool {
+    let norm = |s: String| s.trim_end_matches('.').to_ascii_lowercase();
+    let links: std::collections::HashMap<String, String> = answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::CNAME(c) => Some((norm(r.name.to_string()), norm(c.0.to_string()))),
+            _ => None,
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut at = norm(query.to_string());
+    while let Some(next) = links.get(&at) {
+        if !seen.insert(at.clone()) {
+            return true;
+        }
+        at = next.clone();
+    }
+    false
+}
+
+/// A CNAME loop in the answer about `name` is an unusable answer.
+fn check_loop(
+    q: &Query,
+    name: &str,
+    answers: &[hickory_resolver::proto::rr::Record],
+) -> Result<(), DnsError> {
+    if cname_loop(name, answers) {
+        return Err(DnsError::Invalid {
+            name: q.host.to_string(),
+            detail: format!("CNAME loop at {}", name.trim_end_matches('.')),
+        });
+    }
+    Ok(())
 }
 
 fn until(t: Instant) -> Duration {

@@ -332,19 +332,20 @@ pub fn order(records: &[Record], mut seed: u64) -> Vec<Record> {
             .copied()
             .collect();
         i += group.len();
-        // zero weights first, as RFC 2782 asks, so they get a small chance
-        group.sort_by_key(|r| r.weight != 0);
         while !group.is_empty() {
             let total: u64 = group.iter().map(|r| r.weight as u64).sum();
             seed = splitmix(seed);
+            // a draw in [0, total): each record in proportion to its weight (RFC 2782's
+            // draw in [0, total] would favour whichever record the server listed first);
+            // zero-weight records follow the others, in random order
             let pick = if total == 0 {
                 (seed % group.len() as u64) as usize
             } else {
-                let mut n = seed % (total + 1);
+                let mut n = seed % total;
                 group
                     .iter()
                     .position(|r| {
-                        if n <= r.weight as u64 {
+                        if n < r.weight as u64 {
                             true
                         } else {
                             n -= r.weight as u64;
@@ -519,17 +520,24 @@ mod tests {
 
     #[test]
     fn records_are_ordered_by_priority_then_weighted_draws() {
-        let recs = [rec(20, 0, 3), rec(10, 90, 1), rec(10, 10, 2)];
-        let mut first = [0u32; 4];
-        for seed in 0..2000u64 {
-            let o = order(&recs, seed);
-            assert_eq!(o.len(), 3);
-            assert_eq!(o[2].addr.ip().to_string(), "127.0.0.3", "priority 20 last");
-            first[o[0].addr.ip().to_string().as_bytes()[8] as usize - b'0' as usize] += 1;
+        // the server's order must not matter: weights 3:1 give 75 % either way
+        for recs in [
+            [rec(20, 0, 3), rec(10, 3, 1), rec(10, 1, 2)],
+            [rec(10, 1, 2), rec(20, 0, 3), rec(10, 3, 1)],
+        ] {
+            let mut first = [0u32; 4];
+            for seed in 0..4000u64 {
+                let o = order(&recs, seed);
+                assert_eq!(o.len(), 3);
+                assert_eq!(o[2].addr.ip().to_string(), "127.0.0.3", "priority 20 last");
+                first[o[0].addr.ip().to_string().as_bytes()[8] as usize - b'0' as usize] += 1;
+            }
+            assert!((2850..3150).contains(&first[1]), "{first:?}");
+            assert!((850..1150).contains(&first[2]), "{first:?}");
         }
-        // weights 90:10 within priority 10
-        assert!((1650..1950).contains(&first[1]), "{first:?}");
-        assert!((50..350).contains(&first[2]), "{first:?}");
+        // a zero weight comes after the weighted records
+        let z = [rec(5, 0, 1), rec(5, 1, 2)];
+        assert!((0..50).all(|s| order(&z, s)[0].addr.port() == 5060 && order(&z, s)[1].weight == 0));
         // all-zero weights still give every record a turn
         let zeros = [rec(1, 0, 1), rec(1, 0, 2)];
         let firsts: std::collections::HashSet<_> =

@@ -155,4 +155,26 @@ mod tests {
         assert_eq!(s.cache.wait, Duration::from_secs(5));
         assert_eq!(s.cache.stale_for, Duration::from_secs(3600));
     }
+
+    #[test]
+    fn destinations_may_be_names_but_balancer_nodes_may_not() {
+        let d = crate::config::parse_destination("k", "sip:FS.example.test;transport=tcp").unwrap();
+        let q = d.name.expect("a name");
+        assert_eq!(
+            (&*q.host, q.port, q.transport),
+            ("fs.example.test", None, Some(sip_proxy::Transport::Tcp))
+        );
+        let d = crate::config::parse_destination("k", "sip:fs.example.test:5080").unwrap();
+        assert_eq!(d.name.unwrap().port, Some(5080));
+        assert!(crate::config::parse_destination("k", "sip:10.0.0.5")
+            .unwrap()
+            .name
+            .is_none());
+        for bad in ["sip:fs_1.example", "sip:-x.example", "sip:1.2.3"] {
+            let e = crate::config::parse_destination("k", bad).unwrap_err();
+            assert!(e.why.contains("valid host name"), "{bad}: {e:?}");
+        }
+        let e = crate::config::parse_address_destination("n", "sip:fs.example.test").unwrap_err();
+        assert!(e.why.contains("IP address"), "{e:?}");
+    }
 }
