@@ -91,7 +91,10 @@ pub(crate) fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcR
                 .trim()
                 .parse()
                 .map_err(|_| (-32602, "capacity must be an integer".to_string()))?;
-            b.resize(&uri, &res, cap).map_err(|e| (-32602, e))?;
+            b.resize(&uri, &res, cap).map_err(|e| match e {
+                sip_proxy::Error::NotFound(w) => (404, w),
+                e => (-32602, e.to_string()),
+            })?;
             Ok(json!({ "destination": uri, "resource": res, "max": cap }))
         })(),
         "lb_status" | "load_balancer:status" => (|| {
@@ -123,7 +126,8 @@ pub(crate) fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcR
                 },
                 _ => return Err((-32602, "status must be 1/on, 0/off or draining".to_string())),
             };
-            b.set_state(&uri, state).map_err(|e| (404, e))?;
+            b.set_state(&uri, state)
+                .map_err(|e| (404, e.to_string()))?;
             Ok(json!({ "destination": uri, "enabled": state != DestState::Disabled, "state": state.as_str() }))
         })(),
         "lb_is_destination" | "load_balancer:is_destination" => (|| {

@@ -110,7 +110,8 @@ pub fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcResult> 
             // OpenSIPS: state, group, address
             let set = int_param(params, "group|set", 1, None)?;
             let uri = str_param(params, "address|destination", 2)?;
-            d.set_state(set, &uri, state).map_err(|e| (-32001, e))?;
+            d.set_state(set, &uri, state)
+                .map_err(|e| (-32001, e.to_string()))?;
             Ok(json!({"set": set, "destination": uri, "state": state.as_str()}))
         })(),
         "ds_reload" => (|| {
@@ -149,7 +150,7 @@ pub fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcResult> 
                 return Err((-32602, format!("set {set} must not be negative")));
             }
             d.add_destination(set, dest.clone())
-                .map_err(|e| (-32001, e))?;
+                .map_err(|e| (-32001, e.to_string()))?;
             if let Some(persist) = &st.store_add {
                 if let Err(e) = persist(set, &dest) {
                     let _ = d.remove_destination(set, &uri);
@@ -161,7 +162,8 @@ pub fn call(st: &AdminState, method: &str, params: &Value) -> Option<RpcResult> 
         "ds_remove" => (|| {
             let set = int_param(params, "group|set", 0, None)?;
             let uri = str_param(params, "address|uri", 1)?;
-            d.remove_destination(set, &uri).map_err(|e| (-32001, e))?;
+            d.remove_destination(set, &uri)
+                .map_err(|e| (-32001, e.to_string()))?;
             if let Some(persist) = &st.store_remove {
                 persist(set, &uri).map_err(|e| {
                     (

@@ -647,24 +647,26 @@ impl Balancer {
     }
 
     /// `lb_resize`: a node's capacity for a resource.
-    pub fn resize(&self, uri: &str, res: &str, cap: i64) -> Result<(), String> {
+    pub fn resize(&self, uri: &str, res: &str, cap: i64) -> Result<(), crate::Error> {
         if cap < 0 {
-            return Err("capacity must not be negative".into());
+            return Err(crate::Error::Invalid(
+                "capacity must not be negative".into(),
+            ));
         }
         let nodes = self.nodes();
         let n = nodes
             .iter()
             .find(|n| &*n.cfg.uri == uri)
-            .ok_or_else(|| format!("no node {uri}"))?;
+            .ok_or_else(|| crate::Error::NotFound(format!("no node {uri}")))?;
         let i = n
             .index(res)
-            .ok_or_else(|| format!("node {uri} has no resource {res}"))?;
+            .ok_or_else(|| crate::Error::NotFound(format!("node {uri} has no resource {res}")))?;
         n.capacity[i].store(cap, Ordering::Relaxed);
         Ok(())
     }
 
     /// `lb_status`: enables or disables a node.
-    pub fn set_enabled(&self, uri: &str, on: bool) -> Result<Option<Transition>, String> {
+    pub fn set_enabled(&self, uri: &str, on: bool) -> Result<Option<Transition>, crate::Error> {
         self.set_state(
             uri,
             if on {
@@ -677,12 +679,16 @@ impl Balancer {
 
     /// Sets a node's state (drain it, switch it off, bring it back); the dispatcher sees
     /// the same state where it names the same server.
-    pub fn set_state(&self, uri: &str, state: DestState) -> Result<Option<Transition>, String> {
+    pub fn set_state(
+        &self,
+        uri: &str,
+        state: DestState,
+    ) -> Result<Option<Transition>, crate::Error> {
         let nodes = self.nodes();
         let n = nodes
             .iter()
             .find(|n| &*n.cfg.uri == uri)
-            .ok_or_else(|| format!("no node {uri}"))?;
+            .ok_or_else(|| crate::Error::NotFound(format!("no node {uri}")))?;
         let t = n.health.set_state(state);
         if let Some(t) = t {
             tracing::info!(

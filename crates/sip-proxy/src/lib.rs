@@ -20,6 +20,7 @@ mod ctx;
 pub mod dialog;
 pub mod dispatcher;
 pub mod dns;
+mod error;
 pub mod mac;
 pub mod numbers;
 pub mod pike;
@@ -33,6 +34,7 @@ mod types;
 
 pub use crate::build::SERVER;
 pub use crate::core::Proxy;
+pub use crate::error::{Error, Side};
 pub use config::{Listener, ProxyConfig};
 pub use router::{Probe, RoundRobin, Router};
 pub use stats::{Stat, Stats};

@@ -78,14 +78,12 @@ impl Proxy {
         };
         Stats::inc(&self.stats.waits_timed_out);
         tracing::warn!(name = %w.name, call_id = ctx.call_id(), "no DNS answer in time");
-        ctx.fallback = (
-            503,
-            format!(
-                "Service Unavailable (no DNS answer about {} in time)",
-                w.name
-            )
-            .into(),
-        );
+        let e = crate::Error::Dns(DnsError::Unreachable {
+            name: w.name.to_string(),
+            detail: "no answer in time".into(),
+        });
+        let (code, reason) = e.status(ctx.plan.request_target);
+        ctx.fallback = (code, reason.into());
         ctx.next_candidate += 1;
         if !self.start_branch(now, ctx, out) {
             self.finalize(now, ctx, out);
@@ -107,14 +105,12 @@ impl Proxy {
                 if w.waiting >= self.dns.config().max_waiting {
                     drop(w);
                     Stats::inc(&self.stats.waits_refused);
-                    ctx.fallback = (
-                        503,
-                        format!(
-                            "Service Unavailable (too many requests waiting for DNS; {} not resolved)",
-                            q.host
-                        )
-                        .into(),
-                    );
+                    let e = crate::Error::Overloaded(format!(
+                        "too many requests waiting for DNS; {} not resolved",
+                        q.host
+                    ));
+                    let (code, reason) = e.status(false);
+                    ctx.fallback = (code, reason.into());
                     return Expanded::Done;
                 }
                 let (id, deadline, cmd) = w.wait_for(q, ctx.id, now + self.dns.config().wait);
@@ -156,14 +152,9 @@ impl Proxy {
     /// answer, is `503`.
     fn name_failed(&self, ctx: &mut Ctx, q: &Query, e: &DnsError) {
         Stats::inc(&self.stats.dns_failures);
-        let from_request = ctx.plan.request_target;
         tracing::warn!(name = %q, error = %e, call_id = ctx.call_id(), "destination name did not resolve");
-        ctx.fallback = match e {
-            DnsError::NotFound { .. } | DnsError::NoService { .. } if from_request => {
-                (604, format!("Does Not Exist Anywhere ({e})").into())
-            }
-            _ => (503, format!("Service Unavailable ({e})").into()),
-        };
+        let (code, reason) = crate::Error::from(e.clone()).status(ctx.plan.request_target);
+        ctx.fallback = (code, reason.into());
     }
 
     /// The address to send a stateless message (an ACK for a 2xx) to a named next hop:

@@ -242,7 +242,7 @@ impl Dispatcher {
 
     /// Adds a destination at run time (a new set when `set` does not exist yet); every
     /// other destination keeps its state.
-    pub fn add_destination(&self, set: i64, dest: DestConfig) -> Result<(), String> {
+    pub fn add_destination(&self, set: i64, dest: DestConfig) -> Result<(), crate::Error> {
         let mut sets = self
             .configs
             .lock()
@@ -250,7 +250,10 @@ impl Dispatcher {
             .clone();
         match sets.iter_mut().find(|s| s.id == set) {
             Some(s) if s.destinations.iter().any(|d| d.uri == dest.uri) => {
-                return Err(format!("{} is already in set {set}", dest.uri))
+                return Err(crate::Error::Invalid(format!(
+                    "{} is already in set {set}",
+                    dest.uri
+                )))
             }
             Some(s) => s.destinations.push(dest),
             None => sets.push(SetConfig {
@@ -265,7 +268,7 @@ impl Dispatcher {
     }
 
     /// Removes a destination at run time.
-    pub fn remove_destination(&self, set: i64, uri: &str) -> Result<(), String> {
+    pub fn remove_destination(&self, set: i64, uri: &str) -> Result<(), crate::Error> {
         let mut sets = self
             .configs
             .lock()
@@ -274,25 +277,28 @@ impl Dispatcher {
         let s = sets
             .iter_mut()
             .find(|s| s.id == set)
-            .ok_or_else(|| format!("no set {set}"))?;
+            .ok_or_else(|| crate::Error::NotFound(format!("no set {set}")))?;
         let before = s.destinations.len();
         s.destinations.retain(|d| &*d.uri != uri);
         if s.destinations.len() == before {
-            return Err(format!("no destination {uri} in set {set}"));
+            return Err(crate::Error::NotFound(format!(
+                "no destination {uri} in set {set}"
+            )));
         }
         self.reload(sets, true);
         Ok(())
     }
 
     /// Sets a destination's state by set id and URI (`ds_set_state`).
-    pub fn set_state(&self, set: i64, uri: &str, state: DestState) -> Result<(), String> {
+    pub fn set_state(&self, set: i64, uri: &str, state: DestState) -> Result<(), crate::Error> {
         let t = self.table();
-        let s = t.get(set).ok_or_else(|| format!("no set {set}"))?;
-        let d = s
-            .dests
-            .iter()
-            .find(|d| &*d.cfg.uri == uri)
-            .ok_or_else(|| format!("no destination {uri} in set {set}"))?;
+        let s = t
+            .get(set)
+            .ok_or_else(|| crate::Error::NotFound(format!("no set {set}")))?;
+        let d =
+            s.dests.iter().find(|d| &*d.cfg.uri == uri).ok_or_else(|| {
+                crate::Error::NotFound(format!("no destination {uri} in set {set}"))
+            })?;
         log_transition(&self.hook, &t, d.health(), d.set_state(state), "operator");
         Ok(())
     }

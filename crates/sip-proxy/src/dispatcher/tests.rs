@@ -190,12 +190,11 @@ fn set_state_names_unknown_sets_and_destinations() {
     assert_eq!(
         d.set_state(9, "sip:127.0.0.1:5080", DestState::Active)
             .unwrap_err(),
-        "no set 9"
+        crate::Error::NotFound("no set 9".into())
     );
-    assert!(d
-        .set_state(1, "sip:nope", DestState::Active)
-        .unwrap_err()
-        .contains("no destination"));
+    let e = d.set_state(1, "sip:nope", DestState::Active).unwrap_err();
+    assert!(e.to_string().contains("no destination"));
+    assert_eq!((e.side(), e.retryable()), (crate::Side::Downstream, false));
 }
 
 #[test]
