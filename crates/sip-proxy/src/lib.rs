@@ -38,4 +38,4 @@ pub use crate::error::{Error, Side};
 pub use config::{Listener, ProxyConfig};
 pub use router::{Probe, RoundRobin, Router};
 pub use stats::{Stat, Stats};
-pub use types::{Destination, FlowId, Origin, Source, Target, Transmit, Transport};
+pub use types::{Destination, FlowId, NodeRef, Origin, Source, Target, Transmit, Transport};

@@ -108,6 +108,9 @@ pub struct Transmit {
     pub origin: Option<Origin>,
 }
 
+/// A router's handle on a destination, carried through the core untouched.
+pub type NodeRef = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
 /// A next hop chosen by a [`crate::Router`].
 #[derive(Debug, Clone)]
 pub struct Destination {
@@ -117,8 +120,10 @@ pub struct Destination {
     pub addr: SocketAddr,
     /// A connection to use when it is still open (the flow token of a Record-Route).
     pub flow: Option<FlowId>,
-    /// The dispatcher destination behind it, for health feedback and call counting.
-    pub node: Option<std::sync::Arc<crate::dispatcher::Dest>>,
+    /// The router's own handle on what stands behind the candidate (a dispatcher
+    /// destination), for its health feedback and call counting: opaque to the core, which
+    /// hands it back in the router's callbacks.
+    pub node: Option<NodeRef>,
     /// Route header values to put on the request (a registered contact's Path, RFC 3327);
     /// `uri` then becomes the Request-URI and `addr` is the first Route's.
     pub route: Option<std::sync::Arc<str>>,

@@ -337,13 +337,13 @@ impl Dispatcher {
         }
     }
 
-    fn to_destination(d: &Arc<Dest>) -> Destination {
+    pub(crate) fn to_destination(d: &Arc<Dest>) -> Destination {
         Destination {
             uri: d.cfg.uri.clone(),
             transport: d.cfg.transport,
             addr: d.cfg.addr,
             flow: None,
-            node: Some(d.clone()),
+            node: Some(d.clone() as crate::NodeRef),
             route: None,
             name: d.cfg.name.clone(),
         }
@@ -411,7 +411,7 @@ impl Router for Dispatcher {
     }
 
     fn on_branch_result(&self, dest: &Destination, ok: bool) {
-        if let Some(n) = &dest.node {
+        if let Some(n) = dest_of(dest) {
             self.health_feedback(
                 n.health(),
                 ok,
@@ -425,8 +425,8 @@ impl Router for Dispatcher {
     }
 
     fn on_call_answered(&self, call_id: &str, dest: &Destination) {
-        if let Some(n) = &dest.node {
-            self.call_answered(call_id, n);
+        if let Some(n) = dest.node.clone().and_then(|n| n.downcast::<Dest>().ok()) {
+            self.call_answered(call_id, &n);
         }
     }
 
@@ -561,3 +561,8 @@ impl Router for Dispatcher {
 
 #[cfg(test)]
 mod tests;
+
+/// The dispatcher destination behind a candidate, when the dispatcher chose it.
+pub fn dest_of(d: &Destination) -> Option<&Dest> {
+    d.node.as_ref()?.downcast_ref::<Dest>()
+}

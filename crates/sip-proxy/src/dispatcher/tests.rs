@@ -208,9 +208,9 @@ fn traffic_failures_take_a_destination_down_without_probes() {
     let dead = out.iter().find(|c| c.addr.port() == 5080).unwrap().clone();
     d.on_branch_result(&dead, false);
     d.on_branch_result(&dead, false);
-    assert!(dead.node.as_ref().unwrap().selectable());
+    assert!(super::dest_of(&dead).unwrap().selectable());
     d.on_branch_result(&dead, false);
-    assert!(!dead.node.as_ref().unwrap().selectable());
+    assert!(!super::dest_of(&dead).unwrap().selectable());
     let mut probes = vec![];
     d.due_probes(Instant::now(), &mut probes);
     assert!(probes.is_empty(), "interval 0 turns probing off");
