@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::dispatcher::{DestState, Health, HealthBook, Transition};
 use crate::types::{Destination, Transport};
@@ -403,7 +403,8 @@ pub struct Balancer {
     inbound: Mutex<HashMap<Box<str>, Arc<LbNode>>>,
     rng: AtomicU64,
     /// "no capacity" is logged once per 10 s, with how many calls were refused meanwhile.
-    full_log: Mutex<(Option<Instant>, u64)>,
+    /// (the next refusal is logged, refusals since the last line).
+    full_log: Mutex<(bool, u64)>,
     /// Where the nodes' health records come from (the dispatcher's, when there is one).
     book: Arc<HealthBook>,
 }
@@ -428,7 +429,7 @@ impl Balancer {
             calls: Mutex::new(HashMap::new()),
             inbound: Mutex::new(HashMap::new()),
             rng: AtomicU64::new(seed | 1),
-            full_log: Mutex::new((None, 0)),
+            full_log: Mutex::new((true, 0)),
             book,
         }
     }
@@ -511,15 +512,13 @@ impl Balancer {
         }
     }
 
+    /// One warning for the first refusal, then one per 1,000 (the router has no clock).
     fn log_full(&self, group: i64, res: &[String]) {
         let mut g = self.full_log.lock().unwrap_or_else(|p| p.into_inner());
         g.1 += 1;
-        let now = Instant::now();
-        if g.0
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
-        {
+        if g.0 || g.1 >= 1000 {
             tracing::warn!(group, resources = ?res, refused_since_last_log = g.1, "load balancer: no node has capacity");
-            *g = (Some(now), 0);
+            *g = (false, 0);
         }
     }
 
@@ -922,6 +921,7 @@ impl crate::Router for CallRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn node(id: i64, port: u16, res: &str) -> LbNodeConfig {
         LbNodeConfig {

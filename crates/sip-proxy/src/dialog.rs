@@ -20,6 +20,9 @@ pub struct DialogConfig {
     pub honour_session_expires: bool,
     /// The User-Agent of the BYEs the proxy sends (empty: none).
     pub user_agent: Arc<str>,
+    /// The secret key of the Call-ID/tag hash, drawn at random by the driver (the core
+    /// draws no random numbers), so callers cannot choose Call-IDs that collide.
+    pub hash_key: (u64, u64),
 }
 
 impl Default for DialogConfig {
@@ -28,6 +31,7 @@ impl Default for DialogConfig {
             lifetime: Duration::from_secs(6 * 3600),
             honour_session_expires: true,
             user_agent: crate::build::SERVER.into(),
+            hash_key: (0, 0),
         }
     }
 }
@@ -295,7 +299,7 @@ pub struct ByeOut {
 
 /// A hash of Call-ID and a tag: lookups need no allocation. A match is confirmed against
 /// the dialog's own Call-ID and tag (`matches`), so a collision is never taken for a hit.
-/// The hash is keyed at random per process (SipHash-1-3 with `RandomState`'s keys), so
+/// The hash is SipHash-1-3 keyed with the driver's secret (`DialogConfig::hash_key`), so
 /// callers cannot choose Call-IDs that collide.
 type Key = u64;
 
@@ -316,6 +320,21 @@ impl std::hash::Hasher for KeyHasher {
     }
     fn write_u64(&mut self, v: u64) {
         self.0 = v;
+    }
+}
+
+/// Builds SipHash-1-3 hashers with a secret written ahead of the data.
+#[derive(Debug, Clone, Copy)]
+struct SecretKeys(u64, u64);
+
+impl std::hash::BuildHasher for SecretKeys {
+    type Hasher = std::hash::DefaultHasher;
+    fn build_hasher(&self) -> Self::Hasher {
+        use std::hash::Hasher;
+        let mut h = std::hash::DefaultHasher::new();
+        h.write_u64(self.0);
+        h.write_u64(self.1);
+        h
     }
 }
 
@@ -347,7 +366,7 @@ pub struct Dialogs {
     events: Mutex<Vec<DlgEvent>>,
     persist: std::sync::atomic::AtomicBool,
     /// The keys of the Call-ID/tag hash.
-    keys: std::hash::RandomState,
+    keys: SecretKeys,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -372,12 +391,12 @@ impl Dialogs {
     /// A table; `epoch` pairs an instant with the UNIX time at it.
     pub fn new(cfg: DialogConfig, epoch: (Instant, u64)) -> Dialogs {
         Dialogs {
+            keys: SecretKeys(cfg.hash_key.0, cfg.hash_key.1),
             epoch,
             events: Mutex::new(Vec::new()),
             persist: std::sync::atomic::AtomicBool::new(false),
             cfg,
             shards: (0..64).map(|_| Mutex::new(Table::default())).collect(),
-            keys: std::hash::RandomState::new(),
             next_id: AtomicU64::new(1),
             next_sweep: Mutex::new(None),
         }

@@ -986,6 +986,8 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         lifetime: Duration::from_secs(raw.dialog.lifetime_s),
         honour_session_expires: raw.dialog.honour_session_expires,
         user_agent: security.server_header.as_str().into(),
+        // drawn by the binary when it builds the table (see main.rs)
+        hash_key: (0, 0),
     });
     let ids: std::collections::HashSet<i64> = dispatcher.sets.iter().map(|s| s.id).collect();
     let default_set = match raw.routing.default_set {

@@ -180,6 +180,14 @@ pub(crate) fn load_config(
     Ok((r, name))
 }
 
+/// 128 bits from the OS's random source (std seeds `RandomState` from it), for keys the
+/// core must not draw itself.
+fn random_key() -> (u64, u64) {
+    use std::hash::BuildHasher;
+    let (a, b) = (std::hash::RandomState::new(), std::hash::RandomState::new());
+    (a.hash_one(0x5eed_u64), b.hash_one(0xface_u64))
+}
+
 fn salt() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -453,8 +461,10 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     }
     let mut dialog_writer = None;
     if let Some(dc) = &cfg.dialog {
+        let mut dc = dc.clone();
+        dc.hash_key = random_key();
         let dl = Arc::new(sip_proxy::dialog::Dialogs::new(
-            dc.clone(),
+            dc,
             (Instant::now(), unix_now()),
         ));
         if let Some((s, h)) = store_ctx.as_ref().filter(|_| cfg.dialog_persist) {

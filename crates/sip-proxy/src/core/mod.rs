@@ -547,7 +547,7 @@ impl Proxy {
         let mut probes = Vec::new();
         self.router.due_probes(now, &mut probes);
         for p in probes {
-            self.send_probe(p, out);
+            self.send_probe(now, p, out);
         }
         if let Some(d) = &self.dialogs {
             let mut ended = Vec::new();
@@ -684,9 +684,9 @@ impl Proxy {
     }
 
     /// Writes and queues one health probe.
-    fn send_probe(&self, p: Probe, out: &mut Vec<Transmit>) {
+    fn send_probe(&self, now: Instant, p: Probe, out: &mut Vec<Transmit>) {
         let Some(local) = self.listener(p.target.transport) else {
-            return self.router.probe_result(Instant::now(), p.id, None);
+            return self.router.probe_result(now, p.id, None);
         };
         let data = format!(
             "{m} {uri} SIP/2.0\r\nVia: SIP/2.0/{t} {local};branch={PROBE_PREFIX}{id:x}.{mac:016x}\r\nMax-Forwards: {mf}\r\nFrom: <{from}>;tag=sbp{id:x}\r\nTo: <{uri}>\r\nCall-ID: sbp{id:x}.{salt:x}@{ip}\r\nCSeq: 1 {m}\r\nUser-Agent: {SERVER}\r\nContent-Length: 0\r\n\r\n",
