@@ -92,12 +92,16 @@ pub struct Target {
     pub flow: Option<FlowId>,
 }
 
-/// Identifies the branch a transmission belongs to, so that a send failure can be
-/// reported back with [`crate::Proxy::on_transport_error`].
+/// Who owns a transaction the proxy started. Each transmission carries it, so a send
+/// failure goes back to its owner ([`crate::Proxy::on_transport_error`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Origin {
-    pub ctx: u64,
-    pub branch: u32,
+pub enum Origin {
+    /// Branch `branch` of the relayed request in context `ctx`.
+    Relay { ctx: u64, branch: u32 },
+    /// The router's health probe `id`.
+    Probe(u64),
+    /// The registrar's NAT keepalive `id`.
+    KeepAlive(u64),
 }
 
 /// One message for the driver to send.

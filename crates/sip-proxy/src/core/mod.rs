@@ -39,14 +39,23 @@ const BRANCH_PREFIX: &str = "z9hG4bKsb";
 const STATELESS_PREFIX: &str = "z9hG4bKsbA";
 /// Health probes (OPTIONS/INFO) the dispatcher sends.
 const PROBE_PREFIX: &str = "z9hG4bKsbP";
-/// Marks a probe's [`Origin`], so a send failure goes back to the router.
-const PROBE_ORIGIN: u64 = 1 << 63;
 /// BYEs the proxy sends itself to end a dialog.
 const DIALOG_BYE_PREFIX: &str = "z9hG4bKsbB";
 /// NAT keepalives (OPTIONS) to registered contacts.
 const KEEPALIVE_PREFIX: &str = "z9hG4bKsbK";
-/// Marks a keepalive's [`Origin`], so a send failure goes back to the registrar.
-const KEEPALIVE_ORIGIN: u64 = 1 << 62;
+
+/// Who a response answers, from its branch: the transaction's owner, or why it has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// A transaction the proxy started (its branch's MAC checked).
+    Ours(Origin),
+    /// A BYE the proxy sent to end a dialog.
+    DialogBye,
+    /// Carries one of our prefixes but not our MAC.
+    Forged,
+    /// Not a branch of ours at all.
+    Foreign,
+}
 /// How long a locally answered request's reply is kept to answer its retransmissions
 /// (Timer J, 64*T1).
 const ANSWERED_TTL: std::time::Duration = std::time::Duration::from_secs(32);
@@ -649,24 +658,23 @@ impl Proxy {
     /// A transmission tagged with `origin` could not be sent (connection refused, ...).
     pub fn on_transport_error(&self, now: Instant, origin: Origin, out: &mut Vec<Transmit>) {
         Stats::inc(&self.stats.transport_errors);
-        if origin.ctx & PROBE_ORIGIN != 0 {
-            return self
-                .router
-                .probe_result(now, origin.ctx & !PROBE_ORIGIN, None);
-        }
-        if origin.ctx & KEEPALIVE_ORIGIN != 0 {
-            if let Some(reg) = &self.registrar {
-                reg.on_ping_failed(origin.ctx & !KEEPALIVE_ORIGIN);
+        let (id, branch) = match origin {
+            Origin::Probe(id) => return self.router.probe_result(now, id, None),
+            Origin::KeepAlive(id) => {
+                if let Some(reg) = &self.registrar {
+                    reg.on_ping_failed(id);
+                }
+                return;
             }
-            return;
-        }
-        let s = self.shard_of_id(origin.ctx);
+            Origin::Relay { ctx, branch } => (ctx, branch as usize),
+        };
+        let s = self.shard_of_id(id);
         let mut g = self.lock(s);
         let shard = &mut *g;
-        let Some(ctx) = shard.ctxs.get_mut(&origin.ctx) else {
+        let Some(ctx) = shard.ctxs.get_mut(&id) else {
             return;
         };
-        let Some(b) = ctx.branches.get_mut(origin.branch as usize) else {
+        let Some(b) = ctx.branches.get_mut(branch) else {
             return;
         };
         if b.txn.on_transport_error() == Some(TxnEvent::Timeout) && !b.done {
@@ -674,13 +682,37 @@ impl Proxy {
             self.branch_failed(
                 now,
                 ctx,
-                origin.branch as usize,
+                branch,
                 503,
                 "Service Unavailable (destination unreachable)",
                 out,
             );
         }
-        self.settle(shard, origin.ctx);
+        self.settle(shard, id);
+    }
+
+    /// Who owns the transaction a response's branch names.
+    fn owner_of(&self, branch: &str) -> Owner {
+        use crate::mac::Purpose;
+        let checked = |prefix, purpose, f: fn(u64) -> Origin| match self
+            .our_id_branch(branch, prefix, purpose)
+        {
+            Some(id) => Owner::Ours(f(id)),
+            None => Owner::Forged,
+        };
+        if branch.starts_with(PROBE_PREFIX) {
+            checked(PROBE_PREFIX, Purpose::Probe, Origin::Probe)
+        } else if branch.starts_with(KEEPALIVE_PREFIX) {
+            checked(KEEPALIVE_PREFIX, Purpose::KeepAlive, Origin::KeepAlive)
+        } else if branch.starts_with(DIALOG_BYE_PREFIX) {
+            Owner::DialogBye
+        } else if let Some((ctx, idx)) = self.our_branch(branch) {
+            Owner::Ours(Origin::Relay { ctx, branch: idx })
+        } else if branch.starts_with(BRANCH_PREFIX) {
+            Owner::Forged
+        } else {
+            Owner::Foreign
+        }
     }
 
     /// Writes and queues one health probe.
@@ -703,10 +735,7 @@ impl Proxy {
         out.push(Transmit {
             target: p.target,
             data: Bytes::from(data),
-            origin: Some(Origin {
-                ctx: PROBE_ORIGIN | p.id,
-                branch: 0,
-            }),
+            origin: Some(Origin::Probe(p.id)),
         });
     }
     /// Writes one NAT keepalive: OPTIONS over UDP, a CRLFCRLF ping over a connection
@@ -731,10 +760,7 @@ impl Proxy {
         out.push(Transmit {
             target: k.target,
             data,
-            origin: Some(Origin {
-                ctx: KEEPALIVE_ORIGIN | k.id,
-                branch: 0,
-            }),
+            origin: Some(Origin::KeepAlive(k.id)),
         });
     }
 

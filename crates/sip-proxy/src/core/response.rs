@@ -14,35 +14,27 @@ impl Proxy {
         Stats::inc(&self.stats.rcv_replies);
         let code = msg.status().unwrap_or(0);
         let branch = msg.branch().unwrap_or("");
-        if branch.starts_with(PROBE_PREFIX) {
-            match self.our_id_branch(branch, PROBE_PREFIX, crate::mac::Purpose::Probe) {
-                Some(id) if code >= 200 => self.router.probe_result(now, id, Some(code)),
-                Some(_) => {}
-                None => self.forged_response(now, &src, &msg),
-            }
-            return;
-        }
-        if branch.starts_with(KEEPALIVE_PREFIX) {
-            match self.our_id_branch(branch, KEEPALIVE_PREFIX, crate::mac::Purpose::KeepAlive) {
-                // any answer, even 404 or 405, shows the binding is alive
-                Some(id) => {
-                    if let Some(reg) = &self.registrar {
-                        reg.on_pong(id);
-                    }
+        let (id, idx) = match self.owner_of(branch) {
+            Owner::Ours(Origin::Relay { ctx, branch }) => (ctx, branch),
+            Owner::Ours(Origin::Probe(id)) => {
+                if code >= 200 {
+                    self.router.probe_result(now, id, Some(code));
                 }
-                None => self.forged_response(now, &src, &msg),
+                return;
             }
-            return;
-        }
-        if branch.starts_with(DIALOG_BYE_PREFIX) {
-            return; // the answer to a BYE the proxy sent to end a dialog
-        }
-        let Some((id, idx)) = self.our_branch(branch) else {
-            if branch.starts_with(BRANCH_PREFIX) {
-                return self.forged_response(now, &src, &msg);
+            Owner::Ours(Origin::KeepAlive(id)) => {
+                // any answer, even 404 or 405, shows the binding is alive
+                if let Some(reg) = &self.registrar {
+                    reg.on_pong(id);
+                }
+                return;
             }
-            Stats::inc(&self.stats.dropped);
-            return;
+            Owner::DialogBye => return, // the answer to a BYE the proxy sent to end a dialog
+            Owner::Forged => return self.forged_response(now, &src, &msg),
+            Owner::Foreign => {
+                Stats::inc(&self.stats.dropped);
+                return;
+            }
         };
         let is_invite = msg.cseq().is_ok_and(|c| c.method == "INVITE");
         let si = self.shard_of_id(id);

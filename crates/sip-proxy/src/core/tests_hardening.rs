@@ -145,6 +145,37 @@ fn probe_and_keepalive_branches_carry_their_own_mac() {
     );
 }
 
+#[test]
+fn a_response_branch_names_its_typed_owner() {
+    let p = proxy(&[]);
+    let probe = p.cfg.keys.tag_ids(crate::mac::Purpose::Probe, &[7]);
+    let ka = p.cfg.keys.tag_ids(crate::mac::Purpose::KeepAlive, &[9]);
+    let relay = p.branch_for(0xab, 42, 1);
+    assert_eq!(
+        p.owner_of(&format!("{PROBE_PREFIX}7.{probe:016x}")),
+        Owner::Ours(Origin::Probe(7))
+    );
+    assert_eq!(
+        p.owner_of(&format!("{KEEPALIVE_PREFIX}9.{ka:016x}")),
+        Owner::Ours(Origin::KeepAlive(9))
+    );
+    assert_eq!(
+        p.owner_of(&relay),
+        Owner::Ours(Origin::Relay { ctx: 42, branch: 1 })
+    );
+    assert_eq!(
+        p.owner_of(&format!("{DIALOG_BYE_PREFIX}1")),
+        Owner::DialogBye
+    );
+    // our prefix with a wrong MAC is forged; someone else's branch is foreign
+    assert_eq!(
+        p.owner_of(&format!("{KEEPALIVE_PREFIX}9.{probe:016x}")),
+        Owner::Forged
+    );
+    assert_eq!(p.owner_of(&relay.replace(".2a.", ".2b.")), Owner::Forged);
+    assert_eq!(p.owner_of("z9hG4bK-someone-else"), Owner::Foreign);
+}
+
 fn options(call: &str, ua: &str) -> String {
     format!("OPTIONS sip:svc@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:6000;branch=z9hG4bK-{call}\r\nFrom: <sip:x@h>;tag=f\r\nTo: <sip:svc@h>\r\nCall-ID: {call}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nUser-Agent: {ua}\r\nContent-Length: 0\r\n\r\n")
 }

@@ -111,7 +111,7 @@ impl Proxy {
 
     pub(super) fn flush_branch(&self, ctx: &mut Ctx, i: usize, out: &mut Vec<Transmit>) {
         let b = &mut ctx.branches[i];
-        let origin = Some(Origin {
+        let origin = Some(Origin::Relay {
             ctx: ctx.id,
             branch: i as u32,
         });
