@@ -135,3 +135,53 @@ pub struct Destination {
     /// expands the name into one candidate per address it leads to.
     pub name: Option<std::sync::Arc<crate::dns::Query>>,
 }
+
+impl Destination {
+    /// A destination from a `sip:`/`sips:` URI: an IP address (port 5060 by default), or
+    /// a host name resolved per request (RFC 3263). Only UDP and TCP are served yet.
+    pub fn from_uri(s: &str) -> Result<Destination, crate::Error> {
+        use sip_wire::{Scheme, Uri};
+        let bad = |why: String| crate::Error::Invalid(format!("{s:?}: {why}"));
+        let uri = Uri::parse(s).map_err(|e| bad(format!("not a SIP URI ({e})")))?;
+        if !matches!(uri.scheme, Scheme::Sip | Scheme::Sips) {
+            return Err(bad("scheme must be sip or sips".into()));
+        }
+        let transport = match uri.transport() {
+            Some(t) => Transport::parse(t).ok_or_else(|| bad(format!("unknown transport {t}")))?,
+            None if uri.scheme == Scheme::Sips => Transport::Tls,
+            None => Transport::Udp,
+        };
+        if !matches!(transport, Transport::Udp | Transport::Tcp) {
+            return Err(bad(format!(
+                "transport {transport} is not supported yet (udp, tcp)"
+            )));
+        }
+        let host = uri.host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return Ok(Destination {
+                uri: s.into(),
+                transport,
+                addr: SocketAddr::new(ip, uri.port.unwrap_or(5060)),
+                flow: None,
+                node: None,
+                route: None,
+                name: None,
+            });
+        }
+        let explicit = uri.transport().and(Some(transport));
+        let q = crate::dns::Query::new(uri.host, uri.port, explicit, uri.scheme == Scheme::Sips)
+            .ok_or_else(|| bad("host is neither an IP address nor a valid host name".into()))?;
+        Ok(Destination {
+            uri: s.into(),
+            transport,
+            addr: SocketAddr::new(
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
+                uri.port.unwrap_or(0),
+            ),
+            flow: None,
+            node: None,
+            route: None,
+            name: Some(std::sync::Arc::new(q)),
+        })
+    }
+}

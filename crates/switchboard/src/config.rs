@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use sip_proxy::{Destination, Listener, ProxyConfig, Transport};
 use sip_txn::TimerConfig;
-use sip_wire::{Scheme, Uri};
 
 /// The configuration compiled into the binary: `switchboard.example.toml`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../switchboard.example.toml");
@@ -714,57 +713,14 @@ fn nearest(field: &str, known: &[String]) -> Option<String> {
 }
 
 pub fn parse_destination(key: &str, s: &str) -> Result<Destination, ConfigError> {
-    let uri =
-        Uri::parse(s).map_err(|e| err(key, format!("{s:?}"), format!("not a SIP URI ({e})")))?;
-    if !matches!(uri.scheme, Scheme::Sip | Scheme::Sips) {
-        return Err(err(key, format!("{s:?}"), "scheme must be sip or sips"));
-    }
-    let transport = match uri.transport() {
-        Some(t) => Transport::parse(t)
-            .ok_or_else(|| err(key, format!("{s:?}"), format!("unknown transport {t}")))?,
-        None if uri.scheme == Scheme::Sips => Transport::Tls,
-        None => Transport::Udp,
-    };
-    if !matches!(transport, Transport::Udp | Transport::Tcp) {
-        return Err(err(
-            key,
-            format!("{s:?}"),
-            format!("transport {transport} is not supported yet (udp, tcp)"),
-        ));
-    }
-    let host = uri.host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(Destination {
-            uri: s.into(),
-            transport,
-            addr: SocketAddr::new(ip, uri.port.unwrap_or(5060)),
-            flow: None,
-            node: None,
-            route: None,
-            name: None,
-        });
-    }
-    // a name: resolved per request the RFC 3263 way (NAPTR, SRV, A/AAAA)
-    let explicit = uri.transport().and(Some(transport));
-    let q = sip_proxy::dns::Query::new(uri.host, uri.port, explicit, uri.scheme == Scheme::Sips)
-        .ok_or_else(|| {
-            err(
-                key,
-                format!("{s:?}"),
-                "host is neither an IP address nor a valid host name",
-            )
-        })?;
-    Ok(Destination {
-        uri: s.into(),
-        transport,
-        addr: SocketAddr::new(
-            std::net::Ipv4Addr::UNSPECIFIED.into(),
-            uri.port.unwrap_or(0),
-        ),
-        flow: None,
-        node: None,
-        route: None,
-        name: Some(std::sync::Arc::new(q)),
+    Destination::from_uri(s).map_err(|e| {
+        let why = e.to_string();
+        // the error starts with the value itself: the key's line names it already
+        let why = why
+            .strip_prefix(&format!("{s:?}: "))
+            .unwrap_or(&why)
+            .to_string();
+        err(key, format!("{s:?}"), why)
     })
 }
 
