@@ -422,7 +422,7 @@ impl Balancer {
             .into_iter()
             .map(|c| Arc::new(LbNode::new(c, &book)))
             .collect();
-        book.set_extra(nodes.iter().map(|n| n.health.clone()).collect());
+        book.set_extra("balancer", nodes.iter().map(|n| n.health.clone()).collect());
         Balancer {
             nodes: RwLock::new(Arc::new(nodes)),
             route,
@@ -795,7 +795,7 @@ impl Balancer {
             }
         }
         self.book
-            .set_extra(new.iter().map(|n| n.health.clone()).collect());
+            .set_extra("balancer", new.iter().map(|n| n.health.clone()).collect());
         *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         count
     }

@@ -26,6 +26,7 @@ use crate::build::{
 use crate::config::ProxyConfig;
 use crate::ctx::{Branch, ClientTxn, Ctx, Plan, ServerTxn};
 use crate::dialog::{ByeOut, Dialog, Dialogs, Leg};
+use crate::numbers::routing::{NumberDecision, Sender};
 use crate::pike::Pike;
 use crate::ratelog::{Kind, LogLimit};
 use crate::registrar::{CallAuth, Fork, KeepAlive, Registrar, RegistrarMode, Reply};
@@ -118,11 +119,10 @@ enum UserRoute {
     /// To the registered contacts of the callee.
     Location {
         candidates: Vec<Destination>,
-        strip: Vec<usize>,
         parallel: bool,
     },
-    /// To the router (media servers); `strip` removes consumed credentials.
-    Dispatch { strip: Vec<usize> },
+    /// To the router (media servers).
+    Dispatch,
 }
 
 enum Decision {
@@ -157,6 +157,8 @@ pub struct Proxy {
     per_source: Box<[Mutex<HashMap<IpAddr, u32>>]>,
     /// Names resolved (RFC 3263), consulted before a lookup is asked for.
     dns: Arc<crate::dns::Cache>,
+    /// Number routing (aliases, dialplan, carriers by prefix), when configured.
+    numbers: Option<Arc<crate::numbers::routing::Numbers>>,
     /// Commands in flight and the contexts parked on them. Lock order: a shard, then this.
     waits: Mutex<crate::command::Waits>,
     /// Set when commands wait in the outbox: the driver's check per message is one load.
@@ -219,6 +221,7 @@ impl Proxy {
             dns: Arc::new(crate::dns::Cache::new(Default::default())),
             waits: Mutex::new(Default::default()),
             has_commands: Default::default(),
+            numbers: None,
         }
     }
 
@@ -226,6 +229,17 @@ impl Proxy {
     pub fn with_dns(mut self, cache: Arc<crate::dns::Cache>) -> Proxy {
         self.dns = cache;
         self
+    }
+
+    /// Adds number routing.
+    pub fn with_numbers(mut self, n: Arc<crate::numbers::routing::Numbers>) -> Proxy {
+        self.numbers = Some(n);
+        self
+    }
+
+    /// Number routing, when configured.
+    pub fn numbers(&self) -> Option<&Arc<crate::numbers::routing::Numbers>> {
+        self.numbers.as_ref()
     }
 
     /// The name cache.
@@ -917,5 +931,7 @@ mod scenario;
 mod tests;
 #[cfg(test)]
 mod tests_hardening;
+#[cfg(test)]
+mod tests_numbers;
 #[cfg(test)]
 mod tests_wait;

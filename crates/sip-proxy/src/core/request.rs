@@ -385,12 +385,52 @@ impl Proxy {
                 return self.forward_register(reg, src, msg, plan_base(false)?);
             }
         }
+        // users authenticate before anything else is decided for their call
         let mut strip = Vec::new();
         if let Some(reg) = &self.registrar {
-            match self.decide_user(now, reg, src, msg, &uri)? {
+            strip = self.authorize(now, reg, src, msg)?;
+        }
+        // number routing: aliases, dialplan, carriers by prefix
+        let mut new_ruri: Option<String> = None;
+        let mut force_location = false;
+        if let Some(nr) = self.numbers.as_ref().filter(|_| method == Method::Invite) {
+            let sender = if self.is_media_server(src.addr) {
+                Sender::MediaServers
+            } else if nr.is_gateway(src.addr.ip()) {
+                Sender::Carriers
+            } else {
+                Sender::Users
+            };
+            let rand = crate::dns::splitmix(self.cfg.salt ^ loop_hash as u64);
+            match nr.decide(sender, uri.user.unwrap_or(""), uri.host, rand) {
+                NumberDecision::Reject(code, reason) => return Err(reject(code, reason)),
+                NumberDecision::Gateways(candidates) => {
+                    let mut plan = plan_base(true)?;
+                    plan.route_edits
+                        .extend(strip.into_iter().map(|i| (i, None)));
+                    plan.ruri_from_dest = true;
+                    return Ok(Decision::Forward { plan, candidates });
+                }
+                NumberDecision::Continue {
+                    user,
+                    domain,
+                    location,
+                } => {
+                    force_location = location;
+                    if user.is_some() || domain.is_some() {
+                        new_ruri = Some(rewrite_uri(&uri, user.as_deref(), domain.as_deref())?);
+                    }
+                }
+            }
+        }
+        let routed_uri = match &new_ruri {
+            Some(r) => Uri::parse(r).map_err(|e| reject(500, e.reason()))?,
+            None => uri,
+        };
+        if let Some(reg) = &self.registrar {
+            match self.decide_user(now, reg, src, &routed_uri, force_location)? {
                 UserRoute::Location {
                     candidates,
-                    strip,
                     parallel,
                 } => {
                     let mut plan = plan_base(matches!(
@@ -403,8 +443,13 @@ impl Proxy {
                     plan.parallel = parallel;
                     return Ok(Decision::Forward { plan, candidates });
                 }
-                UserRoute::Dispatch { strip: s } => strip = s,
+                UserRoute::Dispatch => {}
             }
+        } else if force_location {
+            return Err(reject(
+                404,
+                "Not Found (no registrar for the location service)",
+            ));
         }
         let mut candidates = Vec::with_capacity(4);
         self.router.select_from(msg, src.addr, &mut candidates);
@@ -426,6 +471,9 @@ impl Proxy {
         let mut plan = plan_base(rr)?;
         plan.route_edits
             .extend(strip.into_iter().map(|i| (i, None)));
+        if new_ruri.is_some() {
+            plan.new_ruri = new_ruri;
+        }
         Ok(Decision::Forward { plan, candidates })
     }
 
@@ -558,14 +606,16 @@ impl Proxy {
     /// Registrar routing of an initial request: authenticate local users (`407`), and send
     /// calls to local users (from a media server, or between users when direct) to their
     /// registered contacts.
-    fn decide_user(
+    /// Authenticates an initial request (`407` with a challenge, or a refusal) unless its
+    /// source is trusted; gives the header indexes of the credentials it consumed (the
+    /// media server must not see them).
+    fn authorize(
         &self,
         now: Instant,
         reg: &Registrar,
         src: &Source,
         msg: &Message,
-        uri: &Uri,
-    ) -> Result<UserRoute, Reject> {
+    ) -> Result<Vec<usize>, Reject> {
         let trusted = self.is_media_server(src.addr);
         let mut strip = Vec::new();
         match reg.authorize_call(now, src, msg, trusted) {
@@ -574,7 +624,6 @@ impl Proxy {
                 if let Some(p) = &self.pike {
                     p.authenticated(now, src.addr.ip());
                 }
-                // consume the credentials: the media server must not see them
                 for (i, h) in msg.headers().iter().enumerate() {
                     if h.name == HeaderName::ProxyAuthorization {
                         strip.push(i);
@@ -583,9 +632,23 @@ impl Proxy {
             }
             CallAuth::Trusted => {}
         }
-        let trusted = trusted || reg.is_trusted_ip(src.addr.ip());
+        Ok(strip)
+    }
+
+    /// To the location service, or on to the media servers. `location`: the number
+    /// routing said this is a local user (an unregistered one is then refused, not sent to
+    /// the media servers).
+    fn decide_user(
+        &self,
+        now: Instant,
+        reg: &Registrar,
+        src: &Source,
+        uri: &Uri,
+        location: bool,
+    ) -> Result<UserRoute, Reject> {
+        let trusted = self.is_media_server(src.addr) || reg.is_trusted_ip(src.addr.ip());
         let Some(user) = uri.user.filter(|u| !u.is_empty()) else {
-            return Ok(UserRoute::Dispatch { strip });
+            return Ok(UserRoute::Dispatch);
         };
         let cfg = reg.config();
         let domain = if self.is_us(uri) && !cfg.domains.is_empty() {
@@ -593,17 +656,19 @@ impl Proxy {
         } else if reg.is_local_domain(uri.host) {
             uri.host.to_ascii_lowercase()
         } else {
-            return Ok(UserRoute::Dispatch { strip });
+            return Ok(UserRoute::Dispatch);
         };
         // from outside, a user without a binding and a name that does not exist are alike:
         // both go to the media servers (their answer, not ours, says what happens)
-        if !(trusted || (cfg.direct_user_calls && reg.is_registered(user, &domain, now))) {
-            return Ok(UserRoute::Dispatch { strip });
+        if !(location
+            || trusted
+            || (cfg.direct_user_calls && reg.is_registered(user, &domain, now)))
+        {
+            return Ok(UserRoute::Dispatch);
         }
         let candidates = reg.lookup(user, &domain, now).map_err(Reject::from)?;
         Ok(UserRoute::Location {
             candidates,
-            strip,
             parallel: cfg.fork == Fork::Parallel,
         })
     }
@@ -1114,4 +1179,44 @@ pub(super) fn public_contact(v: &str, src: &Source) -> Result<String, String> {
         "{display}<{scheme}:{user}{host}{params}>{}",
         na.params.as_str()
     ))
+}
+
+/// `uri` with its user part (and host) replaced: the Request-URI after an alias or a
+/// dialplan translation. A user part that could break the URI is refused.
+pub(super) fn rewrite_uri(
+    uri: &Uri,
+    user: Option<&str>,
+    host: Option<&str>,
+) -> Result<String, Reject> {
+    if let Some(u) = user {
+        if u.is_empty()
+            || u.bytes()
+                .any(|b| b <= b' ' || b >= 0x7f || b"@<>\"\\:".contains(&b))
+        {
+            return Err(reject(
+                500,
+                format!("Server Internal Error (number translated to an invalid user part {u:?})"),
+            ));
+        }
+    }
+    let raw = uri.raw;
+    let offset = |part: &str| part.as_ptr() as usize - raw.as_ptr() as usize;
+    let h0 = offset(uri.host);
+    let (head, rest) = raw.split_at(h0);
+    let rest = match host {
+        Some(h) => format!("{h}{}", &rest[uri.host.len()..]),
+        None => rest.to_string(),
+    };
+    let head = match (user, uri.user) {
+        (Some(new), Some(old)) => {
+            let u0 = offset(old);
+            format!("{}{new}{}", &raw[..u0], &head[u0 + old.len()..])
+        }
+        (Some(new), None) => {
+            let colon = head.find(':').map_or(0, |c| c + 1);
+            format!("{}{new}@{}", &head[..colon], &head[colon..])
+        }
+        (None, _) => head.to_string(),
+    };
+    Ok(format!("{head}{rest}"))
 }

@@ -94,6 +94,9 @@ impl Proxy {
             // the destination is alive unless it answered with a failover code
             let ok = !self.cfg.failover_codes.contains(&code);
             self.router.on_branch_result(&b.dest, ok);
+            if let Some(n) = &self.numbers {
+                n.on_branch_result(&b.dest, ok);
+            }
         }
         match code {
             100..=199 => {
@@ -271,6 +274,9 @@ impl Proxy {
         }
         let dest = ctx.branches[i].dest.clone();
         self.router.on_branch_result(&dest, false);
+        if let Some(n) = &self.numbers {
+            n.on_branch_result(&dest, false);
+        }
         if ctx.invite && ctx.fast_failover {
             let call_id = ctx.call_id().to_string();
             self.router.on_attempt_failed(&call_id, &dest);

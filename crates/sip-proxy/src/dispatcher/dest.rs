@@ -207,6 +207,9 @@ impl Health {
     }
 }
 
+/// Servers one owner has probed besides the dispatcher's destinations.
+type Extra = (&'static str, Vec<Arc<Health>>);
+
 /// One [`Health`] per media server address (transport and socket address): the dispatcher's
 /// sets and the balancer's groups take theirs from here, so they share it, and a table
 /// rebuilt on reload finds the record of a server that stays (its state, failures and RTT
@@ -214,8 +217,9 @@ impl Health {
 #[derive(Debug, Default)]
 pub struct HealthBook {
     entries: Mutex<HashMap<(Transport, SocketAddr), Weak<Health>>>,
-    /// Servers probed besides the dispatcher's destinations (the balancer's nodes).
-    extra: Mutex<Vec<Arc<Health>>>,
+    /// Servers probed besides the dispatcher's destinations, per owner (the balancer's
+    /// nodes, the carrier gateways).
+    extra: Mutex<Vec<Extra>>,
 }
 
 impl HealthBook {
@@ -237,14 +241,17 @@ impl HealthBook {
         h
     }
 
-    /// Replaces the servers probed besides the dispatcher's destinations.
-    pub fn set_extra(&self, v: Vec<Arc<Health>>) {
-        *self.extra.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    /// Replaces the servers `owner` has probed besides the dispatcher's destinations.
+    pub fn set_extra(&self, owner: &'static str, v: Vec<Arc<Health>>) {
+        let mut g = self.extra.lock().unwrap_or_else(|p| p.into_inner());
+        g.retain(|(o, _)| *o != owner);
+        g.push((owner, v));
     }
 
     /// The servers probed besides the dispatcher's destinations.
     pub fn extra(&self) -> Vec<Arc<Health>> {
-        self.extra.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let g = self.extra.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().flat_map(|(_, v)| v.iter().cloned()).collect()
     }
 }
 

@@ -4,3 +4,4 @@
 
 pub mod dialplan;
 pub mod drouting;
+pub mod routing;
