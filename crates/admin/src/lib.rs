@@ -22,6 +22,7 @@ use sip_proxy::Proxy;
 mod balancer;
 mod dialog;
 mod dispatcher;
+mod numbers;
 mod registrar;
 mod security;
 mod stats;
@@ -62,7 +63,14 @@ pub struct AdminState {
     pub balancer: Option<Arc<sip_proxy::balancer::Balancer>>,
     /// Re-reads the balancer's nodes (config file or table); returns the node count.
     pub lb_reload: Option<LbReloadFn>,
+    /// Number routing, when configured.
+    pub numbers: Option<Arc<sip_proxy::numbers::routing::Numbers>>,
+    /// Re-reads the number tables (config file or tables); returns a summary.
+    pub numbers_reload: Option<NumbersReloadFn>,
 }
+
+/// `dr_reload` / `dp_reload`.
+pub type NumbersReloadFn = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 /// `lb_reload`.
 pub type LbReloadFn = Box<dyn Fn() -> Result<usize, String> + Send + Sync>;
@@ -229,6 +237,9 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
     if let Some(r) = security::call(st, method, params) {
         return r;
     }
+    if let Some(r) = numbers::call(st, method, params) {
+        return r;
+    }
     match method {
         "version" | "core:version" => {
             Ok(json!({ "Server": format!("switchboard {}", env!("CARGO_PKG_VERSION")) }))
@@ -293,6 +304,11 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
             "lb_status",
             "lb_reload",
             "lb_is_destination",
+            "dr_reload",
+            "dr_gw_status",
+            "dr_number_routing",
+            "dp_reload",
+            "dp_translate",
         ])),
         _ => Err((-32601, format!("method not found: {method}"))),
     }
@@ -387,6 +403,9 @@ async fn metrics(
     if let Some(b) = &st.balancer {
         s.push_str(&b.metrics_text());
     }
+    if let Some(n) = &st.numbers {
+        s.push_str(&n.metrics_text());
+    }
     if let Some(r) = st.proxy.registrar() {
         let (aors, contacts) = r.counts();
         s.push_str(&format!("# HELP switchboard_registered_aors addresses-of-record with a binding\n# TYPE switchboard_registered_aors gauge\nswitchboard_registered_aors {aors}\n# HELP switchboard_registered_contacts bindings in the location table\n# TYPE switchboard_registered_contacts gauge\nswitchboard_registered_contacts {contacts}\n# HELP switchboard_subscribers subscribers with credentials\n# TYPE switchboard_subscribers gauge\nswitchboard_subscribers {}\n", r.subscriber_count()));
@@ -425,6 +444,8 @@ mod tests {
             store_ha1: false,
             balancer: None,
             lb_reload: None,
+            numbers: None,
+            numbers_reload: None,
         }
     }
 
@@ -471,6 +492,86 @@ mod tests {
                 vec![],
             ))
         }
+    }
+
+    #[test]
+    fn number_routing_methods() {
+        use sip_proxy::numbers::dialplan::{Dialplan, DpRow};
+        use sip_proxy::numbers::drouting::{Drouting, GatewayRow, RuleRow};
+        use sip_proxy::numbers::routing::{NumberTables, Numbers};
+        let mut st = state();
+        let rpc = |st: &AdminState, m: &str, p: Value| {
+            one(
+                st,
+                json!({"jsonrpc": "2.0", "id": 1, "method": m, "params": p}),
+            )
+        };
+        let r = rpc(&st, "dr_gw_status", json!({}));
+        assert_eq!(r["error"]["code"], -32000, "{r}");
+        let n = Arc::new(Numbers::new(vec![], Default::default()));
+        let (drouting, _) = Drouting::build(
+            &[GatewayRow {
+                id: 1,
+                gwid: "gw1".into(),
+                address: "127.0.0.5:5060".into(),
+                strip: 1,
+                pri_prefix: "00".into(),
+                ..GatewayRow::default()
+            }],
+            &[],
+            &[RuleRow {
+                ruleid: 7,
+                groupid: "0".into(),
+                prefix: "+49".into(),
+                gwlist: "gw1".into(),
+                ..RuleRow::default()
+            }],
+        );
+        let (dialplan, _) = Dialplan::build(&[DpRow {
+            id: 1,
+            dpid: 1,
+            match_op: 0,
+            match_exp: "110".into(),
+            repl_exp: "+49110".into(),
+            attrs: "emergency".into(),
+            ..DpRow::default()
+        }]);
+        n.reload(NumberTables {
+            dialplan,
+            drouting,
+            aliases: Default::default(),
+        });
+        st.numbers = Some(n.clone());
+        st.numbers_reload = Some(Box::new(|| Ok("1 prefix rules".into())));
+        let r = rpc(&st, "dr_gw_status", json!({}));
+        assert_eq!(r["result"]["Gateways"][0]["ID"], "gw1", "{r}");
+        assert_eq!(r["result"]["Gateways"][0]["State"], "Active");
+        let r = rpc(
+            &st,
+            "drouting:gw_status",
+            json!({"gw_id": "gw1", "status": 0}),
+        );
+        assert_eq!(r["result"]["State"], "Disabled", "{r}");
+        let r = rpc(&st, "dr_gw_status", json!({"gw_id": "nope", "status": 1}));
+        assert_eq!(r["error"]["code"], 404, "{r}");
+        let r = rpc(
+            &st,
+            "dr_gw_status",
+            json!({"gw_id": "gw1", "status": "sideways"}),
+        );
+        assert_eq!(r["error"]["code"], -32602, "{r}");
+        let r = rpc(&st, "dr_number_routing", json!({"number": "+4930123"}));
+        assert_eq!(r["result"]["rule"], 7, "{r}");
+        assert_eq!(r["result"]["gateways"][0]["number"], "004930123");
+        let r = rpc(&st, "dp_translate", json!({"dpid": 1, "input": "110"}));
+        assert_eq!(r["result"]["Output"], "+49110", "{r}");
+        assert_eq!(r["result"]["ATTRIBUTES"], "emergency");
+        let r = rpc(&st, "dialplan:translate", json!([1, "111"]));
+        assert_eq!(r["error"]["code"], 404, "{r}");
+        let r = rpc(&st, "dp_translate", json!({"dpid": "x", "input": "110"}));
+        assert_eq!(r["error"]["code"], -32602, "{r}");
+        let r = rpc(&st, "dr_reload", json!({}));
+        assert_eq!(r["result"]["reloaded"], "1 prefix rules", "{r}");
     }
 
     #[test]

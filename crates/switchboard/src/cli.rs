@@ -684,6 +684,82 @@ fn print_lb(v: &Value) {
 }
 
 #[derive(Subcommand)]
+pub enum DrCmd {
+    /// Carrier gateways: state, calls sent, calls failed.
+    Gateways {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch a gateway on or off (or back to probing).
+    GwStatus { gwid: String, status: String },
+    /// The rule and gateways a number would take (drouting group, default 0).
+    Route {
+        number: String,
+        #[arg(long, default_value_t = 0)]
+        group: i64,
+    },
+    /// Re-read the number tables (configuration file or the OpenSIPS tables).
+    Reload,
+}
+
+/// Runs one drouting subcommand.
+pub fn dr(mi: &Mi, cmd: DrCmd) -> anyhow::Result<ExitCode> {
+    done(match cmd {
+        DrCmd::Gateways { json: true } => rpc(mi, "dr_gw_status", json!({})),
+        DrCmd::Gateways { json: false } => {
+            return match rpc(mi, "dr_gw_status", json!({})) {
+                Ok(v) => {
+                    println!(
+                        "{:<16} {:<32} {:<9} {:>9} {:>9}",
+                        "gateway", "address", "state", "attempts", "failures"
+                    );
+                    for g in v["Gateways"].as_array().into_iter().flatten() {
+                        println!(
+                            "{:<16} {:<32} {:<9} {:>9} {:>9}",
+                            g["ID"].as_str().unwrap_or(""),
+                            g["IP"].as_str().unwrap_or(""),
+                            g["state"].as_str().unwrap_or(""),
+                            g["attempts"],
+                            g["failures"]
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => done(Err(e)),
+            };
+        }
+        DrCmd::GwStatus { gwid, status } => {
+            rpc(mi, "dr_gw_status", json!({"gw_id": gwid, "status": status}))
+        }
+        DrCmd::Route { number, group } => rpc(
+            mi,
+            "dr_number_routing",
+            json!({"groupid": group, "number": number}),
+        ),
+        DrCmd::Reload => rpc(mi, "dr_reload", json!({})),
+    })
+}
+
+#[derive(Subcommand)]
+pub enum DpCmd {
+    /// Translate a number with dialplan DPID's rules.
+    Translate { dpid: i64, input: String },
+    /// Re-read the number tables (configuration file or the OpenSIPS tables).
+    Reload,
+}
+
+/// Runs one dialplan subcommand.
+pub fn dp(mi: &Mi, cmd: DpCmd) -> anyhow::Result<ExitCode> {
+    done(match cmd {
+        DpCmd::Translate { dpid, input } => {
+            rpc(mi, "dp_translate", json!({"dpid": dpid, "input": input}))
+        }
+        DpCmd::Reload => rpc(mi, "dp_reload", json!({})),
+    })
+}
+
+#[derive(Subcommand)]
 pub enum DlgCmd {
     /// The calls in progress: state, caller, callee, media server, age.
     List {

@@ -38,6 +38,7 @@ pub struct RawConfig {
     pub security: crate::security_config::RawSecurity,
     #[serde(default)]
     pub dns: crate::dns_config::RawDns,
+    pub numbers: Option<crate::numbers_config::RawNumbers>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -388,6 +389,8 @@ pub struct Config {
     pub pike: Option<sip_proxy::pike::PikeConfig>,
     /// Names as next hops (RFC 3263).
     pub dns: crate::dns_config::DnsSettings,
+    /// Number routing, when the section is present.
+    pub numbers: Option<crate::numbers_config::NumbersSettings>,
 }
 
 impl Config {
@@ -398,6 +401,7 @@ impl Config {
             || (self.dialog.is_some() && self.dialog_persist)
             || self.accounting
             || self.balancer.as_ref().is_some_and(|b| b.from_database)
+            || self.numbers.as_ref().is_some_and(|n| n.from_database)
     }
 
     /// Why the SQLite database could not be opened, when it could not: its folder is missing
@@ -924,6 +928,11 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         .map(|b| crate::balancer_config::validate(b, &mut errors));
     let security = crate::security_config::validate(&raw.security, &mut errors);
     let dns = crate::dns_config::validate(&raw.dns, &mut errors);
+    let user_auth = registrar.as_ref().is_some_and(|r| r.core.auth);
+    let numbers = raw
+        .numbers
+        .as_ref()
+        .map(|n| crate::numbers_config::validate(n, user_auth, &mut errors));
     if raw.accounting.enabled && !raw.dialog.enabled {
         errors.push(err(
             "accounting.enabled",
@@ -1104,6 +1113,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         shutdown_timeout: Duration::from_secs(raw.database.flush_timeout_s),
         pike: security.pike,
         dns,
+        numbers,
     })
 }
 
@@ -1496,7 +1506,7 @@ mod documented {
     use std::collections::BTreeSet;
 
     /// The tables of the configuration, as written in TOML.
-    const TABLES: [(&str, bool); 16] = [
+    const TABLES: [(&str, bool); 22] = [
         ("sip", false),
         ("transactions", false),
         ("dispatcher", false),
@@ -1513,6 +1523,12 @@ mod documented {
         ("accounting", false),
         ("security", false),
         ("dns", false),
+        ("numbers", false),
+        ("numbers.route", true),
+        ("numbers.dialplan", true),
+        ("numbers.gateway", true),
+        ("numbers.carrier", true),
+        ("numbers.rule", true),
     ];
 
     /// The keys the parser accepts in `table`: the list its refusal of an unknown key gives.

@@ -7,6 +7,7 @@ mod dialog_store;
 mod dispatch_config;
 mod dns_config;
 mod esl;
+mod numbers_config;
 mod registrar_config;
 mod security_config;
 mod token;
@@ -109,6 +110,20 @@ enum Cmd {
         remote: cli::Remote,
         #[command(subcommand)]
         cmd: cli::LbCmd,
+    },
+    /// Carrier routing of a running switchboard: gateways, their state, a number's route.
+    Dr {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        cmd: cli::DrCmd,
+    },
+    /// Dialplan translation of a running switchboard.
+    Dp {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        cmd: cli::DpCmd,
     },
     /// The ban list of a running switchboard (flood, scanners, password guessing).
     Ban {
@@ -230,6 +245,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Ul { remote, cmd } => remote.connect().and_then(|mi| cli::ul(&mi, cmd)),
         Cmd::Cdr { config, cmd } => cdr_cmd(&config, cmd),
         Cmd::Lb { remote, cmd } => remote.connect().and_then(|mi| cli::lb(&mi, cmd)),
+        Cmd::Dr { remote, cmd } => remote.connect().and_then(|mi| cli::dr(&mi, cmd)),
+        Cmd::Dp { remote, cmd } => remote.connect().and_then(|mi| cli::dp(&mi, cmd)),
         Cmd::Ban { remote, cmd } => remote.connect().and_then(|mi| cli::ban(&mi, cmd)),
         Cmd::Dlg { remote, cmd } => remote.connect().and_then(|mi| cli::dlg(&mi, cmd)),
         Cmd::Mi {
@@ -440,6 +457,23 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     };
     let mut proxy = sip_proxy::Proxy::new(cfg.proxy.clone(), router.clone())
         .with_dns(Arc::new(sip_proxy::dns::Cache::new(cfg.dns.cache.clone())));
+    let numbers = match &cfg.numbers {
+        Some(ns) => {
+            let mut n = sip_proxy::numbers::routing::Numbers::new(
+                ns.routes.clone(),
+                dispatcher.health_book().clone(),
+            );
+            n.threshold_down = d.probe.threshold_down;
+            n.threshold_up = d.probe.threshold_up;
+            let n = Arc::new(n);
+            let summary = load_numbers(&n, ns, store.as_ref(), rt.handle())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            tracing::info!(tables = %summary, "number routing");
+            proxy = proxy.with_numbers(n.clone());
+            Some(n)
+        }
+        None => None,
+    };
     if let Some(pc) = &cfg.pike {
         proxy = proxy.with_pike(Arc::new(sip_proxy::pike::Pike::new(pc.clone())));
     }
@@ -560,6 +594,20 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
                 tokio::task::block_in_place(|| h.block_on(s.delete_dispatcher(set, uri)))
                     .map(|_| ())
                     .map_err(|e| e.to_string())
+            })
+        }),
+        numbers: numbers.clone(),
+        numbers_reload: numbers.clone().map(|n| -> admin::NumbersReloadFn {
+            let (path, st) = (path.clone(), store_ctx.clone());
+            Box::new(move || {
+                let cfg = reload_config(&path)?;
+                let ns = cfg
+                    .numbers
+                    .ok_or("the configuration has no [numbers] section any more")?;
+                tokio::task::block_in_place(|| match &st {
+                    Some((s, h)) => load_numbers(&n, &ns, Some(s), h),
+                    None => load_numbers(&n, &ns, None, &tokio::runtime::Handle::current()),
+                })
             })
         }),
         balancer: balancer.clone(),
@@ -969,6 +1017,41 @@ fn cdr_cmd(path: &Option<PathBuf>, cmd: cli::CdrCmd) -> anyhow::Result<std::proc
 
 /// The balancer's nodes: from the config, or from the `load_balancer` table (bad rows
 /// logged and skipped).
+/// Reads the number tables (the configuration's rows, or the OpenSIPS tables) into `n`;
+/// every row skipped is logged. Gives a summary of what was loaded.
+fn load_numbers(
+    n: &sip_proxy::numbers::routing::Numbers,
+    ns: &numbers_config::NumbersSettings,
+    store: Option<&store::Store>,
+    h: &tokio::runtime::Handle,
+) -> Result<String, String> {
+    let (t, problems) = if ns.from_database {
+        let s = store.ok_or("[numbers] source = \"database\" needs [database]")?;
+        h.block_on(numbers_config::tables_from_store(s))?
+    } else {
+        numbers_config::build_tables(
+            &ns.aliases,
+            &ns.dialplan,
+            &ns.gateways,
+            &ns.carriers,
+            &ns.rules,
+        )
+    };
+    for p in &problems {
+        tracing::warn!(problem = %p, "number routing row skipped");
+    }
+    let summary = format!(
+        "{} prefix rules, {} gateways, {} dialplan rules, {} aliases, {} rows skipped",
+        t.drouting.rule_count(),
+        t.drouting.gateways().len(),
+        t.dialplan.len(),
+        t.aliases.len(),
+        problems.len()
+    );
+    n.reload(t);
+    Ok(summary)
+}
+
 fn lb_nodes(
     b: &balancer_config::BalancerSettings,
     store: Option<&store::Store>,
