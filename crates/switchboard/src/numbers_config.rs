@@ -461,13 +461,16 @@ pub fn build_tables(
         );
         if a.alias_username.is_empty() || a.username.is_empty() {
             problems.push(format!("dbaliases row {}: empty user name", a.id));
-        } else if map.contains_key(&key) {
-            problems.push(format!(
+            continue;
+        }
+        match map.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => problems.push(format!(
                 "dbaliases row {}: alias {}@{} given twice",
                 a.id, a.alias_username, a.alias_domain
-            ));
-        } else {
-            map.insert(key, (a.username.clone(), a.domain.to_ascii_lowercase()));
+            )),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((a.username.clone(), a.domain.to_ascii_lowercase()));
+            }
         }
     }
     (
