@@ -74,6 +74,8 @@ pub struct Net {
     /// Runs the core's `Resolve` commands (`None`: no DNS settings could be read; every
     /// lookup fails as unreachable).
     resolver: Option<Arc<crate::dns::SipResolver>>,
+    /// The timer thread, to wake it early.
+    timer_thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -127,6 +129,7 @@ impl Net {
         };
         let net = Arc::new_cyclic(|me| Net {
             resolver,
+            timer_thread: std::sync::OnceLock::new(),
             me: me.clone(),
             proxy,
             udp,
@@ -159,12 +162,12 @@ impl Net {
             }
         }
         let net2 = net.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("sip-timers".into())
-                .spawn(move || net2.timer_loop())
-                .expect("spawn timer thread"),
-        );
+        let timers = std::thread::Builder::new()
+            .name("sip-timers".into())
+            .spawn(move || net2.timer_loop())
+            .expect("spawn timer thread");
+        let _ = net.timer_thread.set(timers.thread().clone());
+        threads.push(timers);
         *net.threads.lock().unwrap_or_else(|p| p.into_inner()) = threads;
         for l in tcp {
             let net2 = net.clone();
@@ -265,24 +268,28 @@ impl Net {
     }
 
     /// Fires the core's timers: sleeps until the earliest transaction timer, at least 5 ms
-    /// (timers that close together fire in one pass) and at most 100 ms (the core's other
-    /// periodic work: probes, sweeps, held-back replies, command deadlines).
+    /// (timers close together fire in one pass) and at most 100 ms (the core's other
+    /// periodic work: probes, sweeps, held-back replies, command deadlines); a receive
+    /// thread that arms an earlier timer wakes it.
     fn timer_loop(&self) {
         let mut out = Vec::new();
         let mut idle_done = Instant::now();
+        let mut next: Option<Instant> = None;
         while !self.stopping() {
             let now = Instant::now();
-            let wait = self
-                .proxy
-                .next_timeout()
+            let wait = next
                 .map_or(TIMER_MAX_SLEEP, |t| t.saturating_duration_since(now))
                 .clamp(TIMER_MIN_SLEEP, TIMER_MAX_SLEEP);
-            std::thread::sleep(wait);
+            self.proxy.set_wake(now, now + wait);
+            // a receive thread that arms an earlier timer unparks this thread
+            std::thread::park_timeout(wait);
             let now = Instant::now();
-            crate::supervise::guard("timers", || {
-                self.proxy.on_timers(now, &mut out);
+            next = crate::supervise::guard("timers", || {
+                let n = self.proxy.on_timers(now, &mut out);
                 self.dispatch(&mut out);
-            });
+                n
+            })
+            .flatten();
             out.clear();
             if let Some(hook) = self.cfg.idle_hook {
                 if now.duration_since(idle_done) >= Duration::from_secs(1) {
@@ -329,9 +336,15 @@ impl Net {
         }
     }
 
-    /// Sends what the core produced, and starts the commands it made.
+    /// Sends what the core produced, starts the commands it made, and wakes the timer
+    /// thread when a timer now falls before its planned wake.
     pub(crate) fn dispatch(&self, out: &mut Vec<Transmit>) {
         self.run_commands();
+        if self.proxy.take_timer_earlier() {
+            if let Some(t) = self.timer_thread.get() {
+                t.unpark();
+            }
+        }
         for t in out.drain(..) {
             match t.target.transport {
                 Transport::Udp => {

@@ -163,6 +163,11 @@ pub struct Proxy {
     waits: Mutex<crate::command::Waits>,
     /// Set when commands wait in the outbox: the driver's check per message is one load.
     has_commands: std::sync::atomic::AtomicBool,
+    /// When the driver's timer thread means to wake next (nanoseconds after `epoch`), and
+    /// whether a timer was armed before that since (the driver then wakes it early).
+    wake_at: AtomicU64,
+    timer_earlier: std::sync::atomic::AtomicBool,
+    epoch: std::sync::OnceLock<Instant>,
 }
 
 fn hash64<T: Hash + ?Sized>(salt: u64, v: &T) -> u64 {
@@ -222,6 +227,9 @@ impl Proxy {
             waits: Mutex::new(Default::default()),
             has_commands: Default::default(),
             numbers: None,
+            wake_at: AtomicU64::new(u64::MAX),
+            timer_earlier: Default::default(),
+            epoch: std::sync::OnceLock::new(),
         }
     }
 
@@ -565,8 +573,10 @@ impl Proxy {
         }
     }
 
-    /// Fires every expired timer.
-    pub fn on_timers(&self, now: Instant, out: &mut Vec<Transmit>) {
+    /// Fires every expired timer; gives the earliest transaction timer still armed (what
+    /// [`Proxy::next_timeout`] would say, found on the way without locking the shards again).
+    pub fn on_timers(&self, now: Instant, out: &mut Vec<Transmit>) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
         let mut probes = Vec::new();
         self.router.due_probes(now, &mut probes);
         for p in probes {
@@ -659,6 +669,37 @@ impl Proxy {
                 self.ctx_timeout(now, ctx, out);
                 self.settle(shard, id);
             }
+            if let Some(&Reverse((t, _))) = shard.timers.peek() {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        next
+    }
+
+    /// The driver's timer thread sleeps until `at` (or until woken): a timer armed before
+    /// then sets the flag [`Proxy::take_timer_earlier`] reads.
+    pub fn set_wake(&self, now: Instant, at: Instant) {
+        let epoch = *self.epoch.get_or_init(|| now);
+        let n = at.saturating_duration_since(epoch).as_nanos() as u64;
+        self.wake_at.store(n, Ordering::Relaxed);
+        self.timer_earlier.store(false, Ordering::Relaxed);
+    }
+
+    /// True (once) when a timer was armed before the timer thread's planned wake: the driver
+    /// wakes it. One load when nothing changed.
+    pub fn take_timer_earlier(&self) -> bool {
+        self.timer_earlier.load(Ordering::Relaxed)
+            && self.timer_earlier.swap(false, Ordering::Relaxed)
+    }
+
+    /// A context timer was armed for `t`.
+    fn note_timer(&self, t: Instant) {
+        let Some(epoch) = self.epoch.get() else {
+            return;
+        };
+        let n = t.saturating_duration_since(*epoch).as_nanos() as u64;
+        if n < self.wake_at.load(Ordering::Relaxed) && !self.timer_earlier.load(Ordering::Relaxed) {
+            self.timer_earlier.store(true, Ordering::Relaxed);
         }
     }
 

@@ -95,6 +95,7 @@ impl Proxy {
             if ctx.armed.is_none_or(|a| t < a) {
                 ctx.armed = Some(t);
                 shard.timers.push(Reverse((t, id)));
+                self.note_timer(t);
             }
         }
     }

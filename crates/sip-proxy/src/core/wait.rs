@@ -17,7 +17,10 @@ pub(super) enum Expanded {
 impl Proxy {
     /// Hands the driver the commands made since the last call.
     pub fn poll_commands(&self, out: &mut Vec<Command>) {
-        if !self.has_commands.swap(false, Ordering::Acquire) {
+        // a load first: the common case (nothing to run) writes no shared cache line
+        if !self.has_commands.load(Ordering::Relaxed)
+            || !self.has_commands.swap(false, Ordering::Acquire)
+        {
             return;
         }
         let mut w = self.waits.lock().unwrap_or_else(|p| p.into_inner());
