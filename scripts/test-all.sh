@@ -40,5 +40,6 @@ if [ -x target/release/switchboard ]; then
   step "end-to-end (sipvicious, floods, hostile TCP peers, SIGTERM under load): hardening" tests/e2e/hardening.sh
   step "end-to-end (SIPp nodes on their own addresses, baresip): the seeds' setups" tests/e2e/seeds.sh
   step "end-to-end (SIPp, dnsmasq, a hostile DNS server): next hops by name (RFC 3263)" tests/e2e/dns.sh
+  step "end-to-end (SIPp, OpenSIPS tables in SQLite): number routing" tests/e2e/numbers.sh
 fi
 steps_summary

@@ -19,7 +19,7 @@ need_free $P $UACP $AGP $FSP $MGMT $G1 $G2 $G3 $SRP
 need_binary
 MI="http://127.0.0.1:$MGMT/mi"
 rpc() { mi_curl -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":${2:-{\}}}" "$MI"; }
-sbctl() { "$SB" "$@" --url "http://127.0.0.1:$MGMT" --token-file "$WORK/switchboard.token"; }
+sbctl() { "$SB" "$@" --mi "$MI" --token-file "$WORK/switchboard.token"; }
 
 # ---- the tables, as OpenSIPS writes them -------------------------------------------------
 python3 - "$WORK/sb.db" "$GW1:$G1" "$GW2:$G2" "$GW3:$G3" <<'PY'
@@ -82,7 +82,9 @@ listen = ["udp:127.0.0.1:$P"]
 [transactions]
 branch_timeout_ms = 1000
 [dispatcher]
-probe_interval_s = 0
+# the gateways given by address are probed like the media servers
+probe_interval_s = 1
+probe_threshold_down = 1
 [[dispatcher.set]]
 id = 1
 destinations = ["sip:$FS:$FSP"]
@@ -117,14 +119,15 @@ TOML
 "$SB" check --config "$WORK/sb.toml" >"$WORK/check.out" 2>&1 || { echo "config refused:"; cat "$WORK/check.out"; exit 1; }
 
 start_uas() { # ip port name
-  (cd "$WORK" && sipp -sf "$SC/uas-rr.xml" -i "$1" -p "$2" -nostdin -trace_msg -message_file "$WORK/$3.msg" \
+  (cd "$WORK" && exec sipp -sf "$SC/uas-rr.xml" -i "$1" -p "$2" -aa -nostdin -trace_msg -message_file "$WORK/$3.msg" \
     -trace_stat -stf "$WORK/$3.csv" -fd 1 >"$WORK/$3.out" 2>&1 </dev/null) &
   eval "UAS_$3=$!"; PIDS+=($!)
   for _ in $(seq 50); do busy "$2" && return 0; sleep 0.1; done
 }
 start_uas $GW1 $G1 gw1; start_uas $GW2 $G2 gw2; start_uas $GW3 $G3 gw3; start_uas $FS $FSP fs
 start_sb
-calls_at() { sleep 1.2; col "$WORK/$1.csv" 'IncomingCall(C)'; }
+# INVITEs a stand-in received (its OPTIONS answers to the probes are not calls)
+calls_at() { grep -c '^INVITE sip:' "$WORK/$1.msg" 2>/dev/null || true; }
 uac() { # number calls rate
   rm -f "$WORK/uac.csv"
   (cd "$WORK" && sipp 127.0.0.1:$P -sf "$SC/uac-rr.xml" -s "$1" -i 127.0.0.1 -p $UACP -m "$2" -r "$3" -d 100 \
@@ -152,15 +155,20 @@ seen=$(grep -c '^INVITE sip:+493012345678@' "$WORK/gw1.msg")
 [ $rc = 0 ] && [ "$a" = 15 ] && [ "$seen" -ge 15 ]
 result "dialplan-national-to-e164" $? "5 calls dialled 03012345678 reached de-gw1 as +493012345678 (INVITEs with that Request-URI there: $seen)"
 
-# ---- the first gateway dies: failover to the second, then it is marked down -----------
+# ---- the first gateway dies: calls fail over to the second, probing marks it down -------
 eval "kill -KILL \$UAS_gw1; wait \$UAS_gw1" 2>/dev/null
-rm -f "$WORK"/uac-rr_*_rtt.csv
+t0=$(date +%s%3N)
 uac +493087654321 10 5; rc=$?
 b=$(calls_at gw2)
-state=$(rpc dr_gw_status '{"gw_id":"de-gw1"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["result"]["state"])')
-up=$(curl -s "http://127.0.0.1:$MGMT/metrics" | grep '^switchboard_dr_gateway_up{gwid="de-gw1"')
+state=inactive
+for _ in $(seq 30); do
+  state=$(rpc dr_gw_status '{"gw_id":"de-gw1"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["result"]["state"])')
+  [ "$state" = inactive ] && break; sleep 0.2
+done
+down_ms=$(( $(date +%s%3N) - t0 ))
+up=$(mi_curl "http://127.0.0.1:$MGMT/metrics" | grep '^switchboard_dr_gateway_up{gwid="de-gw1"')
 [ $rc = 0 ] && [ "$b" = 10 ] && [ "$state" = inactive ] && [[ "$up" == *" 0" ]]
-result "failover-to-second-gateway" $? "de-gw1 killed: 10/10 calls completed at de-gw2; de-gw1 now $state; /metrics: $up"
+result "failover-to-second-gateway" $? "de-gw1 killed: 10/10 calls completed at de-gw2; de-gw1 $state (probed) within ${down_ms} ms; /metrics: $up"
 
 # ---- refusals ------------------------------------------------------------------------
 short=$(once "sip:+4930@127.0.0.1:$P"); nowhere=$(once "sip:+33123456789@127.0.0.1:$P")
@@ -179,7 +187,7 @@ got=$(grep -c '^INVITE sip:1000@' "$WORK/agent.msg" 2>/dev/null)
 fs_after=$(calls_at fs)
 [ $rc = 0 ] && [ "$got" -ge 3 ] && [ "$fs_after" = "$fs_before" ]
 result "alias-reaches-subscriber" $? "3 calls to sales@127.0.0.1 (dbaliases: sales -> 1000) reached the registered 1000: $got INVITEs at its contact, none at the media server"
-kill -KILL $AGENT 2>/dev/null
+kill -KILL $AGENT 2>/dev/null; wait $AGENT 2>/dev/null
 
 # ---- a new rule, dr_reload, the CLI --------------------------------------------------
 python3 -c "
