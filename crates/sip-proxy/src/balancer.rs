@@ -853,6 +853,10 @@ impl crate::Router for CallRouter {
         self.dispatcher.select_by_key(key, req, out)
     }
 
+    fn name_targets(&self, named: &Destination, targets: &mut Vec<Destination>) {
+        self.dispatcher.name_targets(named, targets)
+    }
+
     fn on_branch_result(&self, dest: &Destination, ok: bool) {
         if dest.node.is_some() {
             return self.dispatcher.on_branch_result(dest, ok);

@@ -48,6 +48,11 @@ pub trait Router: Send + Sync + 'static {
         "the destination set".to_string()
     }
 
+    /// The addresses a named candidate resolved to, in SRV order: the router may give each
+    /// its node (for health feedback), drop the ones it knows are down (an empty list means
+    /// the name has no usable address) and move the doubtful ones last.
+    fn name_targets(&self, _named: &Destination, _targets: &mut Vec<Destination>) {}
+
     /// A branch to `dest` got a reply (`ok`), or timed out / failed / answered with a
     /// failover code (`!ok`).
     fn on_branch_result(&self, _dest: &Destination, _ok: bool) {}

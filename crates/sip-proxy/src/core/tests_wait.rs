@@ -304,3 +304,80 @@ fn a_route_to_a_name_from_a_trusted_peer_is_resolved_and_a_bad_host_refused() {
     assert_eq!(msg(&out[0]).status(), Some(400));
     assert!(s.commands().is_empty());
 }
+
+/// A dispatcher whose set 1 is the name `fs.example.test`, taken down after one failure.
+fn dispatcher_with_a_name() -> (Scenario, Arc<crate::dispatcher::Dispatcher>) {
+    use crate::dispatcher::{Algorithm, DestConfig, DestState, Dispatcher, ProbeConfig, SetConfig};
+    let q = crate::dns::Query::new("fs.example.test", None, None, false).unwrap();
+    let d = Arc::new(Dispatcher::new(
+        vec![SetConfig {
+            id: 1,
+            algorithm: Algorithm::RoundRobin,
+            hash_header: None,
+            destinations: vec![DestConfig {
+                name: Some(Arc::new(q)),
+                uri: "sip:fs.example.test".into(),
+                transport: Transport::Udp,
+                addr: ([0, 0, 0, 0], 0).into(),
+                weight: 1,
+                priority: 0,
+                attrs: String::new(),
+                description: String::new(),
+                state: DestState::Active,
+            }],
+        }],
+        1,
+        3,
+        ProbeConfig {
+            // one round, at the first timer tick (its probes time out after 4 s)
+            interval: std::time::Duration::from_secs(60),
+            threshold_down: 1,
+            threshold_up: 1,
+            ..ProbeConfig::default()
+        },
+        1,
+    ));
+    let cfg = ProxyConfig {
+        listeners: vec![crate::config::Listener {
+            transport: Transport::Udp,
+            advertise: "127.0.0.1:5060".parse().unwrap(),
+        }],
+        ..ProxyConfig::default()
+    };
+    let mut s = Scenario::new(Proxy::new(cfg, d.clone()));
+    s.proxy.cfg.detailed_reasons = true;
+    (s, d)
+}
+
+#[test]
+fn a_named_destinations_addresses_have_their_own_health_and_are_probed() {
+    let (mut s, d) = dispatcher_with_a_name();
+    s.send(UAC, &invite("c1"));
+    let (id, _) = s.one_lookup();
+    let out = s.answer(id, two_targets());
+    assert_eq!(summary(&out), [format!("INVITE->{FS1}")]);
+    // FS1 is silent: the call fails over to FS2 and FS1 is marked down; the probe round
+    // covers the addresses the name resolved to
+    let out = s.advance(Duration::from_millis(2100));
+    let sent = summary(&out);
+    assert!(sent.contains(&format!("INVITE->{FS2}")), "{sent:?}");
+    assert!(sent.contains(&format!("OPTIONS->{FS1}")), "{sent:?}");
+    assert!(sent.contains(&format!("OPTIONS->{FS2}")), "{sent:?}");
+    // the next call goes straight to FS2: no branch timer spent on the dead address
+    let out = s.send(UAC, &invite("c2"));
+    assert_eq!(
+        out[1].target.addr.to_string(),
+        FS2,
+        "{:?}",
+        String::from_utf8_lossy(&out[1].data)
+    );
+    // a media server calling from one of those addresses is one of ours
+    assert!(crate::Router::is_destination_ip(
+        &*d,
+        "127.0.0.22".parse().unwrap()
+    ));
+    assert!(!crate::Router::is_destination_ip(
+        &*d,
+        "127.0.0.23".parse().unwrap()
+    ));
+}

@@ -133,18 +133,26 @@ impl Proxy {
         };
         let named = ctx.candidates[at].clone();
         let seed = crate::dns::splitmix(self.cfg.salt ^ ctx.id);
-        let expanded = crate::dns::order(&recs, seed)
+        let mut expanded: Vec<Destination> = crate::dns::order(&recs, seed)
             .into_iter()
             .map(|r| Destination {
                 uri: named.uri.clone(),
                 transport: r.transport,
                 addr: r.addr,
                 flow: None,
-                // the health of a set's named destination is not its addresses' health
+                // the router gives each address its own health (a set's named destination)
                 node: None,
                 route: named.route.clone(),
                 name: None,
-            });
+            })
+            .collect();
+        self.router.name_targets(&named, &mut expanded);
+        if expanded.is_empty() {
+            ctx.fallback = (
+                503,
+                format!("Service Unavailable (every address of {} is down)", q.host).into(),
+            );
+        }
         ctx.candidates.splice(at..at + 1, expanded);
         ctx.next_candidate = at;
         Expanded::Done

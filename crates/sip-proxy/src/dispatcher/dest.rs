@@ -262,6 +262,9 @@ pub struct Dest {
     pub cfg: DestConfig,
     health: Arc<Health>,
     calls: AtomicU32,
+    /// A named destination's addresses as last resolved, each with its server's health
+    /// (from the book: probed, fed by calls, shared with any table naming the address).
+    targets: Mutex<Vec<Arc<Health>>>,
 }
 
 /// A state change worth logging once.
@@ -288,7 +291,33 @@ impl Dest {
             cfg,
             health,
             calls: AtomicU32::new(0),
+            targets: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A named destination's addresses as last resolved, with their health.
+    pub fn targets(&self) -> Vec<Arc<Health>> {
+        self.targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// True when one of a named destination's addresses satisfies `f` (a media server
+    /// calling from an address its name resolved to is one of ours).
+    pub fn has_target(&self, f: impl Fn(&Health) -> bool) -> bool {
+        self.cfg.name.is_some()
+            && self
+                .targets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|h| f(h))
+    }
+
+    /// Keeps `t` as the named destination's addresses.
+    pub(crate) fn set_targets(&self, t: Vec<Arc<Health>>) {
+        *self.targets.lock().unwrap_or_else(|p| p.into_inner()) = t;
     }
 
     /// The server's shared health.

@@ -397,20 +397,49 @@ impl Router for Dispatcher {
     }
 
     fn is_destination(&self, addr: std::net::SocketAddr) -> bool {
-        self.table()
-            .sets
-            .iter()
-            .any(|s| s.dests.iter().any(|d| d.cfg.addr == addr))
+        self.table().sets.iter().any(|s| {
+            s.dests
+                .iter()
+                .any(|d| d.cfg.addr == addr || d.has_target(|h| h.addr == addr))
+        })
     }
 
     fn is_destination_ip(&self, ip: std::net::IpAddr) -> bool {
-        self.table()
-            .sets
-            .iter()
-            .any(|s| s.dests.iter().any(|d| d.cfg.addr.ip() == ip))
+        self.table().sets.iter().any(|s| {
+            s.dests
+                .iter()
+                .any(|d| d.cfg.addr.ip() == ip || d.has_target(|h| h.addr.ip() == ip))
+        })
+    }
+
+    fn name_targets(&self, named: &Destination, targets: &mut Vec<Destination>) {
+        let Some(d) = dest_of(named) else {
+            return;
+        };
+        let mut healths = Vec::with_capacity(targets.len());
+        for t in targets.iter_mut() {
+            let h = self
+                .health
+                .get(&named.uri, t.transport, t.addr, DestState::Active);
+            t.node = Some(Arc::new(h.clone()) as crate::NodeRef);
+            healths.push(h);
+        }
+        // the addresses known down are passed over; those whose last call or probe failed
+        // come after the others (the sort is stable: SRV order otherwise)
+        targets.retain(|t| target_health(t).is_none_or(|h| h.selectable()));
+        targets.sort_by_key(|t| target_health(t).is_some_and(|h| h.suspect()));
+        d.set_targets(healths);
     }
 
     fn on_branch_result(&self, dest: &Destination, ok: bool) {
+        if let Some(h) = target_health(dest) {
+            let why = if ok {
+                "reply"
+            } else {
+                "no reply or failover reply"
+            };
+            return self.health_feedback(h, ok, why);
+        }
         if let Some(n) = dest_of(dest) {
             self.health_feedback(
                 n.health(),
@@ -482,12 +511,18 @@ impl Router for Dispatcher {
             .max(Duration::from_millis(200));
         // every server once, whether it is in one set, several, or a balancer group only
         let mut servers: Vec<Arc<Health>> = Vec::new();
+        // a named destination is probed at the addresses it last resolved to
         let all = table
             .sets
             .iter()
-            .flat_map(|s| s.dests.iter().map(|d| d.health().clone()))
+            .flat_map(|s| {
+                s.dests.iter().flat_map(|d| {
+                    let mut v = d.targets();
+                    v.push(d.health().clone());
+                    v
+                })
+            })
             .chain(self.health.extra());
-        // a named destination is not probed: its addresses are known per request only
         for h in all.filter(|h| !h.addr.ip().is_unspecified()) {
             if !servers.iter().any(|x| Arc::ptr_eq(x, &h)) {
                 servers.push(h);
@@ -561,6 +596,11 @@ impl Router for Dispatcher {
 
 #[cfg(test)]
 mod tests;
+
+/// The health of one address of a named destination, when the candidate is one.
+fn target_health(d: &Destination) -> Option<&Arc<Health>> {
+    d.node.as_ref()?.downcast_ref::<Arc<Health>>()
+}
 
 /// The dispatcher destination behind a candidate, when the dispatcher chose it.
 pub fn dest_of(d: &Destination) -> Option<&Dest> {
