@@ -5,7 +5,7 @@
 # server (127.0.0.11) and a registered user.
 #   +E.164 from a user goes to the carrier of the longest matching prefix, and fails over to
 #   its second gateway when the first is dead; 0xxxxxxxxx becomes +49xxxxxxxxx first; an
-#   alias reaches its subscriber; 484/404 for incomplete and unrouted numbers; bad rows are
+#   alias reaches its subscriber; a caller listed in dr_groups takes its group's rules; 484/404 for incomplete and unrouted numbers; bad rows are
 #   reported and skipped; dr_reload picks up a new rule; the API, the CLI and /metrics.
 # Prints one line per case and "N passed, M failed"; exits non-zero on failure.
 set -uo pipefail
@@ -29,7 +29,7 @@ c = sqlite3.connect(db)
 c.executescript("""
 CREATE TABLE version (table_name CHAR(32) NOT NULL, table_version INTEGER DEFAULT 0 NOT NULL,
   CONSTRAINT version_t_name_idx UNIQUE (table_name));
-INSERT INTO version VALUES ('dialplan', 5), ('dr_gateways', 6), ('dr_carriers', 3), ('dr_rules', 4), ('dbaliases', 2);
+INSERT INTO version VALUES ('dialplan', 5), ('dr_gateways', 6), ('dr_carriers', 3), ('dr_rules', 4), ('dbaliases', 2), ('dr_groups', 2);
 CREATE TABLE dialplan (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, dpid INTEGER NOT NULL,
   pr INTEGER DEFAULT 0 NOT NULL, match_op INTEGER NOT NULL, match_exp CHAR(64) NOT NULL,
   match_flags INTEGER DEFAULT 0 NOT NULL, subst_exp CHAR(64) DEFAULT NULL, repl_exp CHAR(32) DEFAULT NULL,
@@ -47,6 +47,9 @@ CREATE TABLE dr_rules (ruleid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, groupi
   prefix CHAR(64) NOT NULL, timerec CHAR(255) DEFAULT NULL, priority INTEGER DEFAULT 0 NOT NULL,
   routeid CHAR(255) DEFAULT NULL, gwlist CHAR(255) NOT NULL, sort_alg CHAR(1) DEFAULT 'N' NOT NULL,
   sort_profile INTEGER DEFAULT NULL, attrs CHAR(255) DEFAULT NULL, description CHAR(128) DEFAULT NULL);
+CREATE TABLE dr_groups (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, username CHAR(64) NOT NULL,
+  domain CHAR(128) DEFAULT '' NOT NULL, groupid INTEGER DEFAULT 0 NOT NULL, description CHAR(128) DEFAULT NULL,
+  CONSTRAINT dr_groups_dr_groups_idx UNIQUE (username, domain));
 CREATE TABLE dbaliases (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, alias_username CHAR(64) DEFAULT '' NOT NULL,
   alias_domain CHAR(64) DEFAULT '' NOT NULL, username CHAR(64) DEFAULT '' NOT NULL, domain CHAR(64) DEFAULT '' NOT NULL,
   CONSTRAINT dbaliases_alias_idx UNIQUE (alias_username, alias_domain));
@@ -69,6 +72,10 @@ c.executemany("INSERT INTO dr_rules (groupid, prefix, priority, gwlist, descript
     ("0", "+4930", 0, "#de", "Berlin"),
     ("0", "+1", 0, "us-gw", "North America"),
     ("0", "49x", 0, "us-gw", "a malformed prefix"),
+    ("1", "+4930", 0, "us-gw", "group 1 (callers in dr_groups) calls Berlin through the US"),
+])
+c.executemany("INSERT INTO dr_groups (username, domain, groupid, description) VALUES (?,?,?,?)", [
+    ("fs", "127.0.0.1", 1, "the one-shot caller of this suite"),
 ])
 c.executemany("INSERT INTO dbaliases (alias_username, alias_domain, username, domain) VALUES (?,?,?,?)", [
     ("sales", "127.0.0.1", "1000", "127.0.0.1"),
@@ -110,6 +117,7 @@ dialplan = 1
 prefix = "+"
 min_length = 8
 to = "carriers"
+caller_group = true
 [[numbers.route]]
 from = ["users"]
 prefix = "1"
@@ -174,6 +182,13 @@ result "failover-to-second-gateway" $? "de-gw1 killed: 10/10 calls completed at 
 short=$(once "sip:+4930@127.0.0.1:$P"); nowhere=$(once "sip:+33123456789@127.0.0.1:$P")
 [[ "$short" == "SIP/2.0 484"* ]] && [[ "$nowhere" == "SIP/2.0 404"* ]]
 result "incomplete-and-unrouted-numbers" $? "+4930: \"$short\"; +33123456789: \"$nowhere\""
+
+# ---- a caller in dr_groups takes its group's rules -----------------------------------
+before=$(calls_at gw3)
+vip=$(once "sip:+493055555555@127.0.0.1:$P")
+sleep 0.5; after=$(calls_at gw3)
+[[ "$vip" == "SIP/2.0 200"* ]] && [ $((after - before)) -ge 1 ]
+result "caller-group-from-dr-groups" $? "fs@127.0.0.1 (dr_groups: group 1) to +493055555555: \"$vip\" from us-gw (group 1's +4930 rule), where group 0 callers reach carrier de"
 
 # ---- an alias reaches its subscriber ---------------------------------------------------
 sipp 127.0.0.1:$P -sf "$SC/reg-plain.xml" -oocsf "$SC/agent-answer.xml" -s 1000 -set chost 127.0.0.1 \

@@ -540,6 +540,7 @@ mod tests {
             dialplan,
             drouting,
             aliases: Default::default(),
+            groups: Default::default(),
         });
         st.numbers = Some(n.clone());
         st.numbers_reload = Some(Box::new(|| Ok("1 prefix rules".into())));

@@ -11,7 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
 mod numbers;
-pub use numbers::{AliasRow, DialplanRow, DrCarrierRow, DrGatewayRow, DrRuleRow};
+pub use numbers::{AliasRow, DialplanRow, DrCarrierRow, DrGatewayRow, DrGroupRow, DrRuleRow};
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]

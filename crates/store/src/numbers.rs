@@ -1,5 +1,5 @@
 //! The number routing tables as OpenSIPS 3 writes them: `dialplan` (version 5),
-//! `dr_gateways` (6), `dr_carriers` (3), `dr_rules` (4) and `dbaliases` (2). Read whole at
+//! `dr_gateways` (6), `dr_carriers` (3), `dr_rules` (4), `dr_groups` (2) and `dbaliases` (2). Read whole at
 //! start and on reload; a row whose columns do not have the types the schema gives is
 //! reported with its id and left out (what the values mean is checked by the tables'
 //! builders in `sip-proxy`).
@@ -9,7 +9,7 @@ use sqlx::Row;
 
 use crate::{BadRow, Store, StoreError};
 
-pub(crate) const CREATE: [&str; 5] = [
+pub(crate) const CREATE: [&str; 6] = [
     "CREATE TABLE IF NOT EXISTS dialplan (
     id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
     dpid INTEGER NOT NULL,
@@ -69,11 +69,19 @@ pub(crate) const CREATE: [&str; 5] = [
     domain CHAR(64) DEFAULT '' NOT NULL,
     CONSTRAINT alias_idx UNIQUE (alias_username, alias_domain)
 )",
+    "CREATE TABLE IF NOT EXISTS dr_groups (
+    id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    username CHAR(64) NOT NULL,
+    domain CHAR(128) DEFAULT '' NOT NULL,
+    groupid INTEGER DEFAULT 0 NOT NULL,
+    description CHAR(128) DEFAULT NULL,
+    CONSTRAINT dr_groups_idx UNIQUE (username, domain)
+)",
 ];
 
 /// The `version` rows of these tables.
 pub(crate) const VERSIONS: &str =
-    "('dialplan', 5), ('dr_gateways', 6), ('dr_carriers', 3), ('dr_rules', 4), ('dbaliases', 2)";
+    "('dialplan', 5), ('dr_gateways', 6), ('dr_carriers', 3), ('dr_rules', 4), ('dbaliases', 2), ('dr_groups', 2)";
 
 /// One `dialplan` row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -130,6 +138,17 @@ pub struct DrRuleRow {
     pub gwlist: String,
     pub sort_alg: String,
     pub attrs: String,
+    pub description: String,
+}
+
+/// One `dr_groups` row: the drouting group of the user `username@domain` (an empty domain:
+/// any).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrGroupRow {
+    pub id: i64,
+    pub username: String,
+    pub domain: String,
+    pub groupid: i64,
     pub description: String,
 }
 
@@ -261,6 +280,20 @@ impl Store {
                 })
             },
         )
+        .await
+    }
+
+    /// The `dr_groups` table, by id.
+    pub async fn dr_group_rows(&self) -> Result<(Vec<DrGroupRow>, Vec<BadRow>), StoreError> {
+        rows(self, "SELECT * FROM dr_groups ORDER BY id", "id", |c| {
+            Ok(DrGroupRow {
+                id: c.int("id")?,
+                username: c.text("username")?,
+                domain: c.text("domain")?,
+                groupid: c.int("groupid")?,
+                description: c.text("description")?,
+            })
+        })
         .await
     }
 

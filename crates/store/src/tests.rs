@@ -672,6 +672,8 @@ async fn number_routing_tables_are_read_as_opensips_writes_them_and_bad_rows_rep
         "INSERT INTO dr_rules (groupid, prefix, priority, gwlist, attrs) VALUES ('1,2', '+49', 0, '#germany', NULL)",
         "INSERT INTO dr_rules (groupid, prefix, priority, gwlist) VALUES ('1', '+44', X'00FF', 'de1')",
         "INSERT INTO dbaliases (alias_username, alias_domain, username, domain) VALUES ('sales', 'example.com', 'alice', 'example.com')",
+        "INSERT INTO dr_groups (username, domain, groupid, description) VALUES ('alice', 'example.com', 2, 'premium')",
+        "INSERT INTO dr_groups (username, domain, groupid) VALUES ('bob', '', 'two')",
     ] {
         s.execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
@@ -714,6 +716,12 @@ async fn number_routing_tables_are_read_as_opensips_writes_them_and_bad_rows_rep
     let (aliases, bad) = s.alias_rows().await.unwrap();
     assert!(bad.is_empty());
     assert_eq!(aliases[0].username, "alice");
+    let (groups, bad) = s.dr_group_rows().await.unwrap();
+    assert_eq!(
+        (groups[0].username.as_str(), groups[0].groupid),
+        ("alice", 2)
+    );
+    assert!(bad[0].reason.contains("column groupid"), "{bad:?}");
     // the version rows OpenSIPS' tools look for
     let v: i64 =
         sqlx::query_scalar("SELECT table_version FROM version WHERE table_name = 'dr_rules'")

@@ -1031,6 +1031,7 @@ fn load_numbers(
     } else {
         numbers_config::build_tables(
             &ns.aliases,
+            &ns.groups,
             &ns.dialplan,
             &ns.gateways,
             &ns.carriers,
@@ -1041,11 +1042,12 @@ fn load_numbers(
         tracing::warn!(problem = %p, "number routing row skipped");
     }
     let summary = format!(
-        "{} prefix rules, {} gateways, {} dialplan rules, {} aliases, {} rows skipped",
+        "{} prefix rules, {} gateways, {} dialplan rules, {} aliases, {} caller groups, {} rows skipped",
         t.drouting.rule_count(),
         t.drouting.gateways().len(),
         t.dialplan.len(),
         t.aliases.len(),
+        t.groups.len(),
         problems.len()
     );
     n.reload(t);

@@ -21,6 +21,9 @@ pub struct RawNumbers {
     /// `"alias" = "user"` or `"alias@domain" = "user@domain"`.
     #[serde(default)]
     pub aliases: HashMap<String, String>,
+    /// `"user@domain" = group` (or `"user"`): the callers' drouting groups (`dr_groups`).
+    #[serde(default)]
+    pub groups: HashMap<String, i64>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
     #[serde(default)]
@@ -49,6 +52,9 @@ pub struct RawRoute {
     pub to: String,
     #[serde(default)]
     pub group: i64,
+    /// The caller's group from `dr_groups`, `group` when it has none.
+    #[serde(default)]
+    pub caller_group: bool,
     pub code: Option<u16>,
     pub reason: Option<String>,
 }
@@ -147,6 +153,7 @@ pub struct NumbersSettings {
     /// Read the OpenSIPS tables (else the configuration's rows below).
     pub from_database: bool,
     pub aliases: Vec<store::AliasRow>,
+    pub groups: Vec<store::DrGroupRow>,
     pub dialplan: Vec<DpRow>,
     pub gateways: Vec<GatewayRow>,
     pub carriers: Vec<CarrierRow>,
@@ -206,6 +213,7 @@ pub fn validate(
     };
     if from_database
         && (!raw.aliases.is_empty()
+            || !raw.groups.is_empty()
             || !raw.dialplan.is_empty()
             || !raw.gateway.is_empty()
             || !raw.carrier.is_empty()
@@ -214,7 +222,7 @@ pub fn validate(
         errors.push(err(
             "numbers.source",
             "\"database\"",
-            "the tables come from the database: remove aliases and the [[numbers.dialplan]], [[numbers.gateway]], [[numbers.carrier]] and [[numbers.rule]] tables",
+            "the tables come from the database: remove aliases, groups and the [[numbers.dialplan]], [[numbers.gateway]], [[numbers.carrier]] and [[numbers.rule]] tables",
         ));
     }
     let mut routes = Vec::new();
@@ -250,7 +258,10 @@ pub fn validate(
             ));
         }
         let to = match r.to.as_str() {
-            "carriers" => Target::Carriers { group: r.group },
+            "carriers" => Target::Carriers {
+                group: r.group,
+                by_caller: r.caller_group,
+            },
             "location" => Target::Location,
             "media-servers" => Target::MediaServers,
             "reject" => {
@@ -277,6 +288,13 @@ pub fn validate(
                 Target::MediaServers
             }
         };
+        if r.caller_group && r.to != "carriers" {
+            errors.push(err(
+                format!("{key}.caller_group"),
+                "true",
+                "the caller's group is a carrier route's (to = \"carriers\")",
+            ));
+        }
         if r.to != "reject" && (r.code.is_some() || r.reason.is_some()) {
             errors.push(err(
                 format!("{key}.code"),
@@ -314,6 +332,22 @@ pub fn validate(
             domain: d,
         });
     }
+    let mut gkeys: Vec<&String> = raw.groups.keys().collect();
+    gkeys.sort();
+    let groups = gkeys
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let (u, d) = user_at(&format!("numbers.groups.{k}"), k, errors);
+            store::DrGroupRow {
+                id: i as i64 + 1,
+                username: u,
+                domain: d,
+                groupid: raw.groups[k],
+                description: String::new(),
+            }
+        })
+        .collect();
     let dialplan = raw
         .dialplan
         .iter()
@@ -407,6 +441,7 @@ pub fn validate(
         routes,
         from_database,
         aliases,
+        groups,
         dialplan,
         gateways,
         carriers,
@@ -414,8 +449,14 @@ pub fn validate(
     };
     if !from_database {
         // the configuration's rows are checked now: a bad one is a configuration error
-        let (_, problems) =
-            build_tables(&s.aliases, &s.dialplan, &s.gateways, &s.carriers, &s.rules);
+        let (_, problems) = build_tables(
+            &s.aliases,
+            &s.groups,
+            &s.dialplan,
+            &s.gateways,
+            &s.carriers,
+            &s.rules,
+        );
         for p in problems {
             errors.push(err("numbers", "", config_row_names(&p)));
         }
@@ -445,6 +486,7 @@ fn config_row_names(p: &str) -> String {
 /// Builds the tables from rows; gives the problems of the rows skipped.
 pub fn build_tables(
     aliases: &[store::AliasRow],
+    groups: &[store::DrGroupRow],
     dialplan: &[DpRow],
     gateways: &[GatewayRow],
     carriers: &[CarrierRow],
@@ -473,11 +515,26 @@ pub fn build_tables(
             }
         }
     }
+    let mut gmap = HashMap::new();
+    for g in groups {
+        if g.username.is_empty() {
+            problems.push(format!("dr_groups row {}: empty user name", g.id));
+            continue;
+        }
+        let key = (g.username.clone(), g.domain.to_ascii_lowercase());
+        if gmap.insert(key, g.groupid).is_some() {
+            problems.push(format!(
+                "dr_groups row {}: {}@{} given twice",
+                g.id, g.username, g.domain
+            ));
+        }
+    }
     (
         NumberTables {
             dialplan,
             drouting,
             aliases: map,
+            groups: gmap,
         },
         problems,
     )
@@ -492,12 +549,14 @@ pub async fn tables_from_store(s: &store::Store) -> Result<(NumberTables, Vec<St
     let (ca, b3) = s.dr_carrier_rows().await.map_err(e)?;
     let (ru, b4) = s.dr_rule_rows().await.map_err(e)?;
     let (al, b5) = s.alias_rows().await.map_err(e)?;
+    let (gr, b6) = s.dr_group_rows().await.map_err(e)?;
     let mut problems: Vec<String> = [
         ("dialplan", b1),
         ("dr_gateways", b2),
         ("dr_carriers", b3),
         ("dr_rules", b4),
         ("dbaliases", b5),
+        ("dr_groups", b6),
     ]
     .into_iter()
     .flat_map(|(table, bad)| {
@@ -563,7 +622,7 @@ pub async fn tables_from_store(s: &store::Store) -> Result<(NumberTables, Vec<St
             description: r.description,
         })
         .collect();
-    let (t, p) = build_tables(&al, &dp, &gw, &ca, &ru);
+    let (t, p) = build_tables(&al, &gr, &dp, &gw, &ca, &ru);
     problems.extend(p);
     Ok((t, problems))
 }
@@ -580,8 +639,10 @@ mod tests {
     fn routes_and_rows_from_the_configuration() {
         let r = raw(r##"
 aliases = { "sales" = "1000", "support@example.test" = "1001@example.test" }
+groups = { "vip@example.test" = 2 }
 [[route]]
 from = ["users", "media-servers"]
+caller_group = true
 dialplan = 1
 prefix = "+"
 min_length = 8
@@ -612,8 +673,14 @@ gateways = "#de"
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(s.routes.len(), 2);
         assert_eq!(s.routes[1].from.len(), 3);
-        let (t, problems) =
-            build_tables(&s.aliases, &s.dialplan, &s.gateways, &s.carriers, &s.rules);
+        let (t, problems) = build_tables(
+            &s.aliases,
+            &s.groups,
+            &s.dialplan,
+            &s.gateways,
+            &s.carriers,
+            &s.rules,
+        );
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
             t.aliases
@@ -639,6 +706,7 @@ to = "carriers"
 from = ["media-servers"]
 to = "media-servers"
 code = 404
+caller_group = true
 [[dialplan]]
 dpid = 1
 match = "glob"
@@ -664,6 +732,7 @@ gateways = "nowhere"
             "numbers.route[0].prefix",
             "numbers.route[0].from: users' calls to carriers need authentication",
             "numbers.route[1].code",
+            "numbers.route[1].caller_group",
             "numbers.dialplan[0].match",
             "numbers.gateway[0].state",
             "numbers: numbers.dialplan[0]:",

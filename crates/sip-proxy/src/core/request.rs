@@ -402,7 +402,11 @@ impl Proxy {
                 Sender::Users
             };
             let rand = crate::dns::splitmix(self.cfg.salt ^ loop_hash as u64);
-            match nr.decide(sender, uri.user.unwrap_or(""), uri.host, rand) {
+            let from = msg.from().ok();
+            let caller = from
+                .as_ref()
+                .map_or(("", ""), |f| (f.uri.user.unwrap_or(""), f.uri.host));
+            match nr.decide(sender, caller, uri.user.unwrap_or(""), uri.host, rand) {
                 NumberDecision::Reject(code, reason) => return Err(reject(code, reason)),
                 NumberDecision::Gateways(candidates) => {
                     let mut plan = plan_base(true)?;

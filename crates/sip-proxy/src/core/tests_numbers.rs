@@ -20,7 +20,10 @@ fn proxy() -> Scenario {
                 dialplan: Some(1),
                 prefix: "+".into(),
                 min_length: 8,
-                to: To::Carriers { group: 0 },
+                to: To::Carriers {
+                    group: 0,
+                    by_caller: false,
+                },
             },
             NumberRoute {
                 from: vec![Sender::Users],
@@ -63,6 +66,7 @@ fn proxy() -> Scenario {
         dialplan,
         drouting,
         aliases: Default::default(),
+        groups: Default::default(),
     });
     Scenario::new(crate::sequences::plain_proxy(&["127.0.0.1:5080"]).with_numbers(Arc::new(n)))
 }

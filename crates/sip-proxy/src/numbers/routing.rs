@@ -41,8 +41,9 @@ impl Sender {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// The carrier gateways of the drouting rule with the longest matching prefix in this
-    /// group, tried in order.
-    Carriers { group: i64 },
+    /// group, tried in order; with `by_caller`, the caller's group from `dr_groups` (its
+    /// From user and domain) when it has one (OpenSIPS `do_routing()` without a group).
+    Carriers { group: i64, by_caller: bool },
     /// The registered user of that name (the location service).
     Location,
     /// The media servers (the dispatcher or balancer), as without number routing.
@@ -73,6 +74,8 @@ pub struct NumberTables {
     /// `(alias user, alias domain)` → `(user, domain)`; an empty alias domain matches every
     /// domain.
     pub aliases: HashMap<(String, String), (String, String)>,
+    /// `(user, domain)` → drouting group (`dr_groups`); an empty domain matches every domain.
+    pub groups: HashMap<(String, String), i64>,
 }
 
 /// A gateway's live record: its health (shared with the dispatcher's probing) and counters.
@@ -242,9 +245,16 @@ impl Numbers {
         Ok(())
     }
 
-    /// Decides for an initial request from `from` to `user@domain`; `rand` orders weighted
-    /// carriers (the caller's random number).
-    pub fn decide(&self, from: Sender, user: &str, domain: &str, rand: u64) -> NumberDecision {
+    /// Decides for an initial request from `from` (the caller `caller` = From user and
+    /// domain) to `user@domain`; `rand` orders weighted carriers (the caller's random number).
+    pub fn decide(
+        &self,
+        from: Sender,
+        caller: (&str, &str),
+        user: &str,
+        domain: &str,
+        rand: u64,
+    ) -> NumberDecision {
         let t = self.tables();
         let alias = t
             .aliases
@@ -290,7 +300,19 @@ impl Numbers {
                     location: false,
                 },
                 Target::Reject { code, reason } => NumberDecision::Reject(*code, reason.clone()),
-                Target::Carriers { group } => self.to_gateways(&t, *group, &number, rand),
+                Target::Carriers { group, by_caller } => {
+                    let g = if *by_caller {
+                        let (u, d) = (caller.0.to_string(), caller.1.to_ascii_lowercase());
+                        t.groups
+                            .get(&(u.clone(), d))
+                            .or_else(|| t.groups.get(&(u, String::new())))
+                            .copied()
+                            .unwrap_or(*group)
+                    } else {
+                        *group
+                    };
+                    self.to_gateways(&t, g, &number, rand)
+                }
             };
         }
         NumberDecision::Continue {
@@ -420,7 +442,10 @@ mod tests {
                 dialplan: Some(1),
                 prefix: "+".into(),
                 min_length: 8,
-                to: Target::Carriers { group: 0 },
+                to: Target::Carriers {
+                    group: 0,
+                    by_caller: true,
+                },
             },
             NumberRoute {
                 from: vec![Sender::Users],
@@ -492,10 +517,13 @@ mod tests {
             ("sales".into(), String::new()),
             ("1000".into(), String::new()),
         );
+        let mut groups = HashMap::new();
+        groups.insert(("vip".to_string(), String::new()), 7);
         n.reload(NumberTables {
             dialplan,
             drouting,
             aliases,
+            groups,
         });
         n
     }
@@ -510,7 +538,7 @@ mod tests {
     #[test]
     fn a_national_number_is_translated_then_routed_to_its_carrier_in_order() {
         let n = numbers();
-        let d = n.decide(Sender::Users, "03012345678", "example.test", 0);
+        let d = n.decide(Sender::Users, ("a", "x"), "03012345678", "example.test", 0);
         assert_eq!(
             uris(&d),
             [
@@ -519,7 +547,7 @@ mod tests {
             ]
         );
         // a name as gateway address is a name destination
-        match n.decide(Sender::MediaServers, "+12125550100", "x", 0) {
+        match n.decide(Sender::MediaServers, ("a", "x"), "+12125550100", "x", 0) {
             NumberDecision::Gateways(v) => {
                 assert_eq!(
                     &*v[0].uri,
@@ -536,20 +564,20 @@ mod tests {
     fn short_unrouted_and_forbidden_numbers_get_clear_refusals() {
         let n = numbers();
         assert!(matches!(
-            n.decide(Sender::Users, "+4930", "x", 0),
+            n.decide(Sender::Users, ("a", "x"), "+4930", "x", 0),
             NumberDecision::Reject(484, _)
         ));
-        match n.decide(Sender::Users, "+33123456789", "x", 0) {
+        match n.decide(Sender::Users, ("a", "x"), "+33123456789", "x", 0) {
             NumberDecision::Reject(404, r) => assert!(r.contains("+33123456789"), "{r}"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            n.decide(Sender::Users, "9001", "x", 0),
+            n.decide(Sender::Users, ("a", "x"), "9001", "x", 0),
             NumberDecision::Reject(403, _)
         ));
         // carriers' calls to 9... are not users' routes: on as before
         assert_eq!(
-            n.decide(Sender::Carriers, "9001", "x", 0),
+            n.decide(Sender::Carriers, ("a", "x"), "9001", "x", 0),
             NumberDecision::Continue {
                 user: None,
                 domain: None,
@@ -562,7 +590,7 @@ mod tests {
     fn an_alias_reaches_its_subscriber_and_local_numbers_go_to_the_location_service() {
         let n = numbers();
         assert_eq!(
-            n.decide(Sender::Carriers, "sales", "example.test", 0),
+            n.decide(Sender::Carriers, ("a", "x"), "sales", "example.test", 0),
             NumberDecision::Continue {
                 user: Some("1000".into()),
                 domain: None,
@@ -570,7 +598,7 @@ mod tests {
             }
         );
         assert_eq!(
-            n.decide(Sender::Users, "1001", "example.test", 0),
+            n.decide(Sender::Users, ("a", "x"), "1001", "example.test", 0),
             NumberDecision::Continue {
                 user: None,
                 domain: None,
@@ -582,7 +610,7 @@ mod tests {
     #[test]
     fn a_failed_gateway_goes_down_and_the_next_one_takes_the_calls() {
         let n = numbers();
-        let first = match n.decide(Sender::Users, "+493012345678", "x", 0) {
+        let first = match n.decide(Sender::Users, ("a", "x"), "+493012345678", "x", 0) {
             NumberDecision::Gateways(v) => v[0].clone(),
             other => panic!("{other:?}"),
         };
@@ -591,13 +619,13 @@ mod tests {
         assert_eq!(gws["de1"].health.state(), DestState::Inactive);
         assert_eq!(gws["de1"].failures.load(Ordering::Relaxed), 1);
         assert_eq!(
-            uris(&n.decide(Sender::Users, "+493012345678", "x", 0)),
+            uris(&n.decide(Sender::Users, ("a", "x"), "+493012345678", "x", 0)),
             ["sip:+493012345678@127.0.0.6:5060"]
         );
         // both down: 503 naming the rule
         n.set_gateway_state("de2", DestState::Disabled).unwrap();
         assert!(matches!(
-            n.decide(Sender::Users, "+493012345678", "x", 0),
+            n.decide(Sender::Users, ("a", "x"), "+493012345678", "x", 0),
             NumberDecision::Reject(503, _)
         ));
         assert!(n.set_gateway_state("nope", DestState::Active).is_err());
@@ -610,6 +638,20 @@ mod tests {
         );
         // probing sees the gateways given by address
         assert_eq!(n.book.extra().len(), 2);
+    }
+
+    #[test]
+    fn a_caller_in_dr_groups_takes_its_groups_routes() {
+        let n = numbers();
+        // group 7 has no rule for +49: the vip caller gets 404 where others get carriers
+        assert!(matches!(
+            n.decide(Sender::Users, ("vip", "x"), "+493012345678", "x", 0),
+            NumberDecision::Reject(404, _)
+        ));
+        assert!(matches!(
+            n.decide(Sender::Users, ("joe", "x"), "+493012345678", "x", 0),
+            NumberDecision::Gateways(_)
+        ));
     }
 
     #[test]
@@ -631,6 +673,7 @@ mod tests {
             dialplan: Dialplan::default(),
             drouting,
             aliases: t.aliases.clone(),
+            groups: HashMap::new(),
         });
         assert_eq!(n.gateways()["de2"].health.state(), DestState::Inactive);
         assert_eq!(n.gateways().len(), 1);
