@@ -27,6 +27,8 @@ pub mod pike;
 mod ratelog;
 pub mod registrar;
 mod router;
+#[cfg(test)]
+pub(crate) mod scenario;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod sequences;
 mod stats;

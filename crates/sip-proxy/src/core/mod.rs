@@ -967,8 +967,6 @@ pub(crate) fn public_contact_for_test(v: &str, src: &Source) -> String {
 mod timers;
 
 #[cfg(test)]
-mod scenario;
-#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_hardening;

@@ -6,45 +6,16 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::Listener;
+pub(super) use crate::scenario::{addr, answer, parse, send, udp};
 
 pub(super) const UAC: &str = "127.0.0.1:5070";
-
-pub(super) fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
 
 pub(super) fn proxy(backends: &[&str]) -> Proxy {
     crate::sequences::plain_proxy(backends)
 }
 
-pub(super) fn udp(from: &str) -> Source {
-    Source {
-        transport: Transport::Udp,
-        addr: addr(from),
-        flow: None,
-    }
-}
-
 pub(super) fn invite(call: &str) -> String {
     format!("INVITE sip:svc@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{call};rport\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:svc@h>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:a@127.0.0.1:5070>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
-}
-
-pub(super) fn parse(t: &Transmit) -> Message {
-    Message::parse(t.data.clone())
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&t.data)))
-}
-
-/// A response from the backend to the forwarded request `req`.
-pub(super) fn answer(req: &Message, code: u16, to_tag: &str) -> Bytes {
-    let mut s = format!("SIP/2.0 {code} X\r\n");
-    for v in req.all(HeaderName::Via) {
-        s.push_str(&format!("Via: {v}\r\n"));
-    }
-    for v in req.all(HeaderName::RecordRoute) {
-        s.push_str(&format!("Record-Route: {v}\r\n"));
-    }
-    s.push_str(&format!("From: {}\r\nTo: {};tag={to_tag}\r\nCall-ID: {}\r\nCSeq: {}\r\nContact: <sip:b@127.0.0.1:5080>\r\nContent-Length: 0\r\n\r\n", req.get(HeaderName::From).unwrap(), req.get(HeaderName::To).unwrap(), req.call_id(), req.get(HeaderName::CSeq).unwrap()));
-    Bytes::from(s)
 }
 
 /// Our Record-Route URI for a call as the proxy signs it (`user`: a flow token or empty).
@@ -54,17 +25,6 @@ pub(super) fn rr(p: &Proxy, call: &str, tag: &str, user: &str, rest: &str) -> St
         "<sip:{user}{at}127.0.0.1:5060{rest};lr;sg={:016x}>",
         p.rr_signature(call, tag, user)
     )
-}
-
-pub(super) fn send(p: &Proxy, now: Instant, from: &str, msg: &str) -> Vec<Transmit> {
-    let mut out = vec![];
-    p.on_message(
-        now,
-        udp(from),
-        Bytes::copy_from_slice(msg.as_bytes()),
-        &mut out,
-    );
-    out
 }
 
 #[test]

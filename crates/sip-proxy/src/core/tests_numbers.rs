@@ -1,12 +1,12 @@
 //! Number routing in the request path, on the virtual clock: a translated number to the
 //! carrier of its prefix with failover between gateways, refusals, the Request-URI rewrite.
 
-use super::scenario::*;
 use super::*;
 use crate::dispatcher::HealthBook;
 use crate::numbers::dialplan::{Dialplan, DpRow};
 use crate::numbers::drouting::{Drouting, GatewayRow, RuleRow};
 use crate::numbers::routing::{NumberRoute, NumberTables, Numbers, Target as To};
+use crate::scenario::*;
 
 const UAC: &str = "127.0.0.1:5070";
 const GW1: &str = "127.0.0.5:5060";

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use super::scenario::*;
 use super::*;
 use crate::dns::{DnsConfig, DnsError};
+use crate::scenario::*;
 
 const UAC: &str = "127.0.0.1:5070";
 

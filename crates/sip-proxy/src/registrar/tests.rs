@@ -11,11 +11,9 @@ use crate::router::RoundRobin;
 use crate::types::Transmit;
 use crate::Proxy;
 
-const EPOCH_UNIX: u64 = 1_800_000_000;
+use crate::scenario::{addr, parse, send};
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
+const EPOCH_UNIX: u64 = 1_800_000_000;
 
 fn setup(f: impl FnOnce(&mut RegistrarConfig)) -> (Proxy, Arc<Registrar>, Instant) {
     let now = Instant::now();
@@ -60,26 +58,6 @@ fn setup(f: impl FnOnce(&mut RegistrarConfig)) -> (Proxy, Arc<Registrar>, Instan
     }];
     let p = Proxy::new(cfg, Arc::new(RoundRobin::new(media))).with_registrar(reg.clone());
     (p, reg, now)
-}
-
-fn send(p: &Proxy, now: Instant, from: &str, msg: &str) -> Vec<Transmit> {
-    let mut out = vec![];
-    p.on_message(
-        now,
-        Source {
-            transport: Transport::Udp,
-            addr: addr(from),
-            flow: None,
-        },
-        Bytes::copy_from_slice(msg.as_bytes()),
-        &mut out,
-    );
-    out
-}
-
-fn parse(t: &Transmit) -> Message {
-    Message::parse(t.data.clone())
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&t.data)))
 }
 
 fn register(user: &str, branch: &str, cseq: u32, contact: &str, extra: &str) -> String {

@@ -1,15 +1,65 @@
-//! The scenario harness of the core's tests: a proxy on a virtual clock, messages sent as
-//! text from named endpoints, timers run by advancing the clock, and the driver's side of
-//! commands (what was asked, answering it) played by the test.
+//! The scenario harness of the proxy's tests (the core's, the registrar's): a proxy on a
+//! virtual clock, messages sent as text from named endpoints, timers run by advancing the
+//! clock, the driver's side of commands (what was asked, answering it) played by the test,
+//! and the helpers every test file shares (addresses, sending, parsing, answering).
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::*;
+use bytes::Bytes;
+use sip_wire::{HeaderName, Message};
+
 use crate::command::{Command, CommandKind, Event, EventResult};
 use crate::dns::{Answer, DnsError, Query, Record};
+use crate::{Proxy, Source, Transmit, Transport};
 
-pub(super) struct Scenario {
+/// A socket address from text.
+pub(crate) fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+/// A UDP source.
+pub(crate) fn udp(from: &str) -> Source {
+    Source {
+        transport: Transport::Udp,
+        addr: addr(from),
+        flow: None,
+    }
+}
+
+/// `msg` arrives over UDP from `from` at `now`; what the proxy sent in return.
+pub(crate) fn send(p: &Proxy, now: Instant, from: &str, msg: &str) -> Vec<Transmit> {
+    let mut out = vec![];
+    p.on_message(
+        now,
+        udp(from),
+        Bytes::copy_from_slice(msg.as_bytes()),
+        &mut out,
+    );
+    out
+}
+
+/// Parses what the proxy sent.
+pub(crate) fn parse(t: &Transmit) -> Message {
+    Message::parse(t.data.clone())
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&t.data)))
+}
+
+/// A response from a downstream element to the request `req` it received: its Vias and
+/// Record-Route echoed, a Contact of its own.
+pub(crate) fn answer(req: &Message, code: u16, to_tag: &str) -> Bytes {
+    let mut s = format!("SIP/2.0 {code} X\r\n");
+    for v in req.all(HeaderName::Via) {
+        s.push_str(&format!("Via: {v}\r\n"));
+    }
+    for v in req.all(HeaderName::RecordRoute) {
+        s.push_str(&format!("Record-Route: {v}\r\n"));
+    }
+    s.push_str(&format!("From: {}\r\nTo: {};tag={to_tag}\r\nCall-ID: {}\r\nCSeq: {}\r\nContact: <sip:b@127.0.0.1:5080>\r\nContent-Length: 0\r\n\r\n", req.get(HeaderName::From).unwrap_or(""), req.get(HeaderName::To).unwrap_or(""), req.call_id(), req.get(HeaderName::CSeq).unwrap_or("")));
+    Bytes::from(s)
+}
+
+pub(crate) struct Scenario {
     pub proxy: Proxy,
     pub now: Instant,
 }
@@ -24,19 +74,7 @@ impl Scenario {
 
     /// `msg` arrives over UDP from `from`; what the proxy sent in return.
     pub fn send(&mut self, from: &str, msg: &str) -> Vec<Transmit> {
-        let mut out = vec![];
-        let src = Source {
-            transport: Transport::Udp,
-            addr: from.parse().expect("endpoint address"),
-            flow: None,
-        };
-        self.proxy.on_message(
-            self.now,
-            src,
-            Bytes::copy_from_slice(msg.as_bytes()),
-            &mut out,
-        );
-        out
+        send(&self.proxy, self.now, from, msg)
     }
 
     /// Moves the clock on by `d`, firing every timer due on the way, in order.
@@ -78,13 +116,12 @@ impl Scenario {
 }
 
 /// Parses what the proxy sent.
-pub(super) fn msg(t: &Transmit) -> Message {
-    Message::parse(t.data.clone())
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&t.data)))
+pub(crate) fn msg(t: &Transmit) -> Message {
+    parse(t)
 }
 
 /// The statuses of the responses in `out`, and the destinations of the requests.
-pub(super) fn summary(out: &[Transmit]) -> Vec<String> {
+pub(crate) fn summary(out: &[Transmit]) -> Vec<String> {
     out.iter()
         .map(|t| {
             let m = msg(t);
@@ -97,7 +134,7 @@ pub(super) fn summary(out: &[Transmit]) -> Vec<String> {
 }
 
 /// A DNS answer of UDP records `(priority, weight, address)`.
-pub(super) fn resolved(recs: &[(u16, u16, &str)], ttl_s: u64) -> EventResult {
+pub(crate) fn resolved(recs: &[(u16, u16, &str)], ttl_s: u64) -> EventResult {
     EventResult::Resolved(Ok(Answer {
         records: recs
             .iter()
@@ -113,22 +150,11 @@ pub(super) fn resolved(recs: &[(u16, u16, &str)], ttl_s: u64) -> EventResult {
 }
 
 /// A DNS failure.
-pub(super) fn dns_failed(e: DnsError) -> EventResult {
+pub(crate) fn dns_failed(e: DnsError) -> EventResult {
     EventResult::Resolved(Err(e))
 }
 
-/// A response from a downstream element to the request it received.
-pub(super) fn reply(req: &Message, code: u16, to_tag: &str) -> String {
-    let mut s = format!("SIP/2.0 {code} X\r\n");
-    for v in req.all(HeaderName::Via) {
-        s.push_str(&format!("Via: {v}\r\n"));
-    }
-    s.push_str(&format!(
-        "From: {}\r\nTo: {};tag={to_tag}\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
-        req.get(HeaderName::From).unwrap_or(""),
-        req.get(HeaderName::To).unwrap_or(""),
-        req.call_id(),
-        req.get(HeaderName::CSeq).unwrap_or("")
-    ));
-    s
+/// [`answer`] as text.
+pub(crate) fn reply(req: &Message, code: u16, to_tag: &str) -> String {
+    String::from_utf8_lossy(&answer(req, code, to_tag)).into_owned()
 }
