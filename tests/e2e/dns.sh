@@ -119,6 +119,11 @@ a=$(calls_at $W1); b=$(calls_at $W2)
 [ $rc = 0 ] && [ "$a" -gt "$b" ] && [ "$b" -ge 2 ] && [ $((a + b)) = 40 ]
 result "srv-weights" $? "40 calls to wfs.example.test (two targets of priority 10, weights 3:1): $a / $b"
 
+fsout named 10 20 "sip:+4930123@carrier.example.net:$CP"; rc=$?; settle
+c=$(calls_at $CP)
+[ $rc = 0 ] && [ "$c" = 10 ]
+result "carrier-by-name" $? "10 calls from the media server to sip:+4930123@carrier.example.net:$CP (an A record; the port given, so no SRV): $c at the carrier"
+
 # ---- a dead target: failover inside the transaction, within the branch timer --------------
 eval "kill -KILL \$UAS_$B1; wait \$UAS_$B1" 2>/dev/null
 before=$(calls_at $B2)

@@ -13,6 +13,11 @@ use hickory_resolver::Resolver;
 use sip_proxy::dns::{Answer, DnsError, Query, Record};
 use sip_proxy::Transport;
 
+/// SRV targets of one name looked up at most (an answer listing thousands must not cost
+/// thousands of queries), and addresses kept per host.
+const MAX_SRV_TARGETS: usize = 16;
+const MAX_ADDRESSES: usize = 8;
+
 /// `[dns]` as the driver needs it.
 #[derive(Debug, Clone)]
 pub struct DnsSettings {
@@ -185,7 +190,13 @@ impl SipResolver {
                 continue;
             }
             let mut records = Vec::new();
-            for s in srvs.iter().filter(|s| !s.target.is_root()) {
+            let mut srvs: Vec<_> = srvs.into_iter().filter(|s| !s.target.is_root()).collect();
+            if srvs.len() > MAX_SRV_TARGETS {
+                tracing::warn!(name = %q, targets = srvs.len(), kept = MAX_SRV_TARGETS, "SRV answer with too many targets: the best are kept");
+                srvs.sort_by_key(|s| (s.priority, std::cmp::Reverse(s.weight)));
+                srvs.truncate(MAX_SRV_TARGETS);
+            }
+            for s in &srvs {
                 let target = s.target.to_string();
                 let Some(tq) = Query::new(&target, None, None, false) else {
                     tracing::warn!(name = %q, target, "SRV target is not a host name: passed over");
@@ -236,7 +247,7 @@ impl SipResolver {
             Ok(l) => {
                 check_loop(q, fqdn, l.as_lookup().answers())?;
                 *ttl = (*ttl).min(until(l.valid_until()));
-                Ok(l.iter().collect())
+                Ok(l.iter().take(MAX_ADDRESSES).collect())
             }
             Err(e) if e.is_no_records_found() && self.cname_loops(fqdn).await => {
                 Err(DnsError::Invalid {
@@ -368,5 +379,64 @@ fn failure(q: &Query, e: &NetError) -> DnsError {
             name,
             detail: e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_resolver::proto::rr::rdata::CNAME;
+    use hickory_resolver::proto::rr::{Name, Record as DnsRecord};
+
+    fn cname(from: &str, to: &str) -> DnsRecord {
+        DnsRecord::from_rdata(
+            Name::from_ascii(from).unwrap(),
+            60,
+            RData::CNAME(CNAME(Name::from_ascii(to).unwrap())),
+        )
+    }
+
+    #[test]
+    fn cname_loops_are_told_from_chains() {
+        let looped = [cname("a.test.", "b.test."), cname("b.test.", "a.test.")];
+        assert!(cname_loop("a.test.", &looped));
+        assert!(
+            cname_loop("A.TEST", &looped),
+            "names compare without case or root dot"
+        );
+        let chain = [cname("a.test.", "b.test."), cname("b.test.", "c.test.")];
+        assert!(!cname_loop("a.test.", &chain));
+        assert!(
+            !cname_loop("x.test.", &looped),
+            "a loop elsewhere is not this name's"
+        );
+        let q = Query::new("a.test", None, None, false).unwrap();
+        assert!(matches!(
+            check_loop(&q, "a.test.", &looped),
+            Err(DnsError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn naptr_services_and_srv_names_per_transport() {
+        assert_eq!(naptr_service(b"SIP+D2U"), Some(Transport::Udp));
+        assert_eq!(naptr_service(b"sip+d2t"), Some(Transport::Tcp));
+        assert_eq!(naptr_service(b"SIPS+D2T"), Some(Transport::Tls));
+        assert_eq!(naptr_service(b"E2U+sip"), None);
+        assert_eq!(srv_prefix(Transport::Udp), "_sip._udp");
+        assert_eq!(srv_prefix(Transport::Tls), "_sips._tcp");
+        assert_eq!(default_port(Transport::Tls), 5061);
+        let r = SipResolver {
+            inner: Resolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![]),
+                TokioRuntimeProvider::default(),
+            )
+            .build()
+            .unwrap(),
+            transports: vec![Transport::Udp, Transport::Tcp],
+        };
+        assert!(r.usable(Transport::Udp, false));
+        assert!(!r.usable(Transport::Tls, false), "no TLS listener");
+        assert!(!r.usable(Transport::Udp, true), "sips: TLS only");
     }
 }
