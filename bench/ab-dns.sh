@@ -2,16 +2,15 @@
 # Proxy CPU per call with the dispatcher's destinations given as IP addresses (A) or as host
 # names (B: fs1.bench.test:5080, fs2.bench.test:5082, served by dnsmasq on 127.0.0.1:5353
 # with a 1-hour TTL, so every call after the first finds them in the cache), in alternating
-# runs of ../shared/bench/run-calls.sh with one binary: A B A B ... The summary gives each
-# configuration's median and the median of the per-round ratios B/A.
+# runs of bench/ab.sh with one binary (A_CONFIG / B_CONFIG): A B A B ... The summary gives
+# each configuration's median and the median of the per-round ratios B/A.
 #   bench/ab-dns.sh [BINARY=target/release/switchboard] [RATE=2000] [SECONDS=8] [ROUNDS=4]
 # Listens on 127.0.0.1:5060/5070/5080/5082/5353 and 8888; stops every process it started by PID.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd)
-BENCH=$(cd "$ROOT/../shared/bench" && pwd)
 BIN=$(realpath "${1:-$ROOT/target/release/switchboard}"); RATE=${2:-2000}; SECS=${3:-8}; ROUNDS=${4:-4}
-WORK=$(mktemp -d /tmp/sb-abdns.XXXXXX); SBP=; DNSP=
-trap '[ -n "$SBP" ] && kill -KILL "$SBP" 2>/dev/null; [ -n "$DNSP" ] && kill -TERM "$DNSP" 2>/dev/null; rm -rf "$WORK"' EXIT
+WORK=$(mktemp -d /tmp/sb-abdns.XXXXXX); DNSP=
+trap '[ -n "$DNSP" ] && kill -TERM "$DNSP" 2>/dev/null; rm -rf "$WORK"' EXIT
 command -v dnsmasq >/dev/null || { echo "dnsmasq is missing (apt-get install dnsmasq-base)"; exit 2; }
 dnsmasq --keep-in-foreground --port=5353 --listen-address=127.0.0.1 --bind-interfaces --no-resolv \
   --no-hosts --conf-file=/dev/null --pid-file="$WORK/dnsmasq.pid" --local-ttl=3600 --local=/bench.test/ \
@@ -22,18 +21,4 @@ sed 's|^destinations = \["sip:127.0.0.1:5080", "sip:127.0.0.1:5082"\]|destinatio
 grep -q 'fs1.bench.test' "$WORK/names.toml" && grep -q '127.0.0.1:5353' "$WORK/names.toml" \
   || { echo "could not derive the named configuration"; exit 1; }
 cp "$ROOT/switchboard.example.toml" "$WORK/ips.toml"
-run() { # config -> cpu ms per call, failed calls
-  (cd "$WORK" && "$BIN" run --config "$1" >"$WORK/sb.log" 2>&1 &) ; sleep 1
-  SBP=$(pgrep -n -f "^$BIN run --config $1$")
-  local line; line=$(PROXY_PID=$SBP "$BENCH/run-calls.sh" 127.0.0.1 5060 "$RATE" "$SECS")
-  kill -TERM "$SBP" 2>/dev/null; for _ in $(seq 30); do kill -0 "$SBP" 2>/dev/null || break; sleep 0.1; done; SBP=
-  sed -n 's/.*failed=\([0-9]*\).*proxy_cpu_ms_per_call=\([0-9.NA]*\).*/\2 \1/p' <<<"$line"
-}
-as=(); bs=(); rs=()
-for r in $(seq "$ROUNDS"); do
-  read -r a af < <(run "$WORK/ips.toml"); read -r b bf < <(run "$WORK/names.toml")
-  echo "round $r: A(ip)=$a (failed $af) B(names)=$b (failed $bf) B/A=$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%.3f", b/a}')"
-  as+=("$a"); bs+=("$b"); rs+=("$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%.4f", b/a}')")
-done
-med() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END{print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
-echo "median cpu_ms_per_call A(ip)=$(med "${as[@]}") B(names)=$(med "${bs[@]}") median B/A=$(med "${rs[@]}") rounds=$ROUNDS rate=$RATE"
+A_CONFIG="$WORK/ips.toml" B_CONFIG="$WORK/names.toml" "$HERE/ab.sh" "$BIN" "$BIN" "$RATE" "$SECS" "$ROUNDS"
