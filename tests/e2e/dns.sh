@@ -111,8 +111,9 @@ rtd_stats() {
 uac 20 10; rc=$?; settle
 a=$(calls_at $B1); b=$(calls_at $B2)
 naptr=$(grep -c 'query\[NAPTR\] fs.example.test' "$WORK/dnsmasq.log")
-[ $rc = 0 ] && [ "$a" = 20 ] && [ "$b" = 0 ] && [ "$naptr" -ge 1 ] && [ "$naptr" -le 3 ]
-result "srv-priority-order" $? "20 calls to sip:fs.example.test: $a at priority 10 ($FS1), $b at priority 20; NAPTR queries: $naptr (the cache answers the rest)"
+hits=$(mi_curl "http://127.0.0.1:$MGMT/metrics" | sed -n 's/^switchboard_dns_cache_total{outcome="hit"} //p')
+[ $rc = 0 ] && [ "$a" = 20 ] && [ "$b" = 0 ] && [ "$naptr" -ge 1 ] && [ "$naptr" -le 3 ] && [ "${hits:-0}" -ge 17 ]
+result "srv-priority-order" $? "20 calls to sip:fs.example.test: $a at priority 10 ($FS1), $b at priority 20; NAPTR queries: $naptr; cache hits in /metrics: ${hits:-none}"
 
 fsout weights 40 20 "sip:+4930123@wfs.example.test"; rc=$?; settle
 a=$(calls_at $W1); b=$(calls_at $W2)

@@ -406,6 +406,23 @@ async fn metrics(
     if let Some(n) = &st.numbers {
         s.push_str(&n.metrics_text());
     }
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = st.proxy.dns();
+        s.push_str("# HELP switchboard_dns_cache_total lookups of next-hop names in the cache, by outcome (hit, miss: a DNS query, stale: an expired answer served while DNS is down, failed: a remembered failure)\n# TYPE switchboard_dns_cache_total counter\n");
+        for (k, v) in [
+            ("hit", &c.hits),
+            ("miss", &c.misses),
+            ("stale", &c.stale_served),
+            ("failed", &c.failures),
+        ] {
+            s.push_str(&format!(
+                "switchboard_dns_cache_total{{outcome=\"{k}\"}} {}\n",
+                v.load(Relaxed)
+            ));
+        }
+        s.push_str(&format!("# HELP switchboard_dns_cache_names names in the DNS cache\n# TYPE switchboard_dns_cache_names gauge\nswitchboard_dns_cache_names {}\n# HELP switchboard_dns_waiting requests waiting for a DNS answer\n# TYPE switchboard_dns_waiting gauge\nswitchboard_dns_waiting {}\n", c.len(), st.proxy.waiting()));
+    }
     if let Some(r) = st.proxy.registrar() {
         let (aors, contacts) = r.counts();
         s.push_str(&format!("# HELP switchboard_registered_aors addresses-of-record with a binding\n# TYPE switchboard_registered_aors gauge\nswitchboard_registered_aors {aors}\n# HELP switchboard_registered_contacts bindings in the location table\n# TYPE switchboard_registered_contacts gauge\nswitchboard_registered_contacts {contacts}\n# HELP switchboard_subscribers subscribers with credentials\n# TYPE switchboard_subscribers gauge\nswitchboard_subscribers {}\n", r.subscriber_count()));

@@ -687,7 +687,7 @@ impl Proxy {
             })?),
             None => None,
         };
-        if host_ip(uri.host).is_none() {
+        let Some(ip) = host_ip(uri.host) else {
             let secure = uri.scheme == Scheme::Sips;
             let q =
                 crate::dns::Query::new(uri.host, uri.port, explicit, secure).ok_or_else(|| {
@@ -705,8 +705,8 @@ impl Proxy {
                 route: None,
                 name: Some(Arc::new(q)),
             });
-        }
-        let t = self.resolve(uri, popped)?;
+        };
+        let t = self.resolve(uri, ip, popped)?;
         Ok(Destination {
             uri: uri.raw.into(),
             transport: t.transport,
@@ -718,8 +718,13 @@ impl Proxy {
         })
     }
 
-    /// The next hop of a URI whose host is an IP literal.
-    pub(super) fn resolve(&self, uri: &Uri, popped: Option<&Uri>) -> Result<Target, Reject> {
+    /// The next hop of a URI whose host is the IP literal `ip`.
+    pub(super) fn resolve(
+        &self,
+        uri: &Uri,
+        ip: std::net::IpAddr,
+        popped: Option<&Uri>,
+    ) -> Result<Target, Reject> {
         let transport = match uri.transport() {
             Some(t) => Transport::parse(t).ok_or_else(|| {
                 reject(503, format!("Service Unavailable (unknown transport {t})"))
@@ -730,12 +735,6 @@ impl Proxy {
                 .and_then(Transport::parse)
                 .unwrap_or(Transport::Udp),
         };
-        let ip = host_ip(uri.host).ok_or_else(|| {
-            reject(
-                503,
-                format!("Service Unavailable (cannot resolve {})", uri.host),
-            )
-        })?;
         let port = uri.port.unwrap_or(if transport == Transport::Tls {
             5061
         } else {

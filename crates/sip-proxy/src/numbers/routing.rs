@@ -256,10 +256,14 @@ impl Numbers {
         rand: u64,
     ) -> NumberDecision {
         let t = self.tables();
-        let alias = t
-            .aliases
-            .get(&(user.to_string(), domain.to_ascii_lowercase()))
-            .or_else(|| t.aliases.get(&(user.to_string(), String::new())));
+        // the map wants owned keys: build them only when there are aliases
+        let alias = (!t.aliases.is_empty())
+            .then(|| {
+                t.aliases
+                    .get(&(user.to_string(), domain.to_ascii_lowercase()))
+                    .or_else(|| t.aliases.get(&(user.to_string(), String::new())))
+            })
+            .flatten();
         if let Some((u, d)) = alias {
             return NumberDecision::Continue {
                 user: Some(u.clone()),
