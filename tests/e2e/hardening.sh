@@ -175,7 +175,7 @@ grep -q "closed=1" <<<"$r" && [ $((rss2 - rss0)) -lt 30720 ]
 result "a 10 MB message without an end: refused and closed" $? "$r; rss ${rss0}->${rss2} kB"
 c=$(calls after-tcp 20 20); [ "${c% *}" = 20 ]
 result "normal calls after all of it" $? "ok=${c% *} failed=${c#* }"
-cl=$(mi_curl "http://127.0.0.1:$MGMT/metrics" | grep '^switchboard_tcp_closed_total' | tr '\n' ' ')
+cl=$(mi_curl "http://127.0.0.1:$MGMT/metrics" | grep '^switchboard_stream_closed_total{transport="tcp"' | tr '\n' ' ')
 echo "     $cl"
 
 # ---- SIGTERM under load: registrations, confirmed calls and CDRs survive -----------------

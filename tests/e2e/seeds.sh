@@ -248,7 +248,7 @@ kill -KILL $BARESIP 2>/dev/null
 # carol, silent since her REGISTER, is called after 60 s over her TCP connection
 wait_s=$(( 61 - ($(now_ms) - t_reg) / 1000 ))
 [ $wait_s -gt 0 ] && sleep $wait_s
-idle_closes=$(mi_curl "http://127.0.0.1:$MGMT/metrics" | awk '/^switchboard_tcp_closed_total\{reason="idle"\}/{print $2}')
+idle_closes=$(mi_curl "http://127.0.0.1:$MGMT/metrics" | awk '/^switchboard_stream_closed_total\{transport="tcp",reason="idle"\}/{print $2}')
 sipp 127.0.0.1:$P -sf "$SC/fs-call.xml" -s carol -m 1 -i $FS1 -p $((B1 + 2)) -nostdin -timeout 20s \
   -recv_timeout 10000 >"$WORK/fs-carol.out" 2>&1 </dev/null
 rc=$?

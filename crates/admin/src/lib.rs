@@ -67,7 +67,12 @@ pub struct AdminState {
     pub numbers: Option<Arc<sip_proxy::numbers::routing::Numbers>>,
     /// Re-reads the number tables (config file or tables); returns a summary.
     pub numbers_reload: Option<NumbersReloadFn>,
+    /// `tls_reload`: reads the TLS certificate and key again.
+    pub tls_reload: Option<TlsReloadFn>,
 }
+
+/// `tls_reload`.
+pub type TlsReloadFn = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// `dr_reload` / `dp_reload`.
 pub type NumbersReloadFn = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
@@ -245,6 +250,11 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
             Ok(json!({ "Server": format!("switchboard {}", env!("CARGO_PKG_VERSION")) }))
         }
         "uptime" | "core:uptime" => Ok(json!({ "Up time": st.started.elapsed().as_secs() })),
+        // OpenSIPS tls_mgm's name
+        "tls_reload" | "tls_mgm:tls_reload" => match &st.tls_reload {
+            Some(f) => f().map(|()| json!("OK")).map_err(|e| (500, e)),
+            None => Err((-32000, "no [tls] section: nothing to reload".into())),
+        },
         "get_statistics" | "core:get_statistics" | "statistics:get" => {
             let filter: Vec<String> = match params
                 .get("statistics")
@@ -309,6 +319,7 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
             "dr_number_routing",
             "dp_reload",
             "dp_translate",
+            "tls_reload",
         ])),
         _ => Err((-32601, format!("method not found: {method}"))),
     }
@@ -463,6 +474,7 @@ mod tests {
             lb_reload: None,
             numbers: None,
             numbers_reload: None,
+            tls_reload: None,
         }
     }
 

@@ -10,7 +10,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use sip_proxy::command::{CommandKind, Event, EventResult};
 
-use crate::conn::ConnTable;
+use crate::flows::{FlowTable, StreamCounters, StreamLimits};
 
 /// Bounds of the timer thread's sleep.
 const TIMER_MIN_SLEEP: Duration = Duration::from_millis(5);
@@ -20,15 +20,21 @@ const TIMER_MAX_SLEEP: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct NetConfig {
     pub udp: Vec<SocketAddr>,
-    pub tcp: Vec<SocketAddr>,
+    /// Stream listeners: TCP, TLS, WS and WSS.
+    pub streams: Vec<(Transport, SocketAddr)>,
     /// UDP receive threads (0 = one per core).
     pub udp_workers: usize,
-    /// A TCP connection with no traffic for this long is closed.
-    pub tcp_idle_timeout: Duration,
+    /// A stream connection with no traffic for this long is closed (unless a registration
+    /// lives on it).
+    pub idle_timeout: Duration,
     /// Largest message accepted on a stream.
     pub max_message_size: usize,
     /// The limits of stream connections.
-    pub tcp_limits: crate::conn::TcpLimits,
+    pub limits: StreamLimits,
+    /// Certificates for TLS and WSS listeners and outgoing TLS (`None`: no `[tls]`).
+    pub tls: Option<Arc<crate::tls::Tls>>,
+    /// `Origin` values a WebSocket handshake may carry (empty: any).
+    pub ws_origins: Vec<String>,
     /// Called by a network thread that has had nothing to receive for a while, at most once
     /// a second per thread (and by the timer thread once a second). The binary lets the
     /// allocator take back what other threads freed for this one (see `main.rs`).
@@ -51,6 +57,14 @@ pub enum NetError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A TLS or WSS listener with no `[tls]` certificate.
+    #[error("{transport} listener {addr} needs a certificate: add a [tls] section")]
+    NoCertificate {
+        /// Transport of the listener.
+        transport: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+    },
 }
 
 /// The running transports.
@@ -58,15 +72,16 @@ pub struct Net {
     me: std::sync::Weak<Net>,
     pub(crate) proxy: Arc<Proxy>,
     pub(crate) udp: Vec<Arc<UdpSocket>>,
-    pub(crate) conns: Arc<ConnTable>,
+    pub(crate) flows: Arc<FlowTable>,
     pub(crate) rt: tokio::runtime::Handle,
     pub(crate) cfg: NetConfig,
     stop: Arc<AtomicBool>,
     /// Wakes the accept loops at shutdown.
     stop_notify: Arc<tokio::sync::Notify>,
     threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
-    /// Why connections were refused or closed.
-    pub tcp: crate::conn::TcpCounters,
+    /// Why stream connections were refused or closed, per transport (in the order of
+    /// [`crate::STREAMS`]).
+    pub streams: [StreamCounters; 4],
     /// One warning a second about limits at most.
     limit_log_at: std::sync::atomic::AtomicU64,
     limit_log_skipped: std::sync::atomic::AtomicU64,
@@ -106,16 +121,21 @@ impl Net {
                 source,
             })?));
         }
-        let mut tcp = Vec::new();
-        for a in &cfg.tcp {
-            let l = crate::conn::listen(*a, cfg.tcp_limits.backlog).map_err(|source| {
-                NetError::Bind {
-                    transport: "tcp",
+        let mut listeners = Vec::new();
+        for (t, a) in &cfg.streams {
+            if matches!(t, Transport::Tls | Transport::Wss) && cfg.tls.is_none() {
+                return Err(NetError::NoCertificate {
+                    transport: t.via_name(),
+                    addr: *a,
+                });
+            }
+            let l =
+                crate::tcp::listen(*a, cfg.limits.backlog).map_err(|source| NetError::Bind {
+                    transport: t.via_name(),
                     addr: *a,
                     source,
-                }
-            })?;
-            tcp.push(l);
+                })?;
+            listeners.push((*t, l));
         }
         let resolver = {
             let _rt = rt.enter();
@@ -133,13 +153,13 @@ impl Net {
             me: me.clone(),
             proxy,
             udp,
-            conns: Arc::new(ConnTable::default()),
+            flows: Arc::new(FlowTable::default()),
             rt: rt.clone(),
             cfg,
             stop: Arc::new(AtomicBool::new(false)),
             stop_notify: Arc::new(tokio::sync::Notify::new()),
             threads: Default::default(),
-            tcp: Default::default(),
+            streams: Default::default(),
             limit_log_at: Default::default(),
             limit_log_skipped: Default::default(),
             started: Instant::now(),
@@ -169,12 +189,12 @@ impl Net {
         let _ = net.timer_thread.set(timers.thread().clone());
         threads.push(timers);
         *net.threads.lock().unwrap_or_else(|p| p.into_inner()) = threads;
-        for l in tcp {
+        for (t, l) in listeners {
             let net2 = net.clone();
             rt.spawn(async move {
                 match tokio::net::TcpListener::from_std(l) {
-                    Ok(l) => crate::conn::accept_loop(net2, l).await,
-                    Err(e) => tracing::error!(error = %e, "tcp listener"),
+                    Ok(l) => crate::tcp::accept_loop(net2, l, t).await,
+                    Err(e) => tracing::error!(error = %e, transport = %t, "listener"),
                 }
             });
         }
@@ -209,7 +229,7 @@ impl Net {
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Relaxed);
         self.stop_notify.notify_waiters();
-        self.conns.close_all();
+        self.flows.close_all();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {
             let _ = t.join();
@@ -218,7 +238,21 @@ impl Net {
 
     /// Open connections.
     pub fn connections(&self) -> usize {
-        self.conns.len()
+        self.flows.len()
+    }
+
+    /// Open connections per stream transport, in the order of [`crate::STREAMS`].
+    pub fn connections_per_transport(&self) -> [usize; 4] {
+        self.flows.per_transport()
+    }
+
+    /// Reads the TLS certificate and key again (SIGHUP, `tls_reload`); new connections
+    /// use them, open ones keep theirs.
+    pub fn tls_reload(&self) -> Result<(), String> {
+        match &self.cfg.tls {
+            Some(t) => t.reload().map_err(|e| e.to_string()),
+            None => Err("no [tls] section: nothing to reload".into()),
+        }
     }
 
     fn udp_loop(&self, sock: &UdpSocket) {
@@ -362,8 +396,9 @@ impl Net {
                         self.report_error(&t);
                     }
                 }
-                Transport::Tcp => crate::conn::send(self, t),
-                _ => self.report_error(&t),
+                Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => {
+                    crate::tcp::send(self, t)
+                }
             }
         }
     }

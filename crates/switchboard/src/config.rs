@@ -39,6 +39,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub dns: crate::dns_config::RawDns,
     pub numbers: Option<crate::numbers_config::RawNumbers>,
+    pub tls: Option<crate::tls_config::RawTls>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -148,6 +149,9 @@ pub struct RawSip {
     pub tcp_write_timeout_s: u64,
     #[serde(default = "d_backlog")]
     pub tcp_listen_backlog: u32,
+    /// `Origin` values a WebSocket handshake may carry (empty: any).
+    #[serde(default)]
+    pub ws_origins: Vec<String>,
 }
 
 fn d_max_headers() -> usize {
@@ -206,6 +210,7 @@ impl Default for RawSip {
             tcp_send_queue_kb: d_tcp_queue(),
             tcp_write_timeout_s: d_tcp_write(),
             tcp_listen_backlog: d_backlog(),
+            ws_origins: Vec::new(),
         }
     }
 }
@@ -354,11 +359,16 @@ pub(crate) fn err(
 pub struct Config {
     pub proxy: ProxyConfig,
     pub udp: Vec<SocketAddr>,
-    pub tcp: Vec<SocketAddr>,
+    /// Stream listeners (TCP, TLS, WS, WSS).
+    pub streams: Vec<(Transport, SocketAddr)>,
+    /// The `[tls]` certificate, loaded.
+    pub tls: Option<std::sync::Arc<net::tls::Tls>>,
+    /// `[sip] ws_origins`.
+    pub ws_origins: Vec<String>,
     pub udp_workers: usize,
     pub tcp_idle_timeout: Duration,
     pub max_message_size: usize,
-    pub tcp_limits: net::TcpLimits,
+    pub tcp_limits: net::StreamLimits,
     pub dispatcher: crate::dispatch_config::DispatcherSettings,
     pub default_set: i64,
     pub management: SocketAddr,
@@ -746,8 +756,12 @@ pub fn parse_address_destination(key: &str, s: &str) -> Result<Destination, Conf
 pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut udp = Vec::new();
-    let mut tcp = Vec::new();
+    let mut streams = Vec::new();
     let mut listeners = Vec::new();
+    let tls = raw
+        .tls
+        .as_ref()
+        .and_then(|t| crate::tls_config::validate(t, &mut errors));
     if raw.sip.listen.is_empty() {
         errors.push(err(
             "sip.listen",
@@ -802,20 +816,22 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         }
         match Transport::parse(t) {
             Some(Transport::Udp) => udp.push(addr),
-            Some(Transport::Tcp) => tcp.push(addr),
-            Some(other) => {
+            Some(Transport::Tls | Transport::Wss) if raw.tls.is_none() => {
                 errors.push(err(
                     &key,
                     format!("{l:?}"),
-                    format!("transport {other} is not supported yet (udp, tcp)"),
+                    format!("a {t} listener needs a certificate: add a [tls] section with certificate and private_key"),
                 ));
                 continue;
+            }
+            Some(tp @ (Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss)) => {
+                streams.push((tp, addr))
             }
             None => {
                 errors.push(err(
                     &key,
                     format!("{l:?}"),
-                    format!("unknown transport {t:?} (udp, tcp)"),
+                    format!("unknown transport {t:?} (udp, tcp, tls, ws, wss)"),
                 ));
                 continue;
             }
@@ -827,6 +843,20 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
             transport: Transport::parse(t).unwrap_or(Transport::Udp),
             advertise: advertised.unwrap_or(addr),
         });
+    }
+    for (i, o) in raw.sip.ws_origins.iter().enumerate() {
+        let ok = o.split_once("://").is_some_and(|(scheme, host)| {
+            matches!(scheme, "http" | "https")
+                && !host.is_empty()
+                && !host.trim_end_matches('/').contains(['/', ' ', '?', '#'])
+        });
+        if !ok {
+            errors.push(err(
+                format!("sip.ws_origins[{i}]"),
+                format!("{o:?}"),
+                "an origin is scheme://host[:port], e.g. \"https://agents.example.com\"",
+            ));
+        }
     }
     if raw.sip.max_message_size < 1024 || raw.sip.max_message_size > 1 << 20 {
         errors.push(err(
@@ -1084,11 +1114,13 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
     Ok(Config {
         proxy,
         udp,
-        tcp,
+        streams,
+        tls,
+        ws_origins: raw.sip.ws_origins.clone(),
         udp_workers: raw.sip.udp_workers,
         tcp_idle_timeout: Duration::from_secs(raw.sip.tcp_idle_timeout_s.max(1)),
         max_message_size: raw.sip.max_message_size,
-        tcp_limits: net::TcpLimits {
+        tcp_limits: net::StreamLimits {
             max_connections: raw.sip.tcp_max_connections,
             max_per_ip: raw.sip.tcp_max_connections_per_ip,
             message_timeout: Duration::from_secs(raw.sip.tcp_message_timeout_s),
@@ -1139,7 +1171,13 @@ mod tests {
     fn embedded_default_is_valid_and_matches_the_issue() {
         let c = load(EMBEDDED_DEFAULT, 1).unwrap();
         assert_eq!(c.udp, vec!["127.0.0.1:5060".parse::<SocketAddr>().unwrap()]);
-        assert_eq!(c.tcp, vec!["127.0.0.1:5060".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.streams,
+            vec![(
+                Transport::Tcp,
+                "127.0.0.1:5060".parse::<SocketAddr>().unwrap()
+            )]
+        );
         let ports: Vec<u16> = c.dispatcher.sets[0]
             .destinations
             .iter()
@@ -1304,7 +1342,7 @@ mod tests {
             c.proxy.listeners[0].advertise,
             "203.0.113.5:5060".parse::<SocketAddr>().unwrap()
         );
-        assert_eq!(c.proxy.listeners[1].advertise, c.tcp[0]);
+        assert_eq!(c.proxy.listeners[1].advertise, c.streams[0].1);
         assert_eq!(
             c.proxy.bound,
             vec!["0.0.0.0:5060".parse::<SocketAddr>().unwrap()]
@@ -1506,8 +1544,9 @@ mod documented {
     use std::collections::BTreeSet;
 
     /// The tables of the configuration, as written in TOML.
-    const TABLES: [(&str, bool); 22] = [
+    const TABLES: [(&str, bool); 23] = [
         ("sip", false),
+        ("tls", false),
         ("transactions", false),
         ("dispatcher", false),
         ("dispatcher.set", true),

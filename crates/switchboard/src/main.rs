@@ -10,6 +10,7 @@ mod esl;
 mod numbers_config;
 mod registrar_config;
 mod security_config;
+mod tls_config;
 mod token;
 mod writers;
 
@@ -288,7 +289,7 @@ fn check(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             for w in c.warnings() {
                 eprintln!("{name}: warning: {w}");
             }
-            println!("{name}: ok ({} udp, {} tcp listeners, {} destinations, default set {}, management on {})", c.udp.len(), c.tcp.len(), c.dispatcher.sets.iter().map(|s| s.destinations.len()).sum::<usize>(), c.default_set, c.management);
+            println!("{name}: ok ({} udp, {} stream listeners, {} destinations, default set {}, management on {})", c.udp.len(), c.streams.len(), c.dispatcher.sets.iter().map(|s| s.destinations.len()).sum::<usize>(), c.default_set, c.management);
             Ok(std::process::ExitCode::SUCCESS)
         }
         Err(errors) => {
@@ -536,11 +537,13 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let proxy = Arc::new(proxy);
     let net_cfg = net::NetConfig {
         udp: cfg.udp.clone(),
-        tcp: cfg.tcp.clone(),
+        streams: cfg.streams.clone(),
         udp_workers: cfg.udp_workers,
-        tcp_idle_timeout: cfg.tcp_idle_timeout,
+        idle_timeout: cfg.tcp_idle_timeout,
         max_message_size: cfg.max_message_size,
-        tcp_limits: cfg.tcp_limits.clone(),
+        limits: cfg.tcp_limits.clone(),
+        tls: cfg.tls.clone(),
+        ws_origins: cfg.ws_origins.clone(),
         idle_hook: Some(collect_freed),
         dns: net::dns::DnsSettings {
             servers: cfg.dns.servers.clone(),
@@ -564,7 +567,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         }),
         extra_metrics: Box::new(move |out| {
             metrics_text(&queues, out);
-            tcp_metrics(&n3.tcp, out);
+            stream_metrics(&n3, out);
         }),
         dispatcher: Some(dispatcher.clone()),
         reload: Some(reload_fn(
@@ -597,6 +600,14 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             })
         }),
         numbers: numbers.clone(),
+        tls_reload: cfg.tls.is_some().then(|| -> admin::TlsReloadFn {
+            let n = network.clone();
+            Box::new(move || {
+                n.tls_reload()?;
+                tracing::info!("tls certificate reloaded (tls_reload)");
+                Ok(())
+            })
+        }),
         numbers_reload: numbers.clone().map(|n| -> admin::NumbersReloadFn {
             let (path, st) = (path.clone(), store_ctx.clone());
             Box::new(move || {
@@ -655,13 +666,21 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             tracing::error!(error = %e, address = %mgmt, "management API failed");
         }
     });
-    tracing::info!(config = %name, udp = ?cfg.udp, tcp = ?cfg.tcp, management = %cfg.management, sets = cfg.dispatcher.sets.len(), "switchboard started");
+    tracing::info!(config = %name, udp = ?cfg.udp, streams = ?cfg.streams, management = %cfg.management, sets = cfg.dispatcher.sets.len(), "switchboard started");
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        // SIGHUP reads the TLS certificate again (a renewed certificate without a restart)
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break }
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
+                _ = hup.recv() => match network.tls_reload() {
+                    Ok(()) => tracing::info!("SIGHUP: tls certificate reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: tls certificate not reloaded; the running one stays"),
+                },
+            }
         }
     });
     let _ = stop_tx.send(true);
@@ -711,11 +730,16 @@ fn labelled<'a>(
 /// writers are listed at 0 too, so the series exists before the first one), and each
 /// write-behind queue's backlog and drops.
 fn metrics_text(queues: &[writers::Meter], out: &mut String) {
-    let mut panics: Vec<(&str, u64)> = ["udp-receive", "tcp-receive", "tcp-connection", "timers"]
-        .iter()
-        .chain(queues.iter().map(|q| &q.table))
-        .map(|t| (*t, 0))
-        .collect();
+    let mut panics: Vec<(&str, u64)> = [
+        "udp-receive",
+        "stream-receive",
+        "stream-connection",
+        "timers",
+    ]
+    .iter()
+    .chain(queues.iter().map(|q| &q.table))
+    .map(|t| (*t, 0))
+    .collect();
     for (t, n) in net::supervise::counts() {
         match panics.iter_mut().find(|(p, _)| *p == t) {
             Some(p) => p.1 = n,
@@ -751,24 +775,34 @@ fn metrics_text(queues: &[writers::Meter], out: &mut String) {
     );
 }
 
-/// Why TCP connections were refused or closed, per reason.
-fn tcp_metrics(c: &net::TcpCounters, out: &mut String) {
-    use std::sync::atomic::Ordering::Relaxed;
-    labelled(
+/// Open stream connections per transport, and why they were refused or closed, per
+/// transport and reason.
+fn stream_metrics(n: &net::Net, out: &mut String) {
+    use std::fmt::Write as _;
+    let open = n.connections_per_transport();
+    let name = "switchboard_stream_connections";
+    let _ = writeln!(
         out,
-        "switchboard_tcp_closed_total",
-        "TCP connections refused or closed by a limit, per reason",
-        "counter",
-        "reason",
-        [
-            ("refused", &c.refused),
-            ("idle", &c.idle),
-            ("slow_message", &c.slow),
-            ("peer_not_reading", &c.stalled),
-            ("framing", &c.framing),
-        ]
-        .map(|(r, v)| (r, v.load(Relaxed))),
+        "# HELP {name} open stream connections, per transport\n# TYPE {name} gauge"
     );
+    for (t, v) in net::STREAMS.iter().zip(open) {
+        let _ = writeln!(
+            out,
+            "{name}{{transport=\"{}\"}} {v}",
+            t.via_name().to_ascii_lowercase()
+        );
+    }
+    let name = "switchboard_stream_closed_total";
+    let _ = writeln!(out, "# HELP {name} stream connections refused or closed by a limit or a failed handshake, per transport and reason\n# TYPE {name} counter");
+    for (t, c) in net::STREAMS.iter().zip(&n.streams) {
+        for (r, v) in c.rows() {
+            let _ = writeln!(
+                out,
+                "{name}{{transport=\"{}\",reason=\"{r}\"}} {v}",
+                t.via_name().to_ascii_lowercase()
+            );
+        }
+    }
 }
 
 /// The subscriber table, for the management API.

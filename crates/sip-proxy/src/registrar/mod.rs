@@ -184,6 +184,10 @@ pub struct Registrar {
     /// Connections (TCP, TLS, WebSocket) that carry a registration, and until when: they
     /// stay open that long whatever their idle timeout (OpenSIPS `tcp_persistent_flag`).
     flows: Mutex<HashMap<crate::types::FlowId, Instant>>,
+    /// The AORs with bindings saved over each connection: when it closes they are removed
+    /// at once (the user can only be reached over it; OpenSIPS and Kamailio keep them to
+    /// their expiry, and calls ring nobody).
+    flow_aors: Mutex<HashMap<crate::types::FlowId, Vec<Box<str>>>>,
     next_id: AtomicU64,
     /// The wall clock at a known instant: `unix(now)` without reading the clock.
     epoch: (Instant, u64),
@@ -320,6 +324,7 @@ impl Registrar {
             agents: Mutex::new(HashSet::new()),
             pongs: Mutex::new(HashSet::new()),
             flows: Mutex::new(HashMap::new()),
+            flow_aors: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             rounds: Mutex::new((epoch.0, epoch.0 + cfg.ping_interval)),
             epoch,
@@ -650,6 +655,12 @@ impl Registrar {
                             let mut g = lock(&self.flows);
                             let until = g.entry(f).or_insert(b.expires_at);
                             *until = (*until).max(b.expires_at);
+                            drop(g);
+                            let mut g = lock(&self.flow_aors);
+                            let aors = g.entry(f).or_default();
+                            if !aors.iter().any(|a| **a == *aor) {
+                                aors.push(aor.as_str().into());
+                            }
                         }
                         events.push(LocEvent::Saved {
                             aor: aor.clone(),
@@ -979,9 +990,27 @@ impl Registrar {
         *t = (*t).max(until);
     }
 
-    /// Connection `flow` is closed: it holds nothing any more.
+    /// Connection `flow` is closed: it holds nothing any more, and the bindings saved over
+    /// it are removed (the user re-registers over a new connection).
     pub fn flow_closed(&self, flow: crate::types::FlowId) {
         lock(&self.flows).remove(&flow);
+        let Some(aors) = lock(&self.flow_aors).remove(&flow) else {
+            return;
+        };
+        let mut ev = Vec::new();
+        for aor in aors {
+            self.loc.with(&aor, |v| {
+                v.retain(|b| {
+                    let gone = b.source.flow == Some(flow);
+                    if gone {
+                        tracing::info!(aor = &*aor, contact = %b.uri, "connection closed: contact removed");
+                        ev.push(LocEvent::Removed { id: b.id });
+                    }
+                    !gone
+                })
+            });
+        }
+        self.queue(ev);
     }
 
     /// A contact answered its keepalive.

@@ -1235,9 +1235,48 @@ fn a_connection_that_carries_a_registration_is_held_for_its_life() {
     assert!(p.holds_flow(9, now));
     p.flow_closed(9);
     assert!(!p.holds_flow(9, now));
+    assert_eq!(reg.counts().1, 0, "its binding went with it");
     // over UDP nothing is held
     reg_status(&p, now, "h3", 3, "<sip:alice@10.0.0.6>", "");
-    assert_eq!(reg.counts().1, 2);
+    assert_eq!(reg.counts().1, 1);
+}
+
+#[test]
+fn a_closed_connection_removes_its_contacts_at_once() {
+    let (p, reg, now) = open();
+    let ws = |flow, port| Source {
+        transport: Transport::Ws,
+        addr: addr(&format!("127.0.0.1:{port}")),
+        flow: Some(flow),
+    };
+    let mut out = vec![];
+    for (flow, port, ct, call_id) in [
+        (
+            21,
+            40020,
+            "<sip:k3j2@a8d7f.invalid;transport=ws>;expires=600",
+            "w1",
+        ),
+        (
+            22,
+            40021,
+            "<sip:p9q8@b7c6d.invalid;transport=ws>;expires=600",
+            "w2",
+        ),
+    ] {
+        let r = register("alice", call_id, 1, ct, "");
+        out.clear();
+        p.on_message(now, ws(flow, port), Bytes::from(r), &mut out);
+        assert_eq!(parse(&out[0]).status(), Some(200));
+    }
+    assert_eq!(reg.show("alice@example.com", now).len(), 2);
+    p.flow_closed(21);
+    let left = reg.show("alice@example.com", now);
+    assert_eq!(left.len(), 1, "only the other tab's contact stays");
+    assert!(left[0].uri.contains("p9q8"));
+    p.flow_closed(21); // twice: nothing more
+    p.flow_closed(22);
+    assert!(reg.show("alice@example.com", now).is_empty());
 }
 
 #[test]

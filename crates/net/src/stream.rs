@@ -1,0 +1,285 @@
+//! One stream connection at work, whatever carries it (TCP, TLS, WS, WSS): a reader that
+//! frames SIP messages (by Content-Length on TCP/TLS, one per WebSocket message on WS/WSS)
+//! and hands them to the core, and a writer that drains the connection's queue. The
+//! deadlines are the same for all: a message must be complete in time, an idle connection
+//! closes unless a registration lives on it (then a WebSocket ping keeps its NAT binding),
+//! a peer that does not read is disconnected.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use sip_proxy::{FlowId, Source, Transport};
+use sip_wire::{frame_stream, Framing};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::driver::Net;
+use crate::flows::{stream_index, Handles, Out, StreamCounters};
+use crate::ws;
+
+/// Removes the flow from the table and tells the core, however the connection ends
+/// (handshake failure, close, panic).
+pub(crate) struct FlowGuard {
+    pub net: Arc<Net>,
+    pub flow: FlowId,
+}
+
+impl Drop for FlowGuard {
+    fn drop(&mut self) {
+        self.net.flows.remove(self.flow);
+        self.net.proxy.flow_closed(self.flow);
+    }
+}
+
+impl Net {
+    pub(crate) fn counters(&self, t: Transport) -> &StreamCounters {
+        &self.streams[stream_index(t)]
+    }
+}
+
+/// The read buffer kept by an idle connection at most; a larger one (after a large
+/// message) is given back.
+const KEEP_BUF: usize = 4096;
+
+/// Runs a connection whose handshakes are done: `buf` holds what was read past them.
+pub(crate) async fn serve<S>(
+    net: Arc<Net>,
+    stream: S,
+    h: Handles,
+    guard: FlowGuard,
+    peer: SocketAddr,
+    transport: Transport,
+    mut buf: BytesMut,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let flow = h.flow;
+    net.flows.ready(flow);
+    let is_ws = matches!(transport, Transport::Ws | Transport::Wss);
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let Handles {
+        tx,
+        mut rx,
+        queued,
+        close,
+        ..
+    } = h;
+    // when we last wrote a whole message (not a pong), in ms since the connection opened:
+    // our keepalives and requests to the peer count as traffic for the idle timeout
+    let opened = Instant::now();
+    let last_out = Arc::new(AtomicU64::new(0));
+    let (last_out_w, close_w, net_w, limits) = (
+        last_out.clone(),
+        close.clone(),
+        net.clone(),
+        net.cfg.limits.clone(),
+    );
+    let writer = net.rt.spawn(async move {
+        loop {
+            let out = tokio::select! {
+                o = rx.recv() => match o { Some(o) => o, None => break },
+                _ = close_w.notified() => break,
+            };
+            let (wire, counted) = match out {
+                Out::Sip(b) if is_ws => (ws::encode_message(&b), b.len()),
+                Out::Sip(b) => {
+                    let n = b.len();
+                    (b, n)
+                }
+                Out::Raw(b) => (b, 0),
+            };
+            match tokio::time::timeout(limits.write_timeout, wr.write_all(&wire)).await {
+                Ok(Ok(())) => {
+                    if counted > 0 {
+                        queued.fetch_sub(counted, Ordering::Relaxed);
+                        last_out_w.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    }
+                }
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    net_w
+                        .counters(transport)
+                        .stalled
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "write timeout: closing");
+                    break;
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+        close_w.notify_one(); // the reader stops too
+    });
+    let src = Source {
+        transport,
+        addr: peer,
+        flow: Some(flow),
+    };
+    let reader = read_loop(&net, &mut rd, &mut buf, src, &tx, &close, &last_out, opened);
+    crate::supervise::catching("stream-connection", reader).await;
+    // out of the table and the last sender dropped: the writer sends what is queued (a
+    // final 400 or 513, a close frame, within the write timeout) and then closes
+    drop(guard);
+    drop(tx);
+    let _ = writer.await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_loop<R: AsyncRead + Unpin>(
+    net: &Arc<Net>,
+    rd: &mut R,
+    buf: &mut BytesMut,
+    src: Source,
+    tx: &tokio::sync::mpsc::UnboundedSender<Out>,
+    close: &tokio::sync::Notify,
+    last_out: &AtomicU64,
+    opened: Instant,
+) {
+    let (peer, transport, flow) = (src.addr, src.transport, src.flow.unwrap_or(0));
+    let is_ws = matches!(transport, Transport::Ws | Transport::Wss);
+    let mut decoder = ws::Decoder::default();
+    let mut out = Vec::new();
+    let (idle, msg_timeout, max) = (
+        net.cfg.idle_timeout,
+        net.cfg.limits.message_timeout,
+        net.cfg.max_message_size,
+    );
+    let counters = net.counters(transport);
+    // the idle timer runs from the last whole message or ping, not the last byte: a byte a
+    // minute keeps nothing open
+    let mut active = Instant::now();
+    let mut partial_since: Option<Instant> = (!buf.is_empty()).then(Instant::now);
+    let mut pinged = false;
+    let deliver = |data: Bytes, out: &mut Vec<_>| {
+        crate::supervise::guard("stream-receive", || {
+            net.proxy.on_message(Instant::now(), src, data, out);
+            net.dispatch(out);
+        });
+        out.clear();
+    };
+    // what arrived with the handshake is framed before the first read
+    'conn: loop {
+        if is_ws {
+            loop {
+                match decoder.decode(buf, max) {
+                    Ok(None) => break,
+                    Ok(Some(ws::WsEvent::Message(data))) => {
+                        active = Instant::now();
+                        pinged = false;
+                        if data.iter().all(|b| b.is_ascii_whitespace()) {
+                            continue; // a CRLF keepalive sent as a message
+                        }
+                        deliver(data, &mut out);
+                    }
+                    Ok(Some(ws::WsEvent::Ping(p))) => {
+                        active = Instant::now();
+                        let _ = tx.send(Out::Raw(ws::encode_pong(&p)));
+                    }
+                    Ok(Some(ws::WsEvent::Pong)) => {
+                        active = Instant::now();
+                        pinged = false;
+                    }
+                    Ok(Some(ws::WsEvent::Close)) => {
+                        let _ = tx.send(Out::Raw(ws::encode_close(ws::CloseCode::Normal)));
+                        break 'conn;
+                    }
+                    Err(e) => {
+                        counters.framing.fetch_add(1, Ordering::Relaxed);
+                        if let Some(skipped) = net.limit_log() {
+                            tracing::warn!(%peer, %transport, error = %e, skipped, "websocket frame refused: connection closed");
+                        }
+                        let _ = tx.send(Out::Raw(ws::encode_close(e.close_code())));
+                        break 'conn;
+                    }
+                }
+            }
+        } else {
+            loop {
+                match frame_stream(buf, max) {
+                    Ok(Framing::NeedMore) => break,
+                    Ok(Framing::KeepAlive { len, ping }) => {
+                        let _ = buf.split_to(len);
+                        if ping {
+                            active = Instant::now();
+                            let _ = tx.send(Out::Raw(Bytes::from_static(b"\r\n")));
+                        }
+                    }
+                    Ok(Framing::Message(n)) => {
+                        let data = buf.split_to(n).freeze();
+                        active = Instant::now();
+                        deliver(data, &mut out);
+                    }
+                    Err(e) => {
+                        // a stream cannot resynchronise after a framing error: answer, close
+                        let data = buf.split().freeze();
+                        counters.framing.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, error = %e, "framing error, closing");
+                        deliver(data, &mut out);
+                        break 'conn;
+                    }
+                }
+            }
+        }
+        partial_since = match (buf.is_empty(), partial_since) {
+            (true, _) => None,
+            (false, Some(p)) => Some(p),
+            (false, None) => Some(Instant::now()),
+        };
+        if buf.is_empty() && buf.capacity() > KEEP_BUF {
+            // a large message went through: do not keep its room
+            *buf = BytesMut::new();
+        } else if !buf.is_empty() && buf.capacity() > 64 << 10 && buf.len() < KEEP_BUF {
+            let rest = buf.split();
+            *buf = BytesMut::with_capacity(KEEP_BUF);
+            buf.extend_from_slice(&rest);
+        }
+        let idle_at = active + idle;
+        let deadline = partial_since.map_or(idle_at, |p| (p + msg_timeout).min(idle_at));
+        if buf.capacity() == 0 {
+            buf.reserve(KEEP_BUF);
+        }
+        tokio::select! {
+            r = rd.read_buf(buf) => match r {
+                Ok(n) if n > 0 => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "stream read");
+                    break;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if partial_since.is_some_and(|p| p + msg_timeout <= Instant::now()) {
+                    counters.slow.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "message not complete in time: closing");
+                    break;
+                }
+                let now = Instant::now();
+                let out_at = opened + Duration::from_millis(last_out.load(Ordering::Relaxed));
+                if out_at > active && out_at + idle > now {
+                    active = out_at; // we sent it a message since
+                    continue;
+                }
+                if net.proxy.holds_flow(flow, now) {
+                    // a registration lives on it: keep it, and its NAT binding, open
+                    active = now;
+                    if is_ws {
+                        let _ = tx.send(Out::Raw(ws::encode_ping()));
+                    }
+                    continue;
+                }
+                if is_ws && !pinged {
+                    // one ping first: a browser that still answers gets an idle period more
+                    pinged = true;
+                    active = now;
+                    let _ = tx.send(Out::Raw(ws::encode_ping()));
+                    continue;
+                }
+                counters.idle.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "idle timeout: closing");
+                break;
+            }
+            _ = close.notified() => break,
+        }
+    }
+}
