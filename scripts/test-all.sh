@@ -16,11 +16,20 @@ command -v g++ >/dev/null || need+=(g++)
 command -v svmap >/dev/null || need+=(sipvicious)
 command -v baresip >/dev/null || need+=(baresip-core)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
+command -v chromium >/dev/null || need+=(chromium fonts-liberation)
+command -v node >/dev/null || need+=(nodejs npm)
+command -v unshare >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq || exit 1
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null || exit 1
+fi
+
+# the browser peers (JsSIP, playwright-core driving Debian's Chromium; no browser download)
+if [ ! -x tests/e2e/web/node_modules/.bin/esbuild ]; then
+  echo "== installing the browser peers (npm ci in tests/e2e/web)"
+  (cd tests/e2e/web && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error) || exit 1
 fi
 
 step "the step runner fails on failed and aborted steps" scripts/selftest.sh
@@ -41,5 +50,6 @@ if [ -x target/release/switchboard ]; then
   step "end-to-end (SIPp nodes on their own addresses, baresip): the seeds' setups" tests/e2e/seeds.sh
   step "end-to-end (SIPp, dnsmasq, a hostile DNS server): next hops by name (RFC 3263)" tests/e2e/dns.sh
   step "end-to-end (SIPp, OpenSIPS tables in SQLite): number routing" tests/e2e/numbers.sh
+  step "end-to-end (JsSIP in Chromium, baresip over TLS, hostile peers; own network namespace): TLS and WebSocket" tests/e2e/streams.sh
 fi
 steps_summary

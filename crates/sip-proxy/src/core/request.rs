@@ -688,6 +688,27 @@ impl Proxy {
             None => None,
         };
         let Some(ip) = host_ip(uri.host) else {
+            // our Route with a flow token names the connection: the host is not looked up
+            // (a WebSocket user's Contact is `.invalid`, RFC 7118 §5.2)
+            if let Some(flow) = popped
+                .and_then(|p| p.user)
+                .and_then(|u| self.flow_of_token(u))
+            {
+                let transport = popped
+                    .and_then(|p| p.params.value("sbt").or(p.transport()))
+                    .and_then(Transport::parse)
+                    .or(explicit)
+                    .unwrap_or(Transport::Tcp);
+                return Ok(Destination {
+                    uri: uri.raw.into(),
+                    transport,
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    flow: Some(flow),
+                    node: None,
+                    route: None,
+                    name: None,
+                });
+            }
             let secure = uri.scheme == Scheme::Sips;
             let q =
                 crate::dns::Query::new(uri.host, uri.port, explicit, secure).ok_or_else(|| {
@@ -879,21 +900,27 @@ impl Proxy {
             // tag, its user part), so only its parties can route along it
             let (call_id, tag) = (req.call_id(), req.from_tag().unwrap_or(""));
             if out_t != plan.in_transport || plan.in_transport.is_reliable() {
-                // RFC 5658 double Record-Route; the inbound one carries the flow token
+                // RFC 5658 double Record-Route; each carries the flow token of the connection
+                // on its side, so an in-dialog request (whose last Route of ours is the one
+                // facing its destination) goes back over the peer's own connection, whatever
+                // its Contact says (a WebSocket user's is an unreachable `.invalid` host)
                 let inbound = self.listener(plan.in_transport).unwrap_or(ours);
-                let token = plan.in_flow.map(|f| self.flow_token(f)).unwrap_or_default();
-                let at = if token.is_empty() { "" } else { "@" };
+                let token = |f: Option<FlowId>| f.map(|f| self.flow_token(f)).unwrap_or_default();
+                let at = |t: &str| if t.is_empty() { "" } else { "@" };
+                let (in_token, out_token) = (token(plan.in_flow), token(dest.and_then(|d| d.flow)));
                 e.push_top(format_args!(
-                    "Record-Route: <sip:{}{};lr;sg={:016x}>",
+                    "Record-Route: <sip:{out_token}{}{}{};lr;sg={:016x}>",
+                    at(&out_token),
                     ours,
                     tp(out_t),
-                    self.rr_signature(call_id, tag, "")
+                    self.rr_signature(call_id, tag, &out_token)
                 ));
                 e.push_top(format_args!(
-                    "Record-Route: <sip:{token}{at}{}{};lr;sg={:016x}>",
+                    "Record-Route: <sip:{in_token}{}{}{};lr;sg={:016x}>",
+                    at(&in_token),
                     inbound,
                     tp(plan.in_transport),
-                    self.rr_signature(call_id, tag, &token)
+                    self.rr_signature(call_id, tag, &in_token)
                 ));
             } else {
                 e.push_top(format_args!(

@@ -1385,3 +1385,109 @@ fn auto_matches_media_servers_by_address_except_on_loopback() {
         assert_eq!(to_user, trusted, "media {media}, call from {from}");
     }
 }
+
+#[test]
+fn a_media_server_reaches_a_websocket_user_and_its_dialog_follows_the_connection() {
+    let now = Instant::now();
+    let rc = RegistrarConfig {
+        domains: vec!["example.com".into()],
+        secret: b"test-secret".to_vec(),
+        auth: false,
+        ..RegistrarConfig::default()
+    };
+    let reg = Arc::new(Registrar::new(rc, (now, EPOCH_UNIX)));
+    let cfg = ProxyConfig {
+        listeners: vec![
+            Listener {
+                transport: Transport::Udp,
+                advertise: addr("127.0.0.1:5060"),
+            },
+            Listener {
+                transport: Transport::Ws,
+                advertise: addr("127.0.0.1:8080"),
+            },
+        ],
+        ..ProxyConfig::default()
+    };
+    let media = vec![Destination {
+        uri: "sip:127.0.0.1:5080".into(),
+        transport: Transport::Udp,
+        addr: addr("127.0.0.1:5080"),
+        flow: None,
+        node: None,
+        route: None,
+        name: None,
+    }];
+    let p = Proxy::new(cfg, Arc::new(RoundRobin::new(media))).with_registrar(reg);
+    let ws = Source {
+        transport: Transport::Ws,
+        addr: addr("127.0.0.1:40100"),
+        flow: Some(5),
+    };
+    let contact = "<sip:k3j2@a8d7f.invalid;transport=ws>";
+    let mut out = vec![];
+    let r = register("alice", "wsr", 1, &format!("{contact};expires=300"), "")
+        .replace("SIP/2.0/UDP 10.0.0.5:5060", "SIP/2.0/WS a8d7f.invalid");
+    p.on_message(now, ws, Bytes::from(r), &mut out);
+    assert_eq!(parse(&out[0]).status(), Some(200));
+    // the media server's call goes over the browser's connection, record-routed twice
+    let out = send(&p, now, "127.0.0.1:5080", &invite_to("alice", "wsc"));
+    let inv = out
+        .iter()
+        .find(|t| parse(t).is_request())
+        .expect("relayed to the browser");
+    assert_eq!(
+        (inv.target.transport, inv.target.flow),
+        (Transport::Ws, Some(5))
+    );
+    let req = parse(inv);
+    let rr: Vec<String> = req
+        .all(HeaderName::RecordRoute)
+        .map(str::to_string)
+        .collect();
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert!(
+        rr[0].contains("transport=ws") && rr[0].contains('@'),
+        "the browser's side names its connection: {rr:?}"
+    );
+    // the browser answers with its .invalid Contact
+    let ok = response_to(&req, 200).replace(
+        "Content-Length: 0",
+        &format!(
+            "Record-Route: {}\r\nRecord-Route: {}\r\nContact: {contact}\r\nContent-Length: 0",
+            rr[0], rr[1]
+        ),
+    );
+    let mut out = vec![];
+    p.on_message(now, ws, Bytes::from(ok), &mut out);
+    let to_fs = out
+        .iter()
+        .find(|t| parse(t).status() == Some(200))
+        .expect("relayed 200");
+    assert_eq!(to_fs.target.addr, addr("127.0.0.1:5080"));
+    // its BYE follows the route set (our two entries, FreeSWITCH's order) to the browser's
+    // connection: no lookup of the .invalid host
+    let bye = format!("BYE sip:k3j2@a8d7f.invalid;transport=ws SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-wsbye\r\nRoute: {}\r\nRoute: {}\r\nFrom: <sip:fs@127.0.0.9>;tag=ft\r\nTo: <sip:alice@example.com>;tag=tt\r\nCall-ID: wsc\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n", rr[1], rr[0]);
+    let out = send(&p, now, "127.0.0.1:5080", &bye);
+    let b = out
+        .iter()
+        .find(|t| parse(t).is_request())
+        .expect("BYE relayed");
+    assert_eq!(
+        (b.target.transport, b.target.flow),
+        (Transport::Ws, Some(5))
+    );
+    let mut cmds = vec![];
+    p.poll_commands(&mut cmds);
+    assert!(cmds.is_empty(), "no DNS lookup: {cmds:?}");
+    // a BYE from the browser goes to the media server, not back to the browser
+    let bye2 = format!("BYE sip:fs@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/WS a8d7f.invalid;branch=z9hG4bK-wsbye2\r\nRoute: {}\r\nRoute: {}\r\nFrom: <sip:alice@example.com>;tag=tt\r\nTo: <sip:fs@127.0.0.9>;tag=ft\r\nCall-ID: wsc\r\nCSeq: 1 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n", rr[0], rr[1]);
+    let mut out = vec![];
+    p.on_message(now, ws, Bytes::from(bye2), &mut out);
+    let b = out
+        .iter()
+        .find(|t| parse(t).is_request())
+        .expect("BYE relayed");
+    assert_eq!(b.target.addr, addr("127.0.0.1:5080"));
+    assert_eq!(b.target.transport, Transport::Udp);
+}

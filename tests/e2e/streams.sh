@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# TLS, WebSocket and secure WebSocket end to end, in a private network namespace (its own
+# loopback: fixed ports, no clash with other suites, no traffic out; Chromium gathers no
+# other interface). Real peers:
+#   - JsSIP in Debian's Chromium (playwright-core; tests/e2e/web) registers over WS and WSS
+#     with digest auth, is called by a SIPp "FreeSWITCH" (the INVITE comes over the browser's
+#     own connection), calls a SIPp UAS through the resource balancer, and in registrar
+#     forward mode is stored at the SIPp "FreeSWITCH" with a Path and a dialable Contact and
+#     called back over its WSS connection; closing its page removes its contact at once.
+#   - baresip (Debian, default settings but for loopback and the test CA) registers over TLS
+#     with digest auth, calls through the proxy, and is called over its TLS connection.
+#   - hostile peers (streamcli.py): bad handshakes, a non-SIP subprotocol, a disallowed
+#     Origin, a 10 MB frame, plain text to a TLS port, handshakes that never finish, 5,000
+#     connections from one address, while SIPp calls over UDP are measured unaffected.
+# Media servers are on 127.0.0.2 (known by address), users on 127.0.0.1.
+# Prints one line per case and "N passed, M failed"; exits non-zero on failure.
+set -uo pipefail
+if [ -z "${SB_STREAMS_NETNS:-}" ]; then
+  exec unshare -n env SB_STREAMS_NETNS=1 bash "$0" "$@"
+fi
+ip link set lo up
+source "$(dirname "$0")/lib.sh"
+WORK=$(mktemp -d /tmp/sb-streams.XXXXXX)
+WEB="$ROOT/tests/e2e/web"
+FIX="$ROOT/crates/net/tests/fixtures"
+CLI="$ROOT/tests/e2e/streamcli.py"
+P=5060; TLSP=5061; WSP=8080; WSSP=8443; MGMT=9888; FS=127.0.0.2; FSP=5080; FSC=5090
+BS=6060; BSCTL=6070; ORIGIN_PORT=8000
+need_binary
+[ -x "$WEB/node_modules/.bin/esbuild" ] || { echo "browser peers missing: (cd tests/e2e/web && npm ci)"; exit 2; }
+command -v chromium >/dev/null || { echo "chromium is missing (apt-get install chromium)"; exit 2; }
+mkdir -p "$WEB/dist"
+"$WEB/node_modules/.bin/esbuild" "$WEB/node_modules/jssip/lib/JsSIP.js" --bundle --format=iife \
+  --global-name=JsSIP --minify --log-level=warning --outfile="$WEB/dist/jssip.min.js" || exit 2
+now_ms() { date +%s%3N; }
+MI="http://127.0.0.1:$MGMT/mi"
+cli() { "$SB" "$@" --mi "$MI" --token-file "$WORK/switchboard.token"; }
+rpc() { mi_curl -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":${2:-{\}}}" "$MI"; }
+metric() { mi_curl "http://127.0.0.1:$MGMT/metrics" | awk -v k="$1" '$1==k{print $2}'; }
+closed_count() { metric "switchboard_stream_closed_total{transport=\"$1\",reason=\"$2\"}"; }
+contacts_of() { rpc ul_show_contact "{\"aor\":\"$1\"}" | grep -o '"Contact":"[^"]*"' | wc -l; }
+
+config() { # MODE WS_ORIGINS
+  cat <<TOML
+[sip]
+listen = ["udp:127.0.0.1:$P", "tcp:127.0.0.1:$P", "tls:127.0.0.1:$TLSP", "ws:127.0.0.1:$WSP", "wss:127.0.0.1:$WSSP"]
+ws_origins = [$2]
+tcp_message_timeout_s = 3
+[tls]
+certificate = "$FIX/server.crt"
+private_key = "$FIX/server.key"
+[registrar]
+mode = "$1"
+domains = ["127.0.0.1"]
+ping_interval_s = 0
+# the UDP load generator of the hostile phase calls out without credentials (the proxy as
+# its outbound proxy)
+trusted = ["127.0.0.3/32"]
+[dispatcher]
+probe_interval_s = 0
+[[dispatcher.set]]
+id = 1
+destinations = ["sip:$FS:$FSP"]
+[balancer]
+group = 1
+resources = ["pstn"]
+[[balancer.node]]
+uri = "sip:$FS:$FSP"
+resources = "pstn=100"
+[dialog]
+enabled = true
+[routing]
+default_set = 1
+match_media_servers = "address"
+[management]
+listen = "127.0.0.1:$MGMT"
+token_file = "$WORK/switchboard.token"
+[security]
+allow = ["127.0.0.1/32", "127.0.0.2/32", "127.0.0.3/32"]
+[database]
+url = "sqlite://$WORK/sb.db"
+TOML
+}
+
+# ---- the browser agent: commands on a FIFO, events in agent.out -----------------------
+start_agent() {
+  rm -f "$WORK/agent.in"; mkfifo "$WORK/agent.in"
+  AGENT_HTTP_PORT=$ORIGIN_PORT setsid node "$WEB/agent.mjs" <"$WORK/agent.in" >>"$WORK/agent.out" 2>>"$WORK/agent.err" &
+  AGENT=$!; PIDS+=($AGENT)
+  exec 7>"$WORK/agent.in"
+}
+stop_agent() {
+  echo quit >&7 2>/dev/null; exec 7>&-
+  for _ in $(seq 30); do kill -0 $AGENT 2>/dev/null || break; sleep 0.1; done
+  kill -KILL -- -$AGENT 2>/dev/null; wait $AGENT 2>/dev/null
+}
+agent() { echo "$*" >&7; }
+# expect PATTERN SECONDS: waits for an agent line matching PATTERN (grep -E)
+expect() {
+  local end=$(( $(now_ms) + $2 * 1000 ))
+  while [ "$(now_ms)" -lt $end ]; do grep -qE -- "$1" "$WORK/agent.out" && return 0; sleep 0.1; done
+  return 1
+}
+uas() { # SCENARIO-ARGS...: a SIPp media server on $FS:$FSP for one call, as UAS_PID
+  ( cd "$WORK" && exec sipp -i $FS -p $FSP -cp 8891 -m 1 -nostdin -timeout 30s "$@" ) >"$WORK/uas.out" 2>&1 </dev/null &
+  UAS_PID=$!; PIDS+=($UAS_PID); sleep 0.3
+}
+fs_call() { # USER SCENARIO: a SIPp "FreeSWITCH" on $FS:$FSC calls USER through the proxy
+  ( cd "$WORK" && exec sipp 127.0.0.1:$P -sf "$SC/$2" -s "$1" -m 1 -i $FS -p $FSC -cp 8892 -nostdin \
+    -timeout 20s -recv_timeout 10000 ) >"$WORK/fs-call-$1.out" 2>&1 </dev/null
+}
+
+echo "== phase 1: local registrar, digest auth"
+config local "\"http://127.0.0.1:$ORIGIN_PORT\"" > "$WORK/sb.toml"
+start_sb
+cli subscriber add alice@127.0.0.1 --password secret1 >/dev/null
+cli subscriber add bob@127.0.0.1 --password secret2 >/dev/null
+cli subscriber add dave@127.0.0.1 --password secret4 >/dev/null
+start_agent
+expect "^browser " 30 || { echo "the browser did not start"; cat "$WORK/agent.err" | tail -5; exit 1; }
+
+agent ua alice ws://127.0.0.1:$WSP sip:alice@127.0.0.1 alice secret1
+expect "^alice registered" 15; rc=$?
+ct=$(rpc ul_show_contact '{"aor":"alice@127.0.0.1"}')
+[ $rc = 0 ] && grep -q 'transport=ws' <<<"$ct" && grep -q '"Received":"ws:' <<<"$ct"
+result "browser-registers-over-ws-with-digest" $? "$(grep -E '^alice (registered|registration_failed)' "$WORK/agent.out" | head -1); $(grep -o '"Contact":"[^"]*"' <<<"$ct" | head -1) $(grep -o '"Received":"[^"]*"' <<<"$ct" | head -1)"
+
+agent ua bob wss://127.0.0.1:$WSSP sip:bob@127.0.0.1 bob secret2
+expect "^bob registered" 15; rc=$?
+ct=$(rpc ul_show_contact '{"aor":"bob@127.0.0.1"}')
+[ $rc = 0 ] && grep -q '"Received":"wss:' <<<"$ct"
+result "browser-registers-over-wss-with-digest" $? "$(grep -E '^bob (registered|registration_failed)' "$WORK/agent.out" | head -1); $(grep -o '"Contact":"[^"]*"' <<<"$ct" | head -1) $(grep -o '"Received":"[^"]*"' <<<"$ct" | head -1)"
+
+for u in alice bob; do
+  fs_call $u fs-call-webrtc.xml; rc=$?
+  expect "^$u incoming confirmed" 5; inc=$?
+  [ $rc = 0 ] && [ $inc = 0 ]
+  result "media-server-call-reaches-$u-over-its-websocket" $? "sipp rc=$rc; browser: $(grep -E "^$u (incoming|ended)" "$WORK/agent.out" | tr '\n' ';')"
+done
+
+uas -sf "$SC/uas-webrtc.xml"
+agent call alice sip:5551234@127.0.0.1
+expect "^alice call (confirmed|failed)" 15
+agent hangup alice
+wait $UAS_PID; rc=$?
+grep -q "^alice call confirmed" "$WORK/agent.out" && [ $rc = 0 ]
+result "browser-call-through-the-balancer" $? "browser: $(grep -E '^alice call' "$WORK/agent.out" | head -1); sipp uas rc=$rc"
+
+# the browser's page closes: its WebSocket drops without an un-REGISTER
+before=$(contacts_of alice@127.0.0.1)
+agent close alice; expect "^alice closed" 10
+t0=$(now_ms); gone=1
+for _ in $(seq 20); do [ "$(contacts_of alice@127.0.0.1)" = 0 ] && { gone=0; break; }; sleep 0.05; done
+t_gone=$(( $(now_ms) - t0 ))
+t1=$(now_ms); st=$(python3 "$ROOT/tests/e2e/sipreq.py" $P $FS $FSC sip:alice@127.0.0.1 5); t_480=$(( $(now_ms) - t1 ))
+[ "$before" = 1 ] && [ $gone = 0 ] && grep -q " 480 " <<<"$st" && [ $t_480 -lt 1000 ]
+result "closed-websocket-removes-contact-at-once" $? "contacts before $before, none ${t_gone} ms after the close; a call then: '$st' in ${t_480} ms"
+
+# ---- baresip over TLS ------------------------------------------------------------------
+mkdir -p "$WORK/bs"
+cat > "$WORK/bs/config" <<CFG
+poll_method		epoll
+sip_listen		127.0.0.1:$BS
+sip_cafile		$FIX/ca.crt
+audio_player		alsa,null
+audio_alert		alsa,null
+rtp_ports		10000-10099
+module_path		/usr/lib/baresip/modules
+module			g711.so
+module_app		account.so
+module_app		menu.so
+module_app		ctrl_tcp.so
+ctrl_tcp_listen		127.0.0.1:$BSCTL
+net_interface		127.0.0.1
+dns_server		127.0.0.1:53
+CFG
+echo "<sip:dave@127.0.0.1;transport=tls>;auth_pass=secret4;outbound=\"sip:127.0.0.1:$TLSP;transport=tls\";regint=300;answermode=auto" > "$WORK/bs/accounts"
+baresip -f "$WORK/bs" >"$WORK/baresip.log" 2>&1 </dev/null & BARESIP=$!; PIDS+=($BARESIP)
+ct=""
+for _ in $(seq 50); do
+  ct=$(rpc ul_show_contact '{"aor":"dave@127.0.0.1"}' | grep -o '"Received":"[^"]*"' | head -1)
+  [ -n "$ct" ] && break; sleep 0.2
+done
+[ -n "$ct" ] && grep -q 'tls:' <<<"$ct" && grep -q "TLS.*200 OK" <(sed 's/\x1b\[[0-9;]*m//g' "$WORK/baresip.log")
+result "baresip-registers-over-tls-with-digest" $? "$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/baresip.log" | grep -m1 'dave@') $ct"
+
+uas -sn uas
+python3 "$ROOT/tests/e2e/bsctl.py" $BSCTL "dial sip:5551234@127.0.0.1" 3 >"$WORK/bs-dial.out" 2>&1
+python3 "$ROOT/tests/e2e/bsctl.py" $BSCTL "hangup" 1 >/dev/null 2>&1
+wait $UAS_PID; rc=$?
+grep -q CALL_ESTABLISHED "$WORK/bs-dial.out" && [ $rc = 0 ]
+result "baresip-over-tls-calls-through-the-proxy" $? "established=$(grep -c CALL_ESTABLISHED "$WORK/bs-dial.out"); sipp uas rc=$rc"
+
+fs_call dave fs-call.xml; rc=$?
+[ $rc = 0 ]
+result "media-server-call-reaches-baresip-over-its-tls-connection" $? "sipp rc=$rc"
+kill -KILL $BARESIP 2>/dev/null; wait $BARESIP 2>/dev/null
+
+# ---- hostile peers while calls go on over UDP -----------------------------------------
+( cd "$WORK" && exec sipp -sf "$SC/uas-rr.xml" -i $FS -p $FSP -cp 8893 -nostdin ) >"$WORK/uas-load.out" 2>&1 </dev/null &
+LOAD_UAS=$!; PIDS+=($LOAD_UAS); sleep 0.3
+( cd "$WORK" && exec sipp 127.0.0.1:$P -sf "$SC/fs-out-call.xml" -set ruri "sip:5550000@$FS:$FSP" \
+  -set route "<sip:127.0.0.1:$P;lr>" -s 5550000 -i 127.0.0.3 -p 7060 -cp 8894 -r 20 -m 400 \
+  -nostdin -timeout 60s -trace_stat -stf "$WORK/load.csv" -fd 1 ) >"$WORK/uac-load.out" 2>&1 </dev/null &
+LOAD_UAC=$!; PIDS+=($LOAD_UAC)
+hostile() { # NAME COMMAND...: one case, its output as the detail
+  local name=$1; shift
+  local out; out=$(WS_ORIGIN="http://127.0.0.1:$ORIGIN_PORT" timeout 40 python3 "$CLI" "$@" 2>&1 | tail -1)
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ]; result "$name" $? "$out"
+}
+hostile "ws-malformed-handshake-gets-400-and-close" ws-bad-handshake 127.0.0.1 $WSP
+hostile "ws-without-sip-subprotocol-gets-400-and-close" ws-subprotocol 127.0.0.1 $WSSP tls
+hostile "ws-disallowed-origin-gets-403-and-close" ws-origin 127.0.0.1 $WSP https://evil.example
+hostile "plain-http-get-on-ws-port-gets-a-page" ws-plain-get 127.0.0.1 $WSP
+hostile "ws-10mb-frame-closed-1009-before-its-payload" ws-huge 127.0.0.1 $WSP
+hostile "wss-10mb-frame-closed-1009-before-its-payload" ws-huge 127.0.0.1 $WSSP tls
+hostile "plain-text-to-tls-port-closed" tls-garbage 127.0.0.1 $TLSP
+hostile "tls-handshake-that-never-finishes-closed" stall 127.0.0.1 $WSSP 8 tls
+hostile "ws-handshake-that-never-finishes-closed" stall 127.0.0.1 $WSP 8
+hostile "5000-connections-from-one-address-excess-refused" many 127.0.0.1 $WSP 5000
+hostile "wss-options-still-answered-after-all-of-it" ws-options 127.0.0.1 $WSSP tls
+hostile "tls-with-certificate-checked" tls-options 127.0.0.1 $TLSP "$FIX/ca.crt"
+wait $LOAD_UAC; rc=$?
+ok=$(col "$WORK/load.csv" "SuccessfulCall(C)"); failed=$(col "$WORK/load.csv" "FailedCall(C)")
+[ $rc = 0 ] && [ "$ok" = 400 ] && [ "$failed" = 0 ]
+result "udp-calls-unaffected-meanwhile" $? "400 calls at 20/s during the hostile cases: ok=$ok failed=$failed"
+kill $LOAD_UAS 2>/dev/null
+refused=$(closed_count ws refused); plain=$(closed_count ws plain_http); wsh=$(closed_count ws ws_handshake)
+tlsh=$(closed_count tls tls_handshake); fr=$(closed_count ws framing)
+warns=$(grep -c "WARN" "$WORK/sb.log")
+[ "${refused:-0}" -ge 3900 ] && [ "${plain:-0}" -ge 1 ] && [ "${wsh:-0}" -ge 3 ] && [ "${tlsh:-0}" -ge 1 ] && [ "${fr:-0}" -ge 1 ] \
+  && [ "$warns" -lt 40 ] && ! grep -q "panicked" "$WORK/sb.log"
+result "refusals-counted-and-logged-once" $? "ws refused=$refused plain_http=$plain ws_handshake=$wsh framing=$fr; tls handshake=$tlsh; $warns warnings in the log"
+
+# ---- registrar forward mode over WSS ----------------------------------------------------
+echo "== phase 2: registrar forward mode"
+stop_agent
+kill -TERM $SB_PID; wait $SB_PID 2>/dev/null
+config forward "" > "$WORK/sb.toml"
+start_sb
+uas -sf "$SC/fs-forward-ws.xml" -trace_msg -message_file "$WORK/fwd-msgs.log"
+start_agent
+expect "^browser " 30
+agent ua carol wss://127.0.0.1:$WSSP sip:carol@127.0.0.1 carol nopass
+expect "^carol registered" 15; reg=$?
+expect "^carol incoming confirmed" 15; inc=$?
+wait $UAS_PID; rc=$?
+fwd=$(grep -A20 "^REGISTER" "$WORK/fwd-msgs.log" 2>/dev/null | grep -iE "^(Path|Contact):" | head -2 | tr '\r\n' '  ')
+[ $reg = 0 ] && [ $inc = 0 ] && [ $rc = 0 ]
+result "forward-mode-over-wss-path-dialable-contact-and-call-back" $? "registered=$([ $reg = 0 ] && echo yes || echo no); at the media server: $fwd; call back confirmed=$([ $inc = 0 ] && echo yes || echo no); sipp rc=$rc"
+stop_agent
+
+echo "$PASS passed, $FAIL failed"
+[ "$FAIL" = 0 ]
