@@ -4,7 +4,7 @@
 //! on what may wait to be written to a peer that does not read). Written once for every
 //! stream transport; `stream.rs` runs a connection, `tcp.rs` accepts and opens them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sip_proxy::{FlowId, Transport};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// The limits of stream connections.
 #[derive(Debug, Clone)]
@@ -106,10 +106,55 @@ pub(crate) enum Out {
     Raw(Bytes),
 }
 
+/// A connection's write queue: what the writer sends, in order. Lighter than a channel (an
+/// idle connection's queue holds no allocation), and closed explicitly: the writer drains
+/// what was queued, then stops.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    q: Mutex<VecDeque<Out>>,
+    wake: Notify,
+    finished: AtomicBool,
+}
+
+impl Outbox {
+    /// Queues `o`; false once the connection is finishing.
+    pub fn push(&self, o: Out) -> bool {
+        if self.finished.load(Ordering::Acquire) {
+            return false;
+        }
+        self.q
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(o);
+        self.wake.notify_one();
+        true
+    }
+
+    /// The next item; `None` once finished and drained.
+    pub async fn pop(&self) -> Option<Out> {
+        loop {
+            if let Some(o) = self.q.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
+                return Some(o);
+            }
+            if self.finished.load(Ordering::Acquire) {
+                return None;
+            }
+            // a push since the check left a permit: no wake-up is lost
+            self.wake.notified().await;
+        }
+    }
+
+    /// No more items: the writer sends what is queued and stops.
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
 struct Conn {
     peer: SocketAddr,
     transport: Transport,
-    tx: mpsc::UnboundedSender<Out>,
+    out: Arc<Outbox>,
     /// Bytes queued for the writer.
     queued: Arc<AtomicUsize>,
     /// Wakes the reader and writer to close the connection.
@@ -124,8 +169,7 @@ struct Conn {
 /// A connection's handles, for its tasks.
 pub(crate) struct Handles {
     pub flow: FlowId,
-    pub tx: mpsc::UnboundedSender<Out>,
-    pub rx: mpsc::UnboundedReceiver<Out>,
+    pub out: Arc<Outbox>,
     pub queued: Arc<AtomicUsize>,
     pub close: Arc<Notify>,
 }
@@ -178,14 +222,14 @@ impl FlowTable {
             *n += 1;
         }
         let flow = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let out = Arc::new(Outbox::default());
         let (queued, close) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
         g.by_id.insert(
             flow,
             Conn {
                 peer,
                 transport,
-                tx: tx.clone(),
+                out: out.clone(),
                 queued: queued.clone(),
                 close: close.clone(),
                 overflowed: AtomicBool::new(false),
@@ -195,8 +239,7 @@ impl FlowTable {
         );
         Some(Handles {
             flow,
-            tx,
-            rx,
+            out,
             queued,
             close,
         })
@@ -256,7 +299,12 @@ impl FlowTable {
                 !c.overflowed.swap(true, Ordering::Relaxed),
             ));
         }
-        c.tx.send(Out::Sip(data)).map_err(|_| SendError::NoFlow)
+        if c.out.push(Out::Sip(data)) {
+            Ok(())
+        } else {
+            c.queued.fetch_sub(n, Ordering::Relaxed);
+            Err(SendError::NoFlow)
+        }
     }
 
     /// Open connections.
@@ -348,13 +396,16 @@ mod tests {
     fn found_by_address_only_when_ready_and_of_the_same_transport() {
         let (t, l) = (FlowTable::default(), limits(10, 10));
         let peer = addr("10.0.0.1:5061");
-        let mut h = t.add(peer, Transport::Tls, false, &l).unwrap();
+        let h = t.add(peer, Transport::Tls, false, &l).unwrap();
         let send = |tp| t.send(None, tp, peer, Bytes::from_static(b"x"), 10);
         assert_eq!(send(Transport::Tls), Err(SendError::NoFlow));
         t.ready(h.flow);
         assert_eq!(send(Transport::Tcp), Err(SendError::NoFlow));
         assert_eq!(send(Transport::Tls), Ok(()));
-        assert!(matches!(h.rx.try_recv(), Ok(Out::Sip(_))));
+        assert!(matches!(
+            h.out.q.lock().unwrap().pop_front(),
+            Some(Out::Sip(_))
+        ));
         // by flow id it is found at once (a reply to a peer still in its handshake waits)
         assert_eq!(
             t.send(
@@ -388,5 +439,27 @@ mod tests {
             t.send(f, Transport::Ws, a, Bytes::from_static(b"12345"), 10),
             Err(SendError::Overflow(false))
         );
+    }
+
+    #[tokio::test]
+    async fn the_outbox_drains_what_was_queued_after_finish() {
+        let o = Arc::new(Outbox::default());
+        assert!(o.push(Out::Raw(Bytes::from_static(b"a"))));
+        assert!(o.push(Out::Sip(Bytes::from_static(b"b"))));
+        o.finish();
+        assert!(
+            !o.push(Out::Raw(Bytes::from_static(b"c"))),
+            "refused once finishing"
+        );
+        assert!(matches!(o.pop().await, Some(Out::Raw(_))));
+        assert!(matches!(o.pop().await, Some(Out::Sip(_))));
+        assert!(o.pop().await.is_none());
+        // a waiting writer is woken by a push
+        let o = Arc::new(Outbox::default());
+        let o2 = o.clone();
+        let w = tokio::spawn(async move { o2.pop().await.is_some() });
+        tokio::task::yield_now().await;
+        o.push(Out::Raw(Bytes::from_static(b"x")));
+        assert!(w.await.unwrap());
     }
 }

@@ -39,9 +39,18 @@ impl Net {
     }
 }
 
-/// The read buffer kept by an idle connection at most; a larger one (after a large
-/// message) is given back.
-const KEEP_BUF: usize = 4096;
+/// The read buffer an idle connection keeps (a larger one, after a large message, is given
+/// back): on TCP each read is a system call, so one read takes a whole message; on TLS
+/// the bytes wait decrypted in rustls and on WebSocket the frame header tells the size to
+/// make room for, so a small buffer costs no extra system call and saves memory on the
+/// thousands of idle browsers and phones a proxy holds.
+fn keep_buf(t: Transport) -> usize {
+    if t == Transport::Tcp {
+        4096
+    } else {
+        512
+    }
+}
 
 /// Runs a connection whose handshakes are done: `buf` holds what was read past them.
 pub(crate) async fn serve<S>(
@@ -60,26 +69,23 @@ pub(crate) async fn serve<S>(
     let is_ws = matches!(transport, Transport::Ws | Transport::Wss);
     let (mut rd, mut wr) = tokio::io::split(stream);
     let Handles {
-        tx,
-        mut rx,
-        queued,
-        close,
-        ..
+        out, queued, close, ..
     } = h;
     // when we last wrote a whole message (not a pong), in ms since the connection opened:
     // our keepalives and requests to the peer count as traffic for the idle timeout
     let opened = Instant::now();
     let last_out = Arc::new(AtomicU64::new(0));
-    let (last_out_w, close_w, net_w, limits) = (
+    let (last_out_w, close_w, net_w, limits, out_w) = (
         last_out.clone(),
         close.clone(),
         net.clone(),
         net.cfg.limits.clone(),
+        out.clone(),
     );
     let writer = net.rt.spawn(async move {
         loop {
             let out = tokio::select! {
-                o = rx.recv() => match o { Some(o) => o, None => break },
+                o = out_w.pop() => match o { Some(o) => o, None => break },
                 _ = close_w.notified() => break,
             };
             let (wire, counted) = match out {
@@ -116,12 +122,14 @@ pub(crate) async fn serve<S>(
         addr: peer,
         flow: Some(flow),
     };
-    let reader = read_loop(&net, &mut rd, &mut buf, src, &tx, &close, &last_out, opened);
+    let reader = read_loop(
+        &net, &mut rd, &mut buf, src, &out, &close, &last_out, opened,
+    );
     crate::supervise::catching("stream-connection", reader).await;
     // out of the table and the last sender dropped: the writer sends what is queued (a
     // final 400 or 513, a close frame, within the write timeout) and then closes
     drop(guard);
-    drop(tx);
+    out.finish();
     let _ = writer.await;
 }
 
@@ -131,13 +139,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
     src: Source,
-    tx: &tokio::sync::mpsc::UnboundedSender<Out>,
+    tx: &crate::flows::Outbox,
     close: &tokio::sync::Notify,
     last_out: &AtomicU64,
     opened: Instant,
 ) {
     let (peer, transport, flow) = (src.addr, src.transport, src.flow.unwrap_or(0));
     let is_ws = matches!(transport, Transport::Ws | Transport::Wss);
+    let keep = keep_buf(transport);
     let mut decoder = ws::Decoder::default();
     let mut out = Vec::new();
     let (idle, msg_timeout, max) = (
@@ -174,14 +183,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                     Ok(Some(ws::WsEvent::Ping(p))) => {
                         active = Instant::now();
-                        let _ = tx.send(Out::Raw(ws::encode_pong(&p)));
+                        tx.push(Out::Raw(ws::encode_pong(&p)));
                     }
                     Ok(Some(ws::WsEvent::Pong)) => {
                         active = Instant::now();
                         pinged = false;
                     }
                     Ok(Some(ws::WsEvent::Close)) => {
-                        let _ = tx.send(Out::Raw(ws::encode_close(ws::CloseCode::Normal)));
+                        tx.push(Out::Raw(ws::encode_close(ws::CloseCode::Normal)));
                         break 'conn;
                     }
                     Err(e) => {
@@ -189,7 +198,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         if let Some(skipped) = net.limit_log() {
                             tracing::warn!(%peer, %transport, error = %e, skipped, "websocket frame refused: connection closed");
                         }
-                        let _ = tx.send(Out::Raw(ws::encode_close(e.close_code())));
+                        tx.push(Out::Raw(ws::encode_close(e.close_code())));
                         break 'conn;
                     }
                 }
@@ -202,7 +211,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         let _ = buf.split_to(len);
                         if ping {
                             active = Instant::now();
-                            let _ = tx.send(Out::Raw(Bytes::from_static(b"\r\n")));
+                            tx.push(Out::Raw(Bytes::from_static(b"\r\n")));
                         }
                     }
                     Ok(Framing::Message(n)) => {
@@ -226,18 +235,18 @@ async fn read_loop<R: AsyncRead + Unpin>(
             (false, Some(p)) => Some(p),
             (false, None) => Some(Instant::now()),
         };
-        if buf.is_empty() && buf.capacity() > KEEP_BUF {
+        if buf.is_empty() && buf.capacity() > keep {
             // a large message went through: do not keep its room
             *buf = BytesMut::new();
-        } else if !buf.is_empty() && buf.capacity() > 64 << 10 && buf.len() < KEEP_BUF {
+        } else if !buf.is_empty() && buf.capacity() > 64 << 10 && buf.len() < keep {
             let rest = buf.split();
-            *buf = BytesMut::with_capacity(KEEP_BUF);
+            *buf = BytesMut::with_capacity(keep);
             buf.extend_from_slice(&rest);
         }
         let idle_at = active + idle;
         let deadline = partial_since.map_or(idle_at, |p| (p + msg_timeout).min(idle_at));
         if buf.capacity() == 0 {
-            buf.reserve(KEEP_BUF);
+            buf.reserve(keep);
         }
         tokio::select! {
             r = rd.read_buf(buf) => match r {
@@ -264,7 +273,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     // a registration lives on it: keep it, and its NAT binding, open
                     active = now;
                     if is_ws {
-                        let _ = tx.send(Out::Raw(ws::encode_ping()));
+                        tx.push(Out::Raw(ws::encode_ping()));
                     }
                     continue;
                 }
@@ -272,7 +281,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     // one ping first: a browser that still answers gets an idle period more
                     pinged = true;
                     active = now;
-                    let _ = tx.send(Out::Raw(ws::encode_ping()));
+                    tx.push(Out::Raw(ws::encode_ping()));
                     continue;
                 }
                 counters.idle.fetch_add(1, Ordering::Relaxed);

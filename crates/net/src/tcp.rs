@@ -87,17 +87,32 @@ async fn accepted(
     let deadline = tokio::time::Instant::now() + net.cfg.limits.message_timeout;
     let counters = net.counters(transport);
     match transport {
-        Transport::Tcp => serve(net.clone(), s, h, guard, peer, transport, BytesMut::new()).await,
+        // each stage boxed: a held connection's task keeps only the serving state, not the
+        // room of its finished handshakes (kilobytes per connection)
+        Transport::Tcp => {
+            Box::pin(serve(
+                net.clone(),
+                s,
+                h,
+                guard,
+                peer,
+                transport,
+                BytesMut::new(),
+            ))
+            .await
+        }
         Transport::Ws => {
-            if let Some((s, rest)) = upgrade(&net, s, peer, transport, deadline).await {
-                serve(net.clone(), s, h, guard, peer, transport, rest).await
+            if let Some((s, rest)) = Box::pin(upgrade(&net, s, peer, transport, deadline)).await {
+                Box::pin(serve(net.clone(), s, h, guard, peer, transport, rest)).await
             }
         }
         Transport::Tls | Transport::Wss => {
             let Some(tls) = net.cfg.tls.clone() else {
                 return;
             };
-            let tls_s = match tokio::time::timeout_at(deadline, tls.acceptor().accept(s)).await {
+            let tls_s = match Box::pin(tokio::time::timeout_at(deadline, tls.acceptor().accept(s)))
+                .await
+            {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     counters.tls_handshake.fetch_add(1, Ordering::Relaxed);
@@ -115,18 +130,12 @@ async fn accepted(
                 }
             };
             if transport == Transport::Tls {
-                serve(
-                    net.clone(),
-                    tls_s,
-                    h,
-                    guard,
-                    peer,
-                    transport,
-                    BytesMut::new(),
-                )
-                .await
-            } else if let Some((s, rest)) = upgrade(&net, tls_s, peer, transport, deadline).await {
-                serve(net.clone(), s, h, guard, peer, transport, rest).await
+                let rest = BytesMut::new();
+                Box::pin(serve(net.clone(), tls_s, h, guard, peer, transport, rest)).await
+            } else if let Some((s, rest)) =
+                Box::pin(upgrade(&net, tls_s, peer, transport, deadline)).await
+            {
+                Box::pin(serve(net.clone(), s, h, guard, peer, transport, rest)).await
             }
         }
         Transport::Udp => {}
@@ -164,6 +173,9 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
                 return None;
             }
             let _ = buf.split_to(consumed);
+            if buf.is_empty() {
+                buf = BytesMut::new(); // the handshake's buffer is not kept
+            }
             Some((s, buf))
         }
         Ok(Some(ws::Handshake::Refuse { response, reason })) => {
