@@ -11,7 +11,10 @@ prints one line `key=value ...` and exits 0 when the proxy behaved as expected.
   streamcli.py tls-garbage HOST PORT             a TLS port spoken to in plain text: closed
   streamcli.py stall HOST PORT SECONDS [tls]     a handshake that never finishes: closed in time
   streamcli.py many HOST PORT N                  N connections from one address: the excess refused
-  streamcli.py tls-options HOST PORT CA          TLS with the server's certificate checked
+  streamcli.py tls-options HOST PORT CA [CERT KEY]   TLS with the server's certificate checked
+                                                 (and a client certificate): OPTIONS gets 200
+  streamcli.py tls-register HOST PORT CA USER     a REGISTER without credentials gets 401
+  streamcli.py tls-peer HOST PORT [CERT KEY]     the fingerprint of the server's certificate
   streamcli.py ws-register HOST PORT USER PASS [tls]   registers over WS(S) with digest, then holds
                                                  the connection: prints 'registered' and waits
                                                  for SIGTERM or stdin EOF
@@ -27,6 +30,13 @@ import sys
 import time
 
 MASK = b"\x5a\x17\xc3\x99"
+
+
+def tls_client():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def connect(host, port, tls=False, timeout=5.0):
@@ -298,15 +308,43 @@ def main():
         for s in socks:
             s.close()
         ok = shut + refused > 0
+    elif cmd == "tls-peer":
+        # the SHA-256 of the certificate the server presents now
+        raw = socket.create_connection((host, port), timeout=5)
+        ctx = tls_client()
+        if len(rest) > 1:
+            ctx.load_cert_chain(rest[0], rest[1])
+        s = ctx.wrap_socket(raw)
+        der = s.getpeercert(binary_form=True)
+        print(f"cert={hashlib.sha256(der).hexdigest()[:16]}")
+        ok = True
     elif cmd == "tls-options":
         ctx = ssl.create_default_context(cafile=rest[0])
+        if len(rest) > 2:
+            ctx.load_cert_chain(rest[1], rest[2])  # a client certificate
         raw = socket.create_connection((host, port), timeout=5)
-        s = ctx.wrap_socket(raw, server_hostname=host)
-        s.settimeout(5)
-        s.sendall(sip_request("OPTIONS", f"sip:{host}:{port};transport=tls", "TLS"))
-        data = s.recv(65536)
+        try:
+            s = ctx.wrap_socket(raw, server_hostname=host)
+            s.settimeout(5)
+            s.sendall(sip_request("OPTIONS", f"sip:{host}:{port};transport=tls", "TLS"))
+            data = s.recv(65536)
+        except (ssl.SSLError, ConnectionError, socket.timeout) as e:
+            print(f"status=0 refused={type(e).__name__}")
+            sys.exit(1)
         print(f"status={status(data)} version={s.version()}")
         ok = status(data) == 200
+    elif cmd == "tls-register":
+        # a REGISTER without credentials over TLS: the registrar must challenge it
+        ctx = ssl.create_default_context(cafile=rest[0])
+        s = ctx.wrap_socket(socket.create_connection((host, port), timeout=5), server_hostname=host)
+        s.settimeout(5)
+        user = rest[1]
+        m = sip_request("REGISTER", f"sip:{host}", "TLS", extra=[f"Contact: <sip:{user}@{host};transport=tls>"])
+        m = m.replace(f"To: <sip:{host}>".encode(), f"To: <sip:{user}@{host}>".encode())
+        s.sendall(m)
+        data = s.recv(65536)
+        print(f"status={status(data)}")
+        ok = status(data) == 401
     elif cmd == "ws-register":
         ok = ws_register(host, port, rest[0], rest[1], tls)
     else:

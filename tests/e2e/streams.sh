@@ -181,8 +181,10 @@ for _ in $(seq 50); do
   ct=$(rpc ul_show_contact '{"aor":"dave@127.0.0.1"}' | grep -o '"Received":"[^"]*"' | head -1)
   [ -n "$ct" ] && break; sleep 0.2
 done
-[ -n "$ct" ] && grep -q 'tls:' <<<"$ct" && grep -q "TLS.*200 OK" <(sed 's/\x1b\[[0-9;]*m//g' "$WORK/baresip.log")
-result "baresip-registers-over-tls-with-digest" $? "$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/baresip.log" | grep -m1 'dave@') $ct"
+noauth=$(python3 "$CLI" tls-register 127.0.0.1 $TLSP "$FIX/ca.crt" dave 2>&1 | tail -1)
+[ -n "$ct" ] && grep -q 'tls:' <<<"$ct" && grep -q "TLS.*200 OK" <(sed 's/\x1b\[[0-9;]*m//g' "$WORK/baresip.log") \
+  && [ "$noauth" = "status=401" ]
+result "baresip-registers-over-tls-with-digest" $? "$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/baresip.log" | grep -m1 'dave@') $ct; without credentials: $noauth"
 
 uas -sn uas
 python3 "$ROOT/tests/e2e/bsctl.py" $BSCTL "dial sip:5551234@127.0.0.1" 3 >"$WORK/bs-dial.out" 2>&1
@@ -250,6 +252,38 @@ fwd=$(grep -A20 "^REGISTER" "$WORK/fwd-msgs.log" 2>/dev/null | grep -iE "^(Path|
 [ $reg = 0 ] && [ $inc = 0 ] && [ $rc = 0 ]
 result "forward-mode-over-wss-path-dialable-contact-and-call-back" $? "registered=$([ $reg = 0 ] && echo yes || echo no); at the media server: $fwd; call back confirmed=$([ $inc = 0 ] && echo yes || echo no); sipp rc=$rc"
 stop_agent
+
+# ---- client certificates and certificate reload ------------------------------------------
+echo "== phase 3: client certificates, certificate reload"
+kill -TERM $SB_PID; wait $SB_PID 2>/dev/null
+cp "$FIX/server.crt" "$WORK/cert.pem"; cp "$FIX/server.key" "$WORK/key.pem"
+config local "" | sed -e "s|^certificate = .*|certificate = \"$WORK/cert.pem\"|" \
+  -e "s|^private_key = .*|private_key = \"$WORK/key.pem\"\nclient_ca = \"$FIX/ca.crt\"|" > "$WORK/sb.toml"
+start_sb
+CC=("$FIX/server.crt" "$FIX/server.key") # a certificate the test CA signed, for clientAuth too
+without=$(python3 "$CLI" tls-options 127.0.0.1 $TLSP "$FIX/ca.crt" 2>&1 | tail -1)
+with=$(python3 "$CLI" tls-options 127.0.0.1 $TLSP "$FIX/ca.crt" "${CC[@]}" 2>&1 | tail -1)
+! grep -q "status=200" <<<"$without" && grep -q "status=200" <<<"$with"
+result "tls-client-certificate-asked-with-client-ca" $? "without a client certificate: $without; with one: $with"
+
+peer() { python3 "$CLI" tls-peer 127.0.0.1 $TLSP "${CC[@]}" 2>/dev/null | tail -1; }
+before=$(peer)
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/key2.pem" \
+  -out "$WORK/c2.csr" -subj "/CN=renewed.example.test" 2>/dev/null
+printf "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n" > "$WORK/ext.cnf"
+openssl x509 -req -in "$WORK/c2.csr" -CA "$FIX/ca.crt" -CAkey "$FIX/ca.key" -CAcreateserial \
+  -CAserial "$WORK/ca.srl" -out "$WORK/cert2.pem" -days 2 -extfile "$WORK/ext.cnf" 2>/dev/null
+echo garbage > "$WORK/cert.pem"   # a broken renewal first: refused, the running one stays
+r_bad=$(rpc tls_reload); still=$(peer)
+cp "$WORK/cert2.pem" "$WORK/cert.pem"; cp "$WORK/key2.pem" "$WORK/key.pem"
+r_ok=$(rpc tls_reload); after=$(peer)
+[ -n "$before" ] && grep -q '"error"' <<<"$r_bad" && [ "$still" = "$before" ] && grep -q '"result":"OK"' <<<"$r_ok" \
+  && [ -n "$after" ] && [ "$after" != "$before" ]
+result "tls-reload-takes-a-new-certificate-without-restart" $? "before $before; broken file: $(grep -o '"message":"[^"]*"' <<<"$r_bad" | cut -c1-80), still $still; renewed: $after"
+cp "$FIX/server.crt" "$WORK/cert.pem"; cp "$FIX/server.key" "$WORK/key.pem"
+kill -HUP $SB_PID; sleep 0.5; hup=$(peer)
+kill -0 $SB_PID 2>/dev/null && [ "$hup" = "$before" ]
+result "sighup-reloads-the-certificate" $? "after SIGHUP: $hup (the original: $before); still running: $(kill -0 $SB_PID 2>/dev/null && echo yes || echo no)"
 
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]
