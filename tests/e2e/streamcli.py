@@ -14,6 +14,7 @@ prints one line `key=value ...` and exits 0 when the proxy behaved as expected.
   streamcli.py tls-options HOST PORT CA [CERT KEY]   TLS with the server's certificate checked
                                                  (and a client certificate): OPTIONS gets 200
   streamcli.py tls-register HOST PORT CA USER     a REGISTER without credentials gets 401
+  streamcli.py tls-uas HOST PORT CERT KEY        a TLS server answering every request 486
   streamcli.py tls-peer HOST PORT [CERT KEY]     the fingerprint of the server's certificate
   streamcli.py ws-register HOST PORT USER PASS [tls]   registers over WS(S) with digest, then holds
                                                  the connection: prints 'registered' and waits
@@ -345,6 +346,29 @@ def main():
         data = s.recv(65536)
         print(f"status={status(data)}")
         ok = status(data) == 401
+    elif cmd == "tls-uas":
+        # a TLS "media server": answers every request with 486 until killed; prints each
+        # handshake's outcome (the proxy is the client and must accept our certificate)
+        srv = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        srv.load_cert_chain(rest[0], rest[1])
+        ls = socket.create_server((host, port))
+        while True:
+            c, _ = ls.accept()
+            try:
+                t = srv.wrap_socket(c, server_side=True)
+            except (ssl.SSLError, OSError) as e:
+                print(f"handshake failed {type(e).__name__}", flush=True)
+                continue
+            print("handshake ok", flush=True)
+            t.settimeout(5)
+            try:
+                req = t.recv(65536).decode(errors="replace")
+                head = req.split("\r\n\r\n", 1)[0].split("\r\n")
+                keep = [h for h in head[1:] if h.split(":", 1)[0].strip().lower() in ("via", "from", "to", "call-id", "cseq")]
+                t.sendall(("SIP/2.0 486 Busy Here\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n").encode())
+                t.recv(65536)  # the ACK
+            except (OSError, ssl.SSLError):
+                pass
     elif cmd == "ws-register":
         ok = ws_register(host, port, rest[0], rest[1], tls)
     else:

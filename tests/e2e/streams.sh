@@ -258,13 +258,38 @@ echo "== phase 3: client certificates, certificate reload"
 kill -TERM $SB_PID; wait $SB_PID 2>/dev/null
 cp "$FIX/server.crt" "$WORK/cert.pem"; cp "$FIX/server.key" "$WORK/key.pem"
 config local "" | sed -e "s|^certificate = .*|certificate = \"$WORK/cert.pem\"|" \
-  -e "s|^private_key = .*|private_key = \"$WORK/key.pem\"\nclient_ca = \"$FIX/ca.crt\"|" > "$WORK/sb.toml"
+  -e "s|^private_key = .*|private_key = \"$WORK/key.pem\"\nclient_ca = \"$FIX/ca.crt\"\nserver_ca = \"$FIX/ca.crt\"|" > "$WORK/sb.toml"
 start_sb
 CC=("$FIX/server.crt" "$FIX/server.key") # a certificate the test CA signed, for clientAuth too
 without=$(python3 "$CLI" tls-options 127.0.0.1 $TLSP "$FIX/ca.crt" 2>&1 | tail -1)
 with=$(python3 "$CLI" tls-options 127.0.0.1 $TLSP "$FIX/ca.crt" "${CC[@]}" 2>&1 | tail -1)
 ! grep -q "status=200" <<<"$without" && grep -q "status=200" <<<"$with"
 result "tls-client-certificate-asked-with-client-ca" $? "without a client certificate: $without; with one: $with"
+
+# the proxy as a TLS client: a media server whose certificate the test CA signed for its
+# address (127.0.0.5) is accepted; one signed for another address, or of its own making, is
+# not (the call ends in an error, nothing is sent to it)
+signed() { # NAME SAN: a certificate the test CA signs
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/$1.key" \
+    -out "$WORK/$1.csr" -subj "/CN=$1" 2>/dev/null
+  printf "subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n" "$2" > "$WORK/$1.ext"
+  openssl x509 -req -in "$WORK/$1.csr" -CA "$FIX/ca.crt" -CAkey "$FIX/ca.key" -CAcreateserial \
+    -CAserial "$WORK/ca.srl" -out "$WORK/$1.crt" -days 2 -extfile "$WORK/$1.ext" 2>/dev/null
+}
+signed fs5 "IP:127.0.0.5"; signed other "IP:127.0.0.9"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/self.key" \
+  -out "$WORK/self.crt" -days 2 -subj "/CN=127.0.0.5" -addext "subjectAltName=IP:127.0.0.5" 2>/dev/null
+out_tls() { # NAME PORT: the outcome of a call to a TLS media server with that certificate
+  python3 "$CLI" tls-uas 127.0.0.5 $2 "$WORK/$1.crt" "$WORK/$1.key" >"$WORK/tls-uas-$2.out" 2>&1 &
+  local u=$!; PIDS+=($u); sleep 0.5
+  local st; st=$(python3 "$ROOT/tests/e2e/sipreq.py" $P 127.0.0.3 7061 "sip:x@127.0.0.5:$2;transport=tls" 8)
+  kill $u 2>/dev/null; wait $u 2>/dev/null
+  echo "$st / $(head -1 "$WORK/tls-uas-$2.out")"
+}
+good=$(out_tls fs5 5071); wrong=$(out_tls other 5073); self=$(out_tls self 5075)
+grep -q " 486 .*handshake ok" <<<"$good" && ! grep -q " 486 " <<<"$wrong$self" \
+  && grep -q "handshake failed" <<<"$wrong" && grep -q "handshake failed" <<<"$self"
+result "outgoing-tls-checks-the-servers-certificate" $? "signed for its address: $good; for another: $wrong; self-made: $self"
 
 peer() { python3 "$CLI" tls-peer 127.0.0.1 $TLSP "${CC[@]}" 2>/dev/null | tail -1; }
 before=$(peer)

@@ -275,8 +275,7 @@ impl Net {
                     let Some(tls) = me.cfg.tls.clone() else {
                         return;
                     };
-                    // the certificate must name the address we connect to
-                    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                    let name = server_name(t.tls_name.as_deref(), addr);
                     match tokio::time::timeout(timeout, tls.connector().connect(name, s)).await {
                         Ok(Ok(ts)) => {
                             serve(me.clone(), ts, h, guard, addr, tp, BytesMut::new()).await
@@ -302,6 +301,33 @@ impl Net {
                     serve(me.clone(), s, h, guard, addr, tp, BytesMut::new()).await
                 }
             },
+        ));
+    }
+}
+
+/// What the server's certificate must name: the destination's host name when it was one
+/// (RFC 5922), else the IP address connected to.
+fn server_name(name: Option<&str>, addr: SocketAddr) -> rustls::pki_types::ServerName<'static> {
+    name.and_then(|n| rustls::pki_types::ServerName::try_from(n.to_string()).ok())
+        .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(addr.ip().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+
+    #[test]
+    fn the_certificate_must_name_the_host_or_else_the_address() {
+        let a: SocketAddr = "192.0.2.7:5061".parse().unwrap();
+        assert!(
+            matches!(server_name(Some("sip.example.com"), a), ServerName::DnsName(d) if d.as_ref() == "sip.example.com")
+        );
+        assert!(matches!(server_name(None, a), ServerName::IpAddress(_)));
+        // not a valid name: the address, never a name we did not resolve
+        assert!(matches!(
+            server_name(Some("bad name!"), a),
+            ServerName::IpAddress(_)
         ));
     }
 }

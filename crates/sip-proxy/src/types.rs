@@ -110,6 +110,9 @@ pub struct Transmit {
     pub target: Target,
     pub data: Bytes,
     pub origin: Option<Origin>,
+    /// The name a TLS connection opened for this message must find in the server's
+    /// certificate (RFC 5922: the host of the URI that was resolved); `None`: the IP address.
+    pub tls_name: Option<std::sync::Arc<str>>,
 }
 
 /// A router's handle on a destination, carried through the core untouched.

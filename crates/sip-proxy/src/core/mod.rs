@@ -399,6 +399,7 @@ impl Proxy {
             target: b.target,
             data: Bytes::from(b.data),
             origin: None,
+            tls_name: None,
         }
     }
 
@@ -791,6 +792,7 @@ impl Proxy {
             target: p.target,
             data: Bytes::from(data),
             origin: Some(Origin::Probe(p.id)),
+            tls_name: None,
         });
     }
     /// Writes one NAT keepalive: OPTIONS over UDP, a CRLFCRLF ping over a connection
@@ -816,6 +818,7 @@ impl Proxy {
             target: k.target,
             data,
             origin: Some(Origin::KeepAlive(k.id)),
+            tls_name: None,
         });
     }
 
@@ -847,6 +850,7 @@ impl Proxy {
                 target: src.reply_target(),
                 data,
                 origin: None,
+                tls_name: None,
             });
         }
     }
@@ -860,6 +864,7 @@ impl Proxy {
             target: src.reply_target(),
             data,
             origin: None,
+            tls_name: None,
         });
     }
 
@@ -942,6 +947,7 @@ impl Proxy {
             target: src.reply_target(),
             data,
             origin: None,
+            tls_name: None,
         };
         match r.delay {
             Some(d) => {

@@ -67,6 +67,7 @@ impl Proxy {
                     target: src.reply_target(),
                     data: data.clone(),
                     origin: None,
+                    tls_name: None,
                 });
                 return;
             }
@@ -991,6 +992,7 @@ impl Proxy {
                 target,
                 data,
                 origin: None,
+                tls_name: None,
             });
         }
     }
@@ -1027,6 +1029,7 @@ impl Proxy {
             target: src.reply_target(),
             data: local_response(&msg, 200, "OK", &tag, &[], &self.cfg.server),
             origin: None,
+            tls_name: None,
         });
         if !ctx.final_sent && !ctx.cancelled {
             ctx.cancelled = true;

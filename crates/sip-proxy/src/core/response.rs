@@ -230,6 +230,7 @@ impl Proxy {
                     target: b.target,
                     data: ack,
                     origin: None,
+                    tls_name: None,
                 });
                 if b.bye.is_none() {
                     tracing::info!(call_id = msg.call_id(), destination = %b.dest.uri, "orphaned 2xx: ACK and BYE sent by the proxy");
@@ -250,6 +251,7 @@ impl Proxy {
                         target: b.target,
                         data: make_ack(&inv, msg),
                         origin: None,
+                        tls_name: None,
                     });
                 }
             }
@@ -551,6 +553,7 @@ impl Proxy {
                 target: ctx.resp_target,
                 data,
                 origin: None,
+                tls_name: None,
             });
         }
     }
@@ -567,6 +570,7 @@ impl Proxy {
             target,
             data: strip_top_via(msg),
             origin: None,
+            tls_name: None,
         });
     }
 }

@@ -381,3 +381,73 @@ fn a_named_destinations_addresses_have_their_own_health_and_are_probed() {
         "127.0.0.23".parse().unwrap()
     ));
 }
+
+#[test]
+fn a_tls_destination_by_name_asks_for_a_certificate_of_that_name() {
+    // sips:fs.example.test resolved to an address: the request that opens the connection
+    // says which name the server's certificate must carry (RFC 5922); by IP, none
+    for (uri, host, want) in [
+        (
+            "sips:fs.example.test",
+            "fs.example.test",
+            Some("fs.example.test"),
+        ),
+        ("sip:127.0.0.21:5061;transport=tls", "", None),
+    ] {
+        let cfg = ProxyConfig {
+            listeners: vec![
+                crate::config::Listener {
+                    transport: Transport::Udp,
+                    advertise: "127.0.0.1:5060".parse().unwrap(),
+                },
+                crate::config::Listener {
+                    transport: Transport::Tls,
+                    advertise: "127.0.0.1:5061".parse().unwrap(),
+                },
+            ],
+            ..ProxyConfig::default()
+        };
+        let dest = if host.is_empty() {
+            Destination {
+                uri: uri.into(),
+                transport: Transport::Tls,
+                addr: "127.0.0.21:5061".parse().unwrap(),
+                flow: None,
+                node: None,
+                route: None,
+                name: None,
+            }
+        } else {
+            let q = crate::dns::Query::new(host, None, None, true).unwrap();
+            Destination {
+                uri: uri.into(),
+                transport: Transport::Tls,
+                addr: ([0, 0, 0, 0], 0).into(),
+                flow: None,
+                node: None,
+                route: None,
+                name: Some(Arc::new(q)),
+            }
+        };
+        let p = Proxy::new(cfg, Arc::new(crate::RoundRobin::new(vec![dest])))
+            .with_dns(Arc::new(crate::dns::Cache::new(DnsConfig::default())));
+        let mut s = Scenario::new(p);
+        let mut out = s.send(UAC, &invite(&format!("tls-{}", host.len())));
+        if !host.is_empty() {
+            let (id, _) = s.one_lookup();
+            let tls = crate::command::EventResult::Resolved(Ok(crate::dns::Answer {
+                records: vec![crate::dns::Record {
+                    priority: 0,
+                    weight: 0,
+                    transport: Transport::Tls,
+                    addr: "127.0.0.21:5061".parse().unwrap(),
+                }],
+                ttl: Duration::from_secs(60),
+            }));
+            out = s.answer(id, tls);
+        }
+        let inv = out.iter().find(|t| msg(t).is_request()).expect("relayed");
+        assert_eq!(inv.target.transport, Transport::Tls, "{uri}");
+        assert_eq!(inv.tls_name.as_deref(), want, "{uri}");
+    }
+}

@@ -106,6 +106,7 @@ impl Proxy {
                 target: ctx.resp_target,
                 data,
                 origin: None,
+                tls_name: None,
             });
         }
     }
@@ -116,12 +117,23 @@ impl Proxy {
             ctx: ctx.id,
             branch: i as u32,
         });
+        // a TLS connection to a destination named by a host name must meet a certificate
+        // for that name (only the request that may open it needs to say)
+        let tls_name = (b.target.transport == Transport::Tls && b.target.flow.is_none())
+            .then(|| {
+                sip_wire::Uri::parse(&b.dest.uri)
+                    .ok()
+                    .filter(|u| super::host_ip(u.host).is_none())
+                    .map(|u| std::sync::Arc::<str>::from(u.host))
+            })
+            .flatten();
         while let Some(data) = b.txn.poll_transmit() {
             if !data.is_empty() {
                 out.push(Transmit {
                     target: b.target,
                     data,
                     origin,
+                    tls_name: tls_name.clone(),
                 });
             }
         }
@@ -131,6 +143,7 @@ impl Proxy {
                     target: b.target,
                     data,
                     origin: None,
+                    tls_name: None,
                 });
             }
         }
