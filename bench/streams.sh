@@ -12,6 +12,7 @@ if [ -z "${SB_BENCH_NETNS:-}" ]; then
   exec unshare -n env SB_BENCH_NETNS=1 bash "$0" "$@"
 fi
 ip link set lo up
+ulimit -n "$(ulimit -Hn)" 2>/dev/null # N idle connections need N descriptors on each side
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd)
 SB=$(realpath "${1:-$ROOT/target/release/switchboard}"); RATE=${2:-300}; SECS=${3:-10}; IDLE=${4:-10000}
 FIX="$ROOT/crates/net/tests/fixtures"; LG="$HERE/streams/loadgen.py"

@@ -8,6 +8,7 @@ prints one line `key=value ...` and exits 0 when the proxy behaved as expected.
   streamcli.py ws-origin HOST PORT ORIGIN        a disallowed Origin: 403, closed
   streamcli.py ws-plain-get HOST PORT            a plain GET: a short JSON page, closed
   streamcli.py ws-huge HOST PORT                 a 10 MB frame: close 1009 before 64 kB sent
+  streamcli.py ws-ping-flood HOST PORT [tls]     pings never read: closed by the send queue cap
   streamcli.py tls-garbage HOST PORT             a TLS port spoken to in plain text: closed
   streamcli.py stall HOST PORT SECONDS [tls]     a handshake that never finishes: closed in time
   streamcli.py many HOST PORT N                  N connections from one address: the excess refused
@@ -269,6 +270,32 @@ def main():
         c = closed(s)
         print(f"close_code={code} sent={sent} closed={int(c)}")
         ok = c and sent < (10 << 20) and code in (1009, None)
+    elif cmd == "ws-ping-flood":
+        # pings as fast as possible, never reading a pong: the proxy must close the
+        # connection on its send queue's cap (before its 10 s write timeout)
+        s = ws_open(host, port, tls)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(None)  # a partial send would cut a frame: block, in a thread
+        import threading
+        chunk = (bytes([0x89, 0x80]) + MASK) * 10_000
+        state = {"sent": 0, "closed": False, "at": None}
+        t0 = time.time()
+
+        def flood():
+            try:
+                while time.time() - t0 < 8:
+                    s.sendall(chunk)
+                    state["sent"] += len(chunk)
+            except (ConnectionError, ssl.SSLError, OSError):
+                state["closed"], state["at"] = True, time.time()
+        th = threading.Thread(target=flood, daemon=True)
+        th.start()
+        th.join(9)
+        c = state["closed"]
+        took = (state["at"] or time.time()) - t0
+        sent = state["sent"]
+        print(f"pings_sent={sent // 6} closed={int(c)} after_s={took:.1f}")
+        ok = c and took < 8
     elif cmd == "tls-garbage":
         s = connect(host, port)
         s.sendall(b"OPTIONS sip:x SIP/2.0\r\n\r\n" + os.urandom(512))
@@ -286,11 +313,14 @@ def main():
         ok = c
     elif cmd == "many":
         n = int(rest[0])
-        socks, refused = [], 0
+        socks, refused, local = [], 0, 0
         for _ in range(n):
             try:
                 socks.append(socket.create_connection((host, port), timeout=2))
-            except OSError:
+            except OSError as e:
+                if e.errno in (23, 24):  # ENFILE/EMFILE: our own limit, not the proxy's answer
+                    local += 1
+                    break
                 refused += 1
         time.sleep(1.0)
         # the ones the proxy closed at once read EOF
@@ -305,10 +335,10 @@ def main():
             except OSError:
                 shut += 1
         open_ = len(socks) - shut
-        print(f"open={open_} closed_by_proxy={shut} connect_failed={refused}")
+        print(f"open={open_} closed_by_proxy={shut} connect_failed={refused} local_fd_limit_hit={local}")
         for s in socks:
             s.close()
-        ok = shut + refused > 0
+        ok = shut + refused > 0 and local == 0
     elif cmd == "tls-peer":
         # the SHA-256 of the certificate the server presents now
         raw = socket.create_connection((host, port), timeout=5)

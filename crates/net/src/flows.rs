@@ -97,6 +97,12 @@ pub(crate) fn stream_index(t: Transport) -> usize {
     STREAMS.iter().position(|s| *s == t).unwrap_or(0)
 }
 
+/// What one queued item counts against the send queue's cap: its bytes and its slot (so a
+/// flood of two-byte pongs is bounded in memory, not only in bytes).
+pub(crate) fn cost(b: &Bytes) -> usize {
+    b.len() + 48
+}
+
 /// What the writer of a connection sends.
 #[derive(Debug)]
 pub(crate) enum Out {
@@ -290,7 +296,7 @@ impl FlowTable {
         }) else {
             return Err(SendError::NoFlow);
         };
-        let n = data.len();
+        let n = cost(&data);
         if c.queued.fetch_add(n, Ordering::Relaxed) + n > cap {
             c.queued.fetch_sub(n, Ordering::Relaxed);
             c.close.notify_waiters();
@@ -397,7 +403,7 @@ mod tests {
         let (t, l) = (FlowTable::default(), limits(10, 10));
         let peer = addr("10.0.0.1:5061");
         let h = t.add(peer, Transport::Tls, false, &l).unwrap();
-        let send = |tp| t.send(None, tp, peer, Bytes::from_static(b"x"), 10);
+        let send = |tp| t.send(None, tp, peer, Bytes::from_static(b"x"), 1000);
         assert_eq!(send(Transport::Tls), Err(SendError::NoFlow));
         t.ready(h.flow);
         assert_eq!(send(Transport::Tcp), Err(SendError::NoFlow));
@@ -413,7 +419,7 @@ mod tests {
                 Transport::Tls,
                 peer,
                 Bytes::from_static(b"y"),
-                10
+                1000
             ),
             Ok(())
         );
@@ -427,18 +433,11 @@ mod tests {
         let h = t.add(addr("10.0.0.1:1"), Transport::Ws, true, &l).unwrap();
         let f = Some(h.flow);
         let a = addr("10.0.0.1:1");
-        assert_eq!(
-            t.send(f, Transport::Ws, a, Bytes::from_static(b"12345678"), 10),
-            Ok(())
-        );
-        assert_eq!(
-            t.send(f, Transport::Ws, a, Bytes::from_static(b"12345"), 10),
-            Err(SendError::Overflow(true))
-        );
-        assert_eq!(
-            t.send(f, Transport::Ws, a, Bytes::from_static(b"12345"), 10),
-            Err(SendError::Overflow(false))
-        );
+        let cap = cost(&Bytes::from_static(b"12345678")) + 10;
+        let send = |d: &'static [u8]| t.send(f, Transport::Ws, a, Bytes::from_static(d), cap);
+        assert_eq!(send(b"12345678"), Ok(()));
+        assert_eq!(send(b"12345"), Err(SendError::Overflow(true)));
+        assert_eq!(send(b"12345"), Err(SendError::Overflow(false)));
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use sip_wire::{frame_stream, Framing};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::driver::Net;
-use crate::flows::{stream_index, Handles, Out, StreamCounters};
+use crate::flows::{cost, stream_index, Handles, Out, StreamCounters};
 use crate::ws;
 
 /// Removes the flow from the table and tells the core, however the connection ends
@@ -75,12 +75,13 @@ pub(crate) async fn serve<S>(
     // our keepalives and requests to the peer count as traffic for the idle timeout
     let opened = Instant::now();
     let last_out = Arc::new(AtomicU64::new(0));
-    let (last_out_w, close_w, net_w, limits, out_w) = (
+    let (last_out_w, close_w, net_w, limits, out_w, queued_w) = (
         last_out.clone(),
         close.clone(),
         net.clone(),
         net.cfg.limits.clone(),
         out.clone(),
+        queued.clone(),
     );
     let writer = net.rt.spawn(async move {
         loop {
@@ -88,18 +89,22 @@ pub(crate) async fn serve<S>(
                 o = out_w.pop() => match o { Some(o) => o, None => break },
                 _ = close_w.notified() => break,
             };
-            let (wire, counted) = match out {
-                Out::Sip(b) if is_ws => (ws::encode_message(&b), b.len()),
+            // every byte queued counts against the send queue's cap, a pong as a message
+            let (wire, counted, message) = match out {
+                Out::Sip(b) if is_ws => (ws::encode_message(&b), cost(&b), true),
                 Out::Sip(b) => {
-                    let n = b.len();
-                    (b, n)
+                    let n = cost(&b);
+                    (b, n, true)
                 }
-                Out::Raw(b) => (b, 0),
+                Out::Raw(b) => {
+                    let n = cost(&b);
+                    (b, n, false)
+                }
             };
             match tokio::time::timeout(limits.write_timeout, wr.write_all(&wire)).await {
                 Ok(Ok(())) => {
-                    if counted > 0 {
-                        queued.fetch_sub(counted, Ordering::Relaxed);
+                    queued_w.fetch_sub(counted, Ordering::Relaxed);
+                    if message {
                         last_out_w.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
                 }
@@ -122,8 +127,13 @@ pub(crate) async fn serve<S>(
         addr: peer,
         flow: Some(flow),
     };
+    let queue = Queue {
+        out: &out,
+        queued: &queued,
+        cap: net.cfg.limits.send_queue,
+    };
     let reader = read_loop(
-        &net, &mut rd, &mut buf, src, &out, &close, &last_out, opened,
+        &net, &mut rd, &mut buf, src, queue, &close, &last_out, opened,
     );
     crate::supervise::catching("stream-connection", reader).await;
     // out of the table and the last sender dropped: the writer sends what is queued (a
@@ -133,13 +143,46 @@ pub(crate) async fn serve<S>(
     let _ = writer.await;
 }
 
+/// The peer does not read what it asks for (pongs): counted, logged once a second.
+fn stalled(net: &Net, counters: &StreamCounters, peer: SocketAddr) {
+    counters.stalled.fetch_add(1, Ordering::Relaxed);
+    if let Some(skipped) = net.limit_log() {
+        tracing::warn!(%peer, skipped, "peer does not read its pongs: connection closed");
+    }
+}
+
+/// What the reader queues itself (pongs, pings, close frames), counted against the send
+/// queue's cap like messages: a peer that pings fast and never reads is disconnected
+/// instead of growing the queue.
+#[derive(Clone, Copy)]
+struct Queue<'a> {
+    out: &'a crate::flows::Outbox,
+    queued: &'a std::sync::atomic::AtomicUsize,
+    cap: usize,
+}
+
+impl Queue<'_> {
+    /// False when the cap is reached (the connection must close).
+    fn raw(&self, b: Bytes) -> bool {
+        let n = cost(&b);
+        if self.queued.fetch_add(n, Ordering::Relaxed) + n > self.cap {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        if !self.out.push(Out::Raw(b)) {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+        }
+        true
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn read_loop<R: AsyncRead + Unpin>(
     net: &Arc<Net>,
     rd: &mut R,
     buf: &mut BytesMut,
     src: Source,
-    tx: &crate::flows::Outbox,
+    tx: Queue<'_>,
     close: &tokio::sync::Notify,
     last_out: &AtomicU64,
     opened: Instant,
@@ -183,14 +226,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                     Ok(Some(ws::WsEvent::Ping(p))) => {
                         active = Instant::now();
-                        tx.push(Out::Raw(ws::encode_pong(&p)));
+                        if !tx.raw(ws::encode_pong(&p)) {
+                            stalled(net, counters, peer);
+                            break 'conn;
+                        }
                     }
                     Ok(Some(ws::WsEvent::Pong)) => {
                         active = Instant::now();
                         pinged = false;
                     }
                     Ok(Some(ws::WsEvent::Close)) => {
-                        tx.push(Out::Raw(ws::encode_close(ws::CloseCode::Normal)));
+                        tx.raw(ws::encode_close(ws::CloseCode::Normal));
                         break 'conn;
                     }
                     Err(e) => {
@@ -198,7 +244,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         if let Some(skipped) = net.limit_log() {
                             tracing::warn!(%peer, %transport, error = %e, skipped, "websocket frame refused: connection closed");
                         }
-                        tx.push(Out::Raw(ws::encode_close(e.close_code())));
+                        tx.raw(ws::encode_close(e.close_code()));
                         break 'conn;
                     }
                 }
@@ -211,7 +257,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         let _ = buf.split_to(len);
                         if ping {
                             active = Instant::now();
-                            tx.push(Out::Raw(Bytes::from_static(b"\r\n")));
+                            if !tx.raw(Bytes::from_static(b"\r\n")) {
+                                stalled(net, counters, peer);
+                                break 'conn;
+                            }
                         }
                     }
                     Ok(Framing::Message(n)) => {
@@ -272,8 +321,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 if net.proxy.holds_flow(flow, now) {
                     // a registration lives on it: keep it, and its NAT binding, open
                     active = now;
-                    if is_ws {
-                        tx.push(Out::Raw(ws::encode_ping()));
+                    if is_ws && !tx.raw(ws::encode_ping()) {
+                        stalled(net, counters, peer);
+                        break;
                     }
                     continue;
                 }
@@ -281,7 +331,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     // one ping first: a browser that still answers gets an idle period more
                     pinged = true;
                     active = now;
-                    tx.push(Out::Raw(ws::encode_ping()));
+                    if !tx.raw(ws::encode_ping()) {
+                        stalled(net, counters, peer);
+                        break;
+                    }
                     continue;
                 }
                 counters.idle.fetch_add(1, Ordering::Relaxed);
