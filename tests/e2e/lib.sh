@@ -61,3 +61,38 @@ start_sb() {
   for _ in $(seq 50); do busy $P && busy $MGMT && return 0; sleep 0.1; done
   echo "switchboard did not start"; tail -5 "$WORK/sb.log"; exit 1
 }
+# start_baresip DIR SIP_PORT CTL_PORT RTP_RANGE ACCOUNT [EXTRA_CONFIG]: baresip with its default
+# settings but for where it runs (loopback, no sound card, a 440 Hz tone as its microphone),
+# controlled over ctrl_tcp on CTL_PORT, one account line; as BARESIP, its log in
+# $WORK/baresip.log
+start_baresip() {
+  local dir=$1
+  mkdir -p "$dir"
+  python3 - "$dir/tone.wav" <<'PY'
+import math, struct, sys, wave
+w = wave.open(sys.argv[1], "wb"); w.setnchannels(1); w.setsampwidth(2); w.setframerate(8000)
+w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / 8000))) for i in range(8000 * 20)))
+PY
+  cat > "$dir/config" <<CFG
+poll_method		epoll
+sip_listen		127.0.0.1:$2
+audio_player		alsa,null
+audio_alert		alsa,null
+audio_source		aufile,$dir/tone.wav
+ausrc_srate		8000
+ausrc_channels		1
+rtp_ports		$4
+module_path		/usr/lib/baresip/modules
+module			g711.so
+module			aufile.so
+module_app		account.so
+module_app		menu.so
+module_app		ctrl_tcp.so
+ctrl_tcp_listen		127.0.0.1:$3
+net_interface		127.0.0.1
+dns_server		127.0.0.1:53
+${6:-}
+CFG
+  echo "$5" > "$dir/accounts"
+  baresip -f "$dir" >"$WORK/baresip.log" 2>&1 </dev/null & BARESIP=$!; PIDS+=($BARESIP)
+}

@@ -194,33 +194,8 @@ sipp 127.0.0.1:$P -t t1 -sf "$SC/reg-domain.xml" -oocsf "$SC/agent-answer.xml" -
   >"$WORK/carol.out" 2>&1 </dev/null & CAROL=$!; PIDS+=($CAROL)
 
 # baresip with its default settings but for where it runs (loopback, no sound card)
-mkdir -p "$WORK/bs"
-python3 - "$WORK/bs/tone.wav" <<'PY'
-import math, struct, sys, wave
-w = wave.open(sys.argv[1], "wb"); w.setnchannels(1); w.setsampwidth(2); w.setframerate(8000)
-w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / 8000))) for i in range(8000 * 20)))
-PY
-cat > "$WORK/bs/config" <<CFG
-poll_method		epoll
-sip_listen		127.0.0.1:$BS
-audio_player		alsa,null
-audio_alert		alsa,null
-audio_source		aufile,$WORK/bs/tone.wav
-ausrc_srate		8000
-ausrc_channels		1
-rtp_ports		$((BASE + 100))-$((BASE + 199))
-module_path		/usr/lib/baresip/modules
-module			g711.so
-module			aufile.so
-module_app		account.so
-module_app		menu.so
-module_app		ctrl_tcp.so
-ctrl_tcp_listen		127.0.0.1:$BSCTL
-net_interface		127.0.0.1
-dns_server		127.0.0.1:53
-CFG
-echo "<sip:alice@example.test>;auth_pass=secret1;outbound=\"sip:127.0.0.1:$P\";regint=300;answermode=auto" > "$WORK/bs/accounts"
-baresip -f "$WORK/bs" >"$WORK/baresip.log" 2>&1 </dev/null & BARESIP=$!; PIDS+=($BARESIP)
+start_baresip "$WORK/bs" $BS $BSCTL "$((BASE + 100))-$((BASE + 199))" \
+  "<sip:alice@example.test>;auth_pass=secret1;outbound=\"sip:127.0.0.1:$P\";regint=300;answermode=auto"
 bs_reg=""
 for _ in $(seq 50); do
   bs_reg=$(rpc ul_show_contact '{"aor":"alice@example.test"}' | grep -o '"Contact":"[^"]*"' | head -1)

@@ -161,25 +161,9 @@ t1=$(now_ms); st=$(python3 "$ROOT/tests/e2e/sipreq.py" $P $FS $FSC sip:alice@127
 result "closed-websocket-removes-contact-at-once" $? "contacts before $before, none ${t_gone} ms after the close; a call then: '$st' in ${t_480} ms"
 
 # ---- baresip over TLS ------------------------------------------------------------------
-mkdir -p "$WORK/bs"
-cat > "$WORK/bs/config" <<CFG
-poll_method		epoll
-sip_listen		127.0.0.1:$BS
-sip_cafile		$FIX/ca.crt
-audio_player		alsa,null
-audio_alert		alsa,null
-rtp_ports		10000-10099
-module_path		/usr/lib/baresip/modules
-module			g711.so
-module_app		account.so
-module_app		menu.so
-module_app		ctrl_tcp.so
-ctrl_tcp_listen		127.0.0.1:$BSCTL
-net_interface		127.0.0.1
-dns_server		127.0.0.1:53
-CFG
-echo "<sip:dave@127.0.0.1;transport=tls>;auth_pass=secret4;outbound=\"sip:127.0.0.1:$TLSP;transport=tls\";regint=300;answermode=auto" > "$WORK/bs/accounts"
-baresip -f "$WORK/bs" >"$WORK/baresip.log" 2>&1 </dev/null & BARESIP=$!; PIDS+=($BARESIP)
+start_baresip "$WORK/bs" $BS $BSCTL 10000-10099 \
+  "<sip:dave@127.0.0.1;transport=tls>;auth_pass=secret4;outbound=\"sip:127.0.0.1:$TLSP;transport=tls\";regint=300;answermode=auto" \
+  "sip_cafile		$FIX/ca.crt"
 ct=""
 for _ in $(seq 50); do
   ct=$(rpc ul_show_contact '{"aor":"dave@127.0.0.1"}' | grep -o '"Received":"[^"]*"' | head -1)

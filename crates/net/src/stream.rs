@@ -83,45 +83,49 @@ pub(crate) async fn serve<S>(
         out.clone(),
         queued.clone(),
     );
-    let writer = net.rt.spawn(async move {
-        loop {
-            let out = tokio::select! {
-                o = out_w.pop() => match o { Some(o) => o, None => break },
-                _ = close_w.notified() => break,
-            };
-            // every byte queued counts against the send queue's cap, a pong as a message
-            let (wire, counted, message) = match out {
-                Out::Sip(b) if is_ws => (ws::encode_message(&b), cost(&b), true),
-                Out::Sip(b) => {
-                    let n = cost(&b);
-                    (b, n, true)
-                }
-                Out::Raw(b) => {
-                    let n = cost(&b);
-                    (b, n, false)
-                }
-            };
-            match tokio::time::timeout(limits.write_timeout, wr.write_all(&wire)).await {
-                Ok(Ok(())) => {
-                    queued_w.fetch_sub(counted, Ordering::Relaxed);
-                    if message {
-                        last_out_w.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+    // supervised like the reader: a panic is logged and counted, and ends this connection only
+    let writer = net
+        .rt
+        .spawn(crate::supervise::catching("stream-writer", async move {
+            loop {
+                let out = tokio::select! {
+                    o = out_w.pop() => match o { Some(o) => o, None => break },
+                    _ = close_w.notified() => break,
+                };
+                // every byte queued counts against the send queue's cap, a pong as a message
+                let (wire, counted, message) = match out {
+                    Out::Sip(b) if is_ws => (ws::encode_message(&b), cost(&b), true),
+                    Out::Sip(b) => {
+                        let n = cost(&b);
+                        (b, n, true)
+                    }
+                    Out::Raw(b) => {
+                        let n = cost(&b);
+                        (b, n, false)
+                    }
+                };
+                match tokio::time::timeout(limits.write_timeout, wr.write_all(&wire)).await {
+                    Ok(Ok(())) => {
+                        queued_w.fetch_sub(counted, Ordering::Relaxed);
+                        if message {
+                            last_out_w
+                                .store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        net_w
+                            .counters(transport)
+                            .stalled
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, "write timeout: closing");
+                        break;
                     }
                 }
-                Ok(Err(_)) => break,
-                Err(_) => {
-                    net_w
-                        .counters(transport)
-                        .stalled
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "write timeout: closing");
-                    break;
-                }
             }
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
-        close_w.notify_one(); // the reader stops too
-    });
+            let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+            close_w.notify_one(); // the reader stops too
+        }));
     let src = Source {
         transport,
         addr: peer,

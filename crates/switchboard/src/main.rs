@@ -734,6 +734,7 @@ fn metrics_text(queues: &[writers::Meter], out: &mut String) {
         "udp-receive",
         "stream-receive",
         "stream-connection",
+        "stream-writer",
         "timers",
     ]
     .iter()
