@@ -1,9 +1,11 @@
-//! `rtpengine`: the NG control protocol of rtpengine (the media relay). This first part is
-//! sans-IO: the bencode codec ([`bencode`]) and the NG datagram framing ([`ng`]); the
-//! client (cookies, retransmission, instance sets, health) builds on them.
+//! `rtpengine`: the NG control protocol of rtpengine (the media relay): the bencode codec
+//! ([`bencode`]) and the NG datagram framing ([`ng`]), both sans-IO, and the client
+//! ([`client`]: cookies, retransmission, instance sets with weights, health, call affinity).
 #![forbid(unsafe_code)]
 
 pub mod bencode;
+pub mod client;
 pub mod ng;
 
 pub use bencode::{DecodeError, Value};
+pub use client::{Client, Failure, InstanceConfig, Kind, Settings};
