@@ -22,6 +22,7 @@ use sip_proxy::Proxy;
 mod balancer;
 mod dialog;
 mod dispatcher;
+mod media;
 mod numbers;
 mod registrar;
 mod security;
@@ -69,6 +70,10 @@ pub struct AdminState {
     pub numbers_reload: Option<NumbersReloadFn>,
     /// `tls_reload`: reads the TLS certificate and key again.
     pub tls_reload: Option<TlsReloadFn>,
+    /// The media relay's client, when `[rtpengine]` is configured.
+    pub rtpengine: Option<std::sync::Arc<rtpengine::Client>>,
+    /// `rtpengine_reload`: reads the instances again; gives their count.
+    pub rtpengine_reload: Option<LbReloadFn>,
 }
 
 /// `tls_reload`.
@@ -245,6 +250,9 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
     if let Some(r) = numbers::call(st, method, params) {
         return r;
     }
+    if let Some(r) = media::call(st, method, params) {
+        return r;
+    }
     match method {
         "version" | "core:version" => {
             Ok(json!({ "Server": format!("switchboard {}", env!("CARGO_PKG_VERSION")) }))
@@ -320,6 +328,9 @@ fn call(st: &AdminState, method: &str, params: &Value) -> Result<Value, (i64, St
             "dp_reload",
             "dp_translate",
             "tls_reload",
+            "rtpengine_show",
+            "rtpengine_enable",
+            "rtpengine_reload",
         ])),
         _ => Err((-32601, format!("method not found: {method}"))),
     }
@@ -417,6 +428,9 @@ async fn metrics(
     if let Some(n) = &st.numbers {
         s.push_str(&n.metrics_text());
     }
+    if let Some(c) = &st.rtpengine {
+        media::metrics_text(c, &mut s);
+    }
     {
         use std::sync::atomic::Ordering::Relaxed;
         let c = st.proxy.dns();
@@ -475,6 +489,8 @@ mod tests {
             numbers: None,
             numbers_reload: None,
             tls_reload: None,
+            rtpengine: None,
+            rtpengine_reload: None,
         }
     }
 

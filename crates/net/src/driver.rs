@@ -16,6 +16,29 @@ use crate::flows::{FlowTable, StreamCounters, StreamLimits};
 const TIMER_MIN_SLEEP: Duration = Duration::from_millis(5);
 const TIMER_MAX_SLEEP: Duration = Duration::from_millis(100);
 
+/// Runs the core's media commands (the binary speaks rtpengine's NG protocol).
+pub trait MediaRunner: Send + Sync + 'static {
+    /// Asks the relay; the SDP it gives back.
+    fn run(
+        &self,
+        req: sip_proxy::media::MediaRequest,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<Bytes, sip_proxy::media::MediaError>> + Send,
+        >,
+    >;
+}
+
+/// The media runner, when a relay is configured.
+#[derive(Clone)]
+pub struct Media(pub Arc<dyn MediaRunner>);
+
+impl std::fmt::Debug for Media {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Media")
+    }
+}
+
 /// Transport settings.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -41,6 +64,8 @@ pub struct NetConfig {
     pub idle_hook: Option<fn()>,
     /// The DNS client's settings (`[dns]`).
     pub dns: crate::dns::DnsSettings,
+    /// Runs media commands (`None`: no relay configured; such commands fail at once).
+    pub media: Option<Media>,
 }
 
 /// Why the transports could not start.
@@ -340,7 +365,6 @@ impl Net {
         self.proxy.poll_commands(&mut cmds);
         for c in cmds {
             let id = c.id;
-            #[allow(clippy::single_match)]
             match c.kind {
                 CommandKind::Resolve(q) => {
                     let (me, resolver) = (self.self_arc(), self.resolver.clone());
@@ -358,6 +382,37 @@ impl Net {
                                 let ev = Event {
                                     id,
                                     result: EventResult::Resolved(result),
+                                };
+                                net.proxy.on_event(Instant::now(), ev, &mut out);
+                                net.dispatch(&mut out);
+                            });
+                        }
+                    });
+                }
+                CommandKind::Media(req) => {
+                    let (me, media) = (self.self_arc(), self.cfg.media.clone());
+                    self.rt.spawn(async move {
+                        let op = req.op;
+                        let call_id = req.call_id.clone();
+                        let result = match media {
+                            Some(m) => m.0.run(req).await,
+                            None => Err(sip_proxy::media::MediaError::Unavailable(
+                                "no media relay configured".into(),
+                            )),
+                        };
+                        if op == sip_proxy::media::MediaOp::Delete {
+                            // nobody waits for a delete
+                            if let Err(e) = result {
+                                tracing::info!(call_id, error = %e, "media delete");
+                            }
+                            return;
+                        }
+                        if let Some(net) = me {
+                            crate::supervise::guard("media-answer", || {
+                                let mut out = Vec::new();
+                                let ev = Event {
+                                    id,
+                                    result: EventResult::Media(result),
                                 };
                                 net.proxy.on_event(Instant::now(), ev, &mut out);
                                 net.dispatch(&mut out);

@@ -108,6 +108,36 @@ pub(crate) struct Branch {
     /// A CANCEL went out: if no final response comes by then (64·T1), the INVITE client
     /// transaction is destroyed (RFC 3261 §9.1), so a callee that never answers leaks nothing.
     pub abandon_at: Option<Instant>,
+    /// The branch's media goes through the relay.
+    pub media: Option<Box<BranchMedia>>,
+}
+
+/// A relayed branch's media state.
+#[derive(Debug, Default)]
+pub(crate) struct BranchMedia {
+    /// Flags of the answer that will come back (its source added then).
+    pub answer: crate::media::Flags,
+    /// The request had no SDP: the reply's SDP is the offer (late offer) and the ACK's the
+    /// answer.
+    pub late: bool,
+    /// The last reply SDP the relay rewrote: (to-tag, hash of the SDP received, the SDP
+    /// sent), so a retransmitted reply is answered without asking again.
+    pub answered: Option<(String, u64, bytes::Bytes)>,
+}
+
+/// A context's media state.
+#[derive(Default)]
+pub(crate) struct CtxMedia {
+    /// The offer's outcome for candidate `at`, consumed when its branch starts: the SDP to
+    /// send (`None`: unrelayed) and the answer's flags.
+    pub ready: Option<(usize, Option<bytes::Bytes>, crate::media::Flags)>,
+    /// The offer asked: candidate, the answer's flags, and whether the call cannot work
+    /// without the relay.
+    pub offering: Option<(usize, crate::media::Flags, bool)>,
+    /// A reply waiting for the relay.
+    pub parked: Option<crate::core::ParkedReply>,
+    /// An offer of this call succeeded (its failure deletes the session).
+    pub offered: bool,
 }
 
 impl Branch {
@@ -197,6 +227,8 @@ pub(crate) struct Ctx {
     /// A command made for this context, handed to the driver once the context is in its
     /// table (so the answer always finds it).
     pub outbox: Option<crate::command::Command>,
+    /// Media relay state (calls whose media goes through rtpengine).
+    pub media: Option<Box<CtxMedia>>,
 }
 
 /// What a parked context waits for.
@@ -205,6 +237,18 @@ pub(crate) struct Wait {
     pub deadline: Instant,
     /// The name being resolved, for the log and the reason phrase.
     pub name: std::sync::Arc<str>,
+    pub what: WaitFor,
+}
+
+/// The kind of answer a context waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitFor {
+    /// A DNS lookup of the candidate's name.
+    Name,
+    /// The relay's offer for the candidate about to start.
+    Offer,
+    /// The relay's answer (or late offer) for the parked reply.
+    Answer,
 }
 
 impl Ctx {

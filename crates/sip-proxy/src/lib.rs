@@ -22,6 +22,7 @@ pub mod dispatcher;
 pub mod dns;
 mod error;
 pub mod mac;
+pub mod media;
 pub mod numbers;
 pub mod pike;
 mod ratelog;

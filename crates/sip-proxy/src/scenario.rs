@@ -110,8 +110,20 @@ impl Scenario {
     pub fn one_lookup(&mut self) -> (u64, Query) {
         let c = self.commands();
         assert_eq!(c.len(), 1, "one lookup expected: {c:?}");
-        let CommandKind::Resolve(q) = c[0].kind.clone();
+        let CommandKind::Resolve(q) = c[0].kind.clone() else {
+            panic!("a lookup expected: {c:?}");
+        };
         (c[0].id, q)
+    }
+
+    /// The one media command made since the last call.
+    pub fn one_media(&mut self) -> (u64, crate::media::MediaRequest) {
+        let c = self.commands();
+        assert_eq!(c.len(), 1, "one media command expected: {c:?}");
+        let CommandKind::Media(m) = c[0].kind.clone() else {
+            panic!("a media command expected: {c:?}");
+        };
+        (c[0].id, m)
     }
 }
 

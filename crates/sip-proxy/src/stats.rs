@@ -47,6 +47,13 @@ stats! {
     waits_timed_out: "requests whose wait for a command answer passed its deadline",
     waits_refused: "requests answered 503 at once: too many were waiting for commands",
     dns_failures: "candidates given up because their name did not resolve",
+    media_offers: "SDP offers sent to the media relay",
+    media_answers: "SDP answers sent to the media relay",
+    media_deletes: "media sessions deleted at the relay (call ended or failed)",
+    media_failures: "offers or answers the relay refused or did not answer in time",
+    media_unrelayed: "calls that went on unrelayed after the relay failed (policy allowed it)",
+    media_dropped: "provisional replies with SDP not relayed (their answer failed, or another was waiting)",
+    media_unavailable: "calls between a browser and a SIP phone with no media relay configured",
 }
 
 /// One counter value.

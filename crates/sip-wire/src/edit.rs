@@ -80,6 +80,12 @@ impl<'m> Editor<'m> {
         self
     }
 
+    /// Sends `body` instead of the received one (Content-Length is rewritten).
+    pub fn set_body(&mut self, body: &'m [u8]) -> &mut Self {
+        self.body = Some(body);
+        self
+    }
+
     /// Writes the new message.
     pub fn finish(&self) -> Vec<u8> {
         let buf = self.msg.bytes();

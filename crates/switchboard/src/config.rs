@@ -40,6 +40,8 @@ pub struct RawConfig {
     pub dns: crate::dns_config::RawDns,
     pub numbers: Option<crate::numbers_config::RawNumbers>,
     pub tls: Option<crate::tls_config::RawTls>,
+    pub rtpengine: Option<crate::media_config::RawRtpengine>,
+    pub media: Option<crate::media_config::RawMedia>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -401,6 +403,8 @@ pub struct Config {
     pub dns: crate::dns_config::DnsSettings,
     /// Number routing, when the section is present.
     pub numbers: Option<crate::numbers_config::NumbersSettings>,
+    /// The media relay and its policy, when `[rtpengine]` is present.
+    pub media: Option<crate::media_config::MediaSettings>,
 }
 
 impl Config {
@@ -762,6 +766,8 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         .tls
         .as_ref()
         .and_then(|t| crate::tls_config::validate(t, &mut errors));
+    let media =
+        crate::media_config::validate(raw.rtpengine.as_ref(), raw.media.as_ref(), &mut errors);
     if raw.sip.listen.is_empty() {
         errors.push(err(
             "sip.listen",
@@ -1146,6 +1152,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         pike: security.pike,
         dns,
         numbers,
+        media,
     })
 }
 
@@ -1544,9 +1551,11 @@ mod documented {
     use std::collections::BTreeSet;
 
     /// The tables of the configuration, as written in TOML.
-    const TABLES: [(&str, bool); 23] = [
+    const TABLES: [(&str, bool); 25] = [
         ("sip", false),
         ("tls", false),
+        ("rtpengine", false),
+        ("media", false),
         ("transactions", false),
         ("dispatcher", false),
         ("dispatcher.set", true),

@@ -7,6 +7,7 @@ mod dialog_store;
 mod dispatch_config;
 mod dns_config;
 mod esl;
+mod media_config;
 mod numbers_config;
 mod registrar_config;
 mod security_config;
@@ -495,6 +496,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     let mut dialog_writer = None;
+    let mut restored_dialogs = None;
     if let Some(dc) = &cfg.dialog {
         let mut dc = dc.clone();
         dc.hash_key = random_key();
@@ -510,7 +512,36 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             };
             dialog_writer = Some(writers::Writer::start(job, period, limit));
         }
-        proxy = proxy.with_dialogs(dl);
+        proxy = proxy.with_dialogs(dl.clone());
+        restored_dialogs = Some(dl);
+    }
+    // the media relay: its client's reader and pinger run under the supervisor
+    let media_client = match &cfg.media {
+        Some(m) => {
+            let c = rtpengine::Client::new(&m.instances, m.client.clone(), random_key().0)
+                .map_err(|e| anyhow::anyhow!("rtpengine client: {e}"))?;
+            let c2 = c.clone();
+            net::supervise::spawn("rtpengine-replies", move || c2.clone().read_replies());
+            let c3 = c.clone();
+            net::supervise::spawn("rtpengine-pings", move || {
+                let c = c3.clone();
+                async move {
+                    loop {
+                        c.ping_due().await;
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                }
+            });
+            proxy = proxy.with_media(m.media.clone());
+            tracing::info!(instances = m.instances.len(), relay = ?m.media.relay, "media relay (rtpengine)");
+            Some(c)
+        }
+        None => None,
+    };
+    if let Some(dl) = &restored_dialogs {
+        // a call restored after a restart still deletes its media at its end
+        let list = dl.list();
+        proxy.media_restored(list.iter().map(|d| d.call_id()));
     }
     let mut cdr_writer = None;
     if let (true, Some((s, _))) = (cfg.accounting, &store_ctx) {
@@ -551,6 +582,9 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             attempts: cfg.dns.attempts,
             transports: cfg.proxy.listeners.iter().map(|l| l.transport).collect(),
         },
+        media: media_client
+            .clone()
+            .map(|c| net::Media(Arc::new(media_config::NgRunner(c)))),
     };
     let network = net::Net::start(proxy.clone(), net_cfg, rt.handle().clone())?;
     let (n2, n3) = (network.clone(), network.clone());
@@ -619,6 +653,19 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
                     Some((s, h)) => load_numbers(&n, &ns, Some(s), h),
                     None => load_numbers(&n, &ns, None, &tokio::runtime::Handle::current()),
                 })
+            })
+        }),
+        rtpengine: media_client.clone(),
+        rtpengine_reload: media_client.clone().map(|c| -> admin::LbReloadFn {
+            let path = path.clone();
+            Box::new(move || {
+                let cfg = reload_config(&path)?;
+                let m = cfg
+                    .media
+                    .ok_or("the configuration has no [rtpengine] section any more")?;
+                let n = c.reload(&m.instances).map_err(|e| e.to_string())?;
+                tracing::info!(instances = n, "rtpengine instances reloaded");
+                Ok(n)
             })
         }),
         balancer: balancer.clone(),

@@ -168,6 +168,12 @@ pub struct Proxy {
     wake_at: AtomicU64,
     timer_earlier: std::sync::atomic::AtomicBool,
     epoch: std::sync::OnceLock<Instant>,
+    /// The media policy, when a relay (rtpengine) is configured.
+    media: Option<crate::media::MediaConfig>,
+    /// Calls whose media is relayed (their end deletes the session).
+    media_calls: media::MediaCalls,
+    /// A browser-to-phone call without a relay was logged.
+    media_warned: std::sync::atomic::AtomicBool,
 }
 
 fn hash64<T: Hash + ?Sized>(salt: u64, v: &T) -> u64 {
@@ -230,6 +236,9 @@ impl Proxy {
             wake_at: AtomicU64::new(u64::MAX),
             timer_earlier: Default::default(),
             epoch: std::sync::OnceLock::new(),
+            media: None,
+            media_calls: Default::default(),
+            media_warned: Default::default(),
         }
     }
 
@@ -375,6 +384,7 @@ impl Proxy {
         tracing::info!(call_id = dlg.call_id(), id, "dialog ended by management");
         self.account_ended(now, &dlg, crate::dialog::Ending::Management);
         self.router.on_call_ended(dlg.call_id());
+        self.media_delete(dlg.call_id());
         let mut q = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
         for b in byes {
             q.push((now, self.bye_transmit(b)));
@@ -598,6 +608,7 @@ impl Proxy {
                     self.account_ended(now, &dlg, crate::dialog::Ending::Lifetime);
                 }
                 self.router.on_call_ended(dlg.call_id());
+                self.media_delete(dlg.call_id());
                 for b in byes {
                     out.push(self.bye_transmit(b));
                 }
@@ -609,7 +620,11 @@ impl Proxy {
         {
             let mut w = self.waits.lock().unwrap_or_else(|p| p.into_inner());
             if !w.by_id.is_empty() {
-                w.expire(now);
+                // an ACK held for the relay goes on as it was
+                for t in w.expire(now) {
+                    Stats::inc(&self.stats.media_failures);
+                    out.push(t);
+                }
             }
         }
         if let Some(reg) = &self.registrar {
@@ -961,9 +976,12 @@ impl Proxy {
     }
 }
 
+mod media;
 mod request;
 mod response;
 mod wait;
+
+pub(crate) use media::ParkedReply;
 
 /// Forward-mode Contact rewriting, for the registrar tests.
 #[cfg(test)]
@@ -976,6 +994,8 @@ mod timers;
 mod tests;
 #[cfg(test)]
 mod tests_hardening;
+#[cfg(test)]
+mod tests_media;
 #[cfg(test)]
 mod tests_numbers;
 #[cfg(test)]

@@ -107,6 +107,7 @@ impl Proxy {
         let in_dialog = msg.to_tag().is_some();
         if msg.method() == Some(Method::Bye) {
             self.router.on_call_ended(msg.call_id());
+            self.media_delete(msg.call_id());
             if let Some(d) = &self.dialogs {
                 if let Some((dlg, who)) = d.on_bye(
                     msg.call_id(),
@@ -165,6 +166,7 @@ impl Proxy {
             counted,
             wait: None,
             outbox: None,
+            media: None,
         };
         if invite {
             let trying = ctx
@@ -178,7 +180,7 @@ impl Proxy {
         if !self.start_branch(now, &mut ctx, out) {
             self.finalize(now, &mut ctx, out);
         } else if ctx.plan.parallel {
-            while self.start_branch(now, &mut ctx, out) {}
+            while ctx.wait.is_none() && self.start_branch(now, &mut ctx, out) {}
         }
         let mut g = self.lock(si);
         let shard = &mut *g;
@@ -792,6 +794,9 @@ impl Proxy {
         ctx: &mut Ctx,
         out: &mut Vec<Transmit>,
     ) -> bool {
+        if ctx.wait.is_some() {
+            return true; // a branch waits for its name or its media offer
+        }
         while ctx.next_candidate < ctx.candidates.len() {
             ctx.next_candidate += 1;
             if let Some(q) = ctx.candidates[ctx.next_candidate - 1].name.clone() {
@@ -800,11 +805,31 @@ impl Proxy {
                     wait::Expanded::Waiting => return true,
                 }
             }
-            let dest = ctx.candidates[ctx.next_candidate - 1].clone();
+            let at = ctx.next_candidate - 1;
+            let dest = ctx.candidates[at].clone();
+            let (body, media) = match self.branch_media(now, ctx, at, &dest) {
+                media::BranchStep::Plain => (None, None),
+                media::BranchStep::Relayed(body, m) => (body, Some(m)),
+                media::BranchStep::Wait => {
+                    ctx.next_candidate = at;
+                    return true;
+                }
+                media::BranchStep::Refuse => {
+                    ctx.next_candidate = ctx.candidates.len();
+                    return false;
+                }
+            };
             let idx = ctx.branches.len() as u32;
             let branch = self.branch_for(ctx.plan.loop_hash, ctx.id, idx);
             let Some(data) = ctx.req.as_ref().and_then(|req| {
-                self.build_forward(req, &ctx.plan, dest.transport, &branch, Some(&dest))
+                self.build_forward(
+                    req,
+                    &ctx.plan,
+                    dest.transport,
+                    &branch,
+                    Some(&dest),
+                    body.as_deref(),
+                )
             }) else {
                 tracing::warn!(destination = %dest.uri, transport = %dest.transport, "no listener for the destination's transport");
                 ctx.fallback = (
@@ -848,6 +873,7 @@ impl Proxy {
                 silence_deadline: ctx.fast_failover.then(|| now + self.cfg.branch_timeout),
                 final_deadline,
                 abandon_at: None,
+                media,
             });
             Stats::inc(&self.stats.fwd_requests);
             if ctx.invite && ctx.fast_failover && !ctx.plan.ruri_from_dest {
@@ -870,9 +896,13 @@ impl Proxy {
         out_t: Transport,
         branch: &str,
         dest: Option<&Destination>,
+        body: Option<&[u8]>,
     ) -> Option<Bytes> {
         let ours = self.listener(out_t)?;
         let mut e = Editor::new(req);
+        if let Some(b) = body {
+            e.set_body(b);
+        }
         if let Some(r) = &plan.new_ruri {
             e.start_line(format_args!("{} {} SIP/2.0", req.method_str(), r));
         }
@@ -986,14 +1016,16 @@ impl Proxy {
             Stats::inc(&self.stats.dropped);
             return;
         };
-        if let Some(data) = self.build_forward(&msg, &plan, target.transport, &branch, None) {
+        if let Some(data) = self.build_forward(&msg, &plan, target.transport, &branch, None, None)
+        {
             Stats::inc(&self.stats.stateless_acks);
-            out.push(Transmit {
+            let t = Transmit {
                 target,
                 data,
                 origin: None,
                 tls_name: None,
-            });
+            };
+            self.media_ack(now, &src, &msg, t, out);
         }
     }
 
@@ -1037,7 +1069,12 @@ impl Proxy {
                 self.cancel_branch(now, ctx, i, out);
             }
             if ctx.wait.take().is_some() {
-                // parked on a lookup: nothing went out, so 487 at once
+                // parked on a lookup or a media offer: nothing went out for it, so 487
+                // once the branches are done
+                if let Some(m) = ctx.media.as_mut() {
+                    m.offering = None;
+                    m.parked = None;
+                }
                 self.finalize(now, ctx, out);
             }
         }

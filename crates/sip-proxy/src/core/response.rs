@@ -106,7 +106,15 @@ impl Proxy {
                 }
                 if code > 100 && !ctx.final_sent {
                     self.track_dialog(now, ctx, idx, &msg, false);
-                    self.send_upstream(now, ctx, code, strip_top_via(&msg), out);
+                    match self.media_reply(now, ctx, idx, code, &msg, &src, false) {
+                        media::ReplyStep::Pass => {
+                            self.send_upstream(now, ctx, code, strip_top_via(&msg), out)
+                        }
+                        media::ReplyStep::Rewritten(data) => {
+                            self.send_upstream(now, ctx, code, data, out)
+                        }
+                        media::ReplyStep::Parked | media::ReplyStep::Drop => {}
+                    }
                 }
             }
             200..=299 => {
@@ -114,9 +122,14 @@ impl Proxy {
                 b.done = true;
                 let first = !ctx.final_sent;
                 ctx.final_sent = true;
+                let step = self.media_reply(now, ctx, idx, code, &msg, &src, first);
+                let b = &ctx.branches[idx];
                 if first && ctx.invite && ctx.fast_failover {
                     self.router.on_call_answered(msg.call_id(), &b.dest);
-                    self.track_dialog(now, ctx, idx, &msg, true);
+                    if matches!(step, media::ReplyStep::Pass | media::ReplyStep::Rewritten(_)) {
+                        // a reply waiting for the relay is tracked once it goes upstream
+                        self.track_dialog(now, ctx, idx, &msg, true);
+                    }
                 }
                 if let (Some(flow), Some(reg)) = (ctx.plan.in_flow, &self.registrar) {
                     // a REGISTER forwarded to a media server: the client's connection lives
@@ -127,7 +140,15 @@ impl Proxy {
                         }
                     }
                 }
-                self.send_upstream(now, ctx, code, strip_top_via(&msg), out);
+                match step {
+                    media::ReplyStep::Pass => {
+                        self.send_upstream(now, ctx, code, strip_top_via(&msg), out)
+                    }
+                    media::ReplyStep::Rewritten(data) => {
+                        self.send_upstream(now, ctx, code, data, out)
+                    }
+                    media::ReplyStep::Parked | media::ReplyStep::Drop => {}
+                }
                 if first {
                     for i in 0..ctx.branches.len() {
                         if i != idx && !ctx.branches[i].done {
@@ -204,45 +225,10 @@ impl Proxy {
                 }
             }
             200..=299 => {
-                let b = &mut ctx.branches[idx];
-                let Ok(inv) = Message::parse_raw(b.request.clone()) else {
-                    return;
-                };
-                let Some(via_host) = self.listener(b.target.transport) else {
-                    return;
-                };
-                let branch = inv
-                    .top_via()
-                    .ok()
-                    .and_then(|v| v.branch().map(str::to_string))
-                    .unwrap_or_default();
-                let Some((ack, bye)) = make_orphan_ack_bye(
-                    &inv,
-                    msg,
-                    &via_host.to_string(),
-                    b.target.transport.via_name(),
-                    &branch,
-                    &self.cfg.server,
-                ) else {
-                    return;
-                };
-                out.push(Transmit {
-                    target: b.target,
-                    data: ack,
-                    origin: None,
-                    tls_name: None,
-                });
-                if b.bye.is_none() {
-                    tracing::info!(call_id = msg.call_id(), destination = %b.dest.uri, "orphaned 2xx: ACK and BYE sent by the proxy");
-                    b.bye = Some(ClientNonInvite::new(
-                        now,
-                        bye,
-                        b.target.transport.is_reliable(),
-                        self.cfg.timers,
-                    ));
-                    Stats::inc(&self.stats.orphans_ended);
+                if ctx.branches[idx].bye.is_none() {
+                    tracing::info!(call_id = msg.call_id(), destination = %ctx.branches[idx].dest.uri, "orphaned 2xx: ACK and BYE sent by the proxy");
                 }
-                self.flush_branch(ctx, idx, out);
+                self.end_answered_branch(now, ctx, idx, msg, out);
             }
             _ => {
                 let b = &ctx.branches[idx];
@@ -365,6 +351,9 @@ impl Proxy {
         if let Some(req) = ctx.req.as_ref().filter(|_| ctx.invite && ctx.fast_failover) {
             // a call counted where it came from (lb_count_call) is over
             self.router.on_call_ended(req.call_id());
+            if ctx.media.as_ref().is_some_and(|m| m.offered) {
+                self.media_delete(req.call_id());
+            }
         }
         if let (Some(c), Some(req)) = (&self.cdrs, &ctx.req) {
             if ctx.invite && ctx.fast_failover {

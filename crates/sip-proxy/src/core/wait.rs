@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::command::{Command, Event, EventResult};
-use crate::ctx::Wait;
+use crate::ctx::{Wait, WaitFor};
 use crate::dns::{DnsError, Lookup, Query};
 
 /// What became of a named candidate.
@@ -48,14 +48,23 @@ impl Proxy {
             );
             return;
         };
-        match (&pending.kind, ev.result) {
+        if let Some(t) = pending.ack {
+            return self.on_ack_answer(t, ev.result, out);
+        }
+        let media = match (&pending.kind, ev.result) {
             (crate::command::CommandKind::Resolve(q), EventResult::Resolved(r)) => {
                 if let Err(e) = &r {
                     tracing::warn!(name = %q, error = %e, "DNS lookup failed");
                 }
                 self.dns.store(now, q, r);
+                None
             }
-        }
+            (crate::command::CommandKind::Media(_), EventResult::Media(r)) => Some(r),
+            _ => {
+                tracing::error!(id = ev.id, "an answer of another kind than its command: dropped");
+                return;
+            }
+        };
         for ctx_id in pending.waiters {
             let s = self.shard_of_id(ctx_id);
             let mut g = self.lock(s);
@@ -66,9 +75,16 @@ impl Proxy {
             if ctx.wait.as_ref().is_none_or(|w| w.id != ev.id) {
                 continue; // cancelled, or timed out and moved on
             }
-            ctx.wait = None;
-            if !self.start_branch(now, ctx, out) {
-                self.finalize(now, ctx, out);
+            let what = ctx.wait.take().map_or(WaitFor::Name, |w| w.what);
+            match &media {
+                Some(r) => self.on_media_event(now, ctx, what, r.clone(), out),
+                None => {
+                    if !self.start_branch(now, ctx, out) {
+                        self.finalize(now, ctx, out);
+                    } else if ctx.plan.parallel {
+                        while ctx.wait.is_none() && self.start_branch(now, ctx, out) {}
+                    }
+                }
             }
             self.settle(shard, ctx_id);
         }
@@ -80,6 +96,10 @@ impl Proxy {
             return;
         };
         Stats::inc(&self.stats.waits_timed_out);
+        if w.what != WaitFor::Name {
+            let e = crate::media::MediaError::Unavailable("no answer in time".into());
+            return self.on_media_event(now, ctx, w.what, Err(e), out);
+        }
         tracing::warn!(name = %w.name, call_id = ctx.call_id(), "no DNS answer in time");
         let e = crate::Error::Dns(DnsError::Unreachable {
             name: w.name.to_string(),
@@ -126,6 +146,7 @@ impl Proxy {
                     id,
                     deadline,
                     name: q.host.clone(),
+                    what: crate::ctx::WaitFor::Name,
                 });
                 ctx.next_candidate = at;
                 return Expanded::Waiting;

@@ -1,0 +1,427 @@
+//! `[rtpengine]` (the media relay's instances and timing) and `[media]` (when calls are
+//! relayed), and the runner that turns the core's media commands into NG requests.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rtpengine::{Client, Failure, InstanceConfig, Kind, Value};
+use serde::Deserialize;
+use sip_proxy::media::{MediaConfig, MediaError, MediaOp, MediaRequest, Relay};
+
+use crate::config::{err, ConfigError};
+
+/// An instance: `"udp:IP:PORT"` (set 0, weight 1) or `{ socket, set, weight }`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawInstance {
+    Socket(String),
+    Table(RawInstanceTable),
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawInstanceTable {
+    pub socket: String,
+    #[serde(default)]
+    pub set: u32,
+    #[serde(default = "d_weight")]
+    pub weight: u32,
+}
+
+fn d_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRtpengine {
+    /// The instances (OpenSIPS `rtpengine` table rows: socket, set_id).
+    #[serde(default)]
+    pub instances: Vec<RawInstance>,
+    /// How long one try waits for an answer.
+    #[serde(default = "d_timeout")]
+    pub timeout_ms: u64,
+    /// Tries after the first, with the same cookie.
+    #[serde(default = "d_retries")]
+    pub retries: u32,
+    /// Health pings.
+    #[serde(default = "d_ping")]
+    pub ping_interval_s: u64,
+}
+
+fn d_timeout() -> u64 {
+    300
+}
+fn d_retries() -> u32 {
+    2
+}
+fn d_ping() -> u64 {
+    5
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMedia {
+    /// `auto` (browsers and NAT), `always` or `never`.
+    #[serde(default = "d_relay")]
+    pub relay: String,
+    /// The rtpengine set of new calls.
+    #[serde(default)]
+    pub set: u32,
+    /// Codecs the SIP side takes: a browser offering none of them is transcoded.
+    #[serde(default = "d_codecs")]
+    pub sip_codecs: Vec<String>,
+    /// A failed offer refuses the call (503); off: SIP-to-SIP calls go on unrelayed.
+    #[serde(default = "d_true")]
+    pub refuse_on_failure: bool,
+    /// How long a call waits for the relay's answer.
+    #[serde(default = "d_wait")]
+    pub wait_ms: u64,
+}
+
+impl Default for RawMedia {
+    fn default() -> Self {
+        RawMedia {
+            relay: d_relay(),
+            set: 0,
+            sip_codecs: d_codecs(),
+            refuse_on_failure: true,
+            wait_ms: d_wait(),
+        }
+    }
+}
+
+fn d_relay() -> String {
+    "auto".into()
+}
+fn d_codecs() -> Vec<String> {
+    vec!["PCMU".into(), "PCMA".into()]
+}
+fn d_true() -> bool {
+    true
+}
+fn d_wait() -> u64 {
+    2000
+}
+
+/// The validated media settings (present when `[rtpengine]` is).
+#[derive(Debug, Clone)]
+pub struct MediaSettings {
+    pub instances: Vec<InstanceConfig>,
+    pub client: rtpengine::Settings,
+    pub media: MediaConfig,
+}
+
+/// The instances of `[rtpengine]` as the client takes them.
+pub fn instances(raw: &RawRtpengine) -> Vec<InstanceConfig> {
+    raw.instances
+        .iter()
+        .map(|i| match i {
+            RawInstance::Socket(s) => InstanceConfig {
+                socket: s.clone(),
+                set: 0,
+                weight: 1,
+            },
+            RawInstance::Table(t) => InstanceConfig {
+                socket: t.socket.clone(),
+                set: t.set,
+                weight: t.weight,
+            },
+        })
+        .collect()
+}
+
+/// Checks both sections.
+pub fn validate(
+    rtp: Option<&RawRtpengine>,
+    media: Option<&RawMedia>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<MediaSettings> {
+    let default_media = RawMedia::default();
+    let m = media.unwrap_or(&default_media);
+    let relay = Relay::parse(&m.relay);
+    if relay.is_none() {
+        errors.push(err(
+            "media.relay",
+            &m.relay,
+            "must be \"auto\", \"always\" or \"never\"",
+        ));
+    }
+    for c in &m.sip_codecs {
+        if c.is_empty() || c.len() > 32 || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            errors.push(err("media.sip_codecs", c, "not a codec name (like PCMU)"));
+        }
+    }
+    if !(100..=30_000).contains(&m.wait_ms) {
+        errors.push(err(
+            "media.wait_ms",
+            &m.wait_ms.to_string(),
+            "must be from 100 to 30000",
+        ));
+    }
+    let Some(rtp) = rtp else {
+        if media.is_some_and(|m| m.relay != "never") {
+            errors.push(err(
+                "media.relay",
+                &m.relay,
+                "needs an [rtpengine] section with its instances",
+            ));
+        }
+        return None;
+    };
+    let list = instances(rtp);
+    if list.is_empty() {
+        errors.push(err(
+            "rtpengine.instances",
+            "[]",
+            "at least one instance is needed, like \"udp:127.0.0.1:2223\"",
+        ));
+    }
+    for i in &list {
+        if let Err(e) = rtpengine::client::parse_socket(&i.socket) {
+            errors.push(err("rtpengine.instances", &i.socket, &e.why));
+        }
+    }
+    for (n, a) in list.iter().enumerate() {
+        if list[..n]
+            .iter()
+            .any(|b| b.set == a.set && b.socket == a.socket)
+        {
+            errors.push(err("rtpengine.instances", &a.socket, "listed twice in its set"));
+        }
+    }
+    if m.set != 0 || !list.is_empty() {
+        if !list.iter().any(|i| i.set == m.set) {
+            errors.push(err(
+                "media.set",
+                &m.set.to_string(),
+                "no instance of [rtpengine] is in this set",
+            ));
+        }
+    }
+    if !(20..=5_000).contains(&rtp.timeout_ms) {
+        errors.push(err(
+            "rtpengine.timeout_ms",
+            &rtp.timeout_ms.to_string(),
+            "must be from 20 to 5000",
+        ));
+    }
+    if rtp.retries > 10 {
+        errors.push(err(
+            "rtpengine.retries",
+            &rtp.retries.to_string(),
+            "at most 10",
+        ));
+    }
+    if rtp.ping_interval_s == 0 || rtp.ping_interval_s > 3600 {
+        errors.push(err(
+            "rtpengine.ping_interval_s",
+            &rtp.ping_interval_s.to_string(),
+            "must be from 1 to 3600",
+        ));
+    }
+    Some(MediaSettings {
+        instances: list,
+        client: rtpengine::Settings {
+            timeout: Duration::from_millis(rtp.timeout_ms),
+            retries: rtp.retries,
+            ping_interval: Duration::from_secs(rtp.ping_interval_s.max(1)),
+        },
+        media: MediaConfig {
+            relay: relay.unwrap_or(Relay::Auto),
+            set: m.set,
+            sip_codecs: m.sip_codecs.clone(),
+            refuse_on_failure: m.refuse_on_failure,
+            wait: Duration::from_millis(m.wait_ms),
+            ..MediaConfig::default()
+        },
+    })
+}
+
+/// Runs the core's media commands over NG.
+pub struct NgRunner(pub Arc<Client>);
+
+/// The NG dictionary of a media command.
+pub fn ng_command(req: &MediaRequest) -> Value {
+    let s = |v: &str| Value::from(v);
+    let mut d: Vec<(&str, Value)> = vec![
+        ("command", s(req.op.as_str())),
+        ("call-id", s(&req.call_id)),
+    ];
+    if !req.from_tag.is_empty() {
+        d.push(("from-tag", s(&req.from_tag)));
+    }
+    if !req.to_tag.is_empty() {
+        d.push(("to-tag", s(&req.to_tag)));
+    }
+    if !req.via_branch.is_empty() {
+        d.push(("via-branch", s(&req.via_branch)));
+    }
+    if req.op != MediaOp::Delete {
+        d.push(("sdp", Value::Bytes(req.sdp.to_vec())));
+        let f = &req.flags;
+        if let Some(v) = f.ice {
+            d.push(("ICE", s(v)));
+        }
+        if let Some(v) = f.dtls {
+            d.push(("DTLS", s(v)));
+        }
+        if let Some(v) = f.transport_protocol {
+            d.push(("transport-protocol", s(v)));
+        }
+        if !f.rtcp_mux.is_empty() {
+            d.push(("rtcp-mux", Value::strings(f.rtcp_mux.iter().copied())));
+        }
+        if !f.sdes.is_empty() {
+            d.push(("SDES", Value::strings(f.sdes.iter().copied())));
+        }
+        if !f.flags.is_empty() {
+            d.push(("flags", Value::strings(f.flags.iter().copied())));
+        }
+        if !f.replace.is_empty() {
+            d.push(("replace", Value::strings(f.replace.iter().copied())));
+        }
+        if !f.transcode.is_empty() {
+            d.push((
+                "codec",
+                Value::dict([(
+                    "transcode",
+                    Value::strings(f.transcode.iter().map(String::as_str)),
+                )]),
+            ));
+        }
+        if let Some(a) = f.received_from {
+            let fam = if matches!(a, IpAddr::V4(_)) { "IP4" } else { "IP6" };
+            d.push((
+                "received-from",
+                Value::List(vec![s(fam), s(&a.to_string())]),
+            ));
+        }
+    }
+    Value::dict(d)
+}
+
+impl net::MediaRunner for NgRunner {
+    fn run(
+        &self,
+        req: MediaRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, MediaError>> + Send>>
+    {
+        let client = self.0.clone();
+        Box::pin(async move {
+            let kind = match req.op {
+                MediaOp::Offer => Kind::Offer,
+                MediaOp::Answer => Kind::Answer,
+                MediaOp::Delete => Kind::Delete,
+            };
+            let cmd = ng_command(&req);
+            match client.request(kind, &req.call_id, req.set, &cmd).await {
+                Ok((v, _)) if req.op == MediaOp::Delete => {
+                    let _ = v;
+                    Ok(Bytes::new())
+                }
+                Ok((v, instance)) => match v.get("sdp").and_then(Value::as_bytes) {
+                    Some(sdp) if sip_proxy::media::inspect(sdp).is_some() => {
+                        Ok(Bytes::copy_from_slice(sdp))
+                    }
+                    _ => Err(MediaError::Unavailable(format!(
+                        "{instance} gave no usable SDP"
+                    ))),
+                },
+                Err(Failure::Rejected(r)) => Err(MediaError::Refused(r)),
+                Err(e) => Err(MediaError::Unavailable(e.to_string())),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(extra: &str) -> Result<crate::config::Config, Vec<crate::config::ConfigError>> {
+        crate::config::load(
+            &format!(
+                "[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\n{extra}\n[routing]\ndefault_set = 1\n[dispatcher]\n[[dispatcher.set]]\nid = 1\ndestinations = [\"sip:127.0.0.1:5080\"]\n"
+            ),
+            1,
+        )
+    }
+
+    fn errs(extra: &str) -> String {
+        load(extra)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn instances_in_both_forms_and_the_policy_load() {
+        let c = load("[rtpengine]\ninstances = [\"udp:127.0.0.1:2223\", { socket = \"udp:127.0.0.1:2225\", set = 1, weight = 0 }]\n[media]\nrelay = \"always\"\nset = 1\n").unwrap();
+        let m = c.media.unwrap();
+        assert_eq!(m.instances.len(), 2);
+        assert_eq!(m.instances[1].weight, 0);
+        assert_eq!(m.media.relay, Relay::Always);
+        assert_eq!(m.media.set, 1);
+        assert!(load("").unwrap().media.is_none());
+    }
+
+    #[test]
+    fn bad_sections_are_refused_by_key() {
+        let e = errs("[rtpengine]\ninstances = [\"udp:rtp.example.com:2223\", \"tcp:127.0.0.1:1\"]\ntimeout_ms = 0\n");
+        assert!(e.contains("rtpengine.instances"), "{e}");
+        assert!(e.contains("IP address"), "{e}");
+        assert!(e.contains("only the UDP"), "{e}");
+        assert!(e.contains("rtpengine.timeout_ms"), "{e}");
+        let e = errs("[rtpengine]\ninstances = []\n");
+        assert!(e.contains("at least one instance"), "{e}");
+        let e = errs("[media]\nrelay = \"always\"\n");
+        assert!(e.contains("needs an [rtpengine] section"), "{e}");
+        let e = errs("[rtpengine]\ninstances = [\"udp:127.0.0.1:2223\"]\n[media]\nrelay = \"sometimes\"\nset = 4\nsip_codecs = [\"PC MU\"]\n");
+        assert!(e.contains("media.relay"), "{e}");
+        assert!(e.contains("media.set"), "{e}");
+        assert!(e.contains("media.sip_codecs"), "{e}");
+        let e = errs("[rtpengine]\ninstances = [{ socket = \"udp:127.0.0.1:2223\", weight = 1, colour = 2 }]\n");
+        assert!(e.contains("rtpengine"), "{e}");
+        assert!(load("[media]\nrelay = \"never\"\n").is_ok());
+    }
+
+    #[test]
+    fn commands_carry_the_flags() {
+        let req = MediaRequest {
+            op: MediaOp::Offer,
+            call_id: "c1".into(),
+            from_tag: "f".into(),
+            to_tag: String::new(),
+            via_branch: String::new(),
+            sdp: Bytes::from_static(b"v=0\r\n"),
+            flags: sip_proxy::media::Flags {
+                ice: Some("force"),
+                transcode: vec!["PCMU".into()],
+                received_from: Some("192.0.2.1".parse().unwrap()),
+                rtcp_mux: vec!["offer"],
+                ..Default::default()
+            },
+            set: 0,
+        };
+        let v = ng_command(&req);
+        let text = String::from_utf8(v.to_bytes()).unwrap();
+        assert!(text.contains("3:ICE5:force"), "{text}");
+        assert!(text.contains("5:codecd9:transcodel4:PCMUee"), "{text}");
+        assert!(text.contains("13:received-froml3:IP49:192.0.2.1e"), "{text}");
+        assert!(text.contains("8:rtcp-muxl5:offere"), "{text}");
+        assert!(!text.contains("to-tag"), "{text}");
+        let del = ng_command(&MediaRequest {
+            op: MediaOp::Delete,
+            ..req
+        });
+        let text = String::from_utf8(del.to_bytes()).unwrap();
+        assert!(!text.contains("sdp"), "{text}");
+        assert!(text.contains("6:delete"), "{text}");
+    }
+}
