@@ -19,6 +19,7 @@ command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v chromium >/dev/null || need+=(chromium fonts-liberation)
 command -v node >/dev/null || need+=(nodejs npm)
 command -v unshare >/dev/null || need+=(util-linux)
+command -v rtpengine >/dev/null || need+=(rtpengine-daemon)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -51,5 +52,6 @@ if [ -x target/release/switchboard ]; then
   step "end-to-end (SIPp, dnsmasq, a hostile DNS server): next hops by name (RFC 3263)" tests/e2e/dns.sh
   step "end-to-end (SIPp, OpenSIPS tables in SQLite): number routing" tests/e2e/numbers.sh
   step "end-to-end (JsSIP in Chromium, baresip over TLS, hostile peers; own network namespace): TLS and WebSocket" tests/e2e/streams.sh
+  step "end-to-end (rtpengine, SIPp with RTP, JsSIP in Chromium, baresip; own network namespace): media" tests/e2e/media.sh
 fi
 steps_summary

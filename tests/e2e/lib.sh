@@ -96,3 +96,32 @@ CFG
   echo "$5" > "$dir/accounts"
   baresip -f "$dir" >"$WORK/baresip.log" 2>&1 </dev/null & BARESIP=$!; PIDS+=($BARESIP)
 }
+
+# ---- the browser agent (tests/e2e/web/agent.mjs): commands on a FIFO, events in
+# $WORK/agent.out; $WEB and $ORIGIN_PORT set by the suite ------------------------------
+need_browser() { # Chromium, playwright-core and a JsSIP bundle (built here)
+  [ -x "$WEB/node_modules/.bin/esbuild" ] || { echo "browser peers missing: (cd tests/e2e/web && npm ci)"; exit 2; }
+  command -v chromium >/dev/null || { echo "chromium is missing (apt-get install chromium)"; exit 2; }
+  mkdir -p "$WEB/dist"
+  "$WEB/node_modules/.bin/esbuild" "$WEB/node_modules/jssip/lib/JsSIP.js" --bundle --format=iife \
+    --global-name=JsSIP --minify --log-level=warning --outfile="$WEB/dist/jssip.min.js" || exit 2
+}
+start_agent() {
+  rm -f "$WORK/agent.in"; mkfifo "$WORK/agent.in"
+  AGENT_HTTP_PORT=$ORIGIN_PORT setsid node "$WEB/agent.mjs" <"$WORK/agent.in" >>"$WORK/agent.out" 2>>"$WORK/agent.err" &
+  AGENT=$!; PIDS+=($AGENT)
+  exec 7>"$WORK/agent.in"
+}
+stop_agent() {
+  echo quit >&7 2>/dev/null; exec 7>&-
+  for _ in $(seq 30); do kill -0 $AGENT 2>/dev/null || break; sleep 0.1; done
+  kill -KILL -- -$AGENT 2>/dev/null; wait $AGENT 2>/dev/null
+}
+agent() { echo "$*" >&7; }
+# expect PATTERN SECONDS: waits for an agent line matching PATTERN (grep -E)
+now_ms() { date +%s%3N; }
+expect() {
+  local end=$(( $(now_ms) + $2 * 1000 ))
+  while [ "$(now_ms)" -lt $end ]; do grep -qE -- "$1" "$WORK/agent.out" && return 0; sleep 0.1; done
+  return 1
+}

@@ -20,7 +20,8 @@ source "$(dirname "$0")/lib.sh"
 WORK=$(mktemp -d /tmp/sb-media.XXXXXX)
 E2E="$ROOT/tests/e2e"
 NG="$E2E/ngcli.py"
-P=5060; WSSP=8443; MGMT=9888; FSP=5080; RTPA=2223; RTPB=2225; FAKE=2227
+P=5060; WSSP=8443; MGMT=9888; FSP=5080; RTPA=2223; RTPB=2225; FAKE=2227; BSCTL=6070
+WEB="$E2E/web"; ORIGIN_PORT=8000
 FIX="$ROOT/crates/net/tests/fixtures"
 need_binary
 command -v rtpengine >/dev/null || { echo "rtpengine is missing (apt-get install rtpengine-daemon)"; exit 2; }
@@ -147,6 +148,95 @@ done
 failures=$(metric switchboard_media_failures_total)
 [ -z "${bad_relay:-}" ] && [ "${failures:-0}" -ge 4 ] && grep -q "rtpengine instance marked dead" "$WORK/sb.log"
 result "relay-garbage-refusal-nosdp-silence-each-a-clear-final-response" $? "${out}media failures counted: $failures"
+cleanup; PIDS=()
+
+echo "== phase 2: a browser over WSS and baresip (standing in for FreeSWITCH) through rtpengine"
+need_browser
+start_rtpengine A $RTPA 30000 30499
+{
+  config "\"udp:127.0.0.1:$RTPA\"" auto
+  cat <<TOML
+[tls]
+certificate = "$FIX/server.crt"
+private_key = "$FIX/server.key"
+[registrar]
+domains = ["127.0.0.1"]
+ping_interval_s = 0
+TOML
+} | sed "s|^listen = \[\"udp:127.0.0.1:$P\"\]|listen = [\"udp:127.0.0.1:$P\", \"wss:127.0.0.1:$WSSP\"]|" > "$WORK/sb.toml"
+start_sb
+"$SB" subscriber add alice@127.0.0.1 --password secret1 --mi "$MI" --token-file "$WORK/switchboard.token" >/dev/null
+# baresip as the media server: answers at once, G.711 only, calls users through the proxy
+start_baresip "$WORK/bs" $FSP $BSCTL "10000-10099" "<sip:fs@127.0.0.1:$FSP>;regint=0;answermode=auto;outbound=\"sip:127.0.0.1:$P\""
+start_agent
+expect "^browser " 30 || { echo "the browser did not start"; tail -5 "$WORK/agent.err"; exit 1; }
+agent ua alice wss://127.0.0.1:$WSSP sip:alice@127.0.0.1 alice secret1
+expect "^alice registered" 15 || { echo "the browser did not register"; tail -5 "$WORK/agent.out"; exit 1; }
+# stats NAME: the agent's next stats line
+stats() {
+  local n; n=$(grep -c "^$1 stats" "$WORK/agent.out")
+  agent stats "$1"
+  for _ in $(seq 50); do
+    [ "$(grep -c "^$1 stats" "$WORK/agent.out")" -gt "$n" ] && { grep "^$1 stats" "$WORK/agent.out" | tail -1; return 0; }
+    sleep 0.1
+  done
+  echo "$1 stats none"
+}
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
+# rtp_from_baresip: RTP packets the relay received from baresip's side of the only call
+rtp_side() { # PORT_PREFIX: packets of RTP streams whose endpoint port starts with it
+  local c q; c=$(jq_py "$(ng $RTPA list)" 'j["calls"][0]')
+  q=$(ng $RTPA query call-id="$c")
+  jq_py "$q" "sum(s['stats']['packets'] for t in j['tags'].values() for m in t['medias'] for s in m['streams'] if 'RTP' in s['flags'] and str(s['endpoint'].get('port','')).startswith('$1'))"
+}
+
+agent call alice sip:fs@127.0.0.1
+expect "^alice call confirmed" 15; rc=$?
+sleep 3
+st=$(stats alice); from_bs=$(rtp_side 100)
+in=$(field in "$st"); out=$(field out "$st")
+[ $rc = 0 ] && [ "${in:-0}" -ge 50 ] && [ "${out:-0}" -ge 50 ] && [ "$(field dtls "$st")" = connected ] \
+  && [ "$(field srtp "$st")" != - ] && [ "${from_bs:-0}" -ge 50 ] && grep -q "^alice remote_sdp answer dtls" "$WORK/agent.out"
+result "browser-calls-baresip-dtls-srtp-to-rtp" $? "$st; relay got ${from_bs:-0} RTP packets from baresip; $(grep -m1 '^alice remote_sdp answer' "$WORK/agent.out")"
+
+agent hold alice; expect "^alice hold" 10; h=$?
+sleep 1
+agent unhold alice; expect "^alice unhold" 10; u=$?
+st1=$(stats alice); sleep 2; st2=$(stats alice)
+grow_in=$(( $(field in "$st2") - $(field in "$st1") )); grow_out=$(( $(field out "$st2") - $(field out "$st1") ))
+offers=$(metric switchboard_media_offers_total)
+[ $h = 0 ] && [ $u = 0 ] && [ $grow_in -ge 40 ] && [ $grow_out -ge 40 ] && [ "${offers:-0}" -ge 3 ]
+result "hold-and-resume-by-reinvite-keep-media-flowing" $? "after resume, in 2 s: +$grow_in in, +$grow_out out; offers so far: $offers"
+agent hangup alice; expect "^alice ended" 10
+sleep 0.5
+left=$(jq_py "$(ng $RTPA list)" 'len(j["calls"])')
+[ "$left" = 0 ]
+result "the-browser-hangs-up-and-the-session-is-deleted" $? "calls at the relay after the BYE: $left"
+
+python3 "$E2E/bsctl.py" $BSCTL "dial sip:alice@127.0.0.1" 1 >/dev/null
+expect "^alice incoming confirmed" 15; rc=$?
+sleep 3
+st=$(stats alice); from_bs=$(rtp_side 100)
+in=$(field in "$st"); out=$(field out "$st")
+[ $rc = 0 ] && [ "${in:-0}" -ge 50 ] && [ "${out:-0}" -ge 50 ] && [ "$(field dtls "$st")" = connected ] \
+  && [ "${from_bs:-0}" -ge 50 ] && grep -q "^alice remote_sdp offer dtls" "$WORK/agent.out"
+result "baresip-calls-the-browser-over-its-wss" $? "$st; relay got ${from_bs:-0} RTP packets from baresip; $(grep -m1 '^alice remote_sdp offer' "$WORK/agent.out")"
+agent hangup alice; expect "^alice ended remote|^alice ended local" 10
+sleep 1
+
+echo "== phase 3: an Opus-only browser and a G.711-only baresip: transcoded"
+n0=$(grep -c "^alice call confirmed" "$WORK/agent.out")
+agent call alice sip:fs@127.0.0.1 opus
+for _ in $(seq 150); do [ "$(grep -c "^alice call confirmed" "$WORK/agent.out")" -gt "$n0" ] && break; sleep 0.1; done
+sleep 3
+st=$(stats alice); from_bs=$(rtp_side 100)
+in=$(field in "$st"); out=$(field out "$st")
+codec=$(field codec "$st")
+[ "${in:-0}" -ge 50 ] && [ "${out:-0}" -ge 50 ] && [ "$codec" = audio/opus ] && [ "${from_bs:-0}" -ge 50 ] \
+  && grep -q "PCMU\|PCMA" "$WORK/baresip.log"
+result "opus-only-browser-to-g711-baresip-transcoded" $? "$st; relay got ${from_bs:-0} RTP packets from baresip ($(grep -o 'audio: [^ ]*' "$WORK/baresip.log" | tail -1))"
+agent hangup alice; expect "^alice ended" 10
+stop_agent
 cleanup; PIDS=()
 
 echo

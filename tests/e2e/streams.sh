@@ -31,11 +31,7 @@ CLI="$ROOT/tests/e2e/streamcli.py"
 P=5060; TLSP=5061; WSP=8080; WSSP=8443; MGMT=9888; FS=127.0.0.2; FSP=5080; FSC=5090
 BS=6060; BSCTL=6070; ORIGIN_PORT=8000
 need_binary
-[ -x "$WEB/node_modules/.bin/esbuild" ] || { echo "browser peers missing: (cd tests/e2e/web && npm ci)"; exit 2; }
-command -v chromium >/dev/null || { echo "chromium is missing (apt-get install chromium)"; exit 2; }
-mkdir -p "$WEB/dist"
-"$WEB/node_modules/.bin/esbuild" "$WEB/node_modules/jssip/lib/JsSIP.js" --bundle --format=iife \
-  --global-name=JsSIP --minify --log-level=warning --outfile="$WEB/dist/jssip.min.js" || exit 2
+need_browser
 now_ms() { date +%s%3N; }
 MI="http://127.0.0.1:$MGMT/mi"
 cli() { "$SB" "$@" --mi "$MI" --token-file "$WORK/switchboard.token"; }
@@ -86,25 +82,6 @@ url = "sqlite://$WORK/sb.db"
 TOML
 }
 
-# ---- the browser agent: commands on a FIFO, events in agent.out -----------------------
-start_agent() {
-  rm -f "$WORK/agent.in"; mkfifo "$WORK/agent.in"
-  AGENT_HTTP_PORT=$ORIGIN_PORT setsid node "$WEB/agent.mjs" <"$WORK/agent.in" >>"$WORK/agent.out" 2>>"$WORK/agent.err" &
-  AGENT=$!; PIDS+=($AGENT)
-  exec 7>"$WORK/agent.in"
-}
-stop_agent() {
-  echo quit >&7 2>/dev/null; exec 7>&-
-  for _ in $(seq 30); do kill -0 $AGENT 2>/dev/null || break; sleep 0.1; done
-  kill -KILL -- -$AGENT 2>/dev/null; wait $AGENT 2>/dev/null
-}
-agent() { echo "$*" >&7; }
-# expect PATTERN SECONDS: waits for an agent line matching PATTERN (grep -E)
-expect() {
-  local end=$(( $(now_ms) + $2 * 1000 ))
-  while [ "$(now_ms)" -lt $end ]; do grep -qE -- "$1" "$WORK/agent.out" && return 0; sleep 0.1; done
-  return 1
-}
 uas() { # SCENARIO-ARGS...: a SIPp media server on $FS:$FSP for one call, as UAS_PID
   ( cd "$WORK" && exec sipp -i $FS -p $FSP -cp 8891 -m 1 -nostdin -timeout 30s "$@" ) >"$WORK/uas.out" 2>&1 </dev/null &
   UAS_PID=$!; PIDS+=($UAS_PID); sleep 0.3

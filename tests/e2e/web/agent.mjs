@@ -2,7 +2,9 @@
 // agent a page running JsSIP over its own WebSocket. Reads commands on stdin, one per line,
 // and prints every event as a line on stdout (the suite waits for the lines it expects):
 //   ua NAME WS_URL AOR USER PASSWORD   open a page, register     -> "NAME registered"
-//   call NAME TARGET_URI               place a call               -> "NAME call confirmed"
+//   call NAME TARGET_URI [opus]        place a call (opus: offer Opus alone) -> "NAME call confirmed"
+//   stats NAME                         -> "NAME stats in=N out=N dtls=STATE srtp=CIPHER codec=MIME"
+//   hold NAME / unhold NAME            re-INVITE (sendonly / sendrecv) -> "NAME hold" / "NAME unhold"
 //   hangup NAME                        end the call               -> "NAME ended local ..."
 //   close NAME                         close the page: its WebSocket drops, no un-REGISTER
 //   quit
@@ -51,7 +53,11 @@ async function run(line) {
     const [ws, aor, user, pass] = rest;
     await page.evaluate(([n, w, a, u, p]) => window.startUA(n, w, a, u, p), [name, ws, aor, user, pass]);
   } else if (cmd === 'call') {
-    await pages.get(name).evaluate(([n, t]) => window.call(n, t), [name, rest[0]]);
+    await pages.get(name).evaluate(([n, t, o]) => window.call(n, t, o), [name, rest[0], rest[1] || '']);
+  } else if (cmd === 'stats') {
+    await pages.get(name).evaluate((n) => window.stats(n), name);
+  } else if (cmd === 'hold' || cmd === 'unhold') {
+    await pages.get(name).evaluate(([n, on]) => window.hold(n, on), [name, cmd === 'hold']);
   } else if (cmd === 'hangup') {
     await pages.get(name).evaluate(() => window.hangup());
   } else if (cmd === 'close') {
