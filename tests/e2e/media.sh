@@ -239,6 +239,39 @@ agent hangup alice; expect "^alice ended" 10
 stop_agent
 cleanup; PIDS=()
 
+echo "== phase 4: two rtpengine instances, one killed during 20 calls/s"
+start_rtpengine A $RTPA 30000 30499
+start_rtpengine B $RTPB 30500 30999
+config "\"udp:127.0.0.1:$RTPA\", \"udp:127.0.0.1:$RTPB\"" always > "$WORK/sb.toml"
+start_sb
+grep -v 'play_pcap_audio' "$SC/uac-media.xml" > "$WORK/uac-load.xml"
+( cd "$WORK" && exec sipp -sf "$SC/uas-media.xml" -i 127.0.0.1 -p $FSP -cp 8891 -nostdin -timeout 60s ) >"$WORK/uas-load.out" 2>&1 </dev/null &
+UAS=$!; PIDS+=($UAS); sleep 0.3
+( cd "$WORK" && exec sipp 127.0.0.1:$P -sf "$WORK/uac-load.xml" -s 1000 -i 127.0.0.1 -p 5070 -cp 8892 \
+  -r 20 -m 400 -d 3000 -nostdin -timeout 60s -trace_rtt -rtt_freq 1 -trace_stat -stf "$WORK/load.csv" -fd 1 ) >"$WORK/uac-load.out" 2>&1 </dev/null &
+UAC=$!; PIDS+=($UAC)
+sleep 8
+before=$(rpc rtpengine_show)
+kill -KILL "$RTP_A"; killed_at=$(now_ms)
+for _ in $(seq 300); do kill -0 $UAC 2>/dev/null || break; sleep 0.1; done
+kill -0 $UAC 2>/dev/null && kill -TERM $UAC
+wait $UAC; uac_rc=$?
+kill -TERM $UAS 2>/dev/null; wait $UAS 2>/dev/null
+after=$(rpc rtpengine_show)
+ok=$(col "$WORK/load.csv" "SuccessfulCall(C)")
+failed=$(col "$WORK/load.csv" "FailedCall(C)")
+lat=$(cat "$WORK"/uac-load_*_rtt.csv 2>/dev/null | awk -F';' '$3+0 == 1 {print $2}' | sort -n | awk '{a[NR]=$1} END {if (!NR) {print "none"; exit} i=int(NR*0.5)+1; j=int(NR*0.99)+1; if (j>NR) j=NR; printf "p50=%.1f p99=%.1f max=%.1f n=%d", a[i], a[j], a[NR], NR}')
+slow=$(cat "$WORK"/uac-load_*_rtt.csv 2>/dev/null | awk -F';' '$3+0 == 1 && $2 > 500 {n++} END {print n+0}')
+p50=$(sed -n 's/.*p50=\([0-9.]*\).*/\1/p' <<<"$lat"); max=$(sed -n 's/.*max=\([0-9.]*\).*/\1/p' <<<"$lat")
+a_calls=$(jq_py "$before" 'j["result"]["instances"][0]["calls"]'); b_calls=$(jq_py "$before" 'j["result"]["instances"][1]["calls"]')
+a_state=$(jq_py "$after" 'j["result"]["instances"][0]["state"]'); b_state=$(jq_py "$after" 'j["result"]["instances"][1]["state"]')
+b_after=$(jq_py "$after" 'j["result"]["instances"][1]["requests"]')
+[ "${ok:-0}" -ge 398 ] && [ "$a_state" = down ] && [ "$b_state" = up ] && [ "${a_calls:-0}" -gt 0 ] && [ "${b_calls:-0}" -gt 0 ] \
+  && python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) < 50 and float(sys.argv[2]) < 1500 else 1)" "${p50:-999}" "${max:-99999}" \
+  && [ "$slow" -le 5 ]
+result "instance-killed-under-20-cps-new-calls-go-to-the-other" $? "$ok ok, $failed failed of 400; before the kill A held $a_calls calls, B $b_calls; after: A $a_state, B $b_state; INVITE->200 ms: $lat, over 500 ms: $slow"
+cleanup; PIDS=()
+
 echo
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]

@@ -128,6 +128,8 @@ pub struct Instance {
     /// Switched by management (`rtpengine_enable`).
     pub enabled: AtomicBool,
     alive: AtomicBool,
+    /// A try went unanswered: new calls go elsewhere while another instance answers.
+    suspect: AtomicBool,
     /// Last round-trip time, microseconds (0: none yet).
     rtt_us: AtomicU64,
     /// Calls whose media it holds (affinity entries).
@@ -149,6 +151,7 @@ impl Instance {
             enabled: AtomicBool::new(true),
             // unknown until the first ping: tried, as rtpengine usually starts first
             alive: AtomicBool::new(true),
+            suspect: AtomicBool::new(false),
             rtt_us: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -310,7 +313,12 @@ impl Client {
     /// weight, else among usable backups (weight 0). Skips those in `tried`.
     fn choose(&self, set: u32, tried: &[SocketAddr]) -> Option<Arc<Instance>> {
         let list = self.instances();
-        let fresh = |i: &&Arc<Instance>| i.set == set && i.usable() && !tried.contains(&i.addr);
+        let ok = |i: &&Arc<Instance>| i.set == set && i.usable() && !tried.contains(&i.addr);
+        // an instance that just left a try unanswered is passed over while another answers
+        let any_sure = list
+            .iter()
+            .any(|i| ok(&i) && !i.suspect.load(Ordering::Relaxed));
+        let fresh = |i: &&Arc<Instance>| ok(i) && !(any_sure && i.suspect.load(Ordering::Relaxed));
         let weighted: Vec<&Arc<Instance>> =
             list.iter().filter(fresh).filter(|i| i.weight > 0).collect();
         if !weighted.is_empty() {
@@ -454,7 +462,13 @@ impl Client {
                     result = Err(Failure::Garbage(i.socket.clone()));
                     break;
                 }
-                Err(_) => continue,
+                Err(_) => {
+                    i.suspect.store(true, Ordering::Relaxed);
+                    if !i.is_alive() {
+                        break; // another request found it dead meanwhile: no more tries
+                    }
+                    continue;
+                }
             }
         }
         self.pending
@@ -463,6 +477,7 @@ impl Client {
             .remove(&cookie);
         match result {
             Ok(v) => {
+                i.suspect.store(false, Ordering::Relaxed);
                 i.rtt_us
                     .store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
                 if !i.alive.swap(true, Ordering::Relaxed) {
