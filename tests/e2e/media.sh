@@ -105,6 +105,35 @@ bad=$(rpc rtpengine_enable '{"url":"udp:127.0.0.9:1","enable":1}')
 [[ "$r" == *'"changed":1'* ]] && [[ "$off" == 503* ]] && [[ "$r2" == *'"changed":1'* ]] && [[ "$bad" == *'no rtpengine instance'* ]]
 result "rtpengine-enable-off-refuses-new-calls" $? "disabled: $off; unknown instance: $(jq_py "$bad" 'j["error"]["message"]')"
 
+# the CLI, and the instances read again from OpenSIPS' rtpengine table (hostile rows skipped)
+cli() { "$SB" "$@" --mi "$MI" --token-file "$WORK/switchboard.token"; }
+show=$(cli rtpengine show)
+python3 - "$WORK/sb.db" <<PY
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.executemany("INSERT INTO rtpengine (socket, set_id) VALUES (?, ?)", [
+    ("udp:127.0.0.1:$RTPA=3", 0),          # the live instance, weight 3
+    ("udp:rtp.example.com:2223", 0),       # a name: refused
+    ("udp:127.0.0.1:2299=-5", 0),          # a negative weight: refused
+    ("udp:127.0.0.1:2297", -1),            # a negative set: refused
+    ("x" * 5000, 0),                       # absurdly long: refused
+])
+db.commit()
+PY
+sed -i 's|^instances = \[.*\]$|source = "database"|' "$WORK/sb.toml"
+reload=$(cli rtpengine reload)
+shown=$(rpc rtpengine_show)
+n=$(jq_py "$shown" 'len(j["result"]["instances"])'); w=$(jq_py "$shown" 'j["result"]["instances"][0]["weight"]')
+skipped=$(grep -c "rtpengine row skipped" "$WORK/sb.log")
+( cd "$WORK" && exec sipp -sf "$SC/uas-media.xml" -i 127.0.0.1 -p $FSP -cp 8891 -m 1 -nostdin -timeout 15s ) >"$WORK/uas-db.out" 2>&1 </dev/null &
+UAS=$!; PIDS+=($UAS); sleep 0.3
+okcall=$(python3 "$E2E/mediareq.py" $P 5073 "sip:1000@127.0.0.1:$P" plain 5)
+wait $UAS
+grep -q "udp:127.0.0.1:$RTPA .* up " <<<"$show" && [[ "$reload" == *'"instances": 1'* ]] && [ "$n" = 1 ] && [ "$w" = 3 ] \
+  && [ "$skipped" -ge 4 ] && [[ "$okcall" == 200* ]]
+rc=$?
+result "cli-show-and-reload-from-the-opensips-rtpengine-table" $rc "$(grep "udp:127.0.0.1:$RTPA" <<<"$show" | tr -s ' '); reload: $(tr -d " \n" <<<"$reload"); weight $w; $skipped hostile rows skipped; then a call: $okcall"
+
 echo "== phase 1b: bad input"
 # an SDP rtpengine refuses: 488 with its reason, nothing sent to the media server
 ( cd "$WORK" && exec sipp -sf "$SC/uas-media.xml" -i 127.0.0.1 -p $FSP -cp 8891 -m 1 -nostdin -timeout 15s ) >"$WORK/uas2.out" 2>&1 </dev/null &

@@ -35,7 +35,11 @@ pub fn call(st: &AdminState, method: &str, params: &Value) -> Option<Result<Valu
                 v.as_i64()
                     .map(|i| i != 0)
                     .or_else(|| v.as_bool())
-                    .or_else(|| v.as_str().and_then(|s| s.parse::<i64>().ok()).map(|i| i != 0))
+                    .or_else(|| {
+                        v.as_str()
+                            .and_then(|s| s.parse::<i64>().ok())
+                            .map(|i| i != 0)
+                    })
             });
             match (url, on) {
                 (Some(u), Some(on)) => {

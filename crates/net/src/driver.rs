@@ -23,9 +23,7 @@ pub trait MediaRunner: Send + Sync + 'static {
         &self,
         req: sip_proxy::media::MediaRequest,
     ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<Bytes, sip_proxy::media::MediaError>> + Send,
-        >,
+        Box<dyn std::future::Future<Output = Result<Bytes, sip_proxy::media::MediaError>> + Send>,
     >;
 }
 
@@ -395,7 +393,7 @@ impl Net {
                         let op = req.op;
                         let call_id = req.call_id.clone();
                         let result = match media {
-                            Some(m) => m.0.run(req).await,
+                            Some(m) => m.0.run(*req).await,
                             None => Err(sip_proxy::media::MediaError::Unavailable(
                                 "no media relay configured".into(),
                             )),

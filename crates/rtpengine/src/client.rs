@@ -402,6 +402,8 @@ impl Client {
             }
             Kind::Delete => {
                 let r = match self.affine(call_id) {
+                    // a dead instance lost the call, or will time it out: not waited for
+                    Some(i) if !i.is_alive() => Err(Failure::Timeout(i.socket.clone())),
                     Some(i) => self.send(&i, cmd).await.map(|v| (v, i.socket.clone())),
                     None => {
                         // no instance known (a call from before a restart): every enabled

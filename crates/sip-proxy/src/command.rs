@@ -30,7 +30,7 @@ pub enum CommandKind {
     /// Resolve a name the RFC 3263 way (NAPTR → SRV → A/AAAA).
     Resolve(Query),
     /// Ask the media relay (offer, answer); a `delete` is sent with no one waiting.
-    Media(MediaRequest),
+    Media(Box<MediaRequest>),
 }
 
 /// The driver's answer to command `id`.
@@ -116,7 +116,7 @@ impl Waits {
     ) -> (CommandId, Command) {
         self.next_id += 1;
         let id = self.next_id;
-        let kind = CommandKind::Media(req);
+        let kind = CommandKind::Media(Box::new(req));
         self.waiting += usize::from(ctx.is_some());
         self.by_id.insert(
             id,

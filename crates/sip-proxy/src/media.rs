@@ -126,7 +126,10 @@ pub fn inspect(body: &[u8]) -> Option<SdpInfo> {
                 if v.starts_with("fingerprint:") {
                     info.webrtc = true;
                 } else if let Some(r) = v.strip_prefix("rtpmap:") {
-                    if let Some(name) = r.split_whitespace().nth(1).and_then(|n| n.split('/').next())
+                    if let Some(name) = r
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|n| n.split('/').next())
                     {
                         let n = name.to_ascii_uppercase();
                         if !info.codecs.contains(&n) {
@@ -448,8 +451,8 @@ mod tests {
         for bad in [
             &b""[..],
             b"hello",
-            b"v=0\r\n",                             // no media
-            b"v=0\r\nm=audio\r\n",                  // short m= line
+            b"v=0\r\n",                                // no media
+            b"v=0\r\nm=audio\r\n",                     // short m= line
             b"v=0\r\nm=audio 1 RTP/AVP 0\r\nxx=1\r\n", // key of two letters
             b"v=0\r\nm=audio 1 RTP/AVP 0\r\nc=IN\r\n", // short c= line
             b"\xff\xfe",
@@ -511,7 +514,14 @@ mod tests {
         assert!(must_relay(&cfg, Leg::Sip, &public, src, Leg::Sip, true));
         assert!(must_relay(&cfg, Leg::Sip, &public, src, Leg::WebRtc, false));
         // the same private address as the source: on the same network, no NAT
-        assert!(!must_relay(&cfg, Leg::Sip, &p, ip("192.168.1.20"), Leg::Sip, false));
+        assert!(!must_relay(
+            &cfg,
+            Leg::Sip,
+            &p,
+            ip("192.168.1.20"),
+            Leg::Sip,
+            false
+        ));
         let never = MediaConfig {
             relay: Relay::Never,
             ..cfg.clone()

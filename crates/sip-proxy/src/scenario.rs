@@ -123,7 +123,7 @@ impl Scenario {
         let CommandKind::Media(m) = c[0].kind.clone() else {
             panic!("a media command expected: {c:?}");
         };
-        (c[0].id, m)
+        (c[0].id, *m)
     }
 }
 

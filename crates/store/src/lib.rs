@@ -157,6 +157,15 @@ pub struct LoadBalancerRow {
     pub description: Option<String>,
 }
 
+/// A row of OpenSIPS' `rtpengine` table: `socket` holds one or more instances
+/// (`udp:10.0.0.7:2223=2 udp:10.0.0.8:2223`, a weight after `=`), all in set `set_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpengineRow {
+    pub id: i64,
+    pub socket: String,
+    pub set_id: i64,
+}
+
 /// A location change.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LocationOp {
@@ -304,6 +313,12 @@ const CREATE_LOAD_BALANCER: &str = "CREATE TABLE IF NOT EXISTS load_balancer (
     probe_mode INTEGER DEFAULT 0 NOT NULL,
     attrs CHAR(255) DEFAULT NULL,
     description CHAR(128) DEFAULT NULL
+)";
+
+const CREATE_RTPENGINE: &str = "CREATE TABLE IF NOT EXISTS rtpengine (
+    id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    socket TEXT NOT NULL,
+    set_id INTEGER NOT NULL
 )";
 
 const ACC_COLUMNS: &str = "
@@ -736,6 +751,7 @@ impl Store {
         sqlx::query(CREATE_LOAD_BALANCER)
             .execute(&self.pool)
             .await?;
+        sqlx::query(CREATE_RTPENGINE).execute(&self.pool).await?;
         sqlx::query(&format!("CREATE TABLE IF NOT EXISTS acc ({ACC_COLUMNS},\n    duration INTEGER DEFAULT 0 NOT NULL,\n    ms_duration INTEGER DEFAULT 0 NOT NULL,\n    setuptime INTEGER DEFAULT 0 NOT NULL,\n    created DATETIME DEFAULT NULL)"))
             .execute(&self.pool)
             .await?;
@@ -748,7 +764,7 @@ impl Store {
             sqlx::query(t).execute(&self.pool).await?;
         }
         sqlx::query(&format!(
-            "INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('dispatcher', 9), ('subscriber', 8), ('location', 1013), ('dialog', 10), ('acc', 7), ('missed_calls', 5), ('load_balancer', 3), {}",
+            "INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('dispatcher', 9), ('subscriber', 8), ('location', 1013), ('dialog', 10), ('acc', 7), ('missed_calls', 5), ('load_balancer', 3), ('rtpengine', 1), {}",
             numbers::VERSIONS
         ))
         .execute(&self.pool)
@@ -1357,6 +1373,36 @@ impl Store {
                     probe_mode: int("probe_mode")?,
                     attrs: opt("attrs")?,
                     description: opt("description")?,
+                })
+            };
+            match read() {
+                Ok(row) => good.push(row),
+                Err(reason) => bad.push(BadRow { id, reason }),
+            }
+        }
+        Ok((good, bad))
+    }
+
+    /// Every `rtpengine` row: the readable ones, and the others with the reason.
+    pub async fn rtpengine_rows(&self) -> Result<(Vec<RtpengineRow>, Vec<BadRow>), StoreError> {
+        let rows = sqlx::query("SELECT id, socket, set_id FROM rtpengine ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for r in rows {
+            let id: Option<i64> = r.try_get("id").ok();
+            let read = || -> Result<RtpengineRow, String> {
+                Ok(RtpengineRow {
+                    id: r
+                        .try_get::<i64, _>("id")
+                        .map_err(|_| "column id is not an integer".to_string())?,
+                    socket: r
+                        .try_get::<String, _>("socket")
+                        .map_err(|_| "column socket is not text".to_string())?,
+                    set_id: r
+                        .try_get::<i64, _>("set_id")
+                        .map_err(|_| "column set_id is not an integer".to_string())?,
                 })
             };
             match read() {

@@ -760,6 +760,75 @@ pub fn dp(mi: &Mi, cmd: DpCmd) -> anyhow::Result<ExitCode> {
 }
 
 #[derive(Subcommand)]
+pub enum RtpengineCmd {
+    /// The instances: set, weight, state, round-trip time, calls, requests.
+    Show {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take an instance (its socket, like udp:10.0.0.7:2223, or "all") out of use for new
+    /// calls, or back.
+    Enable {
+        socket: String,
+        #[arg(value_parser = ["on", "off", "1", "0"])]
+        state: String,
+    },
+    /// Re-read the instances from the configuration file (state of kept ones kept).
+    Reload,
+}
+
+/// Runs one rtpengine subcommand.
+pub fn rtpengine(mi: &Mi, cmd: RtpengineCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RtpengineCmd::Show { json: true } => done(rpc(mi, "rtpengine_show", json!({}))),
+        RtpengineCmd::Show { json: false } => match rpc(mi, "rtpengine_show", json!({})) {
+            Ok(v) => {
+                println!(
+                    "{:<28} {:>4} {:>6} {:<9} {:>8} {:>7} {:>9} {:>8} {:>6}",
+                    "instance",
+                    "set",
+                    "weight",
+                    "state",
+                    "rtt_ms",
+                    "calls",
+                    "requests",
+                    "timeouts",
+                    "errors"
+                );
+                let list = v["instances"].as_array().cloned().unwrap_or_default();
+                for i in &list {
+                    println!(
+                        "{:<28} {:>4} {:>6} {:<9} {:>8.2} {:>7} {:>9} {:>8} {:>6}",
+                        i["socket"].as_str().unwrap_or(""),
+                        i["set"],
+                        i["weight"],
+                        i["state"].as_str().unwrap_or(""),
+                        i["rtt_ms"].as_f64().unwrap_or(0.0),
+                        i["calls"],
+                        i["requests"],
+                        i["timeouts"],
+                        i["errors"]
+                    );
+                }
+                println!("{} relayed call(s)", v["relayed_calls"]);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => done(Err(e)),
+        },
+        RtpengineCmd::Enable { socket, state } => {
+            let on = matches!(state.as_str(), "on" | "1");
+            done(rpc(
+                mi,
+                "rtpengine_enable",
+                json!({"url": socket, "enable": i64::from(on)}),
+            ))
+        }
+        RtpengineCmd::Reload => done(rpc(mi, "rtpengine_reload", json!({}))),
+    }
+}
+
+#[derive(Subcommand)]
 pub enum DlgCmd {
     /// The calls in progress: state, caller, callee, media server, age.
     List {

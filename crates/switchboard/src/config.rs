@@ -416,6 +416,7 @@ impl Config {
             || self.accounting
             || self.balancer.as_ref().is_some_and(|b| b.from_database)
             || self.numbers.as_ref().is_some_and(|n| n.from_database)
+            || self.media.as_ref().is_some_and(|m| m.from_database)
     }
 
     /// Why the SQLite database could not be opened, when it could not: its folder is missing

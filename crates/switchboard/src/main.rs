@@ -148,6 +148,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::UlCmd,
     },
+    /// The media relay (rtpengine instances) of a running switchboard.
+    Rtpengine {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        cmd: cli::RtpengineCmd,
+    },
     /// The calls (dialogs) of a running switchboard: list them, end one.
     Dlg {
         #[command(flatten)]
@@ -251,6 +258,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Dp { remote, cmd } => remote.connect().and_then(|mi| cli::dp(&mi, cmd)),
         Cmd::Ban { remote, cmd } => remote.connect().and_then(|mi| cli::ban(&mi, cmd)),
         Cmd::Dlg { remote, cmd } => remote.connect().and_then(|mi| cli::dlg(&mi, cmd)),
+        Cmd::Rtpengine { remote, cmd } => remote.connect().and_then(|mi| cli::rtpengine(&mi, cmd)),
         Cmd::Mi {
             remote,
             method,
@@ -518,7 +526,9 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     // the media relay: its client's reader and pinger run under the supervisor
     let media_client = match &cfg.media {
         Some(m) => {
-            let c = rtpengine::Client::new(&m.instances, m.client.clone(), random_key().0)
+            let list =
+                rtp_instances(m, store.as_ref(), rt.handle()).map_err(|e| anyhow::anyhow!(e))?;
+            let c = rtpengine::Client::new(&list, m.client.clone(), random_key().0)
                 .map_err(|e| anyhow::anyhow!("rtpengine client: {e}"))?;
             let c2 = c.clone();
             net::supervise::spawn("rtpengine-replies", move || c2.clone().read_replies());
@@ -533,7 +543,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
                 }
             });
             proxy = proxy.with_media(m.media.clone());
-            tracing::info!(instances = m.instances.len(), relay = ?m.media.relay, "media relay (rtpengine)");
+            tracing::info!(instances = list.len(), relay = ?m.media.relay, "media relay (rtpengine)");
             Some(c)
         }
         None => None,
@@ -657,13 +667,17 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         }),
         rtpengine: media_client.clone(),
         rtpengine_reload: media_client.clone().map(|c| -> admin::LbReloadFn {
-            let path = path.clone();
+            let (path, st) = (path.clone(), store_ctx.clone());
             Box::new(move || {
                 let cfg = reload_config(&path)?;
                 let m = cfg
                     .media
                     .ok_or("the configuration has no [rtpengine] section any more")?;
-                let n = c.reload(&m.instances).map_err(|e| e.to_string())?;
+                let list = tokio::task::block_in_place(|| match &st {
+                    Some((s, h)) => rtp_instances(&m, Some(s), h),
+                    None => rtp_instances(&m, None, &tokio::runtime::Handle::current()),
+                })?;
+                let n = c.reload(&list).map_err(|e| e.to_string())?;
                 tracing::info!(instances = n, "rtpengine instances reloaded");
                 Ok(n)
             })
@@ -1134,6 +1148,36 @@ fn load_numbers(
     );
     n.reload(t);
     Ok(summary)
+}
+
+/// The rtpengine instances: the configuration's, or the `rtpengine` table's rows.
+fn rtp_instances(
+    m: &media_config::MediaSettings,
+    store: Option<&store::Store>,
+    h: &tokio::runtime::Handle,
+) -> Result<Vec<rtpengine::InstanceConfig>, String> {
+    if !m.from_database {
+        return Ok(m.instances.clone());
+    }
+    let s = store.ok_or("the rtpengine table needs [database]")?;
+    let (rows, bad) = h.block_on(s.rtpengine_rows()).map_err(|e| e.to_string())?;
+    for r in &bad {
+        tracing::warn!(row = ?r.id, reason = %r.reason, "rtpengine row skipped");
+    }
+    let (list, problems) = media_config::instances_from_rows(&rows);
+    for p in &problems {
+        tracing::warn!(problem = %p, "rtpengine row skipped");
+    }
+    tracing::info!(
+        rows = rows.len(),
+        instances = list.len(),
+        skipped = bad.len() + problems.len(),
+        "rtpengine table loaded"
+    );
+    if list.is_empty() {
+        tracing::warn!("the rtpengine table has no usable instance: relayed calls will get 503");
+    }
+    Ok(list)
 }
 
 fn lb_nodes(

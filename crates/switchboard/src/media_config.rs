@@ -37,7 +37,11 @@ fn d_weight() -> u32 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRtpengine {
-    /// The instances (OpenSIPS `rtpengine` table rows: socket, set_id).
+    /// Where the instances are: `config` (`instances`) or `database` (OpenSIPS'
+    /// `rtpengine` table: socket, set_id).
+    #[serde(default = "d_source")]
+    pub source: String,
+    /// The instances.
     #[serde(default)]
     pub instances: Vec<RawInstance>,
     /// How long one try waits for an answer.
@@ -51,6 +55,9 @@ pub struct RawRtpengine {
     pub ping_interval_s: u64,
 }
 
+fn d_source() -> String {
+    "config".into()
+}
 fn d_timeout() -> u64 {
     300
 }
@@ -109,7 +116,10 @@ fn d_wait() -> u64 {
 /// The validated media settings (present when `[rtpengine]` is).
 #[derive(Debug, Clone)]
 pub struct MediaSettings {
+    /// The instances of the configuration (empty with `from_database`).
     pub instances: Vec<InstanceConfig>,
+    /// The instances are the rows of the `rtpengine` table.
+    pub from_database: bool,
     pub client: rtpengine::Settings,
     pub media: MediaConfig,
 }
@@ -150,7 +160,9 @@ pub fn validate(
         ));
     }
     for c in &m.sip_codecs {
-        if c.is_empty() || c.len() > 32 || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        if c.is_empty()
+            || c.len() > 32
+            || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
             errors.push(err("media.sip_codecs", c, "not a codec name (like PCMU)"));
         }
@@ -158,7 +170,7 @@ pub fn validate(
     if !(100..=30_000).contains(&m.wait_ms) {
         errors.push(err(
             "media.wait_ms",
-            &m.wait_ms.to_string(),
+            m.wait_ms.to_string(),
             "must be from 100 to 30000",
         ));
     }
@@ -172,8 +184,27 @@ pub fn validate(
         }
         return None;
     };
+    let from_database = match rtp.source.as_str() {
+        "config" => false,
+        "database" => true,
+        other => {
+            errors.push(err(
+                "rtpengine.source",
+                other,
+                "must be \"config\" or \"database\" (OpenSIPS' rtpengine table)",
+            ));
+            false
+        }
+    };
     let list = instances(rtp);
-    if list.is_empty() {
+    if from_database && !list.is_empty() {
+        errors.push(err(
+            "rtpengine.instances",
+            "[...]",
+            "with source = \"database\" the instances are the table's rows: leave this out",
+        ));
+    }
+    if list.is_empty() && !from_database {
         errors.push(err(
             "rtpengine.instances",
             "[]",
@@ -190,41 +221,44 @@ pub fn validate(
             .iter()
             .any(|b| b.set == a.set && b.socket == a.socket)
         {
-            errors.push(err("rtpengine.instances", &a.socket, "listed twice in its set"));
-        }
-    }
-    if m.set != 0 || !list.is_empty() {
-        if !list.iter().any(|i| i.set == m.set) {
             errors.push(err(
-                "media.set",
-                &m.set.to_string(),
-                "no instance of [rtpengine] is in this set",
+                "rtpengine.instances",
+                &a.socket,
+                "listed twice in its set",
             ));
         }
+    }
+    if !from_database && (m.set != 0 || !list.is_empty()) && !list.iter().any(|i| i.set == m.set) {
+        errors.push(err(
+            "media.set",
+            m.set.to_string(),
+            "no instance of [rtpengine] is in this set",
+        ));
     }
     if !(20..=5_000).contains(&rtp.timeout_ms) {
         errors.push(err(
             "rtpengine.timeout_ms",
-            &rtp.timeout_ms.to_string(),
+            rtp.timeout_ms.to_string(),
             "must be from 20 to 5000",
         ));
     }
     if rtp.retries > 10 {
         errors.push(err(
             "rtpengine.retries",
-            &rtp.retries.to_string(),
+            rtp.retries.to_string(),
             "at most 10",
         ));
     }
     if rtp.ping_interval_s == 0 || rtp.ping_interval_s > 3600 {
         errors.push(err(
             "rtpengine.ping_interval_s",
-            &rtp.ping_interval_s.to_string(),
+            rtp.ping_interval_s.to_string(),
             "must be from 1 to 3600",
         ));
     }
     Some(MediaSettings {
         instances: list,
+        from_database,
         client: rtpengine::Settings {
             timeout: Duration::from_millis(rtp.timeout_ms),
             retries: rtp.retries,
@@ -239,6 +273,72 @@ pub fn validate(
             ..MediaConfig::default()
         },
     })
+}
+
+/// The instances of `rtpengine` rows; what cannot be read is described (the row is skipped).
+pub fn instances_from_rows(rows: &[store::RtpengineRow]) -> (Vec<InstanceConfig>, Vec<String>) {
+    let mut out: Vec<InstanceConfig> = Vec::new();
+    let mut problems = Vec::new();
+    for r in rows {
+        let Ok(set) = u32::try_from(r.set_id) else {
+            problems.push(format!(
+                "row {}: set_id {} is not a set number",
+                r.id, r.set_id
+            ));
+            continue;
+        };
+        if r.socket.len() > 4096 {
+            problems.push(format!(
+                "row {}: socket is {} bytes long",
+                r.id,
+                r.socket.len()
+            ));
+            continue;
+        }
+        let mut row = Vec::new();
+        let mut ok = true;
+        for part in r.socket.split_whitespace() {
+            let (sock, weight) = match part.rsplit_once('=') {
+                Some((s, w)) => match w.parse::<u32>() {
+                    Ok(w) if w <= 1_000_000 => (s, w),
+                    _ => {
+                        problems.push(format!(
+                            "row {}: weight {w:?} of {s:?} is not a number up to 1000000",
+                            r.id
+                        ));
+                        ok = false;
+                        break;
+                    }
+                },
+                None => (part, 1),
+            };
+            if let Err(e) = rtpengine::client::parse_socket(sock) {
+                problems.push(format!("row {}: {e}", r.id));
+                ok = false;
+                break;
+            }
+            if out
+                .iter()
+                .chain(&row)
+                .any(|i: &InstanceConfig| i.set == set && i.socket == sock)
+            {
+                problems.push(format!("row {}: {sock} is listed twice in set {set}", r.id));
+                ok = false;
+                break;
+            }
+            row.push(InstanceConfig {
+                socket: sock.to_string(),
+                set,
+                weight,
+            });
+        }
+        if ok && row.is_empty() {
+            problems.push(format!("row {}: no socket", r.id));
+        } else if ok {
+            out.extend(row);
+        }
+    }
+    (out, problems)
 }
 
 /// Runs the core's media commands over NG.
@@ -294,7 +394,11 @@ pub fn ng_command(req: &MediaRequest) -> Value {
             ));
         }
         if let Some(a) = f.received_from {
-            let fam = if matches!(a, IpAddr::V4(_)) { "IP4" } else { "IP6" };
+            let fam = if matches!(a, IpAddr::V4(_)) {
+                "IP4"
+            } else {
+                "IP6"
+            };
             d.push((
                 "received-from",
                 Value::List(vec![s(fam), s(&a.to_string())]),
@@ -392,6 +496,52 @@ mod tests {
     }
 
     #[test]
+    fn table_rows_in_opensips_form_and_hostile_ones_skipped() {
+        let row = |id, socket: &str, set_id| store::RtpengineRow {
+            id,
+            socket: socket.into(),
+            set_id,
+        };
+        let (list, problems) = instances_from_rows(&[
+            row(1, "udp:127.0.0.1:2223=2 udp:127.0.0.1:2225", 0),
+            row(2, "udp:10.0.0.7:2223", 1),
+            row(3, "udp:rtp.example.com:2223", 0),
+            row(4, "udp:127.0.0.1:2227=-1", 0),
+            row(5, "udp:127.0.0.1:2229", -3),
+            row(6, "   ", 0),
+            row(7, "udp:127.0.0.1:2223", 0),
+            row(8, &"x".repeat(5000), 0),
+            row(9, "udp:127.0.0.1:2231=1 tcp:127.0.0.1:1", 2),
+        ]);
+        let got: Vec<(String, u32, u32)> = list
+            .iter()
+            .map(|i| (i.socket.clone(), i.set, i.weight))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("udp:127.0.0.1:2223".to_string(), 0, 2),
+                ("udp:127.0.0.1:2225".to_string(), 0, 1),
+                ("udp:10.0.0.7:2223".to_string(), 1, 1)
+            ]
+        );
+        let all = problems.join("\n");
+        for n in 3..=9 {
+            assert!(all.contains(&format!("row {n}:")), "{all}");
+        }
+        // a row is taken whole or not at all
+        assert!(!got.iter().any(|g| g.0.contains("2231")));
+        let c =
+            load("[database]\nurl = \"sqlite:///tmp/x.db\"\n[rtpengine]\nsource = \"database\"\n")
+                .unwrap();
+        assert!(c.media.unwrap().from_database);
+        let e = errs("[rtpengine]\nsource = \"database\"\ninstances = [\"udp:127.0.0.1:1\"]\n");
+        assert!(e.contains("leave this out"), "{e}");
+        let e = errs("[rtpengine]\nsource = \"ldap\"\n");
+        assert!(e.contains("rtpengine.source"), "{e}");
+    }
+
+    #[test]
     fn commands_carry_the_flags() {
         let req = MediaRequest {
             op: MediaOp::Offer,
@@ -413,7 +563,10 @@ mod tests {
         let text = String::from_utf8(v.to_bytes()).unwrap();
         assert!(text.contains("3:ICE5:force"), "{text}");
         assert!(text.contains("5:codecd9:transcodel4:PCMUee"), "{text}");
-        assert!(text.contains("13:received-froml3:IP49:192.0.2.1e"), "{text}");
+        assert!(
+            text.contains("13:received-froml3:IP49:192.0.2.1e"),
+            "{text}"
+        );
         assert!(text.contains("8:rtcp-muxl5:offere"), "{text}");
         assert!(!text.contains("to-tag"), "{text}");
         let del = ng_command(&MediaRequest {

@@ -149,7 +149,7 @@ impl Proxy {
         self.waits
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .fire(CommandKind::Media(req));
+            .fire(CommandKind::Media(Box::new(req)));
         self.has_commands.store(true, Ordering::Release);
     }
 
@@ -330,6 +330,7 @@ impl Proxy {
 
     /// A reply from branch `idx`: its SDP goes to the relay (answer, or offer when the
     /// request had none) and the reply waits; a retransmission reuses the last answer.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn media_reply(
         &self,
         now: Instant,
@@ -548,12 +549,7 @@ impl Proxy {
 
     /// The relay answered for an ACK held for its SDP: sent with the new SDP, or as it
     /// was when the relay failed (the call's signalling completes either way).
-    pub(super) fn on_ack_answer(
-        &self,
-        mut t: Transmit,
-        r: EventResult,
-        out: &mut Vec<Transmit>,
-    ) {
+    pub(super) fn on_ack_answer(&self, mut t: Transmit, r: EventResult, out: &mut Vec<Transmit>) {
         match r {
             EventResult::Media(Ok(sdp)) => t.data = with_body(t.data, &sdp),
             EventResult::Media(Err(e)) => {
@@ -613,9 +609,4 @@ impl Proxy {
         }
         self.flush_branch(ctx, idx, out);
     }
-}
-
-#[cfg(test)]
-pub(crate) fn with_body_for_test(data: Bytes, body: &[u8]) -> Bytes {
-    with_body(data, body)
 }

@@ -1016,8 +1016,7 @@ impl Proxy {
             Stats::inc(&self.stats.dropped);
             return;
         };
-        if let Some(data) = self.build_forward(&msg, &plan, target.transport, &branch, None, None)
-        {
+        if let Some(data) = self.build_forward(&msg, &plan, target.transport, &branch, None, None) {
             Stats::inc(&self.stats.stateless_acks);
             let t = Transmit {
                 target,

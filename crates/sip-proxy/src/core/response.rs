@@ -126,7 +126,10 @@ impl Proxy {
                 let b = &ctx.branches[idx];
                 if first && ctx.invite && ctx.fast_failover {
                     self.router.on_call_answered(msg.call_id(), &b.dest);
-                    if matches!(step, media::ReplyStep::Pass | media::ReplyStep::Rewritten(_)) {
+                    if matches!(
+                        step,
+                        media::ReplyStep::Pass | media::ReplyStep::Rewritten(_)
+                    ) {
                         // a reply waiting for the relay is tracked once it goes upstream
                         self.track_dialog(now, ctx, idx, &msg, true);
                     }

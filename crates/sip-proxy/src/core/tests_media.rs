@@ -42,7 +42,11 @@ fn proxy(relay: Relay) -> Scenario {
 }
 
 fn invite(call: &str, sdp: &str) -> String {
-    let ct = if sdp.is_empty() { "" } else { "Content-Type: application/sdp\r\n" };
+    let ct = if sdp.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/sdp\r\n"
+    };
     format!("INVITE sip:1000@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {UAC};branch=z9hG4bK-{call}\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:1000@h>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:a@{UAC}>\r\nMax-Forwards: 70\r\n{ct}Content-Length: {}\r\n\r\n{sdp}", sdp.len())
 }
 
@@ -74,10 +78,17 @@ fn stat(s: &Scenario, f: impl Fn(&Stats) -> &AtomicU64) -> u64 {
 fn offer_and_answer_rewrite_both_sdps_and_the_bye_deletes() {
     let mut s = proxy(Relay::Auto);
     let out = s.send(UAC, &invite("m1", NAT_SDP));
-    assert_eq!(summary(&out), [format!("100->{UAC}")], "parked on the offer");
+    assert_eq!(
+        summary(&out),
+        [format!("100->{UAC}")],
+        "parked on the offer"
+    );
     let (id, offer) = s.one_media();
     assert_eq!(offer.op, MediaOp::Offer);
-    assert_eq!((offer.call_id.as_str(), offer.from_tag.as_str()), ("m1", "ft"));
+    assert_eq!(
+        (offer.call_id.as_str(), offer.from_tag.as_str()),
+        ("m1", "ft")
+    );
     assert_eq!(&offer.sdp[..], NAT_SDP.as_bytes());
     // a NATed phone: its media goes to where its packets come from
     assert_eq!(
@@ -97,7 +108,10 @@ fn offer_and_answer_rewrite_both_sdps_and_the_bye_deletes() {
     assert!(out.is_empty(), "{:?}", summary(&out));
     let (id, answer) = s.one_media();
     assert_eq!(answer.op, MediaOp::Answer);
-    assert_eq!((answer.from_tag.as_str(), answer.to_tag.as_str()), ("ft", "tt"));
+    assert_eq!(
+        (answer.from_tag.as_str(), answer.to_tag.as_str()),
+        ("ft", "tt")
+    );
     assert!(answer.flags.flags.contains(&"trust-address"));
     let out = s.answer(id, sdp_ok(RELAY_SDP2));
     assert_eq!(summary(&out), [format!("200->{UAC}")]);
@@ -123,7 +137,10 @@ fn a_call_that_needs_no_relay_is_untouched() {
     let mut s = proxy(Relay::Auto);
     let public = NAT_SDP.replace("192.168.1.20", "198.51.100.7");
     let out = s.send(UAC, &invite("p1", &public));
-    assert_eq!(summary(&out), [format!("100->{UAC}"), format!("INVITE->{FS}")]);
+    assert_eq!(
+        summary(&out),
+        [format!("100->{UAC}"), format!("INVITE->{FS}")]
+    );
     assert_eq!(body(&out[1]), public);
     assert!(s.commands().is_empty());
     let mut never = proxy(Relay::Never);
@@ -162,7 +179,10 @@ fn cancel_while_the_offer_waits_answers_487_at_once() {
     let (id, _) = s.one_media();
     let cancel = format!("CANCEL sip:1000@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {UAC};branch=z9hG4bK-c1\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:1000@h>\r\nCall-ID: c1\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
     let out = s.send(UAC, &cancel);
-    assert_eq!(summary(&out), [format!("200->{UAC}"), format!("487->{UAC}")]);
+    assert_eq!(
+        summary(&out),
+        [format!("200->{UAC}"), format!("487->{UAC}")]
+    );
     // the offer's answer after the CANCEL sends nothing on
     let out = s.answer(id, sdp_ok(RELAY_SDP));
     assert!(out.is_empty(), "{:?}", summary(&out));
@@ -216,13 +236,19 @@ fn a_provisional_whose_answer_fails_is_dropped_and_the_call_goes_on() {
 fn a_late_offer_is_offered_on_the_2xx_and_answered_on_the_ack() {
     let mut s = proxy(Relay::Always);
     let out = s.send(UAC, &invite("l1", ""));
-    assert_eq!(summary(&out), [format!("100->{UAC}"), format!("INVITE->{FS}")]);
+    assert_eq!(
+        summary(&out),
+        [format!("100->{UAC}"), format!("INVITE->{FS}")]
+    );
     let fwd = parse(&out[1]);
     s.send(FS, &reply_sdp(&fwd, 200, "tt", FS_SDP));
     let (id, offer) = s.one_media();
     assert_eq!(offer.op, MediaOp::Offer);
     // the callee offers: its tag is rtpengine's from-tag
-    assert_eq!((offer.from_tag.as_str(), offer.to_tag.as_str()), ("tt", "ft"));
+    assert_eq!(
+        (offer.from_tag.as_str(), offer.to_tag.as_str()),
+        ("tt", "ft")
+    );
     let out = s.answer(id, sdp_ok(RELAY_SDP2));
     assert_eq!(summary(&out), [format!("200->{UAC}")]);
     assert_eq!(body(&out[0]), RELAY_SDP2);
@@ -231,7 +257,10 @@ fn a_late_offer_is_offered_on_the_2xx_and_answered_on_the_ack() {
     assert!(out.is_empty(), "the ACK waits for the answer");
     let (id, answer) = s.one_media();
     assert_eq!(answer.op, MediaOp::Answer);
-    assert_eq!((answer.from_tag.as_str(), answer.to_tag.as_str()), ("tt", "ft"));
+    assert_eq!(
+        (answer.from_tag.as_str(), answer.to_tag.as_str()),
+        ("tt", "ft")
+    );
     let out = s.answer(id, sdp_ok(RELAY_SDP));
     assert_eq!(summary(&out), [format!("ACK->{FS}")]);
     assert_eq!(body(&out[0]), RELAY_SDP);

@@ -61,7 +61,10 @@ impl Proxy {
             }
             (crate::command::CommandKind::Media(_), EventResult::Media(r)) => Some(r),
             _ => {
-                tracing::error!(id = ev.id, "an answer of another kind than its command: dropped");
+                tracing::error!(
+                    id = ev.id,
+                    "an answer of another kind than its command: dropped"
+                );
                 return;
             }
         };
