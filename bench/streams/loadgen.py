@@ -5,7 +5,8 @@ per call can be compared across transports; SIPp speaks neither TLS nor WebSocke
   loadgen.py calls TRANSPORT HOST PORT RATE SECONDS [CONNS]
       calls at RATE per second for SECONDS: INVITE (a small SDP), 200, ACK, BYE, 200,
       following the Record-Route set; over CONNS connections (TLS/WS; default 20).
-      Prints "ok=N failed=M" (exit 0 when none failed).
+      Prints "ok=N failed=M ... setup_ms_p50=X setup_ms_p99=Y" (INVITE sent -> 200 received;
+      exit 0 when none failed).
   loadgen.py idle TRANSPORT HOST PORT N HOLD_SECONDS
       opens N connections (TLS, WS or WSS: handshakes done), prints "open=N rate=R/s" when
       they are all up, holds them HOLD_SECONDS, prints "held".
@@ -115,6 +116,9 @@ class Udp(asyncio.DatagramProtocol):
 SDP = "v=0\r\no=lg 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
 
 
+SETUP = []  # INVITE sent -> 200 received, seconds, per answered call
+
+
 async def one_call(conn, send, local, n, host, port, timeout=5.0):
     tp = {"udp": "UDP", "tls": "TLS", "ws": "WS", "wss": "WSS"}[conn.transport]
     cid = f"lg{os.getpid()}-{n}-{time.time_ns()}"
@@ -135,9 +139,11 @@ async def one_call(conn, send, local, n, host, port, timeout=5.0):
     ruri = f"sip:{5550000 + n % 1000}@{host}:{port}"
     inv = (f"INVITE {ruri} SIP/2.0\r\n{via(f'i{n}')}\r\n{base}To: <{ruri}>\r\nCSeq: 1 INVITE\r\n"
            f"Contact: <sip:lg@{local}>\r\nContent-Type: application/sdp\r\nContent-Length: {len(SDP)}\r\n\r\n{SDP}")
+    t_inv = time.monotonic()
     r = await txn(inv, b"INVITE")
     if not r.startswith(b"SIP/2.0 200"):
         return False
+    SETUP.append(time.monotonic() - t_inv)
     text = r.decode(errors="replace")
     to = re.search(r"\r\n(?:To|t):\s*([^\r\n]+)", text, re.I).group(1)
     rr = []
@@ -183,7 +189,9 @@ async def calls(transport, host, port, rate, secs, nconns):
     res = await asyncio.gather(*tasks, return_exceptions=True)
     ok = sum(1 for x in res if x is True)
     took = time.monotonic() - t0
-    print(f"ok={ok} failed={total - ok} seconds={took:.1f}")
+    st = sorted(SETUP)
+    pct = lambda q: st[min(len(st) - 1, int(len(st) * q))] * 1000 if st else 0.0
+    print(f"ok={ok} failed={total - ok} seconds={took:.1f} setup_ms_p50={pct(0.5):.3f} setup_ms_p99={pct(0.99):.3f}")
     return ok == total
 
 
