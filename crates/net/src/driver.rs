@@ -16,15 +16,14 @@ use crate::flows::{FlowTable, StreamCounters, StreamLimits};
 const TIMER_MIN_SLEEP: Duration = Duration::from_millis(5);
 const TIMER_MAX_SLEEP: Duration = Duration::from_millis(100);
 
+/// What a media command's answer is handed to.
+pub type MediaDone = Box<dyn FnOnce(Result<Bytes, sip_proxy::media::MediaError>) + Send>;
+
 /// Runs the core's media commands (the binary speaks rtpengine's NG protocol).
 pub trait MediaRunner: Send + Sync + 'static {
-    /// Asks the relay; the SDP it gives back.
-    fn run(
-        &self,
-        req: sip_proxy::media::MediaRequest,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Bytes, sip_proxy::media::MediaError>> + Send>,
-    >;
+    /// Asks the relay from the calling thread without waiting (the request goes out at
+    /// once); `done` gets the SDP it gives back, on the thread that reads the answer.
+    fn start(&self, req: sip_proxy::media::MediaRequest, done: MediaDone);
 }
 
 /// The media runner, when a relay is configured.
@@ -388,16 +387,9 @@ impl Net {
                     });
                 }
                 CommandKind::Media(req) => {
-                    let (me, media) = (self.self_arc(), self.cfg.media.clone());
-                    self.rt.spawn(async move {
-                        let op = req.op;
-                        let call_id = req.call_id.clone();
-                        let result = match media {
-                            Some(m) => m.0.run(*req).await,
-                            None => Err(sip_proxy::media::MediaError::Unavailable(
-                                "no media relay configured".into(),
-                            )),
-                        };
+                    let me = self.me.clone();
+                    let (op, call_id) = (req.op, req.call_id.clone());
+                    let done: MediaDone = Box::new(move |result| {
                         if op == sip_proxy::media::MediaOp::Delete {
                             // nobody waits for a delete
                             if let Err(e) = result {
@@ -405,7 +397,7 @@ impl Net {
                             }
                             return;
                         }
-                        if let Some(net) = me {
+                        if let Some(net) = me.upgrade() {
                             crate::supervise::guard("media-answer", || {
                                 let mut out = Vec::new();
                                 let ev = Event {
@@ -417,6 +409,12 @@ impl Net {
                             });
                         }
                     });
+                    match &self.cfg.media {
+                        Some(m) => m.0.start(*req, done),
+                        None => done(Err(sip_proxy::media::MediaError::Unavailable(
+                            "no media relay configured".into(),
+                        ))),
+                    }
                 }
                 _ => tracing::error!(id, "a command the driver cannot run"),
             }

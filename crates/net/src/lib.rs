@@ -20,5 +20,5 @@ mod tcp;
 pub mod tls;
 pub mod ws;
 
-pub use driver::{Media, MediaRunner, Net, NetConfig, NetError};
+pub use driver::{Media, MediaDone, MediaRunner, Net, NetConfig, NetError};
 pub use flows::{StreamCounters, StreamLimits, STREAMS};

@@ -3,11 +3,15 @@
 //! cookie, health pings, and call affinity (a call's later commands go to the instance
 //! that took its offer).
 //!
-//! The client never blocks its caller for longer than a request's budget: each try waits
-//! `timeout`, a request is sent `1 + retries` times, and an instance that answers none of
-//! them is marked dead (skipped until a ping finds it again). Background work (the reply
-//! reader, the pinger) is handed to the caller as futures, so it runs under the caller's
-//! supervisor.
+//! The client never blocks its caller: [`Client::start`] sends the datagram from the
+//! calling thread (no task is spawned, no thread woken) and the outcome is handed to a
+//! callback on the thread that reads the reply or notices the timeout: one thread hop per
+//! request instead of three (halved the proxy's CPU cost of a relayed call; BENCHMARKS.md).
+//! Each try waits `timeout`, a request is sent `1 + retries` times, and an instance that
+//! answers none of them is marked dead (skipped until a ping finds it again); one that
+//! leaves a try unanswered is passed over by new calls meanwhile. Background work (the reply
+//! reader, the retry timer, the pinger) is handed to the caller as futures, so it runs under
+//! the caller's supervisor.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -200,9 +204,20 @@ pub enum Kind {
     Query,
 }
 
+/// What to do with the outcome of a request.
+pub type Done = Box<dyn FnOnce(Result<(Value, String), Failure>) + Send>;
+
+/// What to do with the outcome of one datagram (the client, for a next try elsewhere).
+type Then = Box<dyn FnOnce(&Client, Result<Value, Failure>) + Send>;
+
+/// One datagram in flight to one instance: its tries, and who gets the outcome.
 struct Waiting {
-    to: SocketAddr,
-    tx: oneshot::Sender<Value>,
+    inst: Arc<Instance>,
+    data: Arc<[u8]>,
+    tries_left: u32,
+    next_at: Instant,
+    t0: Instant,
+    then: Then,
 }
 
 /// Largest NG reply read (an offer's answer carries an SDP: a few KB).
@@ -216,7 +231,12 @@ pub struct Client {
     instances: RwLock<Arc<Vec<Arc<Instance>>>>,
     sock4: Arc<UdpSocket>,
     sock6: Option<Arc<UdpSocket>>,
+    /// The same sockets for sending from any thread (a plain non-blocking send: no task).
+    send4: std::net::UdpSocket,
+    send6: Option<std::net::UdpSocket>,
     pending: Mutex<HashMap<String, Waiting>>,
+    /// Wakes the retry timer when a request is sent.
+    wake: tokio::sync::Notify,
     affinity: Mutex<HashMap<Box<str>, Arc<Instance>>>,
     next_cookie: AtomicU64,
     cookie_prefix: u32,
@@ -237,20 +257,26 @@ impl Client {
     ) -> std::io::Result<Arc<Client>> {
         let list = build(instances, &[])
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-        let bind = |a: SocketAddr| -> std::io::Result<UdpSocket> {
+        let bind = |a: SocketAddr| -> std::io::Result<(UdpSocket, std::net::UdpSocket)> {
             let s = std::net::UdpSocket::bind(a)?;
             s.set_nonblocking(true)?;
-            UdpSocket::from_std(s)
+            let send = s.try_clone()?;
+            Ok((UdpSocket::from_std(s)?, send))
         };
-        let sock4 = Arc::new(bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0))?);
-        let sock6 = bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0))
-            .ok()
-            .map(Arc::new);
+        let (sock4, send4) = bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0))?;
+        let sock4 = Arc::new(sock4);
+        let (sock6, send6) = match bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0)) {
+            Ok((r, s)) => (Some(Arc::new(r)), Some(s)),
+            Err(_) => (None, None),
+        };
         Ok(Arc::new(Client {
             instances: RwLock::new(Arc::new(list)),
             sock4,
             sock6,
+            send4,
+            send6,
             pending: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
             affinity: Mutex::new(HashMap::new()),
             next_cookie: AtomicU64::new(1),
             cookie_prefix: (seed as u32) | 1,
@@ -365,123 +391,146 @@ impl Client {
     /// Sends `cmd` for call `call_id` (set `set` when a new instance is chosen) and gives
     /// the reply dictionary (its `result` was `ok` or `pong`) and the instance's socket.
     pub async fn request(
-        &self,
+        self: &Arc<Self>,
         kind: Kind,
         call_id: &str,
         set: u32,
         cmd: &Value,
     ) -> Result<(Value, String), Failure> {
+        let (tx, rx) = oneshot::channel();
+        self.start(
+            kind,
+            call_id,
+            set,
+            cmd,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await
+            .unwrap_or_else(|_| Err(Failure::Timeout("(client dropped)".into())))
+    }
+
+    /// Starts `cmd` for call `call_id` from the calling thread (nothing is spawned: the
+    /// datagram goes out at once) and calls `done` with the outcome, from the thread that
+    /// reads the reply or notices the timeout. [`Client::read_replies`] and
+    /// [`Client::run_timers`] must run.
+    pub fn start(self: &Arc<Self>, kind: Kind, call_id: &str, set: u32, cmd: &Value, done: Done) {
+        let data: Arc<[u8]> = {
+            let mut d = Vec::with_capacity(64 + cmd_len_hint(cmd));
+            cmd.encode(&mut d);
+            d.into()
+        };
+        let job = Job {
+            call_id: call_id.into(),
+            set,
+            body: data,
+            tried: Vec::new(),
+            last: Failure::NoInstance(set),
+            rest: Vec::new(),
+            done,
+        };
         match kind {
             Kind::Offer => {
-                let mut tried = Vec::new();
-                let mut last = Failure::NoInstance(set);
-                let mut inst = self.affine(call_id).filter(|i| i.is_alive());
-                for _ in 0..8 {
-                    let Some(i) = inst.take().or_else(|| self.choose(set, &tried)) else {
-                        break;
-                    };
-                    tried.push(i.addr);
-                    match self.send(&i, cmd).await {
-                        Ok(v) => {
-                            self.remember(call_id, &i);
-                            return Ok((v, i.socket.clone()));
-                        }
-                        Err(f @ (Failure::Timeout(_) | Failure::Send(..))) => last = f,
-                        // refused or garbage: another instance would say the same
-                        Err(f) => return Err(f),
-                    }
-                }
-                Err(last)
+                let first = self.affine(call_id).filter(|i| i.is_alive());
+                job.next_offer(self, first);
             }
             Kind::Answer | Kind::Query => {
-                let i = self
-                    .affine(call_id)
-                    .or_else(|| self.choose(set, &[]))
-                    .ok_or(Failure::NoInstance(set))?;
-                self.send(&i, cmd).await.map(|v| (v, i.socket.clone()))
+                match self.affine(call_id).or_else(|| self.choose(set, &[])) {
+                    Some(i) => job.send_to(self, i),
+                    None => (job.done)(Err(Failure::NoInstance(set))),
+                }
             }
             Kind::Delete => {
-                let r = match self.affine(call_id) {
+                let affine = self.affine(call_id);
+                self.forget(call_id);
+                match affine {
                     // a dead instance lost the call, or will time it out: not waited for
-                    Some(i) if !i.is_alive() => Err(Failure::Timeout(i.socket.clone())),
-                    Some(i) => self.send(&i, cmd).await.map(|v| (v, i.socket.clone())),
+                    Some(i) if !i.is_alive() => (job.done)(Err(Failure::Timeout(i.socket.clone()))),
+                    Some(i) => job.send_to(self, i),
                     None => {
                         // no instance known (a call from before a restart): every enabled
                         // instance is told; one that knows the call answers ok
-                        let mut res = Err(Failure::NoInstance(set));
-                        for i in self.instances().iter().filter(|i| i.is_enabled()) {
-                            match self.send(i, cmd).await {
-                                Ok(v) => {
-                                    res = Ok((v, i.socket.clone()));
-                                    break;
-                                }
-                                Err(f) => res = Err(f),
-                            }
-                        }
-                        res
+                        let mut job = job;
+                        job.rest = self
+                            .instances()
+                            .iter()
+                            .filter(|i| i.is_enabled())
+                            .cloned()
+                            .rev()
+                            .collect();
+                        job.next_broadcast(self);
                     }
-                };
-                self.forget(call_id);
-                r
+                }
             }
         }
     }
 
-    /// One command to one instance: tries with the same cookie, then gives up (and marks
-    /// the instance dead).
-    async fn send(&self, i: &Arc<Instance>, cmd: &Value) -> Result<Value, Failure> {
+    /// One datagram to one instance with a fresh cookie: sent now, tried again by the
+    /// timer, `then` called with the outcome.
+    fn send_one(self: &Arc<Self>, i: Arc<Instance>, body: &[u8], then: Then) {
         let cookie = self.cookie();
-        let data = ng::frame(&cookie, cmd);
-        let (tx, mut rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(cookie.clone(), Waiting { to: i.addr, tx });
+        let mut d = Vec::with_capacity(cookie.len() + 1 + body.len());
+        d.extend_from_slice(cookie.as_bytes());
+        d.push(b' ');
+        d.extend_from_slice(body);
+        let data: Arc<[u8]> = d.into();
         i.requests.fetch_add(1, Ordering::Relaxed);
-        let sock = if i.addr.is_ipv4() {
-            Some(&self.sock4)
-        } else {
-            self.sock6.as_ref()
-        };
-        let t0 = Instant::now();
-        let mut result = Err(Failure::Timeout(i.socket.clone()));
-        for _ in 0..=self.settings.retries {
-            let sent = match sock {
-                Some(s) => s.send_to(&data, i.addr).await.map(|_| ()),
-                None => Err(std::io::Error::other("no IPv6 socket")),
-            };
-            if let Err(e) = sent {
-                result = Err(Failure::Send(i.socket.clone(), e.to_string()));
-                break;
-            }
-            match tokio::time::timeout(self.settings.timeout, &mut rx).await {
-                Ok(Ok(v)) => {
-                    result = Ok(v);
-                    break;
-                }
-                Ok(Err(_)) => {
-                    // the reader dropped it: the instance answered garbage
-                    result = Err(Failure::Garbage(i.socket.clone()));
-                    break;
-                }
-                Err(_) => {
-                    i.suspect.store(true, Ordering::Relaxed);
-                    if !i.is_alive() {
-                        break; // another request found it dead meanwhile: no more tries
-                    }
-                    continue;
-                }
-            }
+        let now = Instant::now();
+        let sent = self.transmit(&i, &data);
+        if let Err(e) = sent {
+            return self.finish(
+                Waiting {
+                    inst: i.clone(),
+                    data,
+                    tries_left: 0,
+                    next_at: now,
+                    t0: now,
+                    then,
+                },
+                Err(Failure::Send(i.socket.clone(), e.to_string())),
+            );
         }
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&cookie);
-        match result {
+        let first_pending = {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            p.insert(
+                cookie,
+                Waiting {
+                    inst: i,
+                    data,
+                    tries_left: self.settings.retries,
+                    next_at: now + self.settings.timeout,
+                    t0: now,
+                    then,
+                },
+            );
+            p.len() == 1
+        };
+        if first_pending {
+            self.wake.notify_one();
+        }
+    }
+
+    fn transmit(&self, i: &Instance, data: &[u8]) -> std::io::Result<()> {
+        let sock = if i.addr.is_ipv4() {
+            Some(&self.send4)
+        } else {
+            self.send6.as_ref()
+        };
+        match sock {
+            Some(s) => s.send_to(data, i.addr).map(|_| ()),
+            None => Err(std::io::Error::other("no IPv6 socket")),
+        }
+    }
+
+    /// The outcome of one datagram: the instance's health and round trip, then its owner.
+    fn finish(&self, w: Waiting, r: Result<Value, Failure>) {
+        let i = &w.inst;
+        let r = match r {
             Ok(v) => {
                 i.suspect.store(false, Ordering::Relaxed);
                 i.rtt_us
-                    .store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    .store(w.t0.elapsed().as_micros() as u64, Ordering::Relaxed);
                 if !i.alive.swap(true, Ordering::Relaxed) {
                     tracing::info!(instance = %i.socket, "rtpengine instance answers again");
                 }
@@ -516,6 +565,54 @@ impl Client {
                 );
                 Err(f)
             }
+        };
+        (w.then)(self, r);
+    }
+
+    /// Tries again what is due and gives up on what has no try left; runs until the client
+    /// is dropped (run it under a supervisor). Sleeps while nothing is in flight.
+    pub async fn run_timers(self: Arc<Self>) {
+        let tick =
+            (self.settings.timeout / 4).clamp(Duration::from_millis(2), Duration::from_millis(20));
+        loop {
+            let idle = self.pending.lock().map_or(true, |p| p.is_empty());
+            if idle {
+                self.wake.notified().await;
+            }
+            tokio::time::sleep(tick).await;
+            self.expire(Instant::now());
+        }
+    }
+
+    fn expire(&self, now: Instant) {
+        let mut gone = Vec::new();
+        let mut again: Vec<(Arc<Instance>, Arc<[u8]>)> = Vec::new();
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<String> = p
+                .iter()
+                .filter(|(_, w)| w.next_at <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys {
+                let Some(w) = p.get_mut(&k) else { continue };
+                w.inst.suspect.store(true, Ordering::Relaxed);
+                // out of tries, or another request found the instance dead meanwhile
+                if w.tries_left == 0 || !w.inst.is_alive() {
+                    gone.extend(p.remove(&k));
+                } else {
+                    w.tries_left -= 1;
+                    w.next_at = now + self.settings.timeout;
+                    again.push((w.inst.clone(), w.data.clone()));
+                }
+            }
+        }
+        for (i, data) in again {
+            let _ = self.transmit(&i, &data); // the same cookie
+        }
+        for w in gone {
+            let f = Failure::Timeout(w.inst.socket.clone());
+            self.finish(w, Err(f));
         }
     }
 
@@ -556,33 +653,37 @@ impl Client {
         let Ok((cookie, body)) = ng::parse(data) else {
             // garbage: if it came from an instance with a request waiting, that request
             // fails now instead of waiting for its timeout
-            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let mine: Vec<String> = p
-                .iter()
-                .filter(|(_, w)| w.to == from)
-                .map(|(k, _)| k.clone())
-                .take(1)
-                .collect();
-            for k in mine {
-                p.remove(&k); // dropping the sender fails the request as garbage
-            }
+            let w = {
+                let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let k = p
+                    .iter()
+                    .find(|(_, w)| w.inst.addr == from)
+                    .map(|(k, _)| k.clone());
+                k.and_then(|k| p.remove(&k))
+            };
             tracing::warn!(source = %from, "rtpengine answered something that is not NG");
             stray();
+            if let Some(w) = w {
+                let f = Failure::Garbage(w.inst.socket.clone());
+                self.finish(w, Err(f));
+            }
             return;
         };
-        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        match p.get(cookie) {
-            Some(w) if w.to == from => {
-                if let Some(w) = p.remove(cookie) {
-                    let _ = w.tx.send(body);
-                }
+        let w = {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            match p.get(cookie) {
+                Some(w) if w.inst.addr == from => p.remove(cookie),
+                _ => None,
             }
-            _ => stray(), // late (a retransmission's second answer), or not ours
+        };
+        match w {
+            Some(w) => self.finish(w, Ok(body)),
+            None => stray(), // late (a retransmission's second answer), or not ours
         }
     }
 
     /// Pings instances whose turn it is; run every second or so.
-    pub async fn ping_due(&self) {
+    pub async fn ping_due(self: &Arc<Self>) {
         let now = self.now_ms();
         let due: Vec<Arc<Instance>> = self
             .instances()
@@ -590,21 +691,118 @@ impl Client {
             .filter(|i| i.is_enabled() && i.next_ping_ms.load(Ordering::Relaxed) <= now)
             .cloned()
             .collect();
-        let ping = Value::dict([("command", Value::from("ping"))]);
+        let ping = Value::dict([("command", Value::from("ping"))]).to_bytes();
         let period = self.settings.ping_interval.as_millis() as u64;
+        let mut waits = Vec::new();
         for i in due {
             i.next_ping_ms.store(now + period, Ordering::Relaxed);
-            let _ = self.send(&i, &ping).await;
+            let (tx, rx) = oneshot::channel();
+            self.send_one(
+                i,
+                &ping,
+                Box::new(move |_, r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            waits.push(rx);
+        }
+        for w in waits {
+            let _ = w.await;
         }
     }
 
     /// Pings every enabled instance now (at start, and from `rtpengine_reload`).
-    pub async fn ping_all(&self) {
+    pub async fn ping_all(self: &Arc<Self>) {
         for i in self.instances().iter() {
             i.next_ping_ms.store(0, Ordering::Relaxed);
         }
         self.ping_due().await;
     }
+}
+
+/// A request's way through the instances: an offer fails over to the next instance of its
+/// set when one is silent; a delete with no known instance tells each in turn.
+struct Job {
+    call_id: Box<str>,
+    set: u32,
+    body: Arc<[u8]>,
+    tried: Vec<SocketAddr>,
+    last: Failure,
+    /// Instances still to tell (a broadcast delete).
+    rest: Vec<Arc<Instance>>,
+    done: Done,
+}
+
+impl Job {
+    fn send_to(self, c: &Arc<Client>, i: Arc<Instance>) {
+        let body = self.body.clone();
+        let socket = i.socket.clone();
+        c.send_one(
+            i,
+            &body,
+            Box::new(move |_, r| (self.done)(r.map(|v| (v, socket)))),
+        );
+    }
+
+    fn next_offer(mut self, c: &Arc<Client>, first: Option<Arc<Instance>>) {
+        let Some(i) = first.or_else(|| {
+            (self.tried.len() < 8)
+                .then(|| c.choose(self.set, &self.tried))
+                .flatten()
+        }) else {
+            return (self.done)(Err(self.last));
+        };
+        self.tried.push(i.addr);
+        let body = self.body.clone();
+        let (socket, inst) = (i.socket.clone(), i.clone());
+        let c2 = c.clone();
+        c.send_one(
+            i,
+            &body,
+            Box::new(move |_, r| match r {
+                Ok(v) => {
+                    c2.remember(&self.call_id, &inst);
+                    (self.done)(Ok((v, socket)))
+                }
+                Err(f @ (Failure::Timeout(_) | Failure::Send(..))) => {
+                    let mut job = self;
+                    job.last = f;
+                    job.next_offer(&c2, None);
+                }
+                // refused or garbage: another instance would say the same
+                Err(f) => (self.done)(Err(f)),
+            }),
+        );
+    }
+
+    fn next_broadcast(mut self, c: &Arc<Client>) {
+        let Some(i) = self.rest.pop() else {
+            return (self.done)(Err(self.last));
+        };
+        let body = self.body.clone();
+        let socket = i.socket.clone();
+        let c2 = c.clone();
+        c.send_one(
+            i,
+            &body,
+            Box::new(move |_, r| match r {
+                Ok(v) => (self.done)(Ok((v, socket))),
+                Err(f) => {
+                    let mut job = self;
+                    job.last = f;
+                    job.next_broadcast(&c2);
+                }
+            }),
+        );
+    }
+}
+
+/// Room for a command's encoding (its SDP dominates).
+fn cmd_len_hint(v: &Value) -> usize {
+    v.get("sdp")
+        .and_then(Value::as_bytes)
+        .map_or(0, |s| s.len())
+        + 256
 }
 
 fn build(cfg: &[InstanceConfig], old: &[Arc<Instance>]) -> Result<Vec<Arc<Instance>>, ConfigError> {
@@ -742,6 +940,7 @@ mod tests {
         )
         .unwrap();
         tokio::spawn(c.clone().read_replies());
+        tokio::spawn(c.clone().run_timers());
         let mut via = Vec::new();
         for n in 0..10 {
             let (_, s) = c
@@ -777,6 +976,7 @@ mod tests {
         )
         .unwrap();
         tokio::spawn(c.clone().read_replies());
+        tokio::spawn(c.clone().run_timers());
         for n in 0..5 {
             c.request(Kind::Offer, &format!("a{n}"), 0, &offer())
                 .await
@@ -822,6 +1022,7 @@ mod tests {
         ] {
             let c = Client::new(&[inst(&format!("udp:{addr}"), 0, 1)], settings(), 3).unwrap();
             tokio::spawn(c.clone().read_replies());
+            tokio::spawn(c.clone().run_timers());
             let t0 = Instant::now();
             let e = c.request(Kind::Offer, "x", 0, &offer()).await.unwrap_err();
             assert!(e.to_string().contains(want), "{addr}: {e}");
@@ -846,6 +1047,7 @@ mod tests {
         .await;
         let c = Client::new(&[inst(&format!("udp:{a}"), 0, 1)], settings(), 5).unwrap();
         tokio::spawn(c.clone().read_replies());
+        tokio::spawn(c.clone().run_timers());
         // a stranger guesses a cookie
         let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let port = c.sock4.local_addr().unwrap().port();
@@ -866,6 +1068,7 @@ mod tests {
         let (a, _) = fake(ok_reply).await;
         let c = Client::new(&[inst(&format!("udp:{a}"), 0, 1)], settings(), 9).unwrap();
         tokio::spawn(c.clone().read_replies());
+        tokio::spawn(c.clone().run_timers());
         c.request(Kind::Offer, "k", 0, &offer()).await.unwrap();
         c.enable(None, false);
         let e = c

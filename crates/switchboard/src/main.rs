@@ -532,6 +532,8 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
                 .map_err(|e| anyhow::anyhow!("rtpengine client: {e}"))?;
             let c2 = c.clone();
             net::supervise::spawn("rtpengine-replies", move || c2.clone().read_replies());
+            let c4 = c.clone();
+            net::supervise::spawn("rtpengine-timers", move || c4.clone().run_timers());
             let c3 = c.clone();
             net::supervise::spawn("rtpengine-pings", move || {
                 let c = c3.clone();

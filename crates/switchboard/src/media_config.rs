@@ -409,36 +409,35 @@ pub fn ng_command(req: &MediaRequest) -> Value {
 }
 
 impl net::MediaRunner for NgRunner {
-    fn run(
-        &self,
-        req: MediaRequest,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, MediaError>> + Send>>
-    {
-        let client = self.0.clone();
-        Box::pin(async move {
-            let kind = match req.op {
-                MediaOp::Offer => Kind::Offer,
-                MediaOp::Answer => Kind::Answer,
-                MediaOp::Delete => Kind::Delete,
-            };
-            let cmd = ng_command(&req);
-            match client.request(kind, &req.call_id, req.set, &cmd).await {
-                Ok((v, _)) if req.op == MediaOp::Delete => {
-                    let _ = v;
-                    Ok(Bytes::new())
-                }
-                Ok((v, instance)) => match v.get("sdp").and_then(Value::as_bytes) {
-                    Some(sdp) if sip_proxy::media::inspect(sdp).is_some() => {
-                        Ok(Bytes::copy_from_slice(sdp))
-                    }
-                    _ => Err(MediaError::Unavailable(format!(
-                        "{instance} gave no usable SDP"
-                    ))),
-                },
-                Err(Failure::Rejected(r)) => Err(MediaError::Refused(r)),
-                Err(e) => Err(MediaError::Unavailable(e.to_string())),
-            }
-        })
+    fn start(&self, req: MediaRequest, done: net::MediaDone) {
+        let kind = match req.op {
+            MediaOp::Offer => Kind::Offer,
+            MediaOp::Answer => Kind::Answer,
+            MediaOp::Delete => Kind::Delete,
+        };
+        let cmd = ng_command(&req);
+        let delete = req.op == MediaOp::Delete;
+        self.0.start(
+            kind,
+            &req.call_id,
+            req.set,
+            &cmd,
+            Box::new(move |r| {
+                done(match r {
+                    Ok(_) if delete => Ok(Bytes::new()),
+                    Ok((v, instance)) => match v.get("sdp").and_then(Value::as_bytes) {
+                        Some(sdp) if sip_proxy::media::inspect(sdp).is_some() => {
+                            Ok(Bytes::copy_from_slice(sdp))
+                        }
+                        _ => Err(MediaError::Unavailable(format!(
+                            "{instance} gave no usable SDP"
+                        ))),
+                    },
+                    Err(Failure::Rejected(r)) => Err(MediaError::Refused(r)),
+                    Err(e) => Err(MediaError::Unavailable(e.to_string())),
+                })
+            }),
+        );
     }
 }
 
