@@ -539,8 +539,15 @@ impl Proxy {
             flags,
             set: cfg.set,
         };
-        Stats::inc(&self.stats.media_answers);
         let mut w = self.waits.lock().unwrap_or_else(|p| p.into_inner());
+        if w.by_id.len() >= cfg.max_waiting {
+            // the command table is full (a party sending ACKs with SDP in a loop): the
+            // ACK goes on as it was
+            drop(w);
+            Stats::inc(&self.stats.waits_refused);
+            return out.push(t);
+        }
+        Stats::inc(&self.stats.media_answers);
         let (_, cmd) = w.wait_media(req, None, Some(t), now + cfg.wait);
         w.outbox.push(cmd);
         drop(w);

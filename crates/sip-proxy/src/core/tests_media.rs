@@ -271,6 +271,17 @@ fn a_late_offer_is_offered_on_the_2xx_and_answered_on_the_ack() {
     let out = s.advance(Duration::from_secs(3));
     assert_eq!(summary(&out), [format!("ACK->{FS}")]);
     assert_eq!(body(&out[0]), NAT_SDP);
+    // a party sending ACKs with SDP in a loop fills the command table at most: past its
+    // bound they go on as they are, without asking the relay
+    let before = stat(&s, |s| &s.media_answers);
+    let mut passed = 0;
+    for n in 0..10_050 {
+        let out = s.send(UAC, &ack.replace("z9hG4bK-ack", &format!("z9hG4bK-f{n}")));
+        passed += out.len();
+    }
+    let asked = stat(&s, |s| &s.media_answers) - before;
+    assert_eq!(asked, 10_000, "bounded by max_waiting");
+    assert_eq!(passed, 50);
 }
 
 #[test]
