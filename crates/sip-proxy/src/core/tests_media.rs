@@ -16,7 +16,8 @@ const RELAY_SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.
 const FS_SDP: &str = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 16000 RTP/AVP 0\r\n";
 const RELAY_SDP2: &str = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 30002 RTP/AVP 0\r\n";
 
-fn proxy(relay: Relay) -> Scenario {
+/// A proxy relaying to one media server at `FS`, without the relay.
+fn plain_proxy() -> Proxy {
     let cfg = ProxyConfig {
         listeners: vec![crate::config::Listener {
             transport: Transport::Udp,
@@ -33,12 +34,15 @@ fn proxy(relay: Relay) -> Scenario {
         route: None,
         name: None,
     };
-    let p = Proxy::new(cfg, Arc::new(crate::RoundRobin::new(vec![dest]))).with_media(MediaConfig {
+    Proxy::new(cfg, Arc::new(crate::RoundRobin::new(vec![dest])))
+}
+
+fn proxy(relay: Relay) -> Scenario {
+    Scenario::new(plain_proxy().with_media(MediaConfig {
         relay,
         wait: Duration::from_secs(2),
         ..MediaConfig::default()
-    });
-    Scenario::new(p)
+    }))
 }
 
 fn invite(call: &str, sdp: &str) -> String {
@@ -286,23 +290,7 @@ fn a_late_offer_is_offered_on_the_2xx_and_answered_on_the_ack() {
 
 #[test]
 fn a_browser_to_phone_call_without_a_relay_is_counted() {
-    let cfg = ProxyConfig {
-        listeners: vec![crate::config::Listener {
-            transport: Transport::Udp,
-            advertise: "127.0.0.1:5060".parse().unwrap(),
-        }],
-        ..ProxyConfig::default()
-    };
-    let dest = Destination {
-        uri: format!("sip:{FS}").into(),
-        transport: Transport::Udp,
-        addr: addr(FS),
-        flow: None,
-        node: None,
-        route: None,
-        name: None,
-    };
-    let p = Proxy::new(cfg, Arc::new(crate::RoundRobin::new(vec![dest])));
+    let p = plain_proxy();
     let mut out = vec![];
     let src = Source {
         transport: Transport::Ws,
