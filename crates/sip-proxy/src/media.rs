@@ -36,6 +36,17 @@ impl Relay {
     }
 }
 
+/// An override of the policy for calls from some networks (`[[media.rule]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRule {
+    /// The networks the call comes from (`10.0.0.0/8`).
+    pub sources: Vec<(IpAddr, u8)>,
+    /// Its relay policy (`None`: the section's).
+    pub relay: Option<Relay>,
+    /// Its rtpengine set (`None`: the section's).
+    pub set: Option<u32>,
+}
+
 /// `[media]` settings.
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
@@ -52,6 +63,23 @@ pub struct MediaConfig {
     pub wait: Duration,
     /// Parked requests and replies at most; more are refused with `503`.
     pub max_waiting: usize,
+    /// Overrides per source network, the first that holds the source applies.
+    pub rules: Vec<MediaRule>,
+}
+
+impl MediaConfig {
+    /// The relay policy and rtpengine set of a call from `source`.
+    pub fn for_source(&self, source: IpAddr) -> (Relay, u32) {
+        let rule = self.rules.iter().find(|r| {
+            r.sources
+                .iter()
+                .any(|n| crate::registrar::in_cidr(source, *n))
+        });
+        (
+            rule.and_then(|r| r.relay).unwrap_or(self.relay),
+            rule.and_then(|r| r.set).unwrap_or(self.set),
+        )
+    }
 }
 
 impl Default for MediaConfig {
@@ -63,6 +91,7 @@ impl Default for MediaConfig {
             refuse_on_failure: true,
             wait: Duration::from_secs(2),
             max_waiting: 10_000,
+            rules: Vec::new(),
         }
     }
 }
@@ -353,16 +382,16 @@ pub fn answer_source(flags: &mut Flags, sdp: Option<&SdpInfo>, source: IpAddr) {
     }
 }
 
-/// True when this call's media must go through the relay.
+/// True when this call's media must go through the relay under policy `relay`.
 pub fn must_relay(
-    cfg: &MediaConfig,
+    relay: Relay,
     from: Leg,
     sdp: &SdpInfo,
     source: IpAddr,
     to: Leg,
     to_nat: bool,
 ) -> bool {
-    match cfg.relay {
+    match relay {
         Relay::Never => false,
         Relay::Always => true,
         Relay::Auto => from != to || from == Leg::WebRtc || behind_nat(sdp, source) || to_nat,
@@ -504,35 +533,59 @@ mod tests {
 
     #[test]
     fn auto_relays_browsers_and_nat_only() {
-        let cfg = MediaConfig::default();
+        let cfg = MediaConfig::default().relay;
         let p = inspect(PHONE_NAT.as_bytes()).unwrap();
         let public = "v=0\r\nc=IN IP4 203.0.113.5\r\nm=audio 4000 RTP/AVP 0\r\n";
         let public = inspect(public.as_bytes()).unwrap();
         let src = ip("203.0.113.5");
-        assert!(must_relay(&cfg, Leg::Sip, &p, src, Leg::Sip, false));
-        assert!(!must_relay(&cfg, Leg::Sip, &public, src, Leg::Sip, false));
-        assert!(must_relay(&cfg, Leg::Sip, &public, src, Leg::Sip, true));
-        assert!(must_relay(&cfg, Leg::Sip, &public, src, Leg::WebRtc, false));
+        assert!(must_relay(cfg, Leg::Sip, &p, src, Leg::Sip, false));
+        assert!(!must_relay(cfg, Leg::Sip, &public, src, Leg::Sip, false));
+        assert!(must_relay(cfg, Leg::Sip, &public, src, Leg::Sip, true));
+        assert!(must_relay(cfg, Leg::Sip, &public, src, Leg::WebRtc, false));
         // the same private address as the source: on the same network, no NAT
+        let lan = ip("192.168.1.20");
+        assert!(!must_relay(cfg, Leg::Sip, &p, lan, Leg::Sip, false));
         assert!(!must_relay(
-            &cfg,
-            Leg::Sip,
+            Relay::Never,
+            Leg::WebRtc,
             &p,
-            ip("192.168.1.20"),
+            src,
+            Leg::Sip,
+            true
+        ));
+        assert!(must_relay(
+            Relay::Always,
+            Leg::Sip,
+            &public,
+            src,
             Leg::Sip,
             false
         ));
-        let never = MediaConfig {
-            relay: Relay::Never,
-            ..cfg.clone()
-        };
-        assert!(!must_relay(&never, Leg::WebRtc, &p, src, Leg::Sip, true));
-        let always = MediaConfig {
-            relay: Relay::Always,
-            ..cfg
-        };
-        assert!(must_relay(&always, Leg::Sip, &public, src, Leg::Sip, false));
         assert_eq!(leg_of(Transport::Wss, None), Leg::WebRtc);
         assert_eq!(leg_of(Transport::Udp, Some(&p)), Leg::Sip);
+    }
+
+    #[test]
+    fn rules_override_the_policy_by_source_first_match_wins() {
+        let net = |s| crate::registrar::parse_cidr(s).unwrap();
+        let cfg = MediaConfig {
+            rules: vec![
+                MediaRule {
+                    sources: vec![net("10.1.0.0/16")],
+                    relay: Some(Relay::Never),
+                    set: None,
+                },
+                MediaRule {
+                    sources: vec![net("10.0.0.0/8"), net("2001:db8::/32")],
+                    relay: None,
+                    set: Some(2),
+                },
+            ],
+            ..MediaConfig::default()
+        };
+        assert_eq!(cfg.for_source(ip("10.1.2.3")), (Relay::Never, 0));
+        assert_eq!(cfg.for_source(ip("10.9.2.3")), (Relay::Auto, 2));
+        assert_eq!(cfg.for_source(ip("2001:db8::7")), (Relay::Auto, 2));
+        assert_eq!(cfg.for_source(ip("192.0.2.1")), (Relay::Auto, 0));
     }
 }

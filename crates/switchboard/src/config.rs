@@ -1552,11 +1552,12 @@ mod documented {
     use std::collections::BTreeSet;
 
     /// The tables of the configuration, as written in TOML.
-    const TABLES: [(&str, bool); 25] = [
+    const TABLES: [(&str, bool); 26] = [
         ("sip", false),
         ("tls", false),
         ("rtpengine", false),
         ("media", false),
+        ("media.rule", true),
         ("transactions", false),
         ("dispatcher", false),
         ("dispatcher.set", true),

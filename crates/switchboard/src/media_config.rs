@@ -86,6 +86,18 @@ pub struct RawMedia {
     /// How long a call waits for the relay's answer.
     #[serde(default = "d_wait")]
     pub wait_ms: u64,
+    /// Overrides per source network.
+    #[serde(default)]
+    pub rule: Vec<RawMediaRule>,
+}
+
+/// `[[media.rule]]`: calls from these networks get this policy and set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMediaRule {
+    pub sources: Vec<String>,
+    pub relay: Option<String>,
+    pub set: Option<u32>,
 }
 
 impl Default for RawMedia {
@@ -96,6 +108,7 @@ impl Default for RawMedia {
             sip_codecs: d_codecs(),
             refuse_on_failure: true,
             wait_ms: d_wait(),
+            rule: Vec::new(),
         }
     }
 }
@@ -174,6 +187,44 @@ pub fn validate(
             "must be from 100 to 30000",
         ));
     }
+    let mut rules = Vec::new();
+    for (n, r) in m.rule.iter().enumerate() {
+        let key = |k: &str| format!("media.rule[{n}].{k}");
+        let mut sources = Vec::new();
+        for src in &r.sources {
+            match sip_proxy::registrar::parse_cidr(src) {
+                Some(net) => sources.push(net),
+                None => errors.push(err(
+                    key("sources"),
+                    src,
+                    "not a network (10.0.0.0/8) or an address",
+                )),
+            }
+        }
+        if r.sources.is_empty() {
+            errors.push(err(key("sources"), "[]", "at least one network is needed"));
+        }
+        let relay = match r.relay.as_deref().map(|v| (v, Relay::parse(v))) {
+            None => None,
+            Some((_, Some(x))) => Some(x),
+            Some((v, None)) => {
+                errors.push(err(
+                    key("relay"),
+                    v,
+                    "must be \"auto\", \"always\" or \"never\"",
+                ));
+                None
+            }
+        };
+        if relay.is_none() && r.set.is_none() && r.relay.is_none() {
+            errors.push(err(key("relay"), "-", "a rule sets relay, set or both"));
+        }
+        rules.push(sip_proxy::media::MediaRule {
+            sources,
+            relay,
+            set: r.set,
+        });
+    }
     let Some(rtp) = rtp else {
         if media.is_some_and(|m| m.relay != "never") {
             errors.push(err(
@@ -235,6 +286,18 @@ pub fn validate(
             "no instance of [rtpengine] is in this set",
         ));
     }
+    for (n, r) in rules.iter().enumerate() {
+        if let Some(set) = r
+            .set
+            .filter(|s| !from_database && !list.iter().any(|i| i.set == *s))
+        {
+            errors.push(err(
+                format!("media.rule[{n}].set"),
+                set.to_string(),
+                "no instance of [rtpengine] is in this set",
+            ));
+        }
+    }
     if !(20..=5_000).contains(&rtp.timeout_ms) {
         errors.push(err(
             "rtpengine.timeout_ms",
@@ -270,6 +333,7 @@ pub fn validate(
             sip_codecs: m.sip_codecs.clone(),
             refuse_on_failure: m.refuse_on_failure,
             wait: Duration::from_millis(m.wait_ms),
+            rules,
             ..MediaConfig::default()
         },
     })
@@ -472,6 +536,16 @@ mod tests {
         assert_eq!(m.media.relay, Relay::Always);
         assert_eq!(m.media.set, 1);
         assert!(load("").unwrap().media.is_none());
+        let c = load("[rtpengine]\ninstances = [\"udp:127.0.0.1:2223\", { socket = \"udp:127.0.0.1:2225\", set = 2 }]\n[[media.rule]]\nsources = [\"10.0.0.0/8\", \"192.0.2.7\"]\nrelay = \"never\"\n[[media.rule]]\nsources = [\"203.0.113.0/24\"]\nset = 2\n").unwrap();
+        let m = c.media.unwrap().media;
+        assert_eq!(
+            m.for_source("192.0.2.7".parse().unwrap()),
+            (Relay::Never, 0)
+        );
+        assert_eq!(
+            m.for_source("203.0.113.9".parse().unwrap()),
+            (Relay::Auto, 2)
+        );
     }
 
     #[test]
@@ -489,6 +563,12 @@ mod tests {
         assert!(e.contains("media.relay"), "{e}");
         assert!(e.contains("media.set"), "{e}");
         assert!(e.contains("media.sip_codecs"), "{e}");
+        let e = errs("[rtpengine]\ninstances = [\"udp:127.0.0.1:2223\"]\n[[media.rule]]\nsources = [\"10.0.0.0/33\"]\nrelay = \"maybe\"\nset = 7\n[[media.rule]]\nsources = []\n");
+        assert!(e.contains("media.rule[0].sources"), "{e}");
+        assert!(e.contains("media.rule[0].relay"), "{e}");
+        assert!(e.contains("media.rule[0].set"), "{e}");
+        assert!(e.contains("media.rule[1].sources"), "{e}");
+        assert!(e.contains("a rule sets relay, set or both"), "{e}");
         let e = errs("[rtpengine]\ninstances = [{ socket = \"udp:127.0.0.1:2223\", weight = 1, colour = 2 }]\n");
         assert!(e.contains("rtpengine"), "{e}");
         assert!(load("[media]\nrelay = \"never\"\n").is_ok());

@@ -230,7 +230,8 @@ impl Proxy {
         let from = media::leg_of(ctx.plan.in_transport, sdp.then_some(&info));
         let to = media::leg_of(dest.transport, None);
         let to_nat = dest.flow.is_none() && contact_behind_nat(&dest.uri, dest.addr);
-        if !media::must_relay(cfg, from, &info, src.ip(), to, to_nat) {
+        let (relay, set) = cfg.for_source(src.ip());
+        if !media::must_relay(relay, from, &info, src.ip(), to, to_nat) {
             return BranchStep::Plain;
         }
         if !sdp {
@@ -259,7 +260,7 @@ impl Proxy {
             },
             sdp: Bytes::copy_from_slice(req.body()),
             flags: offer,
-            set: cfg.set,
+            set,
         };
         tracing::debug!(call_id = req.call_id(), from = from.as_str(), to = to.as_str(), flags = %mreq.flags.describe(), "media offer");
         let required = media::relay_required(from, to);
@@ -392,7 +393,7 @@ impl Proxy {
             },
             sdp: Bytes::copy_from_slice(msg.body()),
             flags,
-            set: cfg.set,
+            set: cfg.for_source(ctx.resp_target.addr.ip()).1,
         };
         if self.media_wait(now, ctx, mreq, WaitFor::Answer).is_none() {
             Stats::inc(&self.stats.media_dropped);
@@ -537,7 +538,7 @@ impl Proxy {
             via_branch: String::new(),
             sdp: Bytes::copy_from_slice(msg.body()),
             flags,
-            set: cfg.set,
+            set: cfg.for_source(src.addr.ip()).1,
         };
         let mut w = self.waits.lock().unwrap_or_else(|p| p.into_inner());
         if w.by_id.len() >= cfg.max_waiting {

@@ -309,3 +309,114 @@ fn a_browser_to_phone_call_without_a_relay_is_counted() {
     p.poll_commands(&mut c);
     assert!(c.is_empty());
 }
+
+/// An offered call, ringing at the media server: (scenario, the INVITE as forwarded).
+fn ringing(relay: Relay, dialogs: bool) -> (Scenario, Message) {
+    let mut s = proxy(relay);
+    if dialogs {
+        let p = std::mem::replace(&mut s.proxy, plain_proxy());
+        s.proxy = p.with_dialogs(Arc::new(crate::dialog::Dialogs::new(
+            Default::default(),
+            (s.now, 1_000),
+        )));
+    }
+    s.send(UAC, &invite("k1", NAT_SDP));
+    let (id, _) = s.one_media();
+    let fwd = parse(&s.answer(id, sdp_ok(RELAY_SDP))[0]);
+    s.send(FS, &reply(&fwd, 180, "tt"));
+    (s, fwd)
+}
+
+#[test]
+fn a_call_cancelled_or_refused_after_its_offer_deletes_its_session() {
+    let (mut s, fwd) = ringing(Relay::Always, false);
+    let cancel = format!("CANCEL sip:1000@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {UAC};branch=z9hG4bK-k1\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:1000@h>\r\nCall-ID: k1\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+    s.send(UAC, &cancel);
+    let out = s.send(FS, &reply(&fwd, 487, "tt"));
+    assert!(summary(&out).contains(&format!("487->{UAC}")));
+    let (_, del) = s.one_media();
+    assert_eq!((del.op, del.call_id.as_str()), (MediaOp::Delete, "k1"));
+    // refused by the callee: the same
+    let (mut s, fwd) = ringing(Relay::Always, false);
+    s.send(FS, &reply(&fwd, 486, "tt"));
+    let (_, del) = s.one_media();
+    assert_eq!(del.op, MediaOp::Delete);
+    assert_eq!(s.proxy.media_calls(), 0);
+}
+
+#[test]
+fn ending_a_dialog_from_the_middle_deletes_its_session_and_restored_calls_delete_too() {
+    let (mut s, fwd) = ringing(Relay::Always, true);
+    s.send(FS, &reply_sdp(&fwd, 200, "tt", FS_SDP));
+    let (id, _) = s.one_media();
+    s.answer(id, sdp_ok(RELAY_SDP2));
+    let d = s.proxy.dialogs().unwrap().list();
+    assert_eq!(d.len(), 1);
+    s.proxy.end_dialog(s.now, d[0].id).expect("dialog ended");
+    let (_, del) = s.one_media();
+    assert_eq!((del.op, del.call_id.as_str()), (MediaOp::Delete, "k1"));
+    // a call from before a restart (its dialog restored): its BYE deletes its media
+    let mut s = proxy(Relay::Auto);
+    s.proxy.media_restored(["old-call"].into_iter());
+    let rr = format!(
+        "<sip:127.0.0.1:5060;lr;sg={:016x}>",
+        s.proxy.rr_signature("old-call", "ft", "")
+    );
+    let bye = format!("BYE sip:1000@{FS} SIP/2.0\r\nVia: SIP/2.0/UDP {UAC};branch=z9hG4bK-ob\r\nRoute: {rr}\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:1000@h>;tag=tt\r\nCall-ID: old-call\r\nCSeq: 9 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+    let out = s.send(UAC, &bye);
+    assert_eq!(summary(&out), [format!("BYE->{FS}")]);
+    let (_, del) = s.one_media();
+    assert_eq!(
+        (del.op, del.call_id.as_str()),
+        (MediaOp::Delete, "old-call")
+    );
+    // a BYE of a call that was never relayed asks nothing
+    let out = s.send(
+        UAC,
+        &bye.replace("old-call", "plain-call")
+            .replace("z9hG4bK-ob", "z9hG4bK-pb")
+            .replace(
+                &rr,
+                &format!(
+                    "<sip:127.0.0.1:5060;lr;sg={:016x}>",
+                    s.proxy.rr_signature("plain-call", "ft", "")
+                ),
+            ),
+    );
+    assert_eq!(summary(&out), [format!("BYE->{FS}")]);
+    assert!(s.commands().is_empty());
+}
+
+#[test]
+fn a_rule_for_the_callers_network_overrides_the_policy_and_the_set() {
+    let net = |x| crate::registrar::parse_cidr(x).unwrap();
+    let p = plain_proxy().with_media(MediaConfig {
+        relay: Relay::Always,
+        rules: vec![
+            crate::media::MediaRule {
+                sources: vec![net("198.51.100.0/24")],
+                relay: Some(Relay::Never),
+                set: None,
+            },
+            crate::media::MediaRule {
+                sources: vec![net("203.0.113.0/24")],
+                relay: None,
+                set: Some(3),
+            },
+        ],
+        ..MediaConfig::default()
+    });
+    let mut s = Scenario::new(p);
+    // the caller's LAN is the media server's: not relayed
+    let out = s.send(UAC, &invite("n1", NAT_SDP));
+    assert_eq!(
+        summary(&out),
+        [format!("100->{UAC}"), format!("INVITE->{FS}")]
+    );
+    assert!(s.commands().is_empty());
+    // another network: relayed through set 3
+    let other = "203.0.113.9:5070";
+    s.send(other, &invite("n2", NAT_SDP).replace(UAC, other));
+    let (_, offer) = s.one_media();
+    assert_eq!(offer.set, 3);
+}

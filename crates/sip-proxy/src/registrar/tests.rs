@@ -1491,3 +1491,79 @@ fn a_media_server_reaches_a_websocket_user_and_its_dialog_follows_the_connection
     assert_eq!(b.target.addr, addr("127.0.0.1:5080"));
     assert_eq!(b.target.transport, Transport::Udp);
 }
+
+#[test]
+fn parallel_forking_with_relayed_media_offers_each_branch_on_its_own() {
+    use crate::command::{CommandKind, EventResult};
+    let (p, _reg, now) = setup(|c| {
+        c.auth = false;
+        c.fork = Fork::Parallel;
+    });
+    let p = p.with_media(crate::media::MediaConfig {
+        relay: crate::media::Relay::Always,
+        ..Default::default()
+    });
+    reg_status(&p, now, "m1", 1, "<sip:alice@10.0.0.5:5060>", "");
+    let r = "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.6;branch=z9hG4bKm2\r\nFrom: <sip:alice@example.com>;tag=1\r\nTo: <sip:alice@example.com>\r\nCall-ID: other\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@10.0.0.6:5060>\r\nContent-Length: 0\r\n\r\n";
+    send(&p, now, "127.0.0.1:40001", r);
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.9\r\ns=-\r\nc=IN IP4 127.0.0.9\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let inv = invite_to("alice", "mf").replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        ),
+    );
+    let offer = |p: &Proxy| {
+        let mut c = vec![];
+        p.poll_commands(&mut c);
+        assert_eq!(c.len(), 1, "{c:?}");
+        match &c[0].kind {
+            CommandKind::Media(m) => (c[0].id, (**m).clone()),
+            k => panic!("{k:?}"),
+        }
+    };
+    let relayed = |port: u16| {
+        EventResult::Media(Ok(bytes::Bytes::from(format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n"
+        ))))
+    };
+    let answer = |p: &Proxy, id, r| {
+        let mut out = vec![];
+        p.on_event(now, crate::command::Event { id, result: r }, &mut out);
+        out
+    };
+    let out = send(&p, now, "127.0.0.9:5080", &inv);
+    assert!(
+        out.iter().all(|t| !parse(t).is_request()),
+        "the first branch waits"
+    );
+    let (id, o1) = offer(&p);
+    assert_eq!(o1.via_branch, "0");
+    let out = answer(&p, id, relayed(30000));
+    let first: Vec<Message> = out.iter().map(parse).filter(|m| m.is_request()).collect();
+    assert_eq!(first.len(), 1);
+    assert!(String::from_utf8_lossy(first[0].body()).contains("m=audio 30000"));
+    // the second contact gets its own offer (another via-branch), then its INVITE
+    let (id, o2) = offer(&p);
+    assert_eq!((o2.via_branch.as_str(), o2.call_id.as_str()), ("1", "mf"));
+    let out = answer(&p, id, relayed(30002));
+    let second: Vec<Message> = out.iter().map(parse).filter(|m| m.is_request()).collect();
+    assert_eq!(second.len(), 1);
+    assert!(String::from_utf8_lossy(second[0].body()).contains("m=audio 30002"));
+    assert_ne!(first[0].uri_str(), second[0].uri_str());
+    // the second contact answers: its answer names its branch
+    let ok = response_to(&second[0], 200).replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        ),
+    );
+    send(&p, now, "127.0.0.1:40001", &ok);
+    let (_, a) = offer(&p);
+    assert_eq!(
+        (a.op, a.via_branch.as_str()),
+        (crate::media::MediaOp::Answer, "1")
+    );
+}
