@@ -219,14 +219,22 @@ rtp_side() { # PORT_PREFIX: packets of RTP streams whose endpoint port starts wi
   jq_py "$q" "sum(s['stats']['packets'] for t in j['tags'].values() for m in t['medias'] for s in m['streams'] if 'RTP' in s['flags'] and str(s['endpoint'].get('port','')).startswith('$1'))"
 }
 
+# bs_rtcp: baresip's own RTP counts from its next RTCP report ("tx=N rx=M": packets it sent
+# and received), via ctrl_tcp events (one report every few seconds)
+bs_rtcp() {
+  python3 "$E2E/bsctl.py" $BSCTL "callstat" 7 | grep '"CALL_RTCP"' | tail -1 \
+    | python3 -c 'import json,sys; s=json.loads(sys.stdin.read() or "{}").get("rtcp_stats",{}); print("tx=%s rx=%s" % (s.get("tx",{}).get("sent",0), s.get("rx",{}).get("sent",0)))' 2>/dev/null || echo "tx=0 rx=0"
+}
+
 agent call alice sip:fs@127.0.0.1
 expect "^alice call confirmed" 15; rc=$?
 sleep 3
-st=$(stats alice); from_bs=$(rtp_side 100)
+st=$(stats alice); from_bs=$(rtp_side 100); bs=$(bs_rtcp)
 in=$(field in "$st"); out=$(field out "$st")
 [ $rc = 0 ] && [ "${in:-0}" -ge 50 ] && [ "${out:-0}" -ge 50 ] && [ "$(field dtls "$st")" = connected ] \
-  && [ "$(field srtp "$st")" != - ] && [ "${from_bs:-0}" -ge 50 ] && grep -q "^alice remote_sdp answer dtls" "$WORK/agent.out"
-result "browser-calls-baresip-dtls-srtp-to-rtp" $? "$st; relay got ${from_bs:-0} RTP packets from baresip; $(grep -m1 '^alice remote_sdp answer' "$WORK/agent.out")"
+  && [ "$(field srtp "$st")" != - ] && [ "${from_bs:-0}" -ge 50 ] && grep -q "^alice remote_sdp answer dtls" "$WORK/agent.out" \
+  && [ "$(field rx " $bs")" -ge 50 ] && [ "$(field tx " $bs")" -ge 50 ]
+result "browser-calls-baresip-dtls-srtp-to-rtp" $? "$st; baresip (its RTCP report): $bs; relay got ${from_bs:-0} RTP packets from baresip; $(grep -m1 '^alice remote_sdp answer' "$WORK/agent.out")"
 
 agent hold alice; expect "^alice hold" 10; h=$?
 sleep 1
@@ -245,11 +253,12 @@ result "the-browser-hangs-up-and-the-session-is-deleted" $? "calls at the relay 
 python3 "$E2E/bsctl.py" $BSCTL "dial sip:alice@127.0.0.1" 1 >/dev/null
 expect "^alice incoming confirmed" 15; rc=$?
 sleep 3
-st=$(stats alice); from_bs=$(rtp_side 100)
+st=$(stats alice); from_bs=$(rtp_side 100); bs=$(bs_rtcp)
 in=$(field in "$st"); out=$(field out "$st")
 [ $rc = 0 ] && [ "${in:-0}" -ge 50 ] && [ "${out:-0}" -ge 50 ] && [ "$(field dtls "$st")" = connected ] \
-  && [ "${from_bs:-0}" -ge 50 ] && grep -q "^alice remote_sdp offer dtls" "$WORK/agent.out"
-result "baresip-calls-the-browser-over-its-wss" $? "$st; relay got ${from_bs:-0} RTP packets from baresip; $(grep -m1 '^alice remote_sdp offer' "$WORK/agent.out")"
+  && [ "${from_bs:-0}" -ge 50 ] && grep -q "^alice remote_sdp offer dtls" "$WORK/agent.out" \
+  && [ "$(field rx " $bs")" -ge 50 ] && [ "$(field tx " $bs")" -ge 50 ]
+result "baresip-calls-the-browser-over-its-wss" $? "$st; baresip (its RTCP report): $bs; relay got ${from_bs:-0} RTP packets from baresip; $(grep -m1 '^alice remote_sdp offer' "$WORK/agent.out")"
 agent hangup alice; expect "^alice ended remote|^alice ended local" 10
 sleep 1
 
@@ -258,12 +267,12 @@ n0=$(grep -c "^alice call confirmed" "$WORK/agent.out")
 agent call alice sip:fs@127.0.0.1 opus
 for _ in $(seq 150); do [ "$(grep -c "^alice call confirmed" "$WORK/agent.out")" -gt "$n0" ] && break; sleep 0.1; done
 sleep 3
-st=$(stats alice); from_bs=$(rtp_side 100)
+st=$(stats alice); from_bs=$(rtp_side 100); bs=$(bs_rtcp)
 in=$(field in "$st"); out=$(field out "$st")
 codec=$(field codec "$st")
 [ "${in:-0}" -ge 50 ] && [ "${out:-0}" -ge 50 ] && [ "$codec" = audio/opus ] && [ "${from_bs:-0}" -ge 50 ] \
-  && grep -q "PCMU\|PCMA" "$WORK/baresip.log"
-result "opus-only-browser-to-g711-baresip-transcoded" $? "$st; relay got ${from_bs:-0} RTP packets from baresip ($(grep -o 'audio: [^ ]*' "$WORK/baresip.log" | tail -1))"
+  && grep -q "PCMU\|PCMA" "$WORK/baresip.log" && [ "$(field rx " $bs")" -ge 50 ]
+result "opus-only-browser-to-g711-baresip-transcoded" $? "$st; baresip (G.711, its RTCP report): $bs; relay got ${from_bs:-0} RTP packets from baresip"
 agent hangup alice; expect "^alice ended" 10
 stop_agent
 cleanup; PIDS=()
