@@ -215,12 +215,33 @@ impl Proxy {
             200..=299 if !ctx.final_sent => {
                 tracing::info!(call_id = ctx.call_id(), destination = %ctx.branches[idx].dest.uri, "late 2xx on an abandoned branch relayed");
                 ctx.final_sent = true;
+                // its SDP goes through the relay like any answer
+                let t = ctx.branches[idx].target;
+                let src = Source {
+                    transport: t.transport,
+                    addr: t.addr,
+                    flow: t.flow,
+                };
+                let step = self.media_reply(now, ctx, idx, code, msg, &src, true);
                 if ctx.fast_failover {
                     self.router
                         .on_call_answered(msg.call_id(), &ctx.branches[idx].dest);
-                    self.track_dialog(now, ctx, idx, msg, true);
+                    if matches!(
+                        step,
+                        media::ReplyStep::Pass | media::ReplyStep::Rewritten(_)
+                    ) {
+                        self.track_dialog(now, ctx, idx, msg, true);
+                    }
                 }
-                self.send_upstream(now, ctx, code, strip_top_via(msg), out);
+                match step {
+                    media::ReplyStep::Pass => {
+                        self.send_upstream(now, ctx, code, strip_top_via(msg), out)
+                    }
+                    media::ReplyStep::Rewritten(data) => {
+                        self.send_upstream(now, ctx, code, data, out)
+                    }
+                    media::ReplyStep::Parked | media::ReplyStep::Drop => {}
+                }
                 for i in 0..ctx.branches.len() {
                     if i != idx {
                         self.cancel_branch(now, ctx, i, out);

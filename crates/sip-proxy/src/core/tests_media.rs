@@ -420,3 +420,61 @@ fn a_rule_for_the_callers_network_overrides_the_policy_and_the_set() {
     let (_, offer) = s.one_media();
     assert_eq!(offer.set, 3);
 }
+
+#[test]
+fn a_late_2xx_from_a_branch_given_up_on_is_answered_through_the_relay_too() {
+    let cfg = ProxyConfig {
+        listeners: vec![crate::config::Listener {
+            transport: Transport::Udp,
+            advertise: "127.0.0.1:5060".parse().unwrap(),
+        }],
+        ..ProxyConfig::default()
+    };
+    let dest = |a: &str| Destination {
+        uri: format!("sip:{a}").into(),
+        transport: Transport::Udp,
+        addr: addr(a),
+        flow: None,
+        node: None,
+        route: None,
+        name: None,
+    };
+    let fs2 = "127.0.0.1:5082";
+    let p = Proxy::new(
+        cfg,
+        Arc::new(crate::RoundRobin::new(vec![dest(FS), dest(fs2)])),
+    )
+    .with_media(MediaConfig {
+        relay: Relay::Always,
+        ..MediaConfig::default()
+    });
+    let mut s = Scenario::new(p);
+    s.send(UAC, &invite("lb", NAT_SDP));
+    let (id, _) = s.one_media();
+    let out = s.answer(id, sdp_ok(RELAY_SDP));
+    let first = parse(&out[0]);
+    // the first media server stays silent: failover, a second offer, the second INVITE
+    s.advance(Duration::from_millis(2100));
+    let (id, _) = s.one_media();
+    let out = s.answer(id, sdp_ok(RELAY_SDP));
+    assert!(
+        summary(&out).iter().any(|l| l.starts_with("INVITE")),
+        "{:?}",
+        summary(&out)
+    );
+    // then the first answers after all: its SDP is answered through the relay as well
+    let out = s.send(FS, &reply_sdp(&first, 200, "late", FS_SDP));
+    assert!(
+        out.iter().all(|t| parse(t).status() != Some(200)),
+        "not relayed as it was"
+    );
+    let (id, a) = s.one_media();
+    assert_eq!((a.op, a.to_tag.as_str()), (MediaOp::Answer, "late"));
+    let out = s.answer(id, sdp_ok(RELAY_SDP2));
+    let up: Vec<&Transmit> = out
+        .iter()
+        .filter(|t| parse(t).status() == Some(200))
+        .collect();
+    assert_eq!(up.len(), 1);
+    assert_eq!(body(up[0]), RELAY_SDP2);
+}
