@@ -37,6 +37,22 @@ pub(super) enum ReplyStep {
     Drop,
 }
 
+impl ReplyStep {
+    /// True when the reply goes upstream now.
+    pub fn goes_now(&self) -> bool {
+        matches!(self, ReplyStep::Pass | ReplyStep::Rewritten(_))
+    }
+
+    /// What goes upstream now (`msg` without our Via, or its rewritten text), if anything.
+    pub fn upstream(self, msg: &Message) -> Option<Bytes> {
+        match self {
+            ReplyStep::Pass => Some(strip_top_via(msg)),
+            ReplyStep::Rewritten(data) => Some(data),
+            ReplyStep::Parked | ReplyStep::Drop => None,
+        }
+    }
+}
+
 /// A reply waiting for the relay.
 pub(crate) struct ParkedReply {
     pub idx: usize,

@@ -106,14 +106,11 @@ impl Proxy {
                 }
                 if code > 100 && !ctx.final_sent {
                     self.track_dialog(now, ctx, idx, &msg, false);
-                    match self.media_reply(now, ctx, idx, code, &msg, &src, false) {
-                        media::ReplyStep::Pass => {
-                            self.send_upstream(now, ctx, code, strip_top_via(&msg), out)
-                        }
-                        media::ReplyStep::Rewritten(data) => {
-                            self.send_upstream(now, ctx, code, data, out)
-                        }
-                        media::ReplyStep::Parked | media::ReplyStep::Drop => {}
+                    if let Some(data) = self
+                        .media_reply(now, ctx, idx, code, &msg, &src, false)
+                        .upstream(&msg)
+                    {
+                        self.send_upstream(now, ctx, code, data, out);
                     }
                 }
             }
@@ -126,10 +123,7 @@ impl Proxy {
                 let b = &ctx.branches[idx];
                 if first && ctx.invite && ctx.fast_failover {
                     self.router.on_call_answered(msg.call_id(), &b.dest);
-                    if matches!(
-                        step,
-                        media::ReplyStep::Pass | media::ReplyStep::Rewritten(_)
-                    ) {
+                    if step.goes_now() {
                         // a reply waiting for the relay is tracked once it goes upstream
                         self.track_dialog(now, ctx, idx, &msg, true);
                     }
@@ -143,14 +137,8 @@ impl Proxy {
                         }
                     }
                 }
-                match step {
-                    media::ReplyStep::Pass => {
-                        self.send_upstream(now, ctx, code, strip_top_via(&msg), out)
-                    }
-                    media::ReplyStep::Rewritten(data) => {
-                        self.send_upstream(now, ctx, code, data, out)
-                    }
-                    media::ReplyStep::Parked | media::ReplyStep::Drop => {}
+                if let Some(data) = step.upstream(&msg) {
+                    self.send_upstream(now, ctx, code, data, out);
                 }
                 if first {
                     for i in 0..ctx.branches.len() {
@@ -226,21 +214,12 @@ impl Proxy {
                 if ctx.fast_failover {
                     self.router
                         .on_call_answered(msg.call_id(), &ctx.branches[idx].dest);
-                    if matches!(
-                        step,
-                        media::ReplyStep::Pass | media::ReplyStep::Rewritten(_)
-                    ) {
+                    if step.goes_now() {
                         self.track_dialog(now, ctx, idx, msg, true);
                     }
                 }
-                match step {
-                    media::ReplyStep::Pass => {
-                        self.send_upstream(now, ctx, code, strip_top_via(msg), out)
-                    }
-                    media::ReplyStep::Rewritten(data) => {
-                        self.send_upstream(now, ctx, code, data, out)
-                    }
-                    media::ReplyStep::Parked | media::ReplyStep::Drop => {}
+                if let Some(data) = step.upstream(msg) {
+                    self.send_upstream(now, ctx, code, data, out);
                 }
                 for i in 0..ctx.branches.len() {
                     if i != idx {
