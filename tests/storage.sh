@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The storage battery (crates/store's tests) against real servers: SQLite, and PostgreSQL
+# and MariaDB started here on 127.0.0.1 (ports from STORAGE_BASE, default 25400) and
+# stopped by PID. Each test runs once per engine with the same assertions.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/tests/e2e/lib.sh"
+source "$ROOT/tests/e2e/dbservers.sh"
+BASE=${STORAGE_BASE:-25400}
+need_free $((BASE)) $((BASE + 1))
+WORK=$(mktemp -d /tmp/sb-storage.XXXXXX); chmod 755 "$WORK"
+start_postgres "$WORK/pg" "$BASE" || exit 1
+start_mariadb "$WORK/my" $((BASE + 1)) || exit 1
+cd "$ROOT"
+RUST_BACKTRACE=0 SB_TEST_POSTGRES_URL="$PG_URL" SB_TEST_MYSQL_URL="$MY_URL" \
+  cargo test -q -p store -- --test-threads 4
