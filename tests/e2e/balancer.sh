@@ -117,23 +117,11 @@ s = open(p).read()
 s = s[: s.index("[[balancer.node]]")] + 'source = "database"\n'
 open(p, "w").write(s)
 PY
-python3 - "$WORK/sb.db" "$B1" "$B2" <<'PY'
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1])
-db.execute("DELETE FROM load_balancer")
-db.execute("INSERT INTO load_balancer (group_id, dst_uri, resources, description) VALUES (1, ?, 'pstn=7', 'fs1'), (1, ?, 'pstn=-3', 'bad')",
-           (f"sip:127.0.0.1:{sys.argv[2]}", f"sip:127.0.0.1:{sys.argv[3]}"))
-db.commit()
-PY
+db_sql "DELETE FROM load_balancer; INSERT INTO load_balancer (group_id, dst_uri, resources, description) VALUES (1, 'sip:127.0.0.1:$B1', 'pstn=7', 'fs1'), (1, 'sip:127.0.0.1:$B2', 'pstn=-3', 'bad')"
 start_sb
 n1=$(rpc lb_list | python3 -c "import json,sys; print(len(json.load(sys.stdin)['result']['Destinations']))" 2>/dev/null)
 grep -q "load_balancer row.*negative" "$WORK/sb.log"; logged=$?
-python3 - "$WORK/sb.db" "$B2" <<'PY'
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1])
-db.execute("UPDATE load_balancer SET resources = 'pstn=4' WHERE dst_uri = ?", (f"sip:127.0.0.1:{sys.argv[2]}",))
-db.commit()
-PY
+db_sql "UPDATE load_balancer SET resources = 'pstn=4' WHERE dst_uri = 'sip:127.0.0.1:$B2'"
 r=$("$SB" lb reload --mi "$MI" --token-file "$WORK/switchboard.token" 2>&1)
 caps=$(rpc lb_list | python3 -c "import json,sys; print('+'.join(str(n['resources'][0]['max']) for n in json.load(sys.stdin)['result']['Destinations']))" 2>/dev/null)
 [ "$n1" = 1 ] && [ $logged = 0 ] && [[ "$r" == *'"reloaded": 2'* ]] && [ "$caps" = "7+4" ]

@@ -138,26 +138,21 @@ result "destination state exported as a metric" $? "$(echo "$metrics" | grep -c 
 
 # ---- the OpenSIPS dispatcher table in SQLite -------------------------------------------------
 stop_sb; kill_uas $B1 $B2 $B3
-DB="$WORK/ds.db"
-python3 - "$DB" $B1 $B2 <<'PY'
-import sqlite3, sys
-db, b1, b2 = sys.argv[1], sys.argv[2], sys.argv[3]
-c = sqlite3.connect(db)
-c.execute("""CREATE TABLE dispatcher (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, setid INTEGER DEFAULT 0 NOT NULL,
-  destination CHAR(192) DEFAULT '' NOT NULL, socket CHAR(128) DEFAULT NULL, state INTEGER DEFAULT 0 NOT NULL,
-  probe_mode INTEGER DEFAULT 0 NOT NULL, weight CHAR(64) DEFAULT 1 NOT NULL, priority INTEGER DEFAULT 0 NOT NULL,
-  attrs CHAR(128) DEFAULT NULL, description CHAR(64) DEFAULT NULL)""")
-c.execute("INSERT INTO dispatcher (setid, destination, description) VALUES (1, ?, 'fs1')", (f"sip:127.0.0.1:{b1}",))
-c.execute("INSERT INTO dispatcher (setid, destination) VALUES ('one', 'sip:127.0.0.1:5999')")
-c.execute("INSERT INTO dispatcher (setid, destination, weight) VALUES (1, 'sip:127.0.0.1:5998', 'fs://x')")
-c.execute("INSERT INTO dispatcher (setid, destination, weight) VALUES (1, ?, '2')", (f"sip:127.0.0.1:{b2}",))
-c.commit()
-PY
+# the table as OpenSIPS creates it, on the suite's database (SQLite in $WORK, or the server
+# tests/e2e/databases.sh runs it on)
+DB=$(db_url); [ "$(db_engine)" = sqlite ] && DB="sqlite://$WORK/ds.db"
+ddl=$(sed -n '/^CREATE TABLE dispatcher/,/;$/p' "$ROOT/tests/e2e/opensips-schema/$(db_engine).sql")
+db_sql "DROP TABLE IF EXISTS dispatcher; $ddl" "$DB" || exit 1
+db_sql "INSERT INTO dispatcher (setid, destination, description) VALUES (1, 'sip:127.0.0.1:$B1', 'fs1')" "$DB"
+# SQLite takes text in an integer column (a row switchboard skips); the servers refuse it
+hostile=0; db_sql "INSERT INTO dispatcher (setid, destination) VALUES ('one', 'sip:127.0.0.1:5999')" "$DB" 2>/dev/null && hostile=1
+db_sql "INSERT INTO dispatcher (setid, destination, weight) VALUES (1, 'sip:127.0.0.1:5998', 'fs://x')" "$DB"
+db_sql "INSERT INTO dispatcher (setid, destination, weight) VALUES (1, 'sip:127.0.0.1:$B2', '2')" "$DB"
 cat > "$WORK/sb.toml" <<TOML
 [sip]
 listen = ["udp:127.0.0.1:$P"]
 [database]
-url = "sqlite://$DB"
+url = "$DB"
 [dispatcher]
 source = "database"
 persist_state = true
@@ -177,10 +172,10 @@ TOML
 : > "$WORK/sb.log"; start_sb; start_uas $B1; start_uas $B2; start_uas $B3; sleep 0.3
 n=$("$SB" dispatcher list --json --mi "$MI" --token-file "$WORK/switchboard.token" | python3 -c "import json,sys; d=json.load(sys.stdin); print(len(d['sets'][0]['destinations']))")
 skipped=$(grep -c "dispatcher row skipped" "$WORK/sb.log")
-[ "$n" = 2 ] && [ "$skipped" = 2 ]; result "dispatcher table loads; bad rows reported and skipped" $? "destinations=$n skipped=$skipped"
+[ "$n" = 2 ] && [ "$skipped" = $((1 + hostile)) ]; result "dispatcher table loads; bad rows reported and skipped" $? "$(db_engine): destinations=$n skipped=$skipped"
 "$SB" dispatcher add --mi "$MI" --token-file "$WORK/switchboard.token" --set 1 --uri "sip:127.0.0.1:$B3" --description fs3 >/dev/null
 "$SB" dispatcher set-state --mi "$MI" --token-file "$WORK/switchboard.token" --set 1 --uri "sip:127.0.0.1:$B1" draining >/dev/null; sleep 0.3
-rows=$(python3 -c "import sqlite3; c=sqlite3.connect('$DB'); print(';'.join(f'{d}={s}' for d, s in c.execute('SELECT destination, state FROM dispatcher WHERE setid=1 ORDER BY id')))")
+rows=$(db_sql "SELECT destination, state FROM dispatcher WHERE setid=1 ORDER BY id" "$DB" | tr '|\n' '=;')
 echo "$rows" | grep -q "sip:127.0.0.1:$B3=0" && echo "$rows" | grep -q "sip:127.0.0.1:$B1=4"; result "CLI add and state changes are written to the table" $? "$rows"
 stop_sb; start_sb
 st=$(state_of "sip:127.0.0.1:$B1"); b3=$(state_of "sip:127.0.0.1:$B3")
@@ -188,7 +183,7 @@ uac 60 30 0; rc=$?; sleep 1.2; ok=$(ok_calls); a=$(incoming $B1)
 [ "$st" = draining ] && [ "$b3" = active ] && [ $rc = 0 ] && [ "$ok" = 60 ] && [ "$a" = 0 ]
 result "after a restart the table restores destinations and states" $? "b1=$st b3=$b3 ok=$ok calls_to_drained=$a"
 "$SB" dispatcher remove --mi "$MI" --token-file "$WORK/switchboard.token" --set 1 --uri "sip:127.0.0.1:$B3" >/dev/null
-left=$(python3 -c "import sqlite3; c=sqlite3.connect('$DB'); print(c.execute(\"SELECT count(*) FROM dispatcher WHERE destination='sip:127.0.0.1:$B3'\").fetchone()[0])")
+left=$(db_sql "SELECT count(*) FROM dispatcher WHERE destination='sip:127.0.0.1:$B3'" "$DB")
 [ "$left" = 0 ]; result "CLI remove deletes the row" $? "rows left=$left"
 
 # ---- refusals through the CLI and the API -----------------------------------------------

@@ -50,9 +50,48 @@ token_file = "$WORK/switchboard.token"
 # the suites' SIPp peers load the proxy from 127.0.0.1 (the flood defence has its own suite)
 allow = ["127.0.0.1/32"]
 [database]
-url = "sqlite://$WORK/sb.db"
+url = "$(db_url)"
 TOML
 }
+# db_url: the suite's database: SB_DB_URL (a PostgreSQL or MySQL database made for the
+# suite by tests/e2e/databases.sh), or SQLite in $WORK
+db_url() { echo "${SB_DB_URL:-sqlite://$WORK/sb.db}"; }
+# db_sql SQL [URL]: runs SQL on the suite's database (or URL) with the engine's own client;
+# rows printed one a line, columns joined by |
+db_sql() {
+  local url=${2:-$(db_url)}
+  case "$url" in
+    sqlite://*) python3 - "${url#sqlite://}" "$1" <<'PY'
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+stmts, buf = [], ""
+for ch in sys.argv[2]:
+    buf += ch
+    if ch == ";" and sqlite3.complete_statement(buf):
+        stmts.append(buf); buf = ""
+for stmt in stmts + ([buf] if buf.strip() else []):
+    for r in c.execute(stmt): print("|".join("" if v is None else str(v) for v in r))
+c.commit()
+PY
+    ;;
+    postgres://*|postgresql://*) psql "$url" -v ON_ERROR_STOP=1 -Atq -c "$1" ;;
+    mysql://*) python3 - "$url" "$1" <<'PY'
+import os, subprocess, sys, urllib.parse
+u = urllib.parse.urlparse(sys.argv[1])
+out = subprocess.run(["mariadb", "--no-defaults", "-h", u.hostname, "-P", str(u.port or 3306), "-u", urllib.parse.unquote(u.username),
+                      u.path.lstrip("/"), "-N", "-B", "-e", sys.argv[2]], env=dict(os.environ, MYSQL_PWD=urllib.parse.unquote(u.password or "")),
+                     capture_output=True, text=True)
+for line in out.stdout.splitlines():
+    print("|".join("" if v == "NULL" else v for v in line.split("\t")))
+sys.stderr.write(out.stderr)
+sys.exit(out.returncode)
+PY
+    ;;
+    *) echo "db_sql: unknown database URL $url" >&2; return 2 ;;
+  esac
+}
+# db_engine: sqlite, postgres or mysql
+db_engine() { case "$(db_url)" in postgres*) echo postgres ;; mysql*) echo mysql ;; *) echo sqlite ;; esac; }
 # start_sb: switchboard on $WORK/sb.toml (log appended to $WORK/sb.log), as SB_PID, once its
 # SIP and management ports listen
 start_sb() {

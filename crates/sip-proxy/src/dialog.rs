@@ -361,6 +361,8 @@ pub struct Dialogs {
     /// little; inline, the slack was about 250 bytes per dialog.
     shards: Box<[Mutex<Table>]>,
     next_id: AtomicU64,
+    /// The first id of this process's range ([`crate::id_range`]).
+    id_base: AtomicU64,
     next_sweep: Mutex<Option<Instant>>,
     epoch: (Instant, u64),
     events: Mutex<Vec<DlgEvent>>,
@@ -398,6 +400,7 @@ impl Dialogs {
             cfg,
             shards: (0..64).map(|_| Mutex::new(Table::default())).collect(),
             next_id: AtomicU64::new(1),
+            id_base: AtomicU64::new(0),
             next_sweep: Mutex::new(None),
         }
     }
@@ -782,12 +785,21 @@ impl Dialogs {
         lock(&self.events).append(&mut saves);
     }
 
+    /// Ids made from now on come from the range that starts at `base`, one no other process
+    /// sharing the database uses ([`crate::ID_COUNTER_BITS`]). Called before restoring.
+    pub fn set_id_base(&self, base: u64) {
+        self.id_base.store(base, Ordering::Relaxed);
+        self.next_id.store(base + 1, Ordering::Relaxed);
+    }
+
     /// Puts back dialogs persisted before a restart (their rows exist).
     pub fn restore(&self, dialogs: Vec<Dialog>) {
         for mut d in dialogs {
             d.saved = true;
             d.dirty = false;
-            self.next_id.fetch_max(d.id + 1, Ordering::Relaxed);
+            if crate::id_range(d.id) == crate::id_range(self.id_base.load(Ordering::Relaxed)) {
+                self.next_id.fetch_max(d.id + 1, Ordering::Relaxed);
+            }
             let key = self.key(d.call_id(), d.from_tag());
             self.shard(d.call_id()).insert(key, Box::new(d));
         }

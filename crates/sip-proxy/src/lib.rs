@@ -36,6 +36,17 @@ mod stats;
 mod types;
 
 pub use crate::build::SERVER;
+
+/// The bits of a binding or dialog id that its process counts; above them is the process's
+/// range, a number the database hands out at start (`store::Store::claim_id_base`), so that
+/// processes sharing a database never make the same id. Ids stay below 2^53 (exact as JSON
+/// numbers).
+pub const ID_COUNTER_BITS: u32 = 37;
+
+/// The range an id belongs to.
+pub fn id_range(id: u64) -> u64 {
+    id >> ID_COUNTER_BITS
+}
 pub use crate::core::Proxy;
 pub use crate::error::{Error, Side};
 pub use config::{Listener, ProxyConfig};

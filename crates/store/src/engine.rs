@@ -38,6 +38,8 @@ pub struct Columns {
     pub required: Vec<String>,
     /// Columns of a date/time type (written and read through the engine's conversions).
     pub datetime: Vec<String>,
+    /// Text columns of a bounded width the engine enforces (PostgreSQL, MySQL), in characters.
+    pub max_len: Vec<(String, usize)>,
 }
 
 impl Columns {
@@ -47,6 +49,14 @@ impl Columns {
 
     pub fn is_datetime(&self, c: &str) -> bool {
         self.datetime.iter().any(|n| n.eq_ignore_ascii_case(c))
+    }
+
+    /// The width of a bounded text column, where the engine refuses longer values.
+    pub fn max_len(&self, c: &str) -> Option<usize> {
+        self.max_len
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(c))
+            .map(|(_, l)| *l)
     }
 }
 
@@ -125,6 +135,25 @@ fn connect_error(dialect: Dialect, url: &str, e: sqlx::Error) -> StoreError {
     }
 }
 
+/// One connection made and closed before the pool is: the pool retries a refused connection
+/// until its timeout and then says only that it timed out, where this says why (refused, no
+/// such host, wrong password, no such database).
+async fn first_connection<C: sqlx::Connection>(
+    o: &C::Options,
+    dialect: Dialect,
+    url: &str,
+    opts: &Options,
+) -> Result<(), StoreError> {
+    match tokio::time::timeout(opts.connect_timeout, C::connect_with(o)).await {
+        Ok(Ok(c)) => {
+            let _ = c.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(connect_error(dialect, url, e)),
+        Err(_) => Err(connect_error(dialect, url, sqlx::Error::PoolTimedOut)),
+    }
+}
+
 impl Engine {
     pub async fn connect(url: &str, opts: &Options) -> Result<Engine, StoreError> {
         let dialect = Dialect::of_url(url).ok_or_else(|| StoreError::Url(redact(url)))?;
@@ -157,6 +186,7 @@ impl Engine {
                 let o = sqlx::postgres::PgConnectOptions::from_str(url)
                     .map_err(|e| StoreError::Url(format!("{}: {e}", redact(url))))?
                     .application_name("switchboard");
+                first_connection::<sqlx::PgConnection>(&o, dialect, url, opts).await?;
                 let pool = sqlx::postgres::PgPoolOptions::new()
                     .max_connections(opts.pool_size.max(1))
                     .acquire_timeout(opts.connect_timeout)
@@ -174,6 +204,7 @@ impl Engine {
                     // UTC: FROM_UNIXTIME and UNIX_TIMESTAMP read and write the DATETIME
                     // columns (acc.time) as UTC, like the other engines
                     .timezone(Some("+00:00".to_string()));
+                first_connection::<sqlx::MySqlConnection>(&o, dialect, url, opts).await?;
                 let pool = sqlx::mysql::MySqlPoolOptions::new()
                     .max_connections(opts.pool_size.max(1))
                     .acquire_timeout(opts.connect_timeout)
@@ -278,11 +309,11 @@ impl Engine {
                 .arg(table)
                 .push(")"),
             Dialect::Postgres => st
-                .push("SELECT CAST(column_name AS TEXT) AS name, CASE WHEN is_nullable = 'NO' THEN 1 ELSE 0 END AS nn, CASE WHEN column_default IS NULL THEN 0 ELSE 1 END AS dflt, CASE WHEN is_identity = 'YES' THEN 1 ELSE 0 END AS generated, CAST(data_type AS TEXT) AS type FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ")
+                .push("SELECT CAST(column_name AS TEXT) AS name, CASE WHEN is_nullable = 'NO' THEN 1 ELSE 0 END AS nn, CASE WHEN column_default IS NULL THEN 0 ELSE 1 END AS dflt, CASE WHEN is_identity = 'YES' THEN 1 ELSE 0 END AS generated, CAST(data_type AS TEXT) AS type, CAST(character_maximum_length AS BIGINT) AS max_len FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ")
                 .arg(table)
                 .push(" ORDER BY ordinal_position"),
             Dialect::Mysql => st
-                .push("SELECT CAST(COLUMN_NAME AS CHAR) AS name, CASE WHEN IS_NULLABLE = 'NO' THEN 1 ELSE 0 END AS nn, CASE WHEN COLUMN_DEFAULT IS NULL THEN 0 ELSE 1 END AS dflt, CASE WHEN EXTRA LIKE '%auto_increment%' THEN 1 ELSE 0 END AS generated, CAST(DATA_TYPE AS CHAR) AS type FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ")
+                .push("SELECT CAST(COLUMN_NAME AS CHAR) AS name, CASE WHEN IS_NULLABLE = 'NO' THEN 1 ELSE 0 END AS nn, CASE WHEN COLUMN_DEFAULT IS NULL THEN 0 ELSE 1 END AS dflt, CASE WHEN EXTRA LIKE '%auto_increment%' THEN 1 ELSE 0 END AS generated, CAST(DATA_TYPE AS CHAR) AS type, CAST(CHARACTER_MAXIMUM_LENGTH AS SIGNED) AS max_len FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ")
                 .arg(table)
                 .push(" ORDER BY ORDINAL_POSITION"),
         };
@@ -300,6 +331,10 @@ impl Engine {
             let ty = r.text("type").unwrap_or_default().to_ascii_lowercase();
             if ty.contains("date") || ty.contains("time") {
                 c.datetime.push(name.clone());
+            }
+            // CHAR/VARCHAR(n); TEXT's 65,535 bytes on MySQL are not worth a check
+            if let Some(n) = r.int("max_len").ok().filter(|n| (1..65_535).contains(n)) {
+                c.max_len.push((name.clone(), n as usize));
             }
             c.names.push(name);
         }

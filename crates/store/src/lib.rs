@@ -20,6 +20,7 @@ mod tables;
 pub use engine::{redact, Columns, Options};
 pub use numbers::{AliasRow, DialplanRow, DrCarrierRow, DrGatewayRow, DrGroupRow, DrRuleRow};
 pub use sql::Dialect;
+pub use tables::{ID_COUNTER_BITS, ID_NODES};
 
 use engine::Engine;
 use sql::Stmt;
@@ -201,6 +202,20 @@ pub struct BadRow {
     pub reason: String,
 }
 
+impl StoreError {
+    /// The database refused the data itself (a value out of range or too long, a constraint),
+    /// not the operation: writing the same rows again fails again, while the others in the
+    /// batch would go through. An outage or a missing table is not a refusal.
+    pub fn is_refusal(&self) -> bool {
+        let StoreError::Db(sqlx::Error::Database(d)) = self else {
+            return false;
+        };
+        !matches!(d.kind(), sqlx::error::ErrorKind::Other)
+            // SQLSTATE class 22: data exception (too long, out of range, bad value)
+            || d.code().is_some_and(|c| c.starts_with("22"))
+    }
+}
+
 /// A database: one of the three engines, and what it learnt of the tables' columns.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -215,6 +230,8 @@ pub struct Store {
 struct Schema {
     tables: std::sync::Mutex<std::collections::HashMap<&'static str, std::sync::Arc<Columns>>>,
     told: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+    /// Columns whose values were cut to fit, said once each.
+    cut: std::sync::Mutex<std::collections::HashSet<(&'static str, &'static str)>>,
 }
 
 /// What `switchboard db check` reports of one table.
@@ -528,6 +545,36 @@ impl Store {
                 "the table requires columns switchboard does not write: inserts will fail until they get a default"
             );
         }
+    }
+
+    /// `v` cut to the width of `table.col` where the engine enforces one (PostgreSQL and
+    /// MySQL refuse a longer value, and with it the whole batch of the write-behind: a
+    /// 70-character Call-ID would stop a table's writes). Said once per column.
+    fn cut<'a>(&self, c: &Columns, table: &'static str, col: &'static str, v: &'a str) -> &'a str {
+        let Some(n) = c.max_len(col) else {
+            return v;
+        };
+        if v.len() <= n {
+            return v;
+        }
+        let Some((at, _)) = v.char_indices().nth(n) else {
+            return v;
+        };
+        if self
+            .schema
+            .cut
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((table, col))
+        {
+            tracing::warn!(
+                table,
+                column = col,
+                width = n,
+                "a value longer than the column was cut to fit (widen the column to keep such values whole); said once"
+            );
+        }
+        &v[..at]
     }
 
     /// Reads `wanted` columns of every row of `table`, ordered by `key`: a date/time column

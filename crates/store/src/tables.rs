@@ -211,7 +211,7 @@ impl Store {
     /// Applies a batch of location changes in one transaction (the write-behind flush).
     /// Consecutive upserts go as multi-row upserts (up to 50 rows), consecutive deletes as
     /// one `IN` list each: order is kept between the runs.
-    pub async fn apply_location(&self, ops: &[LocationOp]) -> Result<(), StoreError> {
+    pub async fn apply_location<'a>(&self, ops: &'a [LocationOp]) -> Result<(), StoreError> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -226,36 +226,38 @@ impl Store {
                 let mut st = self.stmt(&head);
                 for (k, op) in run.iter().enumerate() {
                     let LocationOp::Upsert(l) = op else { continue };
+                    let t = |col, v| self.cut(&c, "location", col, v);
+                    let o = |col, v: &'a Option<String>| v.as_deref().map(|v| t(col, v));
                     st.push(if k > 0 { ", (" } else { "(" });
                     st.arg(l.contact_id)
                         .push(", ")
-                        .arg(&l.username)
+                        .arg(t("username", &l.username))
                         .push(", ")
-                        .arg(&l.domain)
+                        .arg(t("domain", &l.domain))
                         .push(", ")
-                        .arg(&l.contact)
+                        .arg(t("contact", &l.contact))
                         .push(", ")
-                        .arg(&l.received)
+                        .arg(o("received", &l.received))
                         .push(", ")
-                        .arg(&l.path)
+                        .arg(o("path", &l.path))
                         .push(", ")
                         .time_arg(l.expires, exp_dt)
                         .push(", ")
                         .arg(l.q)
                         .push(", ")
-                        .arg(&l.callid)
+                        .arg(t("callid", &l.callid))
                         .push(", ")
                         .arg(l.cseq)
                         .push(", ")
                         .time_arg(l.last_modified, mod_dt)
                         .push(", 0, ")
-                        .arg(&l.cflags)
+                        .arg(t("cflags", &l.cflags))
                         .push(", ")
-                        .arg(&l.user_agent)
+                        .arg(t("user_agent", &l.user_agent))
                         .push(", NULL, NULL, ")
-                        .arg(&l.sip_instance)
+                        .arg(o("sip_instance", &l.sip_instance))
                         .push(", ")
-                        .arg(&l.kv_store)
+                        .arg(o("kv_store", &l.kv_store))
                         .push(")");
                 }
                 st.push(&tail);
@@ -418,7 +420,7 @@ impl Store {
 
     /// Applies dialog changes in one transaction, in order: consecutive upserts as multi-row
     /// statements (up to 50 rows), consecutive deletes as one `IN` list each.
-    pub async fn apply_dialogs(&self, ops: &[DialogOp]) -> Result<(), StoreError> {
+    pub async fn apply_dialogs<'a>(&self, ops: &'a [DialogOp]) -> Result<(), StoreError> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -447,34 +449,38 @@ impl Store {
                 let mut st = self.stmt(&head);
                 for (k, op) in run.iter().enumerate() {
                     let DialogOp::Upsert(d) = op else { continue };
-                    fn route(r: &str) -> Param<'_> {
-                        Param::Text(Some(r).filter(|r| !r.is_empty()))
-                    }
+                    let t = |col, v: &'a String| Param::from(self.cut(&c, "dialog", col, v));
+                    let route = |col, r: &'a String| {
+                        Param::Text(Some(self.cut(&c, "dialog", col, r)).filter(|r| !r.is_empty()))
+                    };
                     let mut vals: Vec<Param> = vec![
                         d.dlg_id.into(),
-                        (&d.callid).into(),
-                        (&d.from_uri).into(),
-                        (&d.from_tag).into(),
-                        (&d.to_uri).into(),
-                        (&d.to_tag).into(),
+                        t("callid", &d.callid),
+                        t("from_uri", &d.from_uri),
+                        t("from_tag", &d.from_tag),
+                        t("to_uri", &d.to_uri),
+                        t("to_tag", &d.to_tag),
                         // a text column in OpenSIPS' schema: every engine converts
                         d.caller_cseq.into(),
                         d.callee_cseq.into(),
-                        (&d.caller_contact).into(),
-                        (&d.callee_contact).into(),
-                        route(&d.caller_route_set),
-                        route(&d.callee_route_set),
-                        (&d.caller_sock).into(),
-                        (&d.callee_sock).into(),
+                        t("caller_contact", &d.caller_contact),
+                        t("callee_contact", &d.callee_contact),
+                        route("caller_route_set", &d.caller_route_set),
+                        route("callee_route_set", &d.callee_route_set),
+                        t("caller_sock", &d.caller_sock),
+                        t("callee_sock", &d.callee_sock),
                         d.state.into(),
                         d.start_time.into(),
                         d.timeout.into(),
                     ];
                     let extra: [Param; 6] = [
-                        (&d.node).into(),
+                        d.node
+                            .as_deref()
+                            .map(|n| self.cut(&c, "dialog", "node", n))
+                            .into(),
                         d.answer_time.into(),
                         d.session_expires.into(),
-                        (&d.ruri).into(),
+                        t("ruri", &d.ruri),
                         d.caller_cseq.into(),
                         d.callee_cseq.into(),
                     ];
@@ -600,9 +606,9 @@ impl Store {
     }
 
     /// The CDR writer of the server engines: multi-row INSERTs of up to 50 calls.
-    async fn insert_cdrs_sql<S: AsRef<str> + Sync>(
+    async fn insert_cdrs_sql<'a, S: AsRef<str> + Sync>(
         &self,
-        rows: &[CdrRow<S>],
+        rows: &'a [CdrRow<S>],
         acc: &[Field],
         missed: &[Field],
     ) -> Result<(), StoreError> {
@@ -650,29 +656,30 @@ impl Store {
                             st.push(", ");
                         }
                         let dt = cols.is_datetime(name);
+                        let t = |v: &'a S| self.cut(cols, table, name, v.as_ref());
                         match f {
                             Field::Method => st.arg("INVITE"),
-                            Field::FromTag => st.arg(r.from_tag.as_ref()),
-                            Field::ToTag => st.arg(r.to_tag.as_ref()),
-                            Field::CallId => st.arg(r.callid.as_ref()),
+                            Field::FromTag => st.arg(t(&r.from_tag)),
+                            Field::ToTag => st.arg(t(&r.to_tag)),
+                            Field::CallId => st.arg(t(&r.callid)),
                             Field::Code => st.arg(code(at)),
-                            Field::Reason => st.arg(r.sip_reason.as_ref()),
+                            Field::Reason => st.arg(t(&r.sip_reason)),
                             Field::Time => st.time_arg(r.answer_time.unwrap_or(r.end_time), dt),
-                            Field::FromUser => st.arg(r.from_user.as_ref()),
-                            Field::FromDomain => st.arg(r.from_domain.as_ref()),
-                            Field::ToUser => st.arg(r.to_user.as_ref()),
-                            Field::ToDomain => st.arg(r.to_domain.as_ref()),
-                            Field::RuriUser => st.arg(r.ruri_user.as_ref()),
-                            Field::RuriDomain => st.arg(r.ruri_domain.as_ref()),
-                            Field::SrcIp => st.arg(r.src_ip.as_ref()),
-                            Field::Node => st.arg(r.node.as_ref().map(|n| n.as_ref())),
+                            Field::FromUser => st.arg(t(&r.from_user)),
+                            Field::FromDomain => st.arg(t(&r.from_domain)),
+                            Field::ToUser => st.arg(t(&r.to_user)),
+                            Field::ToDomain => st.arg(t(&r.to_domain)),
+                            Field::RuriUser => st.arg(t(&r.ruri_user)),
+                            Field::RuriDomain => st.arg(t(&r.ruri_domain)),
+                            Field::SrcIp => st.arg(t(&r.src_ip)),
+                            Field::Node => st.arg(r.node.as_ref().map(t)),
                             Field::SetupTime => st.time_arg(r.setup_time, dt),
                             Field::AnswerTime => match r.answer_time {
                                 Some(t) => st.time_arg(t, dt),
                                 None => st.arg(None::<i64>),
                             },
                             Field::EndTime => st.time_arg(r.end_time, dt),
-                            Field::HangupBy => st.arg(r.hangup_by.as_ref()),
+                            Field::HangupBy => st.arg(t(&r.hangup_by)),
                             Field::Duration => st.arg(r.duration),
                             Field::MsDuration => st.arg(r.duration * 1000),
                             Field::Setuptime => {

@@ -875,3 +875,68 @@ battery!(
         }
     }
 );
+
+battery!(
+    overlong_values_are_cut_to_fit_and_refusals_are_told_apart,
+    |s, url| {
+        // PostgreSQL and MySQL refuse a value longer than its VARCHAR, and with it the batch:
+        // the store cuts it to the column's width (SQLite keeps it whole)
+        let long_reason = "Service Unavailable (no node has capacity for this call, try later)";
+        let long_callid = format!("{}@198.51.100.7", "a".repeat(300));
+        let cdr = CdrRow {
+            answered: false,
+            callid: long_callid.clone(),
+            sip_code: 503,
+            sip_reason: long_reason.to_string(),
+            setup_time: 1000,
+            end_time: 1001,
+            ..CdrRow::default()
+        };
+        s.insert_cdrs(std::slice::from_ref(&cdr)).await.unwrap();
+        let back = s.cdrs_since(0, 10).await.unwrap();
+        let lax = s.dialect() == Dialect::Sqlite;
+        assert_eq!(back.len(), 1);
+        if lax {
+            assert_eq!(back[0].sip_reason, long_reason);
+            assert_eq!(back[0].callid, long_callid);
+        } else {
+            assert_eq!(back[0].sip_reason, long_reason[..32]);
+            assert_eq!(back[0].callid.len(), 64);
+        }
+        let row = LocationRow {
+            contact_id: 1,
+            username: "alice".into(),
+            domain: "example.com".into(),
+            contact: "sip:alice@10.0.0.5".into(),
+            expires: 1_800_000_000,
+            q: 1.0,
+            callid: "c".into(),
+            cseq: 1,
+            user_agent: "\u{e9}".repeat(400),
+            ..LocationRow::default()
+        };
+        s.apply_location(&[LocationOp::Upsert(Box::new(row))])
+            .await
+            .unwrap();
+        let (rows, _) = s.location_rows().await.unwrap();
+        assert_eq!(
+            rows[0].user_agent.chars().count(),
+            if lax { 400 } else { 255 },
+            "cut on a character boundary"
+        );
+        // a row the database refuses is told apart from an outage or a missing table
+        s.execute("INSERT INTO subscriber (username, domain) VALUES ('x', 'y')")
+            .await
+            .unwrap();
+        let dup = s
+            .execute("INSERT INTO subscriber (username, domain) VALUES ('x', 'y')")
+            .await
+            .unwrap_err();
+        assert!(dup.is_refusal(), "{dup}");
+        let gone = s
+            .execute("INSERT INTO nosuchtable (a) VALUES (1)")
+            .await
+            .unwrap_err();
+        assert!(!gone.is_refusal(), "{gone}");
+    }
+);

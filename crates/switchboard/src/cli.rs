@@ -462,6 +462,84 @@ pub enum CdrCmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum DbCmd {
+    /// Which tables and columns exist, which are missing, at which version; changes nothing.
+    Check {
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the tables that do not exist (OpenSIPS 3 schemas), then check.
+    Init,
+    /// Create missing tables and add the columns older schemas lack, then check.
+    Migrate,
+}
+
+/// The report of `switchboard db check`: one line a table.
+pub fn print_db_report(engine: &str, url: &str, report: &[store::TableReport], json: bool) {
+    if json {
+        let v: Vec<Value> = report
+            .iter()
+            .map(|t| {
+                json!({
+                    "table": t.table,
+                    "exists": t.exists,
+                    "usable": t.usable(),
+                    "version": t.version,
+                    "expected_version": t.expected_version,
+                    "missing": t.missing,
+                    "missing_optional": t.missing_optional,
+                    "unfilled": t.unfilled,
+                })
+            })
+            .collect();
+        println!("{}", json!({"engine": engine, "url": url, "tables": v}));
+        return;
+    }
+    println!("{engine} {url}");
+    println!("{:<18} {:<8} {:<9} NOTES", "TABLE", "STATE", "VERSION");
+    for t in report {
+        let state = match (t.exists, t.usable()) {
+            (false, _) => "missing",
+            (true, true) => "ok",
+            (true, false) => "unusable",
+        };
+        let version = match (t.version, t.expected_version) {
+            (_, 0) => "-".to_string(),
+            (Some(v), e) if v == e => v.to_string(),
+            (Some(v), e) => format!("{v} (≠{e})"),
+            (None, e) => format!("? ({e})"),
+        };
+        let mut notes = Vec::new();
+        if !t.missing.is_empty() {
+            notes.push(format!(
+                "lacks {} (switchboard db migrate)",
+                t.missing.join(", ")
+            ));
+        }
+        if !t.unfilled.is_empty() {
+            notes.push(format!(
+                "requires {} without a default: inserts fail",
+                t.unfilled.join(", ")
+            ));
+        }
+        if !t.missing_optional.is_empty() {
+            notes.push(format!(
+                "without {} (not written)",
+                t.missing_optional.join(", ")
+            ));
+        }
+        println!(
+            "{:<18} {:<8} {:<9} {}",
+            t.table,
+            state,
+            version,
+            notes.join("; ")
+        );
+    }
+}
+
 /// UNIX seconds as `2026-11-30 16:55:02` (UTC).
 pub fn utc(t: i64) -> String {
     let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));

@@ -95,6 +95,19 @@ pub struct RawDatabase {
     /// At SIGTERM, how long the writers may take to write what they hold.
     #[serde(default = "d_flush_timeout")]
     pub flush_timeout_s: u64,
+    /// Connections to PostgreSQL or MySQL (SQLite uses 2 whatever this says).
+    #[serde(default = "d_pool_size")]
+    pub pool_size: u32,
+    /// How long connecting, or waiting for a free connection, may take.
+    #[serde(default = "d_connect_timeout")]
+    pub connect_timeout_s: u64,
+}
+
+fn d_pool_size() -> u32 {
+    4
+}
+fn d_connect_timeout() -> u64 {
+    5
 }
 
 fn d_queue_limit() -> usize {
@@ -114,6 +127,8 @@ impl Default for RawDatabase {
             url: d_db_url(),
             write_queue_limit: d_queue_limit(),
             flush_timeout_s: d_flush_timeout(),
+            pool_size: d_pool_size(),
+            connect_timeout_s: d_connect_timeout(),
         }
     }
 }
@@ -381,8 +396,11 @@ pub struct Config {
     /// The SIP secret's file, when configured (see [`Config::secret_path`]).
     pub secret_file: Option<std::path::PathBuf>,
     pub log_level: String,
-    /// `sqlite://PATH`; opened only when a feature needs the database.
+    /// `sqlite://PATH`, `postgres://…` or `mysql://…`; opened only when a feature needs the
+    /// database.
     pub database_url: String,
+    /// Pool size and timeouts of the database connection.
+    pub database_options: store::Options,
     /// The registrar, when the section is present.
     pub registrar: Option<crate::registrar_config::RegistrarSettings>,
     /// Dialog tracking, when enabled.
@@ -422,10 +440,8 @@ impl Config {
     /// Why the SQLite database could not be opened, when it could not: its folder is missing
     /// or not writable, or the file is not readable and writable. Nothing is created.
     pub fn database_problem(&self) -> Option<String> {
-        let path = self
-            .database_url
-            .strip_prefix("sqlite://")
-            .unwrap_or(&self.database_url);
+        // a server's problems are found by connecting to it
+        let path = self.database_url.strip_prefix("sqlite://")?;
         let p = std::path::Path::new(path);
         let writable = |p: &std::path::Path| {
             use std::os::unix::ffi::OsStrExt as _;
@@ -448,12 +464,11 @@ impl Config {
         (!writable(&dir)).then(|| format!("the folder {} is not writable", dir.display()))
     }
 
-    /// The folder of the SQLite database (`.` for a bare file name).
+    /// The folder of the SQLite database (`.` for a bare file name, or a server database).
     pub fn database_dir(&self) -> std::path::PathBuf {
-        let path = self
-            .database_url
-            .strip_prefix("sqlite://")
-            .unwrap_or(&self.database_url);
+        let Some(path) = self.database_url.strip_prefix("sqlite://") else {
+            return ".".into();
+        };
         match std::path::Path::new(path).parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => ".".into(),
@@ -470,6 +485,14 @@ impl Config {
             {
                 self.database_url = format!("sqlite://{}", dir.join(p).display());
             }
+        }
+        // with a database server, the token and the SIP secret default to the configuration's
+        // folder (beside a SQLite database otherwise)
+        if !self.database_url.starts_with("sqlite://") {
+            self.token_file
+                .get_or_insert_with(|| dir.join("switchboard.token"));
+            self.secret_file
+                .get_or_insert_with(|| dir.join("switchboard.secret"));
         }
         for f in [&mut self.token_file, &mut self.secret_file]
             .into_iter()
@@ -1062,20 +1085,32 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         ));
     }
     let db = raw.database.url.trim();
-    if db.starts_with("postgres://")
-        || db.starts_with("postgresql://")
-        || db.starts_with("mysql://")
-    {
+    let rest = db.split_once("://").map(|x| x.1).unwrap_or_default();
+    if store::Dialect::of_url(db).is_none() || rest.is_empty() {
         errors.push(err(
             "database.url",
-            format!("{db:?}"),
-            "PostgreSQL and MySQL are not supported yet (sqlite://PATH)",
+            format!("{:?}", store::redact(db)),
+            "must be sqlite://PATH, postgres://USER:PASSWORD@HOST:PORT/DATABASE or mysql://USER:PASSWORD@HOST:PORT/DATABASE",
         ));
-    } else if !db.starts_with("sqlite://") || db.len() <= "sqlite://".len() {
+    } else if !db.starts_with("sqlite://") && !rest.contains('/') {
         errors.push(err(
             "database.url",
-            format!("{db:?}"),
-            "must be sqlite://PATH",
+            format!("{:?}", store::redact(db)),
+            "names no database (…@HOST:PORT/DATABASE)",
+        ));
+    }
+    if !(1..=100).contains(&raw.database.pool_size) {
+        errors.push(err(
+            "database.pool_size",
+            raw.database.pool_size,
+            "must be 1..=100 connections",
+        ));
+    }
+    if !(1..=120).contains(&raw.database.connect_timeout_s) {
+        errors.push(err(
+            "database.connect_timeout_s",
+            raw.database.connect_timeout_s,
+            "must be 1..=120 seconds",
         ));
     }
     if !(100..=10_000_000).contains(&raw.database.write_queue_limit) {
@@ -1143,6 +1178,10 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         secret_file: raw.sip.secret_file.as_ref().map(Into::into),
         log_level: raw.log.level,
         database_url: raw.database.url.trim().to_string(),
+        database_options: store::Options {
+            pool_size: raw.database.pool_size,
+            connect_timeout: Duration::from_secs(raw.database.connect_timeout_s),
+        },
         registrar,
         dialog,
         dialog_persist: raw.dialog.persist,
@@ -1281,6 +1320,90 @@ mod tests {
             "nothing created"
         );
         assert!(!load(EMBEDDED_DEFAULT, 1).unwrap().uses_database());
+    }
+
+    #[test]
+    fn server_database_urls_and_their_settings_are_checked() {
+        let with = |db: &str| {
+            load(
+                &format!("[dispatcher]\n[[dispatcher.set]]\nid = 1\ndestinations = [\"sip:127.0.0.1:5080\"]\n[routing]\ndefault_set = 1\n[database]\n{db}\n[registrar]\n"),
+                1,
+            )
+        };
+        for url in [
+            "postgres://sb:pw@db.example:5432/sb",
+            "postgresql://sb@127.0.0.1/sb?sslmode=require",
+            "mysql://sb:pw@127.0.0.1:3306/sb",
+            "mariadb://sb:pw@127.0.0.1/sb",
+        ] {
+            let c = with(&format!(
+                "url = \"{url}\"\npool_size = 8\nconnect_timeout_s = 3"
+            ))
+            .unwrap_or_else(|e| panic!("{url}: {e:?}"));
+            assert_eq!(c.database_options.pool_size, 8);
+            assert_eq!(c.database_options.connect_timeout, Duration::from_secs(3));
+            // nothing to check on disk for a server
+            assert_eq!(c.database_problem(), None);
+            assert_eq!(c.missing_database(), None);
+        }
+        for (db, key, why) in [
+            (
+                "url = \"redis://127.0.0.1\"",
+                "database.url",
+                "must be sqlite://PATH",
+            ),
+            (
+                "url = \"postgres://\"",
+                "database.url",
+                "must be sqlite://PATH",
+            ),
+            (
+                "url = \"mysql://sb:pw@127.0.0.1:3306\"",
+                "database.url",
+                "names no database",
+            ),
+            (
+                "url = \"sqlite://x.db\"\npool_size = 0",
+                "database.pool_size",
+                "1..=100",
+            ),
+            (
+                "url = \"sqlite://x.db\"\nconnect_timeout_s = 0",
+                "database.connect_timeout_s",
+                "1..=120",
+            ),
+        ] {
+            let e = with(db).unwrap_err();
+            let m = e
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            assert!(m.contains(key) && m.contains(why), "{db}: {m}");
+        }
+        // the password stays out of the message
+        let e = with("url = \"pgsql://sb:s3cret@h/sb\"").unwrap_err();
+        assert!(!e[0].to_string().contains("s3cret"), "{}", e[0]);
+        // with a server, the token and the secret default to the configuration's folder
+        let mut c = with("url = \"postgres://sb:pw@h/sb\"").unwrap();
+        c.rebase(std::path::Path::new("/etc/switchboard"));
+        assert_eq!(
+            c.token_path(),
+            std::path::PathBuf::from("/etc/switchboard/switchboard.token")
+        );
+        assert_eq!(
+            c.secret_path(),
+            std::path::PathBuf::from("/etc/switchboard/switchboard.secret")
+        );
+        assert_eq!(c.database_url, "postgres://sb:pw@h/sb", "not rebased");
+    }
+
+    #[test]
+    fn the_store_and_the_core_agree_on_id_ranges() {
+        assert_eq!(store::ID_COUNTER_BITS, sip_proxy::ID_COUNTER_BITS);
+        // the highest range's ids stay exact as JSON numbers
+        let top = (store::ID_NODES as u64) << store::ID_COUNTER_BITS;
+        assert!(top <= 1 << 53);
     }
 
     #[test]

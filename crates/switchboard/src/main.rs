@@ -141,6 +141,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::CdrCmd,
     },
+    /// The database of [database]: `check` says which tables and columns exist, which are
+    /// missing and at what version (exit 0 only when every table is usable); `init` creates
+    /// the missing tables; `migrate` also adds the columns older schemas lack.
+    Db {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: cli::DbCmd,
+    },
     /// Inspect and change the location table (registered contacts) of a running switchboard.
     Ul {
         #[command(flatten)]
@@ -253,6 +262,7 @@ fn main() -> std::process::ExitCode {
         }
         Cmd::Ul { remote, cmd } => remote.connect().and_then(|mi| cli::ul(&mi, cmd)),
         Cmd::Cdr { config, cmd } => cdr_cmd(&config, cmd),
+        Cmd::Db { config, cmd } => db_cmd(&config, cmd),
         Cmd::Lb { remote, cmd } => remote.connect().and_then(|mi| cli::lb(&mi, cmd)),
         Cmd::Dr { remote, cmd } => remote.connect().and_then(|mi| cli::dr(&mi, cmd)),
         Cmd::Dp { remote, cmd } => remote.connect().and_then(|mi| cli::dp(&mi, cmd)),
@@ -410,11 +420,18 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     })?;
     let d = &cfg.dispatcher;
     let store = match cfg.uses_database() {
-        true => Some(
-            rt.block_on(store::Store::open(&cfg.database_url))
-                .with_context(|| format!("opening {}", cfg.database_url))?,
-        ),
+        true => Some(open_store(&rt, &cfg)?),
         false => None,
+    };
+    // bindings and dialogs this process makes are numbered in a range of ids the database
+    // gives it: two proxies on one database never write the same row
+    let persists = cfg.registrar.as_ref().is_some_and(|r| r.persist)
+        || (cfg.dialog.is_some() && cfg.dialog_persist);
+    let id_base = match (&store, persists) {
+        (Some(s), true) => rt
+            .block_on(s.claim_id_base(&node_name(), unix_now() as i64))
+            .context("claiming this process's id range (table switchboard_nodes)")?,
+        _ => 0,
     };
     let sets = match (&store, d.from_database) {
         (Some(s), true) => table_sets(rt.handle(), s, &d.sets).map_err(|e| anyhow::anyhow!(e))?,
@@ -493,7 +510,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let period = std::time::Duration::from_millis(200);
     let mut loc_writer = None;
     if let (Some(rs), Some((s, h))) = (&cfg.registrar, &store_ctx) {
-        let reg = start_registrar(rs, s, h)?;
+        let reg = start_registrar(rs, s, h, id_base)?;
         proxy = proxy.with_registrar(reg.clone());
         if rs.persist {
             let job = writers::LocationJob {
@@ -513,7 +530,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             (Instant::now(), unix_now()),
         ));
         if let Some((s, h)) = store_ctx.as_ref().filter(|_| cfg.dialog_persist) {
-            start_dialogs(&dl, &router, s, h)?;
+            start_dialogs(&dl, &router, s, h, id_base)?;
             let job = writers::DialogJob {
                 dialogs: dl.clone(),
                 store: s.clone(),
@@ -821,6 +838,23 @@ fn metrics_text(queues: &[writers::Meter], out: &mut String) {
     if queues.is_empty() {
         return;
     }
+    use std::fmt::Write as _;
+    let h = &writers::HEALTH;
+    let _ = writeln!(
+        out,
+        "# HELP switchboard_database_up 1 while the database takes writes (0 from the first failed write to the next one that works)\n# TYPE switchboard_database_up gauge\nswitchboard_database_up {}",
+        u8::from(h.up())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP switchboard_database_outages_total times database writes started failing\n# TYPE switchboard_database_outages_total counter\nswitchboard_database_outages_total {}",
+        h.outages()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP switchboard_database_replayed_total changes written after waiting for the database to come back\n# TYPE switchboard_database_replayed_total counter\nswitchboard_database_replayed_total {}",
+        h.replayed()
+    );
     labelled(
         out,
         "switchboard_write_queue_pending",
@@ -935,15 +969,40 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Connects to the configured database (creating missing tables); the message names the
+/// server without its password.
+fn open_store(rt: &tokio::runtime::Runtime, cfg: &config::Config) -> anyhow::Result<store::Store> {
+    let s = rt
+        .block_on(store::Store::open_with(
+            &cfg.database_url,
+            &cfg.database_options,
+        ))
+        .with_context(|| format!("database.url {}", store::redact(&cfg.database_url)))?;
+    tracing::info!(
+        database = %store::redact(&cfg.database_url),
+        engine = s.dialect().name(),
+        "database open"
+    );
+    Ok(s)
+}
+
+/// This process, as its row of `switchboard_nodes` names it: host and PID.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}", host.trim(), std::process::id())
+}
+
 /// Builds the registrar: credentials from the subscriber table, and bindings restored from
 /// the location table when they persist (`writers::LocationJob` writes them behind).
 fn start_registrar(
     rs: &registrar_config::RegistrarSettings,
     s: &store::Store,
     h: &tokio::runtime::Handle,
+    id_base: u64,
 ) -> anyhow::Result<Arc<Registrar>> {
     let now = Instant::now();
     let reg = Arc::new(Registrar::new(rs.core.clone(), (now, unix_now())));
+    reg.set_id_base(id_base);
     let (creds, problems) = load_subscribers(h, s).map_err(|e| anyhow::anyhow!(e))?;
     for p in &problems {
         tracing::warn!(problem = %p, "subscriber skipped");
@@ -983,7 +1042,9 @@ fn start_dialogs(
     router: &Arc<dyn sip_proxy::Router>,
     s: &store::Store,
     h: &tokio::runtime::Handle,
+    id_base: u64,
 ) -> anyhow::Result<()> {
+    dl.set_id_base(id_base);
     let now = Instant::now();
     let unix = unix_now();
     let (rows, bad) = h.block_on(s.dialog_rows())?;
@@ -1080,6 +1141,68 @@ fn cdr_row<'a>(r: &'a sip_proxy::cdr::CallRecord, src_ip: &'a str) -> store::Cdr
     }
 }
 
+/// `switchboard db check|init|migrate`.
+fn db_cmd(path: &Option<PathBuf>, cmd: cli::DbCmd) -> anyhow::Result<std::process::ExitCode> {
+    let (loaded, name) = load_config(path, 0)?;
+    let cfg = match loaded {
+        Ok(c) => c,
+        Err(errors) => {
+            report(&name, &errors);
+            return Ok(std::process::ExitCode::from(1));
+        }
+    };
+    let url = store::redact(&cfg.database_url);
+    if let Some(why) = cfg.database_problem() {
+        eprintln!("{name}: database.url {url}: cannot be opened: {why}");
+        return Ok(std::process::ExitCode::from(1));
+    }
+    if matches!(cmd, cli::DbCmd::Check { .. }) {
+        if let Some(p) = cfg.missing_database() {
+            eprintln!(
+                "{name}: no database at {p} (switchboard db init creates it); nothing created"
+            );
+            return Ok(std::process::ExitCode::from(1));
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let s = match rt.block_on(store::Store::connect(
+        &cfg.database_url,
+        &cfg.database_options,
+    )) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return Ok(std::process::ExitCode::from(1));
+        }
+    };
+    let json = match &cmd {
+        cli::DbCmd::Check { json } => *json,
+        cli::DbCmd::Init => {
+            rt.block_on(s.create_missing())?;
+            println!("{url}: tables created where missing");
+            false
+        }
+        cli::DbCmd::Migrate => {
+            let added = rt.block_on(s.migrate())?;
+            if added.is_empty() {
+                println!("{url}: every table has every column");
+            } else {
+                println!("{url}: added {}", added.join(", "));
+            }
+            false
+        }
+    };
+    let report = rt.block_on(s.check())?;
+    let ok = report.iter().all(store::TableReport::usable);
+    cli::print_db_report(s.dialect().name(), &url, &report, json);
+    Ok(match ok {
+        true => std::process::ExitCode::SUCCESS,
+        false => std::process::ExitCode::from(1),
+    })
+}
+
 /// `switchboard cdr list|export`: reads the database of the configuration.
 fn cdr_cmd(path: &Option<PathBuf>, cmd: cli::CdrCmd) -> anyhow::Result<std::process::ExitCode> {
     let (loaded, name) = load_config(path, 0)?;
@@ -1098,8 +1221,11 @@ fn cdr_cmd(path: &Option<PathBuf>, cmd: cli::CdrCmd) -> anyhow::Result<std::proc
         .enable_all()
         .build()?;
     let s = rt
-        .block_on(store::Store::open(&cfg.database_url))
-        .with_context(|| format!("opening {}", cfg.database_url))?;
+        .block_on(store::Store::connect(
+            &cfg.database_url,
+            &cfg.database_options,
+        ))
+        .with_context(|| format!("database.url {}", store::redact(&cfg.database_url)))?;
     let rows = match &cmd {
         cli::CdrCmd::List { since, limit, .. } => rt.block_on(s.latest_cdrs(*since, *limit))?,
         cli::CdrCmd::Export { since, limit, .. } => rt.block_on(s.cdrs_since(*since, *limit))?,

@@ -15,6 +15,97 @@ use sip_proxy::cdr::{CallRecord, Cdrs};
 use sip_proxy::dialog::{Dialogs, DlgEvent};
 use sip_proxy::registrar::{LocEvent, Registrar};
 
+/// Whether the database takes the writers' writes: the log says so once when writes start
+/// failing and once when they go through again (with how many queued changes were then
+/// written), and `/metrics` shows the state and the counts. The state is that of the last
+/// write any writer tried.
+pub struct Health {
+    up: AtomicBool,
+    down_since: Mutex<Option<Instant>>,
+    outages: AtomicU64,
+    replayed: AtomicU64,
+}
+
+/// The process's database health (one database per process).
+pub static HEALTH: Health = Health {
+    up: AtomicBool::new(true),
+    down_since: Mutex::new(None),
+    outages: AtomicU64::new(0),
+    replayed: AtomicU64::new(0),
+};
+
+impl Health {
+    /// A write failed; `pending`: the changes the table holds for later.
+    fn failed(&self, table: &str, error: &str, pending: usize) {
+        let mut since = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        if since.is_none() {
+            *since = Some(Instant::now());
+            self.up.store(false, Ordering::Relaxed);
+            self.outages.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                table,
+                error,
+                pending,
+                "database writes failing: changes are kept in memory (up to [database] write_queue_limit per table) and written, in order, when the database answers again"
+            );
+        } else {
+            tracing::debug!(table, error, pending, "database write failed again");
+        }
+    }
+
+    /// A write went through; `replayed`: changes written that had waited for an outage.
+    fn written(&self, table: &str, replayed: usize) {
+        self.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
+        if self.up.load(Ordering::Relaxed) {
+            if replayed > 0 {
+                tracing::info!(table, replayed, "queued changes written");
+            }
+            return;
+        }
+        let mut since = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = since.take() {
+            self.up.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                table,
+                replayed,
+                down_s = t.elapsed().as_secs_f64(),
+                "database writes work again: the queued changes are being written"
+            );
+        }
+    }
+
+    pub fn up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Relaxed)
+    }
+
+    pub fn replayed(&self) -> u64 {
+        self.replayed.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a batch was not written.
+#[derive(Debug)]
+pub struct WriteFail {
+    pub message: String,
+    /// The database refused the data (see `store::StoreError::is_refusal`): the batch is
+    /// written again one change at a time, and a change refused alone is dropped (logged
+    /// and counted), so one bad row cannot stop its table.
+    pub refused: bool,
+}
+
+impl From<store::StoreError> for WriteFail {
+    fn from(e: store::StoreError) -> Self {
+        WriteFail {
+            refused: e.is_refusal(),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// One table's writing: where its changes come from and how a batch is written.
 pub trait Job: Send + Sync + 'static {
     type Item: Send + 'static;
@@ -27,7 +118,7 @@ pub trait Job: Send + Sync + 'static {
     fn write<'a>(
         &'a self,
         items: &'a [Self::Item],
-    ) -> impl Future<Output = Result<usize, String>> + Send + 'a;
+    ) -> impl Future<Output = Result<usize, WriteFail>> + Send + 'a;
 }
 
 /// The state a writer keeps outside its task, so a restart after a panic loses nothing.
@@ -35,6 +126,8 @@ struct Shared<I> {
     pending: Mutex<Vec<I>>,
     /// Set when a write panicked: the next batch goes one item at a time.
     careful: AtomicBool,
+    /// Set when a write failed: what is written next had waited (counted as replayed).
+    behind: AtomicBool,
     dropped: AtomicU64,
     limit: usize,
     last_drop_log: Mutex<Option<Instant>>,
@@ -124,6 +217,7 @@ impl<J: Job> Writer<J> {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Vec::new()),
             careful: AtomicBool::new(false),
+            behind: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             limit: limit.max(1),
             last_drop_log: Mutex::new(None),
@@ -264,12 +358,30 @@ async fn round<J: Job>(job: &J, shared: &Shared<J::Item>) -> bool {
                 skipped += n;
                 f.done = end;
             }
+            Err(e) if e.refused && end - f.done == 1 => {
+                // refused alone: this change can never be written
+                f.done = end;
+                skipped += 1;
+                tracing::error!(table = J::TABLE, error = %e.message, "the database refused a change: dropped (the others are written)");
+            }
+            Err(e) if e.refused => {
+                // one change of the batch is refused: the next round finds it alone
+                shared.careful.store(true, Ordering::Relaxed);
+                tracing::warn!(table = J::TABLE, error = %e.message, changes = f.batch.len() - f.done, "the database refused a batch: writing its changes one at a time");
+                return false;
+            }
             Err(e) => {
-                tracing::warn!(table = J::TABLE, error = %e, changes = f.batch.len() - f.done, "could not write; retrying");
+                shared.behind.store(true, Ordering::Relaxed);
+                HEALTH.failed(J::TABLE, &e.message, f.batch.len() - f.done);
                 return false;
             }
         }
     }
+    let replayed = match shared.behind.swap(false, Ordering::Relaxed) {
+        true => f.batch.len(),
+        false => 0,
+    };
+    HEALTH.written(J::TABLE, replayed);
     if skipped > 0 {
         shared.dropped.fetch_add(skipped as u64, Ordering::Relaxed);
     }
@@ -303,12 +415,9 @@ impl Job for LocationJob {
     fn take(&self) -> Vec<LocEvent> {
         self.reg.take_events()
     }
-    async fn write(&self, items: &[LocEvent]) -> Result<usize, String> {
+    async fn write(&self, items: &[LocEvent]) -> Result<usize, WriteFail> {
         let (ops, skipped) = rows_of(Self::TABLE, items, crate::registrar_config::location_op);
-        self.store
-            .apply_location(&ops)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.store.apply_location(&ops).await?;
         Ok(skipped)
     }
 }
@@ -325,15 +434,12 @@ impl Job for DialogJob {
     fn take(&self) -> Vec<DlgEvent> {
         self.dialogs.take_events()
     }
-    async fn write(&self, items: &[DlgEvent]) -> Result<usize, String> {
+    async fn write(&self, items: &[DlgEvent]) -> Result<usize, WriteFail> {
         let (now, unix) = (Instant::now(), crate::unix_now());
         let (ops, skipped) = rows_of(Self::TABLE, items, |e| {
             crate::dialog_store::op(e, now, unix)
         });
-        self.store
-            .apply_dialogs(&ops)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.store.apply_dialogs(&ops).await?;
         Ok(skipped)
     }
 }
@@ -350,10 +456,8 @@ impl Job for CdrJob {
     fn take(&self) -> Vec<CallRecord> {
         self.cdrs.take()
     }
-    async fn write(&self, items: &[CallRecord]) -> Result<usize, String> {
-        crate::write_cdrs(&self.store, items)
-            .await
-            .map_err(|e| e.to_string())
+    async fn write(&self, items: &[CallRecord]) -> Result<usize, WriteFail> {
+        Ok(crate::write_cdrs(&self.store, items).await?)
     }
 }
 
@@ -375,9 +479,19 @@ mod tests {
         fn take(&self) -> Vec<u32> {
             std::mem::take(&mut *self.queue.lock().unwrap())
         }
-        async fn write(&self, items: &[u32]) -> Result<usize, String> {
+        async fn write(&self, items: &[u32]) -> Result<usize, WriteFail> {
             if self.fail.load(Ordering::Relaxed) {
-                return Err("database is locked".into());
+                return Err(WriteFail {
+                    message: "database is locked".into(),
+                    refused: false,
+                });
+            }
+            // the database refuses item 66 (a value too long for its column)
+            if items.contains(&66) {
+                return Err(WriteFail {
+                    message: "value too long for type character varying(32)".into(),
+                    refused: true,
+                });
             }
             if items.contains(&13) {
                 panic!("the writer met item 13");
@@ -441,6 +555,22 @@ mod tests {
             assert!(net::supervise::counts()
                 .iter()
                 .any(|(t, n)| *t == "test" && *n >= 1));
+        });
+    }
+
+    #[test]
+    fn a_refused_item_is_dropped_and_the_rest_written_in_order() {
+        rt().block_on(async {
+            let m = Arc::new(Mem::default());
+            let w = Writer::start(m.clone(), Duration::from_millis(200), 1000);
+            m.queue.lock().unwrap().extend([61, 62, 66, 67]);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            m.queue.lock().unwrap().extend([68, 69]);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert_eq!(*m.written.lock().unwrap(), vec![61, 62, 67, 68, 69]);
+            assert_eq!(w.dropped(), 1);
+            assert_eq!(w.pending(), 0);
+            assert_eq!(w.stop(Duration::from_secs(5)).await, 0);
         });
     }
 

@@ -189,6 +189,8 @@ pub struct Registrar {
     /// their expiry, and calls ring nobody).
     flow_aors: Mutex<HashMap<crate::types::FlowId, Vec<Box<str>>>>,
     next_id: AtomicU64,
+    /// The first id of this process's range ([`crate::id_range`]).
+    id_base: AtomicU64,
     /// The wall clock at a known instant: `unix(now)` without reading the clock.
     epoch: (Instant, u64),
     rounds: Mutex<(Instant, Instant)>,
@@ -326,6 +328,7 @@ impl Registrar {
             flows: Mutex::new(HashMap::new()),
             flow_aors: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            id_base: AtomicU64::new(0),
             rounds: Mutex::new((epoch.0, epoch.0 + cfg.ping_interval)),
             epoch,
             cfg,
@@ -883,6 +886,13 @@ impl Registrar {
         std::mem::take(&mut *lock(&self.events))
     }
 
+    /// Ids made from now on come from the range that starts at `base`, one no other process
+    /// sharing the database uses ([`crate::ID_COUNTER_BITS`]). Called before restoring.
+    pub fn set_id_base(&self, base: u64) {
+        self.id_base.store(base, Ordering::Relaxed);
+        self.next_id.store(base + 1, Ordering::Relaxed);
+    }
+
     /// Loads persisted bindings at start (their `expires_unix` decides what is left).
     pub fn restore(&self, now: Instant, rows: Vec<(String, Binding)>) -> usize {
         let unix = self.unix(now);
@@ -893,7 +903,9 @@ impl Registrar {
                 continue;
             }
             b.expires_at = now + Duration::from_secs(b.expires_unix - unix);
-            self.next_id.fetch_max(b.id + 1, Ordering::Relaxed);
+            if crate::id_range(b.id) == crate::id_range(self.id_base.load(Ordering::Relaxed)) {
+                self.next_id.fetch_max(b.id + 1, Ordering::Relaxed);
+            }
             self.loc.with(&normalize_aor(&aor), |v| {
                 v.reserve_exact(1);
                 v.push(b)

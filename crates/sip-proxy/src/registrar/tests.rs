@@ -808,6 +808,39 @@ fn bindings_expire_and_persist_through_events() {
     assert!(matches!(reg.take_events()[..], [LocEvent::Removed { .. }]));
 }
 
+/// Two processes on one database number their bindings in their own ranges: a process
+/// restoring another's rows (or its own from before a restart) never makes an id they use.
+#[test]
+fn binding_ids_come_from_the_process_range() {
+    let (p, reg, now) = open();
+    let base = 7u64 << crate::ID_COUNTER_BITS;
+    reg.set_id_base(base);
+    reg_status(&p, now, "i1", 1, "<sip:alice@10.0.0.5>;expires=60", "");
+    let saved: Vec<(String, Binding)> = reg
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            LocEvent::Saved { aor, binding } => Some((aor, *binding)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(saved[0].1.id, base + 1);
+    // another process (range 3) restores that row, then makes its own: id 3<<37 + 1
+    let later = now + Duration::from_secs(1);
+    let other = Registrar::new(RegistrarConfig::default(), (later, EPOCH_UNIX + 1));
+    other.set_id_base(3 << crate::ID_COUNTER_BITS);
+    assert_eq!(other.restore(later, saved.clone()), 1);
+    assert_eq!(
+        other.next_id.load(Ordering::Relaxed),
+        (3 << crate::ID_COUNTER_BITS) + 1
+    );
+    // a restart in the same range carries on after the restored ids
+    let again = Registrar::new(RegistrarConfig::default(), (later, EPOCH_UNIX + 1));
+    again.set_id_base(base);
+    again.restore(later, saved);
+    assert_eq!(again.next_id.load(Ordering::Relaxed), base + 2);
+}
+
 #[test]
 fn repeated_failures_are_slowed_then_banned() {
     let (p, reg, now) = setup(|c| {
