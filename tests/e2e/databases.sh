@@ -194,6 +194,19 @@ part bad && for engine in postgres mysql; do
   done
 done
 
+# TLS to the database: sslmode=require encrypts (the server's view of switchboard's
+# connections), verify-full refuses a certificate no CA vouches for, with the reason
+if part bad; then
+url=$(fresh_db postgres tlsdb)
+simple_config "$url?sslmode=require"; : > "$WORK/sb.log"; start_sb
+ssl=$(db_sql "SELECT count(*), bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'switchboard'" "$PG_URL")
+stop_sb
+simple_config "$url?sslmode=verify-full"
+out=$(timeout 20 "$SB" run --config "$WORK/sb.toml" 2>&1); rc=$?
+[[ "$ssl" == [1-9]*"|t" ]] && [ $rc != 0 ] && [ $rc != 124 ] && echo "$out" | grep -qi "certificate"
+result "postgres: TLS to the database (sslmode=require; verify-full without a CA refused)" $? "switchboard's connections (count|all TLS): $ssl; verify-full: rc=$rc $(echo "$out" | grep -io "cannot connect.*" | head -1 | cut -c1-140)"
+fi
+
 # an older schema: OpenSIPS 2's location (no kv_store, attr) — check names it, run refuses with
 # the fix, migrate adds the columns, run works
 if part bad; then
@@ -216,7 +229,7 @@ part outage && for engine in postgres mysql; do
   uac 200 20 500 & U=$!; PIDS+=($U); sleep 3
   if [ $engine = postgres ]; then
     kill -INT $PG_PID; wait $PG_PID 2>/dev/null; sleep 4
-    $(run_as postgres) "$PG_BIN/postgres" -D "$WORK/pg/data" -k "$WORK/pg" -h 127.0.0.1 -p $PGP -c fsync=off >>"$WORK/pg/server.log" 2>&1 &
+    $(run_as postgres) "$PG_BIN/postgres" "${PG_ARGS[@]}" >>"$WORK/pg/server.log" 2>&1 &
     PG_PID=$!; PIDS+=($PG_PID)
   else
     kill -TERM $MY_PID; wait $MY_PID 2>/dev/null; sleep 4

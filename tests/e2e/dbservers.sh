@@ -15,17 +15,22 @@ as_user() {
 # subshell, and its PID is not the server's)
 run_as() { [ "$(id -u)" = 0 ] && echo "setpriv --reuid=$1 --regid=$1 --init-groups --"; }
 
-# start_postgres DIR PORT [FSYNC=off]: PG_PID, PG_URL (postgres://sb:sbpw@127.0.0.1:PORT/sb)
+# start_postgres DIR PORT [FSYNC=off]: PG_PID, PG_URL (postgres://sb:sbpw@127.0.0.1:PORT/sb),
+# PG_ARGS (the server's arguments, to start it again)
 start_postgres() {
   local dir=$1 port=$2 fsync=${3:-off}
   [ -x "$PG_BIN/postgres" ] || { echo "PostgreSQL is not installed (apt install postgresql)"; return 1; }
   mkdir -p "$dir"; echo sbpw > "$dir/pw"
+  # TLS offered beside plain TCP (a throwaway self-signed certificate for 127.0.0.1)
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 -keyout "$dir/server.key" \
+    -out "$dir/server.crt" >/dev/null 2>&1 && chmod 600 "$dir/server.key"
   [ "$(id -u)" = 0 ] && chown -R postgres: "$dir"
   as_user postgres "$PG_BIN/initdb" -D "$dir/data" -U sb --pwfile="$dir/pw" --auth=scram-sha-256 \
     -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log"; return 1; }
-  $(run_as postgres) "$PG_BIN/postgres" -D "$dir/data" -k "$dir" -h 127.0.0.1 -p "$port" \
-    -c fsync="$fsync" -c synchronous_commit="$fsync" -c full_page_writes="$fsync" \
-    -c max_connections=200 >"$dir/server.log" 2>&1 &
+  PG_ARGS=(-D "$dir/data" -k "$dir" -h 127.0.0.1 -p "$port" -c fsync="$fsync" -c synchronous_commit="$fsync"
+    -c full_page_writes="$fsync" -c max_connections=200)
+  [ -f "$dir/server.key" ] && PG_ARGS+=(-c ssl=on -c ssl_cert_file="$dir/server.crt" -c ssl_key_file="$dir/server.key")
+  $(run_as postgres) "$PG_BIN/postgres" "${PG_ARGS[@]}" >"$dir/server.log" 2>&1 &
   PG_PID=$!; PIDS+=("$PG_PID")
   local i
   for i in $(seq 100); do

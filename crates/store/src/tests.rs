@@ -940,3 +940,46 @@ battery!(
         assert!(!gone.is_refusal(), "{gone}");
     }
 );
+
+battery!(
+    rtpengine_and_load_balancer_rows_reload_after_changes,
+    |s, url| {
+        s.execute("INSERT INTO rtpengine (socket, set_id) VALUES ('udp:10.0.0.7:2223=2 udp:10.0.0.8:2223', 1), ('udp6:[::1]:2223', 2)")
+        .await
+        .unwrap();
+        let (rows, bad) = s.rtpengine_rows().await.unwrap();
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(
+            rows.iter()
+                .map(|r| (r.socket.as_str(), r.set_id))
+                .collect::<Vec<_>>(),
+            vec![
+                ("udp:10.0.0.7:2223=2 udp:10.0.0.8:2223", 1),
+                ("udp6:[::1]:2223", 2)
+            ]
+        );
+        // an operator's change is what the next read (a reload) sees
+        s.execute("UPDATE rtpengine SET set_id = 3 WHERE socket = 'udp6:[::1]:2223'")
+            .await
+            .unwrap();
+        s.execute("DELETE FROM rtpengine WHERE set_id = 1")
+            .await
+            .unwrap();
+        let (rows, _) = s.rtpengine_rows().await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].set_id, 3);
+        s.execute("INSERT INTO load_balancer (group_id, dst_uri, resources, probe_mode) VALUES (1, 'sip:10.0.0.11:5060', 'vm=100;conf=100;transc=100;pstn=500', 1)")
+        .await
+        .unwrap();
+        s.execute(
+            "UPDATE load_balancer SET resources = 'pstn=250' WHERE dst_uri = 'sip:10.0.0.11:5060'",
+        )
+        .await
+        .unwrap();
+        let (rows, _) = s.load_balancer_rows().await.unwrap();
+        assert_eq!(
+            (rows[0].resources.as_str(), rows[0].probe_mode),
+            ("pstn=250", 1)
+        );
+    }
+);
