@@ -9,8 +9,16 @@
 //!
 //! The schemas are OpenSIPS 3's ([`schema`]); a table OpenSIPS made (without switchboard's
 //! extra columns) is read and written as it is.
+//!
+//! The store also owns what turns the core's state into rows and back
+//! ([`location_rows`], [`dialog_rows`], [`cdr_rows`]) and the write-behind that carries the
+//! core's changes to the tables ([`behind`]): the binary only wires them.
 
+pub mod behind;
+pub mod cdr_rows;
+pub mod dialog_rows;
 mod engine;
+pub mod location_rows;
 mod numbers;
 pub mod schema;
 mod sql;
@@ -24,6 +32,14 @@ pub use tables::{ID_COUNTER_BITS, ID_NODES};
 
 use engine::Engine;
 use sql::Stmt;
+
+/// Seconds since the UNIX epoch (the rows' time columns).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]

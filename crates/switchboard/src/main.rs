@@ -3,7 +3,6 @@
 mod balancer_config;
 mod cli;
 mod config;
-mod dialog_store;
 mod dispatch_config;
 mod dns_config;
 mod esl;
@@ -13,7 +12,6 @@ mod registrar_config;
 mod security_config;
 mod tls_config;
 mod token;
-mod writers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -513,11 +511,11 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         let reg = start_registrar(rs, s, h, id_base)?;
         proxy = proxy.with_registrar(reg.clone());
         if rs.persist {
-            let job = writers::LocationJob {
+            let job = store::behind::LocationJob {
                 reg,
                 store: s.clone(),
             };
-            loc_writer = Some(writers::Writer::start(job, period, limit));
+            loc_writer = Some(store::behind::Writer::start(job, period, limit));
         }
     }
     let mut dialog_writer = None;
@@ -531,11 +529,11 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         ));
         if let Some((s, h)) = store_ctx.as_ref().filter(|_| cfg.dialog_persist) {
             start_dialogs(&dl, &router, s, h, id_base)?;
-            let job = writers::DialogJob {
+            let job = store::behind::DialogJob {
                 dialogs: dl.clone(),
                 store: s.clone(),
             };
-            dialog_writer = Some(writers::Writer::start(job, period, limit));
+            dialog_writer = Some(store::behind::Writer::start(job, period, limit));
         }
         proxy = proxy.with_dialogs(dl.clone());
         restored_dialogs = Some(dl);
@@ -576,20 +574,20 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     if let (true, Some((s, _))) = (cfg.accounting, &store_ctx) {
         let c = Arc::new(sip_proxy::cdr::Cdrs::default());
         proxy = proxy.with_cdrs(c.clone());
-        let job = writers::CdrJob {
+        let job = store::behind::CdrJob {
             cdrs: c,
             store: s.clone(),
         };
-        cdr_writer = Some(writers::Writer::start(
+        cdr_writer = Some(store::behind::Writer::start(
             job,
             std::time::Duration::from_millis(500),
             limit,
         ));
     }
-    let queues: Vec<writers::Meter> = [
-        loc_writer.as_ref().map(writers::Writer::meter),
-        dialog_writer.as_ref().map(writers::Writer::meter),
-        cdr_writer.as_ref().map(writers::Writer::meter),
+    let queues: Vec<store::behind::Meter> = [
+        loc_writer.as_ref().map(store::behind::Writer::meter),
+        dialog_writer.as_ref().map(store::behind::Writer::meter),
+        cdr_writer.as_ref().map(store::behind::Writer::meter),
     ]
     .into_iter()
     .flatten()
@@ -776,9 +774,9 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let deadline = cfg.shutdown_timeout;
     let left = rt.block_on(async {
         let (a, b, c) = tokio::join!(
-            writers::stop(cdr_writer, deadline),
-            writers::stop(dialog_writer, deadline),
-            writers::stop(loc_writer, deadline),
+            store::behind::stop(cdr_writer, deadline),
+            store::behind::stop(dialog_writer, deadline),
+            store::behind::stop(loc_writer, deadline),
         );
         a + b + c
     });
@@ -809,7 +807,7 @@ fn labelled<'a>(
 /// The binary's own series for `/metrics`: panics caught per task (the receive loops and
 /// writers are listed at 0 too, so the series exists before the first one), and each
 /// write-behind queue's backlog and drops.
-fn metrics_text(queues: &[writers::Meter], out: &mut String) {
+fn metrics_text(queues: &[store::behind::Meter], out: &mut String) {
     let mut panics: Vec<(&str, u64)> = [
         "udp-receive",
         "stream-receive",
@@ -839,7 +837,7 @@ fn metrics_text(queues: &[writers::Meter], out: &mut String) {
         return;
     }
     use std::fmt::Write as _;
-    let h = &writers::HEALTH;
+    let h = &store::behind::HEALTH;
     let _ = writeln!(
         out,
         "# HELP switchboard_database_up 1 while the database takes writes (0 from the first failed write to the next one that works)\n# TYPE switchboard_database_up gauge\nswitchboard_database_up {}",
@@ -962,12 +960,7 @@ fn load_subscribers(h: &tokio::runtime::Handle, s: &store::Store) -> Result<admi
     Ok((all, problems))
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use store::unix_now;
 
 /// Connects to the configured database (creating missing tables); the message names the
 /// server without its password.
@@ -993,7 +986,7 @@ fn node_name() -> String {
 }
 
 /// Builds the registrar: credentials from the subscriber table, and bindings restored from
-/// the location table when they persist (`writers::LocationJob` writes them behind).
+/// the location table when they persist (`store::behind::LocationJob` writes them behind).
 fn start_registrar(
     rs: &registrar_config::RegistrarSettings,
     s: &store::Store,
@@ -1020,7 +1013,7 @@ fn start_registrar(
     let (rows, bad) = h.block_on(s.location_rows())?;
     let mut bindings = Vec::new();
     for r in &rows {
-        match registrar_config::binding(r, now) {
+        match store::location_rows::binding(r, now) {
             Ok(b) => bindings.push(b),
             Err(why) => {
                 tracing::warn!(contact_id = r.contact_id, reason = %why, "location row skipped")
@@ -1058,7 +1051,7 @@ fn start_dialogs(
             gone.push(store::DialogOp::Delete(r.dlg_id));
             continue;
         }
-        match dialog_store::dialog(r, now, unix) {
+        match store::dialog_rows::dialog(r, now, unix) {
             Ok(d) => restored.push(d),
             Err(why) => tracing::warn!(dlg_id = r.dlg_id, reason = %why, "dialog row skipped"),
         }
@@ -1076,69 +1069,6 @@ fn start_dialogs(
     dl.restore(restored);
     dl.set_persistence(true);
     Ok(())
-}
-
-/// Writes accounting records; the rows borrow the records' text (and the source addresses,
-/// formatted into one buffer), so nothing is copied per column. A record that cannot be turned
-/// into a row (a panic) is dropped and logged; the result counts them.
-async fn write_cdrs(
-    s: &store::Store,
-    records: &[sip_proxy::cdr::CallRecord],
-) -> Result<usize, store::StoreError> {
-    let mut srcs = String::with_capacity(records.len() * 21);
-    let mut ends = Vec::with_capacity(records.len());
-    for r in records {
-        if let Some(a) = r.source {
-            sip_wire::addr::push_socket_addr(&mut srcs, a);
-        }
-        ends.push(srcs.len());
-    }
-    let mut rows: Vec<store::CdrRow<&str>> = Vec::with_capacity(records.len());
-    let mut skipped = 0;
-    for (i, r) in records.iter().enumerate() {
-        let start = if i == 0 { 0 } else { ends[i - 1] };
-        let src = &srcs[start..ends[i]];
-        match net::supervise::guard("acc", || cdr_row(r, src)) {
-            Some(row) => rows.push(row),
-            None => {
-                skipped += 1;
-                tracing::error!(
-                    call_id = r.call_id(),
-                    "CDR dropped: it could not be turned into a row"
-                );
-            }
-        }
-    }
-    s.insert_cdrs(&rows).await?;
-    Ok(skipped)
-}
-
-fn cdr_row<'a>(r: &'a sip_proxy::cdr::CallRecord, src_ip: &'a str) -> store::CdrRow<&'a str> {
-    use sip_proxy::cdr::user_host;
-    let (from_user, from_domain) = user_host(r.from_uri());
-    let (to_user, to_domain) = user_host(r.to_uri());
-    let (ruri_user, ruri_domain) = user_host(r.ruri());
-    store::CdrRow {
-        answered: r.answered,
-        callid: r.call_id(),
-        from_tag: r.from_tag(),
-        to_tag: r.to_tag(),
-        sip_code: r.code,
-        sip_reason: &r.reason,
-        from_user,
-        from_domain,
-        to_user,
-        to_domain,
-        ruri_user,
-        ruri_domain,
-        src_ip,
-        node: r.node.as_deref(),
-        setup_time: r.setup as i64,
-        answer_time: r.answer.map(|a| a as i64),
-        end_time: r.end as i64,
-        duration: r.duration as i64,
-        hangup_by: r.hangup_by,
-    }
 }
 
 /// `switchboard db check|init|migrate`.

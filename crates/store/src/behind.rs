@@ -91,14 +91,14 @@ impl Health {
 #[derive(Debug)]
 pub struct WriteFail {
     pub message: String,
-    /// The database refused the data (see `store::StoreError::is_refusal`): the batch is
+    /// The database refused the data (see `crate::StoreError::is_refusal`): the batch is
     /// written again one change at a time, and a change refused alone is dropped (logged
     /// and counted), so one bad row cannot stop its table.
     pub refused: bool,
 }
 
-impl From<store::StoreError> for WriteFail {
-    fn from(e: store::StoreError) -> Self {
+impl From<crate::StoreError> for WriteFail {
+    fn from(e: crate::StoreError) -> Self {
         WriteFail {
             refused: e.is_refusal(),
             message: e.to_string(),
@@ -406,7 +406,7 @@ fn rows_of<I, R>(table: &'static str, items: &[I], f: impl Fn(&I) -> R) -> (Vec<
 /// The `location` table.
 pub struct LocationJob {
     pub reg: Arc<Registrar>,
-    pub store: store::Store,
+    pub store: crate::Store,
 }
 
 impl Job for LocationJob {
@@ -416,7 +416,7 @@ impl Job for LocationJob {
         self.reg.take_events()
     }
     async fn write(&self, items: &[LocEvent]) -> Result<usize, WriteFail> {
-        let (ops, skipped) = rows_of(Self::TABLE, items, crate::registrar_config::location_op);
+        let (ops, skipped) = rows_of(Self::TABLE, items, crate::location_rows::location_op);
         self.store.apply_location(&ops).await?;
         Ok(skipped)
     }
@@ -425,7 +425,7 @@ impl Job for LocationJob {
 /// The `dialog` table.
 pub struct DialogJob {
     pub dialogs: Arc<Dialogs>,
-    pub store: store::Store,
+    pub store: crate::Store,
 }
 
 impl Job for DialogJob {
@@ -436,9 +436,7 @@ impl Job for DialogJob {
     }
     async fn write(&self, items: &[DlgEvent]) -> Result<usize, WriteFail> {
         let (now, unix) = (Instant::now(), crate::unix_now());
-        let (ops, skipped) = rows_of(Self::TABLE, items, |e| {
-            crate::dialog_store::op(e, now, unix)
-        });
+        let (ops, skipped) = rows_of(Self::TABLE, items, |e| crate::dialog_rows::op(e, now, unix));
         self.store.apply_dialogs(&ops).await?;
         Ok(skipped)
     }
@@ -447,7 +445,7 @@ impl Job for DialogJob {
 /// The `acc` and `missed_calls` tables.
 pub struct CdrJob {
     pub cdrs: Arc<Cdrs>,
-    pub store: store::Store,
+    pub store: crate::Store,
 }
 
 impl Job for CdrJob {
@@ -457,7 +455,7 @@ impl Job for CdrJob {
         self.cdrs.take()
     }
     async fn write(&self, items: &[CallRecord]) -> Result<usize, WriteFail> {
-        Ok(crate::write_cdrs(&self.store, items).await?)
+        Ok(crate::cdr_rows::write_cdrs(&self.store, items).await?)
     }
 }
 

@@ -25,8 +25,8 @@ fn parse_sock(s: &str) -> Result<Target, String> {
 }
 
 /// A dialog as a row.
-pub fn row(d: &Dialog, now: Instant, unix_now: u64) -> store::DialogRow {
-    store::DialogRow {
+pub fn row(d: &Dialog, now: Instant, unix_now: u64) -> crate::DialogRow {
+    crate::DialogRow {
         dlg_id: d.id as i64,
         callid: d.call_id().into(),
         from_uri: d.caller_party().into(),
@@ -57,7 +57,7 @@ pub fn row(d: &Dialog, now: Instant, unix_now: u64) -> store::DialogRow {
 
 /// A row back as a dialog. The CSeqs move 1000 ahead: requests after the last saved change
 /// were not written, and a BYE the proxy sends must be above them.
-pub fn dialog(r: &store::DialogRow, now: Instant, unix_now: u64) -> Result<Dialog, String> {
+pub fn dialog(r: &crate::DialogRow, now: Instant, unix_now: u64) -> Result<Dialog, String> {
     if r.callid.is_empty() || r.from_tag.is_empty() || r.to_tag.is_empty() {
         return Err("empty callid or tag".into());
     }
@@ -94,10 +94,10 @@ pub fn dialog(r: &store::DialogRow, now: Instant, unix_now: u64) -> Result<Dialo
 }
 
 /// One dialog change as a table operation.
-pub fn op(e: &DlgEvent, now: Instant, unix_now: u64) -> store::DialogOp {
+pub fn op(e: &DlgEvent, now: Instant, unix_now: u64) -> crate::DialogOp {
     match e {
-        DlgEvent::Saved(d) => store::DialogOp::Upsert(Box::new(row(d, now, unix_now))),
-        DlgEvent::Removed(id) => store::DialogOp::Delete(*id as i64),
+        DlgEvent::Saved(d) => crate::DialogOp::Upsert(Box::new(row(d, now, unix_now))),
+        DlgEvent::Removed(id) => crate::DialogOp::Delete(*id as i64),
     }
 }
 
