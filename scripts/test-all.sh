@@ -40,6 +40,7 @@ step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets -q -- -D warnings
 step "cargo test (unit, scenario, property, torture)" cargo_tests --workspace -q
 step "storage battery on SQLite, PostgreSQL and MariaDB (real servers)" tests/storage.sh
+step "the store builds with SQLite alone (server engines are features)" cargo build -q -p store --no-default-features
 step "benches compile" cargo bench --workspace --no-run -q
 step "fuzz: coverage-guided, 30 s a target from the torture corpus" fuzz/run.sh 30
 step "release build" cargo build --release -q

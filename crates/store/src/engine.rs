@@ -135,6 +135,7 @@ fn connect_error(dialect: Dialect, url: &str, e: sqlx::Error) -> StoreError {
     }
 }
 
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 /// One connection made and closed before the pool is: the pool retries a refused connection
 /// until its timeout and then says only that it timed out, where this says why (refused, no
 /// such host, wrong password, no such database).
@@ -346,8 +347,9 @@ impl Engine {
     }
 }
 
+#[cfg(feature = "postgres")]
 impl Cell {
-    pub fn as_int(&self) -> Option<i64> {
+    fn as_int(&self) -> Option<i64> {
         match self {
             Cell::Int(v) => Some(*v),
             _ => None,
@@ -373,6 +375,7 @@ fn to_rows<R: sqlx::Row>(rows: &[R], cell: fn(&R, usize) -> Cell) -> Vec<Row> {
 }
 
 /// A value of an unreadable type: its type's name.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 fn other<R: sqlx::Row>(r: &R, i: usize) -> Cell
 where
     usize: sqlx::ColumnIndex<R>,
