@@ -356,26 +356,55 @@ impl Store {
 
     /// Creates the tables that do not exist and their `version` rows (existing tables and
     /// rows are left as they are).
-    pub async fn create_missing(&self) -> Result<(), StoreError> {
+    pub async fn create_missing(&self) -> Result<Vec<(&'static str, String)>, StoreError> {
         let d = self.dialect();
+        // only what is missing, and a table that cannot be made is reported, not fatal: an
+        // OpenSIPS database's user may read and write its tables without the right to create
+        // any (PostgreSQL 15 gives no CREATE on `public` to users other than its owner); a
+        // feature that needs a table that is not there says so when it reads it
+        let mut made = Vec::new();
+        let mut failed = Vec::new();
         for t in &schema::TABLES {
-            self.engine
-                .exec(&self.stmt(&schema::render(t.create, d)))
-                .await?;
-        }
-        let (head, tail) = d.insert_ignore();
-        let mut st = self.stmt(head);
-        st.push(" version (table_name, table_version) VALUES ");
-        for (i, t) in schema::TABLES.iter().filter(|t| t.version > 0).enumerate() {
-            if i > 0 {
-                st.push(", ");
+            if self.engine.columns(t.name).await?.is_none() {
+                match self
+                    .engine
+                    .exec(&self.stmt(&schema::render(t.create, d)))
+                    .await
+                {
+                    Ok(_) => made.push(t),
+                    Err(e) => failed.push((t.name, e.to_string())),
+                }
             }
-            st.push("(").arg(t.name).push(", ").arg(t.version).push(")");
         }
-        st.push(tail);
-        self.engine.exec(&st).await?;
+        let versioned: Vec<_> = made.iter().filter(|t| t.version > 0).collect();
+        if !versioned.is_empty() && !failed.iter().any(|(t, _)| *t == "version") {
+            let (head, tail) = d.insert_ignore();
+            let mut st = self.stmt(head);
+            st.push(" version (table_name, table_version) VALUES ");
+            for (i, t) in versioned.iter().enumerate() {
+                if i > 0 {
+                    st.push(", ");
+                }
+                st.push("(").arg(t.name).push(", ").arg(t.version).push(")");
+            }
+            st.push(tail);
+            self.engine.exec(&st).await?;
+        }
+        if !made.is_empty() {
+            tracing::info!(
+                tables = %made.iter().map(|t| t.name).collect::<Vec<_>>().join(", "),
+                "tables created"
+            );
+        }
+        for (table, error) in &failed {
+            tracing::warn!(
+                table,
+                error,
+                "could not create the table (a feature that reads it will say so)"
+            );
+        }
         self.forget_columns();
-        Ok(())
+        Ok(failed)
     }
 
     /// Adds to existing tables the columns of [`schema::TABLES`] they lack (an OpenSIPS
@@ -383,7 +412,9 @@ impl Store {
     /// declares them, and sets the `version` rows to the versions written here. Creates the
     /// missing tables first. Returns what was added, as `table.column`.
     pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
-        self.create_missing().await?;
+        if let Some((t, e)) = self.create_missing().await?.into_iter().next() {
+            return Err(StoreError::Schema(format!("cannot create table {t}: {e}")));
+        }
         let d = self.dialect();
         let mut added = Vec::new();
         for t in &schema::TABLES {

@@ -426,9 +426,16 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let persists = cfg.registrar.as_ref().is_some_and(|r| r.persist)
         || (cfg.dialog.is_some() && cfg.dialog_persist);
     let id_base = match (&store, persists) {
-        (Some(s), true) => rt
-            .block_on(s.claim_id_base(&node_name(), unix_now() as i64))
-            .context("claiming this process's id range (table switchboard_nodes)")?,
+        (Some(s), true) => match rt.block_on(s.claim_id_base(&node_name(), unix_now() as i64)) {
+            Ok(b) => b,
+            Err(e) => {
+                // a database user without the right to write switchboard_nodes: a random
+                // range (two processes on one database then collide once in 65,535 starts)
+                let n = random_key().0 % (store::ID_NODES as u64 - 1) + 1;
+                tracing::warn!(error = %e, range = n, "could not number this process in switchboard_nodes: ids from a random range");
+                n << store::ID_COUNTER_BITS
+            }
+        },
         _ => 0,
     };
     let sets = match (&store, d.from_database) {
@@ -1110,7 +1117,10 @@ fn db_cmd(path: &Option<PathBuf>, cmd: cli::DbCmd) -> anyhow::Result<std::proces
     let json = match &cmd {
         cli::DbCmd::Check { json } => *json,
         cli::DbCmd::Init => {
-            rt.block_on(s.create_missing())?;
+            let failed = rt.block_on(s.create_missing())?;
+            for (t, e) in &failed {
+                eprintln!("{url}: cannot create table {t}: {e}");
+            }
             println!("{url}: tables created where missing");
             false
         }
