@@ -22,6 +22,7 @@ command -v unshare >/dev/null || need+=(util-linux)
 command -v rtpengine >/dev/null || need+=(rtpengine-daemon)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v mariadbd >/dev/null || need+=(mariadb-server)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
