@@ -624,17 +624,12 @@ impl Store {
         &v[..at]
     }
 
-    /// Reads `wanted` columns of every row of `table`, ordered by `key`: a date/time column
-    /// as UNIX seconds, a column the table lacks as NULL.
-    async fn read(
-        &self,
-        table: &'static str,
-        key: &str,
-        wanted: &[&str],
-    ) -> Result<Vec<sql::Row>, StoreError> {
+    /// Reads every row of `table` (the columns [`schema::columns`] names), ordered by
+    /// `key`: a date/time column as UNIX seconds, a column the table lacks as NULL.
+    async fn read(&self, table: &'static str, key: &str) -> Result<Vec<sql::Row>, StoreError> {
         let c = self.columns(table).await?;
         let d = self.dialect();
-        let list: Vec<String> = wanted
+        let list: Vec<String> = schema::columns(table)
             .iter()
             .map(|w| {
                 if !c.has(w) {

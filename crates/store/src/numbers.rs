@@ -86,16 +86,15 @@ pub struct AliasRow {
     pub domain: String,
 }
 
-/// Reads `wanted` of every row of `table` by `key` with `read`; rows it refuses become
+/// Reads every row of `table` by `key` with `read`; rows it refuses become
 /// [`BadRow`]s.
 async fn rows<T>(
     s: &Store,
     table: &'static str,
     key: &str,
-    wanted: &[&str],
     read: impl Fn(&Row) -> Result<T, String>,
 ) -> Result<(Vec<T>, Vec<BadRow>), StoreError> {
-    let all = s.read(table, key, wanted).await?;
+    let all = s.read(table, key).await?;
     let (mut good, mut bad) = (Vec::new(), Vec::new());
     for r in &all {
         match read(r) {
@@ -112,181 +111,103 @@ async fn rows<T>(
 impl Store {
     /// The `dialplan` table, by id.
     pub async fn dialplan_rows(&self) -> Result<(Vec<DialplanRow>, Vec<BadRow>), StoreError> {
-        rows(
-            self,
-            "dialplan",
-            "id",
-            &[
-                "id",
-                "dpid",
-                "pr",
-                "match_op",
-                "match_exp",
-                "match_flags",
-                "subst_exp",
-                "repl_exp",
-                "timerec",
-                "disabled",
-                "attrs",
-            ],
-            |c| {
-                Ok(DialplanRow {
-                    id: c.int("id")?,
-                    dpid: c.int("dpid")?,
-                    pr: c.int("pr")?,
-                    match_op: c.int("match_op")?,
-                    match_exp: c.text_or_empty("match_exp")?,
-                    match_flags: c.int("match_flags")?,
-                    subst_exp: c.text_or_empty("subst_exp")?,
-                    repl_exp: c.text_or_empty("repl_exp")?,
-                    timerec: c.text_or_empty("timerec")?,
-                    disabled: c.int("disabled")? != 0,
-                    attrs: c.text_or_empty("attrs")?,
-                })
-            },
-        )
+        rows(self, "dialplan", "id", |c| {
+            Ok(DialplanRow {
+                id: c.int("id")?,
+                dpid: c.int("dpid")?,
+                pr: c.int("pr")?,
+                match_op: c.int("match_op")?,
+                match_exp: c.text_or_empty("match_exp")?,
+                match_flags: c.int("match_flags")?,
+                subst_exp: c.text_or_empty("subst_exp")?,
+                repl_exp: c.text_or_empty("repl_exp")?,
+                timerec: c.text_or_empty("timerec")?,
+                disabled: c.int("disabled")? != 0,
+                attrs: c.text_or_empty("attrs")?,
+            })
+        })
         .await
     }
 
     /// The `dr_gateways` table, by id.
     pub async fn dr_gateway_rows(&self) -> Result<(Vec<DrGatewayRow>, Vec<BadRow>), StoreError> {
-        rows(
-            self,
-            "dr_gateways",
-            "id",
-            &[
-                "id",
-                "gwid",
-                "type",
-                "address",
-                "strip",
-                "pri_prefix",
-                "attrs",
-                "probe_mode",
-                "state",
-                "description",
-            ],
-            |c| {
-                Ok(DrGatewayRow {
-                    id: c.int("id")?,
-                    gwid: c.text_or_empty("gwid")?,
-                    gw_type: c.int("type")?,
-                    address: c.text_or_empty("address")?,
-                    strip: c.int("strip")?,
-                    pri_prefix: c.text_or_empty("pri_prefix")?,
-                    attrs: c.text_or_empty("attrs")?,
-                    probe_mode: c.int("probe_mode")?,
-                    state: c.int("state")?,
-                    description: c.text_or_empty("description")?,
-                })
-            },
-        )
+        rows(self, "dr_gateways", "id", |c| {
+            Ok(DrGatewayRow {
+                id: c.int("id")?,
+                gwid: c.text_or_empty("gwid")?,
+                gw_type: c.int("type")?,
+                address: c.text_or_empty("address")?,
+                strip: c.int("strip")?,
+                pri_prefix: c.text_or_empty("pri_prefix")?,
+                attrs: c.text_or_empty("attrs")?,
+                probe_mode: c.int("probe_mode")?,
+                state: c.int("state")?,
+                description: c.text_or_empty("description")?,
+            })
+        })
         .await
     }
 
     /// The `dr_carriers` table, by id.
     pub async fn dr_carrier_rows(&self) -> Result<(Vec<DrCarrierRow>, Vec<BadRow>), StoreError> {
-        rows(
-            self,
-            "dr_carriers",
-            "id",
-            &[
-                "id",
-                "carrierid",
-                "gwlist",
-                "flags",
-                "sort_alg",
-                "state",
-                "attrs",
-                "description",
-            ],
-            |c| {
-                Ok(DrCarrierRow {
-                    id: c.int("id")?,
-                    carrierid: c.text_or_empty("carrierid")?,
-                    gwlist: c.text_or_empty("gwlist")?,
-                    flags: c.int("flags")?,
-                    sort_alg: c.text_or_empty("sort_alg")?,
-                    state: c.int("state")?,
-                    attrs: c.text_or_empty("attrs")?,
-                    description: c.text_or_empty("description")?,
-                })
-            },
-        )
+        rows(self, "dr_carriers", "id", |c| {
+            Ok(DrCarrierRow {
+                id: c.int("id")?,
+                carrierid: c.text_or_empty("carrierid")?,
+                gwlist: c.text_or_empty("gwlist")?,
+                flags: c.int("flags")?,
+                sort_alg: c.text_or_empty("sort_alg")?,
+                state: c.int("state")?,
+                attrs: c.text_or_empty("attrs")?,
+                description: c.text_or_empty("description")?,
+            })
+        })
         .await
     }
 
     /// The `dr_rules` table, by rule id.
     pub async fn dr_rule_rows(&self) -> Result<(Vec<DrRuleRow>, Vec<BadRow>), StoreError> {
-        rows(
-            self,
-            "dr_rules",
-            "ruleid",
-            &[
-                "ruleid",
-                "groupid",
-                "prefix",
-                "timerec",
-                "priority",
-                "gwlist",
-                "sort_alg",
-                "attrs",
-                "description",
-            ],
-            |c| {
-                Ok(DrRuleRow {
-                    ruleid: c.int("ruleid")?,
-                    groupid: c.text_or_empty("groupid")?,
-                    prefix: c.text_or_empty("prefix")?,
-                    timerec: c.text_or_empty("timerec")?,
-                    priority: c.int("priority")?,
-                    gwlist: c.text_or_empty("gwlist")?,
-                    sort_alg: c.text_or_empty("sort_alg")?,
-                    attrs: c.text_or_empty("attrs")?,
-                    description: c.text_or_empty("description")?,
-                })
-            },
-        )
+        rows(self, "dr_rules", "ruleid", |c| {
+            Ok(DrRuleRow {
+                ruleid: c.int("ruleid")?,
+                groupid: c.text_or_empty("groupid")?,
+                prefix: c.text_or_empty("prefix")?,
+                timerec: c.text_or_empty("timerec")?,
+                priority: c.int("priority")?,
+                gwlist: c.text_or_empty("gwlist")?,
+                sort_alg: c.text_or_empty("sort_alg")?,
+                attrs: c.text_or_empty("attrs")?,
+                description: c.text_or_empty("description")?,
+            })
+        })
         .await
     }
 
     /// The `dr_groups` table, by id.
     pub async fn dr_group_rows(&self) -> Result<(Vec<DrGroupRow>, Vec<BadRow>), StoreError> {
-        rows(
-            self,
-            "dr_groups",
-            "id",
-            &["id", "username", "domain", "groupid", "description"],
-            |c| {
-                Ok(DrGroupRow {
-                    id: c.int("id")?,
-                    username: c.text_or_empty("username")?,
-                    domain: c.text_or_empty("domain")?,
-                    groupid: c.int("groupid")?,
-                    description: c.text_or_empty("description")?,
-                })
-            },
-        )
+        rows(self, "dr_groups", "id", |c| {
+            Ok(DrGroupRow {
+                id: c.int("id")?,
+                username: c.text_or_empty("username")?,
+                domain: c.text_or_empty("domain")?,
+                groupid: c.int("groupid")?,
+                description: c.text_or_empty("description")?,
+            })
+        })
         .await
     }
 
     /// The `dbaliases` table, by id.
     pub async fn alias_rows(&self) -> Result<(Vec<AliasRow>, Vec<BadRow>), StoreError> {
-        rows(
-            self,
-            "dbaliases",
-            "id",
-            &["id", "alias_username", "alias_domain", "username", "domain"],
-            |c| {
-                Ok(AliasRow {
-                    id: c.int("id")?,
-                    alias_username: c.text_or_empty("alias_username")?,
-                    alias_domain: c.text_or_empty("alias_domain")?,
-                    username: c.text_or_empty("username")?,
-                    domain: c.text_or_empty("domain")?,
-                })
-            },
-        )
+        rows(self, "dbaliases", "id", |c| {
+            Ok(AliasRow {
+                id: c.int("id")?,
+                alias_username: c.text_or_empty("alias_username")?,
+                alias_domain: c.text_or_empty("alias_domain")?,
+                username: c.text_or_empty("username")?,
+                domain: c.text_or_empty("domain")?,
+            })
+        })
         .await
     }
 }

@@ -21,6 +21,128 @@ pub struct Table {
     pub create: &'static str,
 }
 
+/// `location`'s columns, in the order switchboard writes them.
+pub const LOCATION_COLUMNS: &[&str] = &[
+    "contact_id",
+    "username",
+    "domain",
+    "contact",
+    "received",
+    "path",
+    "expires",
+    "q",
+    "callid",
+    "cseq",
+    "last_modified",
+    "flags",
+    "cflags",
+    "user_agent",
+    "socket",
+    "methods",
+    "sip_instance",
+    "kv_store",
+];
+
+/// `dialog`'s columns every schema has, in the order switchboard writes them.
+pub const DIALOG_COLUMNS: &[&str] = &[
+    "dlg_id",
+    "callid",
+    "from_uri",
+    "from_tag",
+    "to_uri",
+    "to_tag",
+    "caller_cseq",
+    "callee_cseq",
+    "caller_contact",
+    "callee_contact",
+    "caller_route_set",
+    "callee_route_set",
+    "caller_sock",
+    "callee_sock",
+    "state",
+    "start_time",
+    "timeout",
+];
+
+/// switchboard's own `dialog` columns, written and read where the table has them.
+pub const DIALOG_OURS: &[&str] = &["node", "answer_time", "session_expires", "ruri"];
+
+/// The columns of `acc` and `missed_calls` every schema has.
+pub const CDR_NEEDS: &[&str] = &[
+    "method",
+    "from_tag",
+    "to_tag",
+    "callid",
+    "sip_code",
+    "sip_reason",
+    "time",
+];
+
+/// switchboard's (and OpenSIPS' later) `acc` columns, written and read where they exist.
+pub const ACC_OPTIONAL: &[&str] = &[
+    "from_user",
+    "from_domain",
+    "to_user",
+    "to_domain",
+    "ruri_user",
+    "ruri_domain",
+    "src_ip",
+    "node",
+    "setup_time",
+    "answer_time",
+    "end_time",
+    "hangup_by",
+    "duration",
+    "ms_duration",
+    "setuptime",
+    "created",
+];
+
+/// The same for `missed_calls`.
+pub const MISSED_OPTIONAL: &[&str] = &[
+    "from_user",
+    "from_domain",
+    "to_user",
+    "to_domain",
+    "ruri_user",
+    "ruri_domain",
+    "src_ip",
+    "node",
+    "setup_time",
+    "answer_time",
+    "end_time",
+    "hangup_by",
+    "setuptime",
+    "created",
+];
+
+/// The columns `acc` and `missed_calls` share (switchboard's schema).
+macro_rules! cdr_columns {
+    () => {
+        "    id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    method CHAR(16) DEFAULT '' NOT NULL,
+    from_tag CHAR(64) DEFAULT '' NOT NULL,
+    to_tag CHAR(64) DEFAULT '' NOT NULL,
+    callid CHAR(64) DEFAULT '' NOT NULL,
+    sip_code CHAR(3) DEFAULT '' NOT NULL,
+    sip_reason CHAR(32) DEFAULT '' NOT NULL,
+    time DATETIME NOT NULL,
+    from_user CHAR(64) DEFAULT '' NOT NULL,
+    from_domain CHAR(64) DEFAULT '' NOT NULL,
+    to_user CHAR(64) DEFAULT '' NOT NULL,
+    to_domain CHAR(64) DEFAULT '' NOT NULL,
+    ruri_user CHAR(64) DEFAULT '' NOT NULL,
+    ruri_domain CHAR(64) DEFAULT '' NOT NULL,
+    src_ip CHAR(64) DEFAULT '' NOT NULL,
+    node CHAR(255) DEFAULT NULL,
+    setup_time INTEGER DEFAULT 0 NOT NULL,
+    answer_time INTEGER DEFAULT NULL,
+    end_time INTEGER DEFAULT 0 NOT NULL,
+    hangup_by CHAR(16) DEFAULT '' NOT NULL,
+"
+    };
+}
+
 /// Every table switchboard creates (`version` first).
 pub const TABLES: [Table; 16] = [
     Table {
@@ -82,26 +204,7 @@ pub const TABLES: [Table; 16] = [
     },
     Table {
         name: "location",
-        needs: &[
-            "contact_id",
-            "username",
-            "domain",
-            "contact",
-            "received",
-            "path",
-            "expires",
-            "q",
-            "callid",
-            "cseq",
-            "last_modified",
-            "flags",
-            "cflags",
-            "user_agent",
-            "socket",
-            "methods",
-            "sip_instance",
-            "kv_store",
-        ],
+        needs: LOCATION_COLUMNS,
         optional: &[],
         version: 1013,
         create: "CREATE TABLE IF NOT EXISTS location (
@@ -128,26 +231,8 @@ pub const TABLES: [Table; 16] = [
     },
     Table {
         name: "dialog",
-        needs: &[
-            "dlg_id",
-            "callid",
-            "from_uri",
-            "from_tag",
-            "to_uri",
-            "to_tag",
-            "caller_cseq",
-            "callee_cseq",
-            "caller_contact",
-            "callee_contact",
-            "caller_route_set",
-            "callee_route_set",
-            "caller_sock",
-            "callee_sock",
-            "state",
-            "start_time",
-            "timeout",
-        ],
-        optional: &["node", "answer_time", "session_expires", "ruri"],
+        needs: DIALOG_COLUMNS,
+        optional: DIALOG_OURS,
         version: 10,
         create: "CREATE TABLE IF NOT EXISTS dialog (
     dlg_id INTEGER PRIMARY KEY NOT NULL,
@@ -218,113 +303,31 @@ pub const TABLES: [Table; 16] = [
     },
     Table {
         name: "acc",
-        needs: &[
-            "method",
-            "from_tag",
-            "to_tag",
-            "callid",
-            "sip_code",
-            "sip_reason",
-            "time",
-        ],
-        optional: &[
-            "from_user",
-            "from_domain",
-            "to_user",
-            "to_domain",
-            "ruri_user",
-            "ruri_domain",
-            "src_ip",
-            "node",
-            "setup_time",
-            "answer_time",
-            "end_time",
-            "hangup_by",
-            "duration",
-            "ms_duration",
-            "setuptime",
-            "created",
-        ],
+        needs: CDR_NEEDS,
+        optional: ACC_OPTIONAL,
         version: 7,
-        create: "CREATE TABLE IF NOT EXISTS acc (
-    id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
-    method CHAR(16) DEFAULT '' NOT NULL,
-    from_tag CHAR(64) DEFAULT '' NOT NULL,
-    to_tag CHAR(64) DEFAULT '' NOT NULL,
-    callid CHAR(64) DEFAULT '' NOT NULL,
-    sip_code CHAR(3) DEFAULT '' NOT NULL,
-    sip_reason CHAR(32) DEFAULT '' NOT NULL,
-    time DATETIME NOT NULL,
-    from_user CHAR(64) DEFAULT '' NOT NULL,
-    from_domain CHAR(64) DEFAULT '' NOT NULL,
-    to_user CHAR(64) DEFAULT '' NOT NULL,
-    to_domain CHAR(64) DEFAULT '' NOT NULL,
-    ruri_user CHAR(64) DEFAULT '' NOT NULL,
-    ruri_domain CHAR(64) DEFAULT '' NOT NULL,
-    src_ip CHAR(64) DEFAULT '' NOT NULL,
-    node CHAR(255) DEFAULT NULL,
-    setup_time INTEGER DEFAULT 0 NOT NULL,
-    answer_time INTEGER DEFAULT NULL,
-    end_time INTEGER DEFAULT 0 NOT NULL,
-    hangup_by CHAR(16) DEFAULT '' NOT NULL,
-    duration INTEGER DEFAULT 0 NOT NULL,
+        create: concat!(
+            "CREATE TABLE IF NOT EXISTS acc (\n",
+            cdr_columns!(),
+            "    duration INTEGER DEFAULT 0 NOT NULL,
     ms_duration INTEGER DEFAULT 0 NOT NULL,
     setuptime INTEGER DEFAULT 0 NOT NULL,
     created DATETIME DEFAULT NULL
-)",
+)"
+        ),
     },
     Table {
         name: "missed_calls",
-        needs: &[
-            "method",
-            "from_tag",
-            "to_tag",
-            "callid",
-            "sip_code",
-            "sip_reason",
-            "time",
-        ],
-        optional: &[
-            "from_user",
-            "from_domain",
-            "to_user",
-            "to_domain",
-            "ruri_user",
-            "ruri_domain",
-            "src_ip",
-            "node",
-            "setup_time",
-            "answer_time",
-            "end_time",
-            "hangup_by",
-            "setuptime",
-            "created",
-        ],
+        needs: CDR_NEEDS,
+        optional: MISSED_OPTIONAL,
         version: 5,
-        create: "CREATE TABLE IF NOT EXISTS missed_calls (
-    id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
-    method CHAR(16) DEFAULT '' NOT NULL,
-    from_tag CHAR(64) DEFAULT '' NOT NULL,
-    to_tag CHAR(64) DEFAULT '' NOT NULL,
-    callid CHAR(64) DEFAULT '' NOT NULL,
-    sip_code CHAR(3) DEFAULT '' NOT NULL,
-    sip_reason CHAR(32) DEFAULT '' NOT NULL,
-    time DATETIME NOT NULL,
-    from_user CHAR(64) DEFAULT '' NOT NULL,
-    from_domain CHAR(64) DEFAULT '' NOT NULL,
-    to_user CHAR(64) DEFAULT '' NOT NULL,
-    to_domain CHAR(64) DEFAULT '' NOT NULL,
-    ruri_user CHAR(64) DEFAULT '' NOT NULL,
-    ruri_domain CHAR(64) DEFAULT '' NOT NULL,
-    src_ip CHAR(64) DEFAULT '' NOT NULL,
-    node CHAR(255) DEFAULT NULL,
-    setup_time INTEGER DEFAULT 0 NOT NULL,
-    answer_time INTEGER DEFAULT NULL,
-    end_time INTEGER DEFAULT 0 NOT NULL,
-    hangup_by CHAR(16) DEFAULT '' NOT NULL,
-    setuptime INTEGER DEFAULT 0 NOT NULL,
+        create: concat!(
+            "CREATE TABLE IF NOT EXISTS missed_calls (\n",
+            cdr_columns!(),
+            "    setuptime INTEGER DEFAULT 0 NOT NULL,
     created DATETIME DEFAULT NULL
-)",
+)"
+        ),
     },
     Table {
         name: "dialplan",
@@ -483,6 +486,13 @@ pub const TABLES: [Table; 16] = [
 )",
     },
 ];
+
+/// Every column of `name` switchboard reads: what it needs, then what it uses where present.
+pub fn columns(name: &str) -> Vec<&'static str> {
+    table(name)
+        .map(|t| t.needs.iter().chain(t.optional).copied().collect())
+        .unwrap_or_default()
+}
 
 /// The table named `name`.
 pub fn table(name: &str) -> Option<&'static Table> {

@@ -2,6 +2,7 @@
 //! location, dispatcher, dialogs, load balancer, rtpengine sets, CDRs, and the node ids that
 //! keep rows of several processes apart.
 
+use crate::schema::{DIALOG_COLUMNS, DIALOG_OURS, LOCATION_COLUMNS};
 use crate::sql::{Param, Row};
 use crate::sqlite_cdr::{self, Field};
 use crate::{
@@ -39,49 +40,8 @@ pub const ID_COUNTER_BITS: u32 = 37;
 /// Node numbers wrap at this (16 bits).
 pub const ID_NODES: i64 = 1 << 16;
 
-const LOCATION_COLS: [&str; 18] = [
-    "contact_id",
-    "username",
-    "domain",
-    "contact",
-    "received",
-    "path",
-    "expires",
-    "q",
-    "callid",
-    "cseq",
-    "last_modified",
-    "flags",
-    "cflags",
-    "user_agent",
-    "socket",
-    "methods",
-    "sip_instance",
-    "kv_store",
-];
-
-const DIALOG_BASE: [&str; 17] = [
-    "dlg_id",
-    "callid",
-    "from_uri",
-    "from_tag",
-    "to_uri",
-    "to_tag",
-    "caller_cseq",
-    "callee_cseq",
-    "caller_contact",
-    "callee_contact",
-    "caller_route_set",
-    "callee_route_set",
-    "caller_sock",
-    "callee_sock",
-    "state",
-    "start_time",
-    "timeout",
-];
-
-/// Columns of `dialog` written only where the table has them: switchboard's additions, then
-/// OpenSIPS 3's ping CSeqs.
+/// Columns of `dialog` written only where the table has them: switchboard's additions
+/// ([`DIALOG_OURS`]), then OpenSIPS 3's ping CSeqs ([`ALSO_WRITTEN`]).
 const DIALOG_EXTRA: [&str; 6] = [
     "node",
     "answer_time",
@@ -111,21 +71,7 @@ impl Store {
 
     /// Every `subscriber` row: the readable ones, and the others with the reason.
     pub async fn subscriber_rows(&self) -> Result<(Vec<SubscriberRow>, Vec<BadRow>), StoreError> {
-        let rows = self
-            .read(
-                "subscriber",
-                "id",
-                &[
-                    "id",
-                    "username",
-                    "domain",
-                    "password",
-                    "ha1",
-                    "ha1_sha256",
-                    "email_address",
-                ],
-            )
-            .await?;
+        let rows = self.read("subscriber", "id").await?;
         Ok(split(&rows, "id", |r| {
             let row = SubscriberRow {
                 username: r.text_or_empty("username")?,
@@ -182,7 +128,7 @@ impl Store {
 
     /// Every `location` row.
     pub async fn location_rows(&self) -> Result<(Vec<LocationRow>, Vec<BadRow>), StoreError> {
-        let rows = self.read("location", "contact_id", &LOCATION_COLS).await?;
+        let rows = self.read("location", "contact_id").await?;
         Ok(split(&rows, "contact_id", |r| {
             Ok(LocationRow {
                 contact_id: r.int("contact_id")?,
@@ -218,8 +164,8 @@ impl Store {
         let c = self.columns("location").await?;
         let d = self.dialect();
         let (exp_dt, mod_dt) = (c.is_datetime("expires"), c.is_datetime("last_modified"));
-        let head = d.upsert_head("location", &LOCATION_COLS);
-        let tail = d.upsert_tail("contact_id", &LOCATION_COLS);
+        let head = d.upsert_head("location", LOCATION_COLUMNS);
+        let tail = d.upsert_tail("contact_id", LOCATION_COLUMNS);
         let mut sts = Vec::new();
         for (upsert, run) in runs(ops, |o| matches!(o, LocationOp::Upsert(_))) {
             if upsert {
@@ -278,24 +224,7 @@ impl Store {
 
     /// Every `dispatcher` row: the readable ones, and the others with the reason.
     pub async fn dispatcher_rows(&self) -> Result<(Vec<DispatcherRow>, Vec<BadRow>), StoreError> {
-        let rows = self
-            .read(
-                "dispatcher",
-                "id",
-                &[
-                    "id",
-                    "setid",
-                    "destination",
-                    "socket",
-                    "state",
-                    "probe_mode",
-                    "weight",
-                    "priority",
-                    "attrs",
-                    "description",
-                ],
-            )
-            .await?;
+        let rows = self.read("dispatcher", "id").await?;
         Ok(split(&rows, "id", |r| {
             let weight = match r.int("weight") {
                 Ok(w) => w.to_string(),
@@ -375,12 +304,7 @@ impl Store {
 
     /// Every `dialog` row.
     pub async fn dialog_rows(&self) -> Result<(Vec<DialogRow>, Vec<BadRow>), StoreError> {
-        let wanted: Vec<&str> = DIALOG_BASE
-            .iter()
-            .chain(&DIALOG_EXTRA[..4])
-            .copied()
-            .collect();
-        let rows = self.read("dialog", "dlg_id", &wanted).await?;
+        let rows = self.read("dialog", "dlg_id").await?;
         Ok(split(&rows, "dlg_id", |r| {
             // OpenSIPS keeps the CSeqs as text
             let cseq = |c: &str| {
@@ -425,14 +349,10 @@ impl Store {
             return Ok(());
         }
         let c = self.columns("dialog").await?;
-        let ours: Vec<&str> = DIALOG_BASE
-            .iter()
-            .chain(&DIALOG_EXTRA[..4])
-            .copied()
-            .collect();
-        self.tell_once("dialog", &ours, &DIALOG_EXTRA[4..], &c);
+        let ours: Vec<&str> = DIALOG_COLUMNS.iter().chain(DIALOG_OURS).copied().collect();
+        self.tell_once("dialog", &ours, ALSO_WRITTEN, &c);
         let has: [bool; 6] = DIALOG_EXTRA.map(|e| c.has(e));
-        let mut cols: Vec<&str> = DIALOG_BASE.to_vec();
+        let mut cols: Vec<&str> = DIALOG_COLUMNS.to_vec();
         cols.extend(
             DIALOG_EXTRA
                 .iter()
@@ -520,21 +440,7 @@ impl Store {
     pub async fn load_balancer_rows(
         &self,
     ) -> Result<(Vec<LoadBalancerRow>, Vec<BadRow>), StoreError> {
-        let rows = self
-            .read(
-                "load_balancer",
-                "id",
-                &[
-                    "id",
-                    "group_id",
-                    "dst_uri",
-                    "resources",
-                    "probe_mode",
-                    "attrs",
-                    "description",
-                ],
-            )
-            .await?;
+        let rows = self.read("load_balancer", "id").await?;
         Ok(split(&rows, "id", |r| {
             Ok(LoadBalancerRow {
                 id: r.int("id")?,
@@ -550,9 +456,7 @@ impl Store {
 
     /// Every `rtpengine` row: the readable ones, and the others with the reason.
     pub async fn rtpengine_rows(&self) -> Result<(Vec<RtpengineRow>, Vec<BadRow>), StoreError> {
-        let rows = self
-            .read("rtpengine", "id", &["id", "socket", "set_id"])
-            .await?;
+        let rows = self.read("rtpengine", "id").await?;
         Ok(split(&rows, "id", |r| {
             Ok(RtpengineRow {
                 id: r.int("id")?,
@@ -796,5 +700,19 @@ impl Store {
                 hangup_by: r.text_or_empty("hangup_by").unwrap_or_default(),
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dialog_extras_are_ours_then_the_ping_cseqs() {
+        let both: Vec<&str> = DIALOG_OURS.iter().chain(ALSO_WRITTEN).copied().collect();
+        assert_eq!(DIALOG_EXTRA.to_vec(), both);
+        // the upsert binds its values in this order
+        assert_eq!(DIALOG_COLUMNS.len(), 17);
+        assert_eq!(LOCATION_COLUMNS.len(), 18);
     }
 }
