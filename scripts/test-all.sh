@@ -23,6 +23,7 @@ command -v rtpengine >/dev/null || need+=(rtpengine-daemon)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v mariadbd >/dev/null || need+=(mariadb-server)
 command -v openssl >/dev/null || need+=(openssl)
+command -v redis-server >/dev/null || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -40,7 +41,7 @@ step "the step runner fails on failed and aborted steps" scripts/selftest.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets -q -- -D warnings
 step "cargo test (unit, scenario, property, torture)" cargo_tests --workspace -q
-step "storage battery on SQLite, PostgreSQL and MariaDB (real servers)" tests/storage.sh
+step "storage battery on SQLite, PostgreSQL and MariaDB, the cluster store on Redis (real servers)" tests/storage.sh
 step "the store builds with SQLite alone (server engines are features)" cargo build -q -p store --no-default-features
 step "benches compile" cargo bench --workspace --no-run -q
 step "fuzz: coverage-guided, 30 s a target from the torture corpus" fuzz/run.sh 30
@@ -59,5 +60,6 @@ if [ -x target/release/switchboard ]; then
   step "end-to-end (JsSIP in Chromium, baresip over TLS, hostile peers; own network namespace): TLS and WebSocket" tests/e2e/streams.sh
   step "end-to-end (rtpengine, SIPp with RTP, JsSIP in Chromium, baresip; own network namespace): media" tests/e2e/media.sh
   step "end-to-end (PostgreSQL and MariaDB: the stateful suites, an OpenSIPS database, bad input, outages): databases" tests/e2e/databases.sh
+  step "end-to-end (two nodes on Redis and PostgreSQL, SIPp agents; restarts, kills, Redis flushed and stopped): cluster" tests/e2e/cluster.sh
 fi
 steps_summary

@@ -48,6 +48,7 @@ fn filled(n: usize, now: Instant) -> Arc<Registrar> {
                     reg_id: None,
                     user_agent: None,
                     updated_unix: UNIX,
+                    node: 0,
                     missed: 0,
                 },
             )

@@ -13,6 +13,7 @@
 pub mod balancer;
 mod build;
 pub mod cdr;
+pub mod cluster;
 pub mod command;
 mod config;
 mod core;

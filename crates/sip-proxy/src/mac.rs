@@ -73,6 +73,22 @@ impl Keys {
     }
 }
 
+/// A connection's flow token (RFC 5626 §5.2): `f<flow>-<mac>`, the MAC over the flow id
+/// and, in a cluster, the node's id (`node` 0: no cluster), so a token names a connection
+/// on the node that made it and another node, which shares the key, does not take it for
+/// one of its own.
+pub fn flow_token(keys: &Keys, node: u16, flow: u64) -> String {
+    format!("f{flow:x}-{:016x}", flow_mac(keys, node, flow))
+}
+
+/// The MAC of [`flow_token`].
+pub fn flow_mac(keys: &Keys, node: u16, flow: u64) -> u64 {
+    match node {
+        0 => keys.tag_ids(Purpose::Flow, &[flow]),
+        n => keys.tag_ids(Purpose::Flow, &[flow, n as u64]),
+    }
+}
+
 /// Parses 16 lowercase or uppercase hex digits.
 pub fn parse_tag(s: &str) -> Option<u64> {
     (s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))

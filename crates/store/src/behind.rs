@@ -15,11 +15,13 @@ use sip_proxy::cdr::{CallRecord, Cdrs};
 use sip_proxy::dialog::{Dialogs, DlgEvent};
 use sip_proxy::registrar::{LocEvent, Registrar};
 
-/// Whether the database takes the writers' writes: the log says so once when writes start
+/// Whether a store takes the writers' writes: the log says so once when writes start
 /// failing and once when they go through again (with how many queued changes were then
 /// written), and `/metrics` shows the state and the counts. The state is that of the last
-/// write any writer tried.
+/// write any writer to that store tried.
 pub struct Health {
+    /// "database" or "redis", for the log.
+    store: &'static str,
     up: AtomicBool,
     down_since: Mutex<Option<Instant>>,
     outages: AtomicU64,
@@ -27,16 +29,24 @@ pub struct Health {
 }
 
 /// The process's database health (one database per process).
-pub static HEALTH: Health = Health {
-    up: AtomicBool::new(true),
-    down_since: Mutex::new(None),
-    outages: AtomicU64::new(0),
-    replayed: AtomicU64::new(0),
-};
+pub static HEALTH: Health = Health::new("database");
+
+/// The health of the cluster's shared store (Redis), when the process is a cluster node.
+pub static SHARED_HEALTH: Health = Health::new("redis");
 
 impl Health {
+    const fn new(store: &'static str) -> Health {
+        Health {
+            store,
+            up: AtomicBool::new(true),
+            down_since: Mutex::new(None),
+            outages: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+        }
+    }
+
     /// A write failed; `pending`: the changes the table holds for later.
-    fn failed(&self, table: &str, error: &str, pending: usize) {
+    pub fn failed(&self, table: &str, error: &str, pending: usize) {
         let mut since = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
         if since.is_none() {
             *since = Some(Instant::now());
@@ -46,19 +56,25 @@ impl Health {
                 table,
                 error,
                 pending,
-                "database writes failing: changes are kept in memory (up to [database] write_queue_limit per table) and written, in order, when the database answers again"
+                "{} writes failing: changes are kept in memory (up to [database] write_queue_limit per table) and written, in order, when it answers again",
+                self.store
             );
         } else {
-            tracing::debug!(table, error, pending, "database write failed again");
+            tracing::debug!(table, error, pending, "{} write failed again", self.store);
         }
     }
 
     /// A write went through; `replayed`: changes written that had waited for an outage.
-    fn written(&self, table: &str, replayed: usize) {
+    pub fn written(&self, table: &str, replayed: usize) {
         self.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
         if self.up.load(Ordering::Relaxed) {
             if replayed > 0 {
-                tracing::info!(table, replayed, "queued changes written");
+                tracing::info!(
+                    table,
+                    replayed,
+                    "queued changes written to the {}",
+                    self.store
+                );
             }
             return;
         }
@@ -69,7 +85,8 @@ impl Health {
                 table,
                 replayed,
                 down_s = t.elapsed().as_secs_f64(),
-                "database writes work again: the queued changes are being written"
+                "{} writes work again: the queued changes are being written",
+                self.store
             );
         }
     }
@@ -119,6 +136,10 @@ pub trait Job: Send + Sync + 'static {
         &'a self,
         items: &'a [Self::Item],
     ) -> impl Future<Output = Result<usize, WriteFail>> + Send + 'a;
+    /// The store whose health the writes report.
+    fn health(&self) -> &'static Health {
+        &HEALTH
+    }
 }
 
 /// The state a writer keeps outside its task, so a restart after a panic loses nothing.
@@ -372,7 +393,8 @@ async fn round<J: Job>(job: &J, shared: &Shared<J::Item>) -> bool {
             }
             Err(e) => {
                 shared.behind.store(true, Ordering::Relaxed);
-                HEALTH.failed(J::TABLE, &e.message, f.batch.len() - f.done);
+                job.health()
+                    .failed(J::TABLE, &e.message, f.batch.len() - f.done);
                 return false;
             }
         }
@@ -381,7 +403,7 @@ async fn round<J: Job>(job: &J, shared: &Shared<J::Item>) -> bool {
         true => f.batch.len(),
         false => 0,
     };
-    HEALTH.written(J::TABLE, replayed);
+    job.health().written(J::TABLE, replayed);
     if skipped > 0 {
         shared.dropped.fetch_add(skipped as u64, Ordering::Relaxed);
     }

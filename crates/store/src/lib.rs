@@ -21,6 +21,8 @@ mod engine;
 pub mod location_rows;
 mod numbers;
 pub mod schema;
+#[cfg(feature = "redis")]
+pub mod shared;
 mod sql;
 mod sqlite_cdr;
 mod tables;
@@ -64,6 +66,9 @@ pub enum StoreError {
     /// A table is missing, or lacks columns switchboard needs.
     #[error("{0}")]
     Schema(String),
+    /// The cluster's shared store (Redis) failed an operation.
+    #[error("redis: {0}")]
+    Shared(String),
 }
 
 /// One `dispatcher` row, as stored.

@@ -86,6 +86,7 @@ pub fn binding(row: &LocationRow, now: Instant) -> Result<(String, Binding), Str
             reg_id,
             user_agent: (!row.user_agent.is_empty()).then(|| row.user_agent.as_str().into()),
             updated_unix: row.last_modified.max(0) as u64,
+            node: 0,
             missed: 0,
         },
     ))
@@ -97,7 +98,7 @@ pub fn location_op(e: &LocEvent) -> LocationOp {
         LocEvent::Saved { aor, binding } => {
             LocationOp::Upsert(Box::new(location_row(aor, binding)))
         }
-        LocEvent::Removed { id } => LocationOp::Delete(*id as i64),
+        LocEvent::Removed { id, .. } => LocationOp::Delete(*id as i64),
     }
 }
 
@@ -127,6 +128,7 @@ mod tests {
             reg_id: Some(2),
             user_agent: Some("ua".into()),
             updated_unix: 1_800_000_000,
+            node: 0,
             missed: 0,
         };
         let row = location_row("alice@example.com", &b);

@@ -42,6 +42,7 @@ pub struct RawConfig {
     pub tls: Option<crate::tls_config::RawTls>,
     pub rtpengine: Option<crate::media_config::RawRtpengine>,
     pub media: Option<crate::media_config::RawMedia>,
+    pub cluster: Option<crate::cluster_config::RawCluster>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -423,6 +424,8 @@ pub struct Config {
     pub numbers: Option<crate::numbers_config::NumbersSettings>,
     /// The media relay and its policy, when `[rtpengine]` is present.
     pub media: Option<crate::media_config::MediaSettings>,
+    /// This process as a node of a cluster sharing state on Redis.
+    pub cluster: Option<crate::cluster_config::ClusterSettings>,
 }
 
 impl Config {
@@ -988,6 +991,10 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         .map(|b| crate::balancer_config::validate(b, &mut errors));
     let security = crate::security_config::validate(&raw.security, &mut errors);
     let dns = crate::dns_config::validate(&raw.dns, &mut errors);
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .map(|c| crate::cluster_config::validate(c, &mut errors));
     let user_auth = registrar.as_ref().is_some_and(|r| r.core.auth);
     let numbers = raw
         .numbers
@@ -1193,6 +1200,7 @@ pub fn validate(raw: RawConfig, salt: u64) -> Result<Config, Vec<ConfigError>> {
         dns,
         numbers,
         media,
+        cluster,
     })
 }
 
@@ -1675,8 +1683,9 @@ mod documented {
     use std::collections::BTreeSet;
 
     /// The tables of the configuration, as written in TOML.
-    const TABLES: [(&str, bool); 26] = [
+    const TABLES: [(&str, bool); 27] = [
         ("sip", false),
+        ("cluster", false),
         ("tls", false),
         ("rtpengine", false),
         ("media", false),

@@ -2,6 +2,8 @@
 
 mod balancer_config;
 mod cli;
+mod cluster;
+mod cluster_config;
 mod config;
 mod dispatch_config;
 mod dns_config;
@@ -421,11 +423,20 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         true => Some(open_store(&rt, &cfg)?),
         false => None,
     };
+    // a cluster node claims its id on Redis before anything listens: an unreachable Redis
+    // or an id another live process holds stops the start here
+    let node = match &cfg.cluster {
+        Some(c) => Some(cluster::start(&rt, c, &cfg)?),
+        None => None,
+    };
     // bindings and dialogs this process makes are numbered in a range of ids the database
-    // gives it: two proxies on one database never write the same row
+    // (or, in a cluster, the node id) gives it: two proxies never write the same row
     let persists = cfg.registrar.as_ref().is_some_and(|r| r.persist)
         || (cfg.dialog.is_some() && cfg.dialog_persist);
     let id_base = match (&store, persists) {
+        _ if node.is_some() => {
+            (cfg.cluster.as_ref().map_or(0, |c| c.node_id) as u64) << store::ID_COUNTER_BITS
+        }
         (Some(s), true) => match rt.block_on(s.claim_id_base(&node_name(), unix_now() as i64)) {
             Ok(b) => b,
             Err(e) => {
@@ -514,10 +525,37 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     let limit = cfg.write_queue_limit;
     let period = std::time::Duration::from_millis(200);
     let mut loc_writer = None;
+    let mut shared_loc_writer = None;
+    let mut cluster_reg = None;
+    if let Some(n) = &node {
+        proxy = proxy.with_peers(n.peers.clone());
+    }
     if let (Some(rs), Some((s, h))) = (&cfg.registrar, &store_ctx) {
-        let reg = start_registrar(rs, s, h, id_base)?;
+        let reg = start_registrar(rs, s, h, id_base, node.as_ref())?;
         proxy = proxy.with_registrar(reg.clone());
-        if rs.persist {
+        if let Some(n) = &node {
+            // the location lives in Redis: written behind every 50 ms and published, the
+            // other nodes' changes followed
+            let (keys, id, at) = (cfg.proxy.keys, n.shared.node(), n.address);
+            let job = store::shared::LocationJob {
+                reg: reg.clone(),
+                shared: n.shared.clone(),
+                route: Arc::new(move |flow, t| {
+                    format!(
+                        "<sip:{}@{at};lr;sbt={}>",
+                        sip_proxy::mac::flow_token(&keys, id, flow),
+                        t.uri_param().unwrap_or("udp")
+                    )
+                }),
+            };
+            let period = std::time::Duration::from_millis(50);
+            shared_loc_writer = Some(store::behind::Writer::start(job, period, limit));
+            let (sh, r) = (n.shared.clone(), reg.clone());
+            net::supervise::spawn("cluster-follow", move || {
+                store::shared::follow_location(sh.clone(), r.clone())
+            });
+            cluster_reg = Some(reg.clone());
+        } else if rs.persist {
             let job = store::behind::LocationJob {
                 reg,
                 store: s.clone(),
@@ -591,8 +629,12 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             limit,
         ));
     }
+    if let Some(n) = &node {
+        n.run(cluster_reg);
+    }
     let queues: Vec<store::behind::Meter> = [
         loc_writer.as_ref().map(store::behind::Writer::meter),
+        shared_loc_writer.as_ref().map(store::behind::Writer::meter),
         dialog_writer.as_ref().map(store::behind::Writer::meter),
         cdr_writer.as_ref().map(store::behind::Writer::meter),
     ]
@@ -622,6 +664,8 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     };
     let network = net::Net::start(proxy.clone(), net_cfg, rt.handle().clone())?;
     let (n2, n3) = (network.clone(), network.clone());
+    let node = node.map(Arc::new);
+    let node_m = node.clone();
     let admin_state = Arc::new(admin::AdminState {
         proxy: proxy.clone(),
         token: mgmt_token,
@@ -636,6 +680,9 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         extra_metrics: Box::new(move |out| {
             metrics_text(&queues, out);
             stream_metrics(&n3, out);
+            if let Some(n) = &node_m {
+                cluster::metrics(n, out);
+            }
         }),
         dispatcher: Some(dispatcher.clone()),
         reload: Some(reload_fn(
@@ -780,12 +827,17 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     }
     let deadline = cfg.shutdown_timeout;
     let left = rt.block_on(async {
-        let (a, b, c) = tokio::join!(
+        let (a, b, c, d) = tokio::join!(
             store::behind::stop(cdr_writer, deadline),
             store::behind::stop(dialog_writer, deadline),
             store::behind::stop(loc_writer, deadline),
+            store::behind::stop(shared_loc_writer, deadline),
         );
-        a + b + c
+        // a node stopped cleanly gives its id up at once (a restart need not wait)
+        if let Some(n) = &node {
+            n.shared.release().await;
+        }
+        a + b + c + d
     });
     tracing::info!(
         active_transactions = proxy.active_contexts(),
@@ -999,6 +1051,7 @@ fn start_registrar(
     s: &store::Store,
     h: &tokio::runtime::Handle,
     id_base: u64,
+    node: Option<&cluster::Node>,
 ) -> anyhow::Result<Arc<Registrar>> {
     let now = Instant::now();
     let reg = Arc::new(Registrar::new(rs.core.clone(), (now, unix_now())));
@@ -1013,6 +1066,15 @@ fn start_registrar(
         "subscribers loaded"
     );
     reg.load_credentials(creds);
+    if let Some(n) = node {
+        // a cluster's location is in Redis, whatever `persist` says
+        reg.set_node(n.shared.node());
+        let (held, skipped) = h
+            .block_on(store::shared::load_into(&n.shared, &reg))
+            .context("cluster.redis: reading the location")?;
+        tracing::info!(held, skipped, "location read from redis");
+        return Ok(reg);
+    }
     if !rs.persist {
         reg.set_persistence(false);
         return Ok(reg);

@@ -174,6 +174,8 @@ pub struct Proxy {
     media_calls: media::MediaCalls,
     /// A browser-to-phone call without a relay was logged.
     media_warned: std::sync::atomic::AtomicBool,
+    /// The cluster's nodes, when this process is one of several sharing state.
+    peers: Option<Arc<crate::cluster::Peers>>,
 }
 
 fn hash64<T: Hash + ?Sized>(salt: u64, v: &T) -> u64 {
@@ -239,6 +241,7 @@ impl Proxy {
             media: None,
             media_calls: Default::default(),
             media_warned: Default::default(),
+            peers: None,
         }
     }
 
@@ -308,6 +311,13 @@ impl Proxy {
     /// Adds the registrar and location service.
     pub fn with_registrar(mut self, r: Arc<Registrar>) -> Proxy {
         self.registrar = Some(r);
+        self
+    }
+
+    /// Makes this process a node of a cluster: the other nodes' addresses count as ours in
+    /// Route headers and as trusted senders, and flow tokens name this node.
+    pub fn with_peers(mut self, p: Arc<crate::cluster::Peers>) -> Proxy {
+        self.peers = Some(p);
         self
     }
 
@@ -506,18 +516,21 @@ impl Proxy {
         (mac == self.cfg.keys.tag_ids(purpose, &[id])).then_some(id)
     }
 
-    /// A connection's flow token (RFC 5626 §5.2): its id and a MAC of it, so a token cannot
-    /// be guessed to push requests into another client's connection.
-    pub(super) fn flow_token(&self, flow: FlowId) -> String {
-        let mac = self.cfg.keys.tag_ids(crate::mac::Purpose::Flow, &[flow]);
-        format!("f{flow:x}-{mac:016x}")
+    /// A connection's flow token ([`crate::mac::flow_token`]).
+    pub fn flow_token(&self, flow: FlowId) -> String {
+        crate::mac::flow_token(&self.cfg.keys, self.node(), flow)
+    }
+
+    /// This process's node id in a cluster (0: none).
+    fn node(&self) -> u16 {
+        self.peers.as_ref().map_or(0, |p| p.node())
     }
 
     /// The flow a token names, when the proxy issued it.
     pub(super) fn flow_of_token(&self, token: &str) -> Option<FlowId> {
         let (id, mac) = token.strip_prefix('f')?.split_once('-')?;
         let id = u64::from_str_radix(id, 16).ok()?;
-        (crate::mac::parse_tag(mac)? == self.cfg.keys.tag_ids(crate::mac::Purpose::Flow, &[id]))
+        (crate::mac::parse_tag(mac)? == crate::mac::flow_mac(&self.cfg.keys, self.node(), id))
             .then_some(id)
     }
 
@@ -541,8 +554,14 @@ impl Proxy {
             || sg == self.rr_signature(call_id, to_tag, user)
     }
 
-    /// True when host/port name this proxy (a listener address or an alias).
+    /// True when host/port name this proxy (a listener address or an alias) or, in a
+    /// cluster, another node.
     fn is_us_host(&self, host: &str, port: Option<u16>) -> bool {
+        self.names_host(host, port, true)
+    }
+
+    /// `peers`: another node's address counts too.
+    fn names_host(&self, host: &str, port: Option<u16>, peers: bool) -> bool {
         if let Some(ip) = host_ip(host) {
             let port = port.unwrap_or(5060);
             return self
@@ -551,7 +570,8 @@ impl Proxy {
                 .iter()
                 .map(|l| l.advertise)
                 .chain(self.cfg.bound.iter().copied())
-                .any(|a| a.ip() == ip && a.port() == port);
+                .any(|a| a.ip() == ip && a.port() == port)
+                || (peers && self.peers.as_ref().is_some_and(|p| p.names(ip, port)));
         }
         self.cfg
             .aliases
@@ -562,6 +582,12 @@ impl Proxy {
 
     fn is_us(&self, uri: &Uri) -> bool {
         matches!(uri.scheme, Scheme::Sip | Scheme::Sips) && self.is_us_host(uri.host, uri.port)
+    }
+
+    /// True when `uri` names this process itself (not another node of its cluster).
+    fn is_self(&self, uri: &Uri) -> bool {
+        matches!(uri.scheme, Scheme::Sip | Scheme::Sips)
+            && self.names_host(uri.host, uri.port, false)
     }
 
     // ----- entry points -----------------------------------------------------------------

@@ -236,12 +236,19 @@ impl Proxy {
         // signed: a Route of ours carries a valid signature and none a wrong one (ours without
         // any, as an outbound proxy's Route, may come along)
         let (mut signed, mut tampered) = (false, false);
+        // the topmost Routes may name another node of the cluster: the request reached us
+        // instead (a VIP moved, DNS SRV chose us) and we stand in for it; after a Route of
+        // our own, another node's is the next hop (a call handed to the node that holds the
+        // user's connection)
+        let mut own_popped = false;
         while popped < routes.len() {
             let na =
                 NameAddr::parse(routes[popped], "Route").map_err(|e| reject(400, e.reason()))?;
-            if !self.is_us(&na.uri) {
+            let own = self.is_self(&na.uri);
+            if !own && (own_popped || !self.is_us(&na.uri)) {
                 break;
             }
+            own_popped |= own;
             if to_tag && na.uri.params.has("sg") {
                 match self.rr_signed(&na.uri, msg.call_id(), from_tag, to_tag_s) {
                     true => signed = true,
@@ -534,6 +541,7 @@ impl Proxy {
     /// True when `src` is a media server (a dispatcher destination) or in a trusted network.
     pub(super) fn is_trusted(&self, src: &Source) -> bool {
         self.is_media_server(src.addr)
+            || self.peers.as_ref().is_some_and(|p| p.contains(src.addr))
             || self
                 .registrar
                 .as_ref()

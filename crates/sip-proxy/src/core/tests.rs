@@ -972,3 +972,67 @@ fn an_advertised_address_is_written_and_the_bound_one_is_still_ours() {
         assert!(fwd.get(HeaderName::Route).is_none(), "{route} popped");
     }
 }
+
+/// A cluster node: another node's requests are trusted (a call handed over for a user whose
+/// connection this node holds goes out over it), its address counts as ours at the top of
+/// a route set (standing in for it), and after a Route of our own it is the next hop.
+#[test]
+fn cluster_peers_hand_over_and_stand_in() {
+    let peers = Arc::new(crate::cluster::Peers::new(1));
+    peers.set(vec![addr("127.0.0.1:5060"), addr("127.0.0.1:5062")]);
+    let lone = proxy(&["127.0.0.1:5080"]);
+    let p = proxy(&["127.0.0.1:5080"]).with_peers(peers);
+    let now = Instant::now();
+    let token = p.flow_token(0x2a);
+    assert_ne!(
+        token,
+        lone.flow_token(0x2a),
+        "a node's tokens name the node"
+    );
+    assert_eq!(p.flow_of_token(&lone.flow_token(0x2a)), None);
+    let handed = |call: &str| {
+        format!("INVITE sip:carol@10.0.0.5:5060;transport=tcp SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK-{call}\r\nRoute: <sip:{token}@127.0.0.1:5060;lr;sbt=tcp>\r\nFrom: <sip:fs@h>;tag=ft\r\nTo: <sip:carol@127.0.0.1>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:fs@127.0.0.1:5080>\r\nMax-Forwards: 69\r\nContent-Length: 0\r\n\r\n")
+    };
+    let o = send(&p, now, "127.0.0.1:5062", &handed("h1"));
+    let fwd = o
+        .iter()
+        .find(|t| t.target.flow == Some(0x2a))
+        .expect("the request handed over by node 2 goes out over the connection");
+    assert_eq!(fwd.target.transport, Transport::Tcp);
+    assert_eq!(
+        parse(fwd).uri_str(),
+        "sip:carol@10.0.0.5:5060;transport=tcp"
+    );
+    // the same from an address that is no node reaches no connection
+    let o = send(&p, now, "127.0.0.1:5099", &handed("h2"));
+    assert!(o.iter().all(|t| t.target.flow != Some(0x2a)), "{o:?}");
+    // a BYE whose route set names node 2 first: this node stands in for it
+    let sg = p.rr_signature("d1", "ft", "");
+    let bye = |route: &str, branch: &str| {
+        format!("BYE sip:a@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-{branch}\r\nRoute: {route}\r\nFrom: <sip:svc@h>;tag=tt\r\nTo: <sip:a@h>;tag=ft\r\nCall-ID: d1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n")
+    };
+    let o = send(
+        &p,
+        now,
+        "127.0.0.1:5080",
+        &bye(&format!("<sip:127.0.0.1:5062;lr;sg={sg:016x}>"), "b1"),
+    );
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!(
+        o[0].target.addr,
+        addr("127.0.0.1:5070"),
+        "straight to the caller"
+    );
+    // after a Route of ours, node 2's is the next hop
+    let o = send(
+        &p,
+        now,
+        "127.0.0.1:5080",
+        &bye(
+            &format!("<sip:127.0.0.1:5060;lr;sg={sg:016x}>, <sip:127.0.0.1:5062;lr;sg={sg:016x}>"),
+            "b2",
+        ),
+    );
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!(o[0].target.addr, addr("127.0.0.1:5062"), "on to node 2");
+}

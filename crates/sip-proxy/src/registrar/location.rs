@@ -33,6 +33,9 @@ pub struct Binding {
     pub user_agent: Option<std::sync::Arc<str>>,
     /// UNIX seconds of the last REGISTER that saved or refreshed it.
     pub updated_unix: u64,
+    /// The cluster node that saved it (0 outside a cluster): the one holding its
+    /// connection, sending its keepalives and expiring it in the shared store.
+    pub node: u16,
     /// Keepalive pings that went unanswered since the last one answered; the top bit
     /// ([`super::PING_OUT`]) is set while one is out (see [`Binding::missed_pings`]).
     pub missed: u8,
@@ -49,7 +52,7 @@ impl Binding {
 #[derive(Debug, Clone)]
 pub enum LocEvent {
     Saved { aor: String, binding: Box<Binding> },
-    Removed { id: u64 },
+    Removed { aor: String, id: u64 },
 }
 
 /// The in-memory table.

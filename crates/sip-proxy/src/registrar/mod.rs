@@ -189,6 +189,8 @@ pub struct Registrar {
     /// their expiry, and calls ring nobody).
     flow_aors: Mutex<HashMap<crate::types::FlowId, Vec<Box<str>>>>,
     next_id: AtomicU64,
+    /// This node's id in a cluster (0: none); bindings saved here carry it.
+    node: std::sync::atomic::AtomicU16,
     /// The first id of this process's range ([`crate::id_range`]).
     id_base: AtomicU64,
     /// The wall clock at a known instant: `unix(now)` without reading the clock.
@@ -328,6 +330,7 @@ impl Registrar {
             flows: Mutex::new(HashMap::new()),
             flow_aors: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            node: Default::default(),
             id_base: AtomicU64::new(0),
             rounds: Mutex::new((epoch.0, epoch.0 + cfg.ping_interval)),
             epoch,
@@ -587,7 +590,10 @@ impl Registrar {
                         ));
                     }
                     for b in v.drain(..) {
-                        events.push(LocEvent::Removed { id: b.id });
+                        events.push(LocEvent::Removed {
+                            aor: aor.clone(),
+                            id: b.id,
+                        });
                     }
                     Ok(())
                 })?;
@@ -629,7 +635,10 @@ impl Registrar {
                         if c.expires == 0 {
                             if let Some(i) = idx {
                                 let b = v.remove(i);
-                                events.push(LocEvent::Removed { id: b.id });
+                                events.push(LocEvent::Removed {
+                                    aor: aor.clone(),
+                                    id: b.id,
+                                });
                             }
                             continue;
                         }
@@ -652,6 +661,7 @@ impl Registrar {
                             reg_id: c.reg_id,
                             user_agent: ua.clone(),
                             updated_unix: unix,
+                            node: self.node.load(Ordering::Relaxed),
                             missed: 0,
                         };
                         if let Some(f) = b.source.flow {
@@ -682,7 +692,10 @@ impl Registrar {
                     v.retain(|b| {
                         let keep = b.expires_at > now;
                         if !keep {
-                            events.push(LocEvent::Removed { id: b.id });
+                            events.push(LocEvent::Removed {
+                                aor: aor.clone(),
+                                id: b.id,
+                            });
                         }
                         keep
                     });
@@ -690,7 +703,10 @@ impl Registrar {
                         v.sort_by_key(|b| (b.updated_unix, b.id));
                         let extra = v.len() - max;
                         for b in v.drain(..extra) {
-                            events.push(LocEvent::Removed { id: b.id });
+                            events.push(LocEvent::Removed {
+                                aor: aor.clone(),
+                                id: b.id,
+                            });
                         }
                     }
                     Ok(contact_lines(v, now))
@@ -849,9 +865,13 @@ impl Registrar {
     /// Removes an AOR; returns how many bindings it had.
     pub fn remove_aor(&self, aor: &str) -> usize {
         let mut ev = Vec::new();
-        let n = self.loc.with(&normalize_aor(aor), |v| {
+        let aor = normalize_aor(aor);
+        let n = self.loc.with(&aor, |v| {
             for b in v.drain(..) {
-                ev.push(LocEvent::Removed { id: b.id });
+                ev.push(LocEvent::Removed {
+                    aor: aor.clone(),
+                    id: b.id,
+                });
             }
             ev.len()
         });
@@ -862,11 +882,15 @@ impl Registrar {
     /// Removes one contact of an AOR by its URI.
     pub fn remove_contact(&self, aor: &str, uri: &str) -> bool {
         let mut ev = Vec::new();
-        self.loc.with(&normalize_aor(aor), |v| {
+        let aor = normalize_aor(aor);
+        self.loc.with(&aor, |v| {
             v.retain(|b| {
                 let hit = &*b.uri == uri;
                 if hit {
-                    ev.push(LocEvent::Removed { id: b.id });
+                    ev.push(LocEvent::Removed {
+                        aor: aor.clone(),
+                        id: b.id,
+                    });
                 }
                 !hit
             })
@@ -893,13 +917,88 @@ impl Registrar {
         self.next_id.store(base + 1, Ordering::Relaxed);
     }
 
+    /// Makes this registrar node `node` of a cluster: bindings saved here name it, and
+    /// bindings naming another node are held as that node's (see [`Registrar::apply_remote`]).
+    pub fn set_node(&self, node: u16) {
+        self.node.store(node, Ordering::Relaxed);
+    }
+
+    pub fn node(&self) -> u16 {
+        self.node.load(Ordering::Relaxed)
+    }
+
+    /// A binding another node saved or refreshed (or this node, before a restart), read
+    /// from the shared store: held, replacing the one with its id; nothing is queued. A
+    /// binding already expired is ignored.
+    pub fn apply_remote(&self, now: Instant, aor: &str, mut b: Binding) {
+        let unix = self.unix(now);
+        if b.expires_unix <= unix {
+            return self.remove_remote(aor, b.id);
+        }
+        b.expires_at = now + Duration::from_secs(b.expires_unix - unix);
+        b.missed = 0;
+        if b.node == self.node() {
+            // ours from before a restart: its connection is gone
+            b.source.flow = None;
+            if crate::id_range(b.id) == crate::id_range(self.id_base.load(Ordering::Relaxed)) {
+                self.next_id.fetch_max(b.id + 1, Ordering::Relaxed);
+            }
+        }
+        self.loc.with(&normalize_aor(aor), |v| {
+            match v.iter_mut().find(|x| x.id == b.id) {
+                Some(x) => *x = b,
+                None => {
+                    v.reserve_exact(1);
+                    v.push(b)
+                }
+            }
+        });
+    }
+
+    /// A binding another node removed.
+    pub fn remove_remote(&self, aor: &str, id: u64) {
+        self.loc
+            .with(&normalize_aor(aor), |v| v.retain(|b| b.id != id));
+    }
+
+    /// The live bindings this node owns (to write again to a shared store that lost them).
+    pub fn own_bindings(&self, now: Instant) -> Vec<(String, Binding)> {
+        let me = self.node();
+        let mut all = Vec::new();
+        self.loc.for_each(|aor, v| {
+            for b in v.iter().filter(|b| b.node == me && b.expires_at > now) {
+                all.push((aor.to_string(), b.clone()));
+            }
+        });
+        all
+    }
+
+    /// Queues every live binding this node owns as saved again (a shared store that lost
+    /// its data gets this node's part back). Returns how many.
+    pub fn requeue_own(&self, now: Instant) -> usize {
+        let ev: Vec<LocEvent> = self
+            .own_bindings(now)
+            .into_iter()
+            .map(|(aor, b)| LocEvent::Saved {
+                aor,
+                binding: Box::new(b),
+            })
+            .collect();
+        let n = ev.len();
+        self.queue(ev);
+        n
+    }
+
     /// Loads persisted bindings at start (their `expires_unix` decides what is left).
     pub fn restore(&self, now: Instant, rows: Vec<(String, Binding)>) -> usize {
         let unix = self.unix(now);
         let mut n = 0;
         for (aor, mut b) in rows {
             if b.expires_unix <= unix {
-                self.queue(vec![LocEvent::Removed { id: b.id }]);
+                self.queue(vec![LocEvent::Removed {
+                    aor: normalize_aor(&aor),
+                    id: b.id,
+                }]);
                 continue;
             }
             b.expires_at = now + Duration::from_secs(b.expires_unix - unix);
@@ -943,14 +1042,23 @@ impl Registrar {
         let max_missed = self.cfg.ping_max_missed.max(1);
         let ping_all = self.cfg.ping_all;
         let from = &self.cfg.ping_from;
+        let me = self.node.load(Ordering::Relaxed);
         self.loc.for_each(|aor, v| {
             v.retain_mut(|b| {
+                // another node's binding is its owner's to expire and ping in the shared
+                // store; here it only leaves the cache
+                let ours = b.node == me;
                 if b.expires_at <= now {
-                    tracing::debug!(aor, contact = %b.uri, "binding expired");
-                    ev.push(LocEvent::Removed { id: b.id });
+                    if ours {
+                        tracing::debug!(aor, contact = %b.uri, "binding expired");
+                        ev.push(LocEvent::Removed {
+                            aor: aor.into(),
+                            id: b.id,
+                        });
+                    }
                     return false;
                 }
-                if ping_round && (b.nat || ping_all) {
+                if ours && ping_round && (b.nat || ping_all) {
                     let udp = b.source.transport == Transport::Udp;
                     // `missed` counts pings that went unanswered; its top bit says one is
                     // out now (an answering contact shows none missed between rounds)
@@ -961,7 +1069,10 @@ impl Registrar {
                     }
                     if udp && b.missed >= max_missed {
                         tracing::info!(aor, contact = %b.uri, missed = b.missed, "contact stopped answering keepalives: removed");
-                        ev.push(LocEvent::Removed { id: b.id });
+                        ev.push(LocEvent::Removed {
+                            aor: aor.into(),
+                            id: b.id,
+                        });
                         return false;
                     }
                     if udp {
@@ -1016,7 +1127,10 @@ impl Registrar {
                     let gone = b.source.flow == Some(flow);
                     if gone {
                         tracing::info!(aor = &*aor, contact = %b.uri, "connection closed: contact removed");
-                        ev.push(LocEvent::Removed { id: b.id });
+                        ev.push(LocEvent::Removed {
+                            aor: aor.to_string(),
+                            id: b.id,
+                        });
                     }
                     !gone
                 })
@@ -1038,7 +1152,10 @@ impl Registrar {
                 let hit = b.id == id;
                 if hit {
                     tracing::info!(aor, contact = %b.uri, "contact's connection is gone: removed");
-                    ev.push(LocEvent::Removed { id });
+                    ev.push(LocEvent::Removed {
+                        aor: aor.into(),
+                        id,
+                    });
                 }
                 !hit
             })

@@ -1600,3 +1600,76 @@ fn parallel_forking_with_relayed_media_offers_each_branch_on_its_own() {
         (crate::media::MediaOp::Answer, "1")
     );
 }
+
+/// A cluster node holds the other nodes' bindings: found by lookups, never expired, pinged
+/// or removed in its own name (their owner does that in the shared store), and replaced by
+/// id when the owner changes them.
+#[test]
+fn another_nodes_bindings_are_held_but_not_managed() {
+    let (_p, reg, now) = setup(|c| c.ping_interval = Duration::from_secs(30));
+    reg.set_node(1);
+    let remote = |id: u64, expires_in: u64, flow: Option<u64>| Binding {
+        id,
+        uri: format!("sip:alice@10.0.0.{id}:5060").into(),
+        q: 1000,
+        expires_at: now,
+        expires_unix: EPOCH_UNIX + expires_in,
+        call_id: "c".into(),
+        cseq: 1,
+        source: Target {
+            transport: Transport::Udp,
+            addr: addr("127.0.0.1:7000"),
+            flow,
+        },
+        nat: true,
+        path: None,
+        instance: None,
+        reg_id: None,
+        user_agent: None,
+        updated_unix: EPOCH_UNIX,
+        node: 2,
+        missed: 0,
+    };
+    reg.apply_remote(now, "alice@EXAMPLE.com", remote(5, 60, None));
+    reg.apply_remote(now, "alice@example.com", remote(6, 10, None));
+    assert_eq!(reg.lookup("alice", "example.com", now).unwrap().len(), 2);
+    assert!(
+        reg.take_events().is_empty(),
+        "nothing of another node's is queued"
+    );
+    // the owner refreshed binding 5 (same id: replaced, not added)
+    let mut b = remote(5, 120, None);
+    b.cseq = 2;
+    reg.apply_remote(now, "alice@example.com", b);
+    assert_eq!(reg.show("alice@example.com", now).len(), 2);
+    // 30 s on: binding 6 expired and left quietly; no keepalive for another node's contact
+    let later = now + Duration::from_secs(31);
+    let mut pings = Vec::new();
+    reg.tick(later, &mut pings);
+    assert!(
+        pings.is_empty(),
+        "the owner node pings its contacts: {pings:?}"
+    );
+    assert!(reg.take_events().is_empty());
+    assert_eq!(reg.show("alice@example.com", later).len(), 1);
+    assert!(reg.own_bindings(later).is_empty());
+    // removed by its owner
+    reg.remove_remote("alice@example.com", 5);
+    assert!(reg.show("alice@example.com", later).is_empty());
+    // a record already expired is not taken
+    reg.apply_remote(later, "alice@example.com", remote(7, 1, None));
+    assert!(reg.show("alice@example.com", later).is_empty());
+    // this node's own binding from before a restart: adopted, its connection forgotten, and
+    // the id counter moved past it
+    reg.set_id_base(1 << crate::ID_COUNTER_BITS);
+    let mut own = remote((1 << crate::ID_COUNTER_BITS) + 40, 300, Some(9));
+    own.node = 1;
+    reg.apply_remote(later, "alice@example.com", own);
+    let mine = reg.own_bindings(later);
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].1.source.flow, None);
+    assert_eq!(reg.requeue_own(later), 1);
+    assert!(
+        matches!(&reg.take_events()[..], [LocEvent::Saved { binding, .. }] if binding.node == 1)
+    );
+}
