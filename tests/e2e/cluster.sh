@@ -45,6 +45,10 @@ min_expires_s = 2
 auth_slow_after = 0
 auth_ban_after = 0
 ping_interval_s = 0
+[dialog]
+enabled = true
+[accounting]
+enabled = true
 [cluster]
 node_id = $id
 redis = "redis://127.0.0.1:$rport"
@@ -135,6 +139,25 @@ result "the connection closed on A: the binding leaves B too" $? "B holds: $(con
 wait_contacts $MA alice@127.0.0.1 0
 result "removed through B's management API: gone from A" $? "A holds: $(contacts $MA alice@127.0.0.1 | wc -l)"
 kill -KILL $ALICE_PID 2>/dev/null; wait $ALICE_PID 2>/dev/null
+
+# ---- a call set up through A, ended with a BYE through B ----------------------------------
+ds_calls() { # MGMT: calls the node counts on its destinations
+  mi_curl -X POST "http://127.0.0.1:$1/mi" -d '{"jsonrpc":"2.0","method":"ds_list","id":1}' |
+    python3 -c "import json,sys; print(sum(d['calls'] for s in json.load(sys.stdin)['result']['sets'] for d in s['destinations']))" 2>/dev/null
+}
+sipp -sf "$SC/uas-rr.xml" -i 127.0.0.1 -p $FS -nostdin >"$WORK/uas.out" 2>&1 </dev/null & UAS_PID=$!; PIDS+=($UAS_PID)
+for _ in $(seq 50); do busy $FS && break; sleep 0.1; done
+python3 "$ROOT/tests/e2e/dlgcall.py" $AG3 $PA $PB 3 >"$WORK/dlgcall.out" 2>&1 & DC=$!
+sleep 2.5
+da=$(metric $MA switchboard_dialogs); db=$(metric $MB switchboard_dialogs); cd0=$(ds_calls $MA)
+wait $DC; rc=$?
+for _ in $(seq 30); do [ "$(metric $MA switchboard_dialogs)" = 0 ] && break; sleep 0.1; done
+aa=$(metric $MA switchboard_dialogs); ab=$(metric $MB switchboard_dialogs)
+calls=$(ds_calls $MA)
+for _ in $(seq 20); do cdr=$(db_sql "SELECT count(*) FROM acc WHERE callid LIKE 'dlgcall-%'"); [ "$cdr" = 1 ] && break; sleep 0.1; done
+kill -KILL $UAS_PID 2>/dev/null; wait $UAS_PID 2>/dev/null
+[ $rc = 0 ] && [ "$da" = 1 ] && [ "$db" = 1 ] && [ "$aa" = 0 ] && [ "$ab" = 0 ] && [ "$cd0" = 1 ] && [ "$calls" = 0 ] && [ "$cdr" = 1 ]
+result "a call set up through A, ended with BYE through B: both nodes held it, both let it go, A's count released, one CDR" $? "$(tr '\n' ' ' < "$WORK/dlgcall.out")dialogs during A=$da B=$db, after A=$aa B=$ab; A's dispatcher calls during: $cd0, after: $calls; CDRs: $cdr"
 
 # ---- restart, hostile records -----------------------------------------------------------------
 agent alice secret1 $AG 55000 $PA; ALICE_PID=$AGENT_PID

@@ -348,7 +348,8 @@ fn matches(d: &Dialog, call_id: &str, from_tag: &str) -> bool {
 #[derive(Debug, Clone)]
 pub enum DlgEvent {
     Saved(Box<Dialog>),
-    Removed(u64),
+    /// Its id and Call-ID.
+    Removed(u64, Box<str>),
 }
 
 /// One shard of the dialog table.
@@ -367,6 +368,9 @@ pub struct Dialogs {
     epoch: (Instant, u64),
     events: Mutex<Vec<DlgEvent>>,
     persist: std::sync::atomic::AtomicBool,
+    /// A cluster node: dialogs from another node's id range are held for routing, but
+    /// their expiry is their owner's.
+    clustered: std::sync::atomic::AtomicBool,
     /// The keys of the Call-ID/tag hash.
     keys: SecretKeys,
 }
@@ -397,6 +401,7 @@ impl Dialogs {
             epoch,
             events: Mutex::new(Vec::new()),
             persist: std::sync::atomic::AtomicBool::new(false),
+            clustered: Default::default(),
             cfg,
             shards: (0..64).map(|_| Mutex::new(Table::default())).collect(),
             next_id: AtomicU64::new(1),
@@ -640,7 +645,7 @@ impl Dialogs {
     pub fn on_bye(&self, call_id: &str, from_tag: &str, to_tag: &str) -> Option<(Dialog, Ending)> {
         let r = self.remove_by_bye(call_id, from_tag, to_tag);
         if let Some((d, _)) = r.as_ref().filter(|(d, _)| d.saved) {
-            self.queue(DlgEvent::Removed(d.id));
+            self.queue(DlgEvent::Removed(d.id, d.call_id().into()));
         }
         r
     }
@@ -701,7 +706,7 @@ impl Dialogs {
                 let d = *g.remove(&k)?;
                 drop(g);
                 if d.saved {
-                    self.queue(DlgEvent::Removed(d.id));
+                    self.queue(DlgEvent::Removed(d.id, d.call_id().into()));
                 }
                 let byes = byes_for(&d, via, &self.cfg.user_agent);
                 return Some((d, byes));
@@ -749,8 +754,12 @@ impl Dialogs {
                 .collect();
             for k in expired {
                 if let Some(d) = g.remove(&k).map(|d| *d) {
+                    if !self.owns(d.id) {
+                        // another node's: it sends the BYEs and removes the record
+                        continue;
+                    }
                     if persisting && d.saved {
-                        saves.push(DlgEvent::Removed(d.id));
+                        saves.push(DlgEvent::Removed(d.id, d.call_id().into()));
                     }
                     let byes = if d.state == DialogState::Confirmed {
                         byes_for(&d, via, &self.cfg.user_agent)
@@ -790,6 +799,39 @@ impl Dialogs {
     pub fn set_id_base(&self, base: u64) {
         self.id_base.store(base, Ordering::Relaxed);
         self.next_id.store(base + 1, Ordering::Relaxed);
+    }
+
+    /// Makes this table a cluster node's: dialogs of other nodes' id ranges are theirs to
+    /// expire ([`Dialogs::apply_remote`]).
+    pub fn set_clustered(&self, on: bool) {
+        self.clustered.store(on, Ordering::Relaxed);
+    }
+
+    /// True when dialog `id` is this process's to expire and end (always, outside a
+    /// cluster: a restored dialog is from an earlier run's range).
+    pub fn owns(&self, id: u64) -> bool {
+        !self.clustered.load(Ordering::Relaxed)
+            || crate::id_range(id) == crate::id_range(self.id_base.load(Ordering::Relaxed))
+    }
+
+    /// A dialog another node saved (or this node, before a restart), read from the shared
+    /// store: held, replacing the one with its Call-ID and caller's tag; nothing is queued.
+    pub fn apply_remote(&self, mut d: Dialog) {
+        d.saved = true;
+        d.dirty = false;
+        if crate::id_range(d.id) == crate::id_range(self.id_base.load(Ordering::Relaxed)) {
+            self.next_id.fetch_max(d.id + 1, Ordering::Relaxed);
+        }
+        let key = self.key(d.call_id(), d.from_tag());
+        self.shard(d.call_id()).insert(key, Box::new(d));
+    }
+
+    /// A dialog another node ended: removed, and returned (this node may have counted its
+    /// call). `call_id` finds its shard at once.
+    pub fn remove_remote(&self, call_id: &str, id: u64) -> Option<Dialog> {
+        let mut g = self.shard(call_id);
+        let key = g.iter().find(|(_, d)| d.id == id).map(|(k, _)| *k)?;
+        g.remove(&key).map(|d| *d)
     }
 
     /// Puts back dialogs persisted before a restart (their rows exist).
@@ -1178,8 +1220,59 @@ mod persistence_tests {
             matches!(&t.take_events()[..], [DlgEvent::Saved(d)] if d.session_expires == Some(1800))
         );
         t.on_bye("c", "f", "t");
-        assert!(matches!(&t.take_events()[..], [DlgEvent::Removed(_)]));
+        assert!(matches!(&t.take_events()[..], [DlgEvent::Removed(..)]));
         assert!(out.is_empty());
+    }
+
+    /// A cluster node holds another node's dialogs: known to in-dialog requests, ended by a
+    /// BYE through it (queued, so the owner hears), but expired only by their owner.
+    #[test]
+    fn another_nodes_dialogs_are_held_but_expired_by_their_owner() {
+        let epoch = (Instant::now(), 100);
+        let owner = Dialogs::new(DialogConfig::default(), epoch);
+        owner.set_id_base(1 << crate::ID_COUNTER_BITS);
+        owner.set_clustered(true);
+        owner.set_persistence(true);
+        let now = epoch.0;
+        ans(&owner, now, 101, true, ("c", "f", "t"), leg("a"), leg("b"));
+        ans(&owner, now, 101, true, ("c2", "f", "t"), leg("a"), leg("b"));
+        let mut out = vec![];
+        owner.sweep(now + Duration::from_secs(2), &v, &mut out);
+        let saved: Vec<Dialog> = owner
+            .take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                DlgEvent::Saved(d) => Some(*d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(saved.len(), 2);
+        let other = Dialogs::new(DialogConfig::default(), epoch);
+        other.set_id_base(2 << crate::ID_COUNTER_BITS);
+        other.set_clustered(true);
+        other.set_persistence(true);
+        for d in &saved {
+            assert!(!other.owns(d.id) && owner.owns(d.id));
+            other.apply_remote(d.clone());
+        }
+        assert!(other.knows("c", "t", "f"), "either side's tags");
+        assert!(other.take_events().is_empty(), "nothing queued back");
+        // a BYE through the other node ends it there and tells the owner
+        assert!(other.on_bye("c", "f", "t").is_some());
+        assert!(matches!(&other.take_events()[..], [DlgEvent::Removed(_, c)] if &**c == "c"));
+        assert!(owner.remove_remote("c", saved[0].id).is_some());
+        assert!(owner.remove_remote("c", saved[0].id).is_none());
+        // past its lifetime: the owner sends the BYEs, the other node only lets it go
+        let late = now + Duration::from_secs(7 * 3600);
+        let mut other_out = vec![];
+        other.sweep(late, &v, &mut other_out);
+        assert!(other_out.is_empty() && other.take_events().is_empty());
+        assert!(!other.knows("c2", "f", "t"));
+        owner.sweep(late, &v, &mut out);
+        assert!(matches!(&out[..], [(d, byes)] if d.call_id() == "c2" && byes.len() == 2));
+        // outside a cluster every dialog is this process's (restored ones too)
+        let lone = Dialogs::new(DialogConfig::default(), epoch);
+        assert!(lone.owns(saved[1].id));
     }
 
     /// SIGTERM must not lose a call confirmed in its last second: `persist_all` writes every

@@ -97,7 +97,7 @@ pub fn dialog(r: &crate::DialogRow, now: Instant, unix_now: u64) -> Result<Dialo
 pub fn op(e: &DlgEvent, now: Instant, unix_now: u64) -> crate::DialogOp {
     match e {
         DlgEvent::Saved(d) => crate::DialogOp::Upsert(Box::new(row(d, now, unix_now))),
-        DlgEvent::Removed(id) => crate::DialogOp::Delete(*id as i64),
+        DlgEvent::Removed(id, _) => crate::DialogOp::Delete(*id as i64),
     }
 }
 

@@ -126,6 +126,7 @@ pub struct LocationRow {
 /// One `dialog` row (OpenSIPS 3 schema, plus `node`, `answer_time`, `session_expires`).
 /// `caller_sock`/`callee_sock` hold how each side is reached (`udp:1.2.3.4:5060`); `state`
 /// uses OpenSIPS' codes (4 = confirmed).
+#[cfg_attr(feature = "redis", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DialogRow {
     pub dlg_id: i64,

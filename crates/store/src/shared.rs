@@ -11,6 +11,9 @@
 //!   count as this cluster's (a call's route set may name a node that died).
 //! - `P:loc:<aor>`: hash binding id → [`LocRecord`] (JSON), expiring with its last binding.
 //! - channel `P:loc`: each change as a [`LocMessage`], naming the node that made it.
+//! - `P:dlg`: hash dialog id → [`crate::DialogRow`] (JSON); channel `P:dlg`: [`DlgMessage`].
+//!   A dialog's owner is the node whose id range its id is in: the owner expires it (BYEs
+//!   and the removal); any node ends it on a BYE, and the owner then releases its count.
 //!
 //! Everything read from Redis is checked as hostile input: a record that does not decode,
 //! or whose values are out of bounds, is skipped (logged, counted), never trusted.
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
+use sip_proxy::dialog::{Dialogs, DlgEvent};
 use sip_proxy::registrar::{Binding, LocEvent, Registrar};
 use sip_proxy::{FlowId, Target, Transport};
 
@@ -128,6 +132,18 @@ pub struct LocMessage {
     /// … the id of one removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<u64>,
+}
+
+/// A dialog change on the channel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DlgMessage {
+    /// The node that made it.
+    pub n: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved: Option<crate::DialogRow>,
+    /// A dialog ended: its id and Call-ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<(u64, String)>,
 }
 
 fn err(e: redis::RedisError) -> StoreError {
@@ -378,6 +394,61 @@ return 0";
         p.query_async::<()>(&mut con).await.map_err(err)
     }
 
+    /// Writes dialog changes and publishes them, in one pipeline (in order).
+    pub async fn write_dialogs(&self, changes: &[DlgMessage]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let (key, channel) = (self.key("dlg"), self.key("dlg"));
+        let mut p = redis::pipe();
+        for c in changes {
+            if let Some(r) = &c.saved {
+                let json = serde_json::to_string(r).expect("dialog row encodes");
+                p.cmd("HSET").arg(&key).arg(r.dlg_id).arg(json).ignore();
+            }
+            if let Some((id, _)) = &c.removed {
+                p.cmd("HDEL").arg(&key).arg(id).ignore();
+            }
+            let msg = serde_json::to_string(c).expect("message encodes");
+            p.cmd("PUBLISH").arg(&channel).arg(msg).ignore();
+        }
+        let mut con = self.con.clone();
+        p.query_async::<()>(&mut con).await.map_err(err)
+    }
+
+    /// Every dialog in the store; malformed ones are skipped (counted), and those past
+    /// their time (their owner died) are deleted.
+    pub async fn load_dialogs(&self) -> Result<Vec<crate::DialogRow>, StoreError> {
+        let mut con = self.con.clone();
+        let key = self.key("dlg");
+        let all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .map_err(err)?;
+        let now = crate::unix_now() as i64;
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        for (id, v) in all {
+            match serde_json::from_str::<crate::DialogRow>(&v) {
+                Ok(r) if r.timeout <= now => stale.push(id),
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    self.bad.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(id, error = %e, "malformed dialog in Redis skipped");
+                }
+            }
+        }
+        if !stale.is_empty() {
+            let _ = redis::cmd("HDEL")
+                .arg(&key)
+                .arg(&stale)
+                .query_async::<()>(&mut con)
+                .await;
+        }
+        Ok(out)
+    }
+
     /// Every binding in the store, as (AOR, record); malformed ones are skipped (counted).
     pub async fn load_location(&self) -> Result<Vec<(String, LocRecord)>, StoreError> {
         let mut con = self.con.clone();
@@ -622,30 +693,135 @@ pub fn apply_message(shared: &Shared, reg: &Registrar, payload: &[u8]) -> bool {
     true
 }
 
-/// Whether this node follows the channel now (subscribed and caught up).
+/// Whether this node follows the channels now (subscribed and caught up).
 pub static FOLLOWING: AtomicBool = AtomicBool::new(false);
 
-/// Follows the other nodes' location changes for as long as the process runs: subscribes,
-/// then reads the whole table (so nothing published before the subscription is missed),
-/// then applies each change. When the subscription drops (Redis restarted, the network
-/// failed), it starts again after a second and reads the table again (a node rejoining
-/// catches up). Run it under the supervisor.
-pub async fn follow_location(shared: Shared, reg: Arc<Registrar>) {
-    let channel = shared.key("loc");
+/// What a node keeps current from the other nodes' changes.
+#[derive(Clone, Default)]
+pub struct Followers {
+    pub location: Option<Arc<Registrar>>,
+    pub dialogs: Option<DialogFollower>,
+}
+
+/// The dialog table and what must hear of a call another node ended (this node's router,
+/// which may have counted it).
+#[derive(Clone)]
+pub struct DialogFollower {
+    pub dialogs: Arc<Dialogs>,
+    pub router: Arc<dyn sip_proxy::Router>,
+}
+
+/// Loads every dialog into the table; returns (held, skipped). `restored`: called for each
+/// dialog this node owns (to count its call again).
+pub async fn load_dialogs_into(
+    shared: &Shared,
+    f: &DialogFollower,
+    restored: &(dyn Fn(&sip_proxy::dialog::Dialog) + Sync),
+) -> Result<(usize, usize), StoreError> {
+    let rows = shared.load_dialogs().await?;
+    let (now, unix) = (Instant::now(), crate::unix_now());
+    let (mut held, mut skipped) = (0, 0);
+    for r in &rows {
+        match crate::dialog_rows::dialog(r, now, unix) {
+            Ok(d) => {
+                if f.dialogs.owns(d.id) {
+                    restored(&d);
+                }
+                f.dialogs.apply_remote(d);
+                held += 1;
+            }
+            Err(why) => {
+                skipped += 1;
+                shared.bad.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(id = r.dlg_id, reason = %why, "dialog in Redis skipped");
+            }
+        }
+    }
+    Ok((held, skipped))
+}
+
+/// Applies one dialog message from the channel (not this node's own).
+pub fn apply_dialog_message(shared: &Shared, f: &DialogFollower, payload: &[u8]) -> bool {
+    if payload.len() > MAX_MESSAGE {
+        shared.bad.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    let m: DlgMessage = match serde_json::from_slice(payload) {
+        Ok(m) => m,
+        Err(e) => {
+            shared.bad.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "malformed dialog change on the cluster channel skipped");
+            return false;
+        }
+    };
+    if m.n == shared.node {
+        return false;
+    }
+    if let Some(r) = &m.saved {
+        match crate::dialog_rows::dialog(r, Instant::now(), crate::unix_now()) {
+            Ok(d) => f.dialogs.apply_remote(d),
+            Err(why) => {
+                shared.bad.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(reason = %why, "dialog change on the cluster channel skipped");
+                return false;
+            }
+        }
+    }
+    if let Some((id, call_id)) = &m.removed {
+        if let Some(d) = f.dialogs.remove_remote(call_id, *id) {
+            // ended through another node: the call this node counted is over
+            f.router.on_call_ended(d.call_id());
+            tracing::debug!(
+                call_id = d.call_id(),
+                id,
+                node = m.n,
+                "dialog ended through another node"
+            );
+        }
+    }
+    true
+}
+
+/// Follows the other nodes' changes for as long as the process runs: subscribes, then
+/// reads the whole tables (so nothing published before the subscription is missed), then
+/// applies each change. When the subscription drops (Redis restarted, the network failed),
+/// it starts again after a second and reads the tables again (a node rejoining catches up).
+/// Run it under the supervisor.
+pub async fn follow(shared: Shared, f: Followers) {
+    let (loc, dlg) = (shared.key("loc"), shared.key("dlg"));
     loop {
         let run = async {
             let mut ps = shared.client.get_async_pubsub().await.map_err(err)?;
-            ps.subscribe(&channel).await.map_err(err)?;
-            let (held, skipped) = load_into(&shared, &reg).await?;
+            if f.location.is_some() {
+                ps.subscribe(&loc).await.map_err(err)?;
+            }
+            if f.dialogs.is_some() {
+                ps.subscribe(&dlg).await.map_err(err)?;
+            }
+            let mut held = 0;
+            if let Some(reg) = &f.location {
+                held += load_into(&shared, reg).await?.0;
+            }
+            if let Some(d) = &f.dialogs {
+                held += load_dialogs_into(&shared, d, &|_| ()).await?.0;
+            }
             FOLLOWING.store(true, Ordering::Relaxed);
             tracing::info!(
                 held,
-                skipped,
-                "cluster location followed (table read, changes subscribed)"
+                "cluster state followed (tables read, changes subscribed)"
             );
             let mut stream = ps.on_message();
             while let Some(msg) = stream.next().await {
-                apply_message(&shared, &reg, msg.get_payload_bytes());
+                let channel = msg.get_channel_name();
+                if channel == loc {
+                    if let Some(reg) = &f.location {
+                        apply_message(&shared, reg, msg.get_payload_bytes());
+                    }
+                } else if channel == dlg {
+                    if let Some(d) = &f.dialogs {
+                        apply_dialog_message(&shared, d, msg.get_payload_bytes());
+                    }
+                }
             }
             Ok::<_, StoreError>(())
         };
@@ -659,6 +835,50 @@ pub async fn follow_location(shared: Shared, reg: Arc<Registrar>) {
             tracing::debug!(error = %e, "cluster channel not reachable yet");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The dialog table's changes, written to Redis and published.
+pub struct DialogJob {
+    pub dialogs: Arc<Dialogs>,
+    pub shared: Shared,
+}
+
+impl crate::behind::Job for DialogJob {
+    type Item = DlgEvent;
+    const TABLE: &'static str = "redis:dialog";
+    fn take(&self) -> Vec<DlgEvent> {
+        self.dialogs.take_events()
+    }
+    async fn write(&self, items: &[DlgEvent]) -> Result<usize, WriteFail> {
+        let (now, unix) = (Instant::now(), crate::unix_now());
+        let n = self.shared.node;
+        let msgs: Vec<DlgMessage> = items
+            .iter()
+            .map(|e| match e {
+                DlgEvent::Saved(d) => DlgMessage {
+                    n,
+                    saved: Some(crate::dialog_rows::row(d, now, unix)),
+                    removed: None,
+                },
+                DlgEvent::Removed(id, call_id) => DlgMessage {
+                    n,
+                    saved: None,
+                    removed: Some((*id, call_id.to_string())),
+                },
+            })
+            .collect();
+        self.shared
+            .write_dialogs(&msgs)
+            .await
+            .map_err(|e| WriteFail {
+                message: e.to_string(),
+                refused: false,
+            })?;
+        Ok(0)
+    }
+    fn health(&self) -> &'static Health {
+        &SHARED_HEALTH
     }
 }
 
@@ -872,7 +1092,13 @@ mod tests {
             (Instant::now(), crate::unix_now()),
         ));
         reg_b.set_node(2);
-        let follow = tokio::spawn(follow_location(b.clone(), reg_b.clone()));
+        let follow = tokio::spawn(follow(
+            b.clone(),
+            Followers {
+                location: Some(reg_b.clone()),
+                dialogs: None,
+            },
+        ));
         for _ in 0..50 {
             if FOLLOWING.load(Ordering::Relaxed) {
                 break;

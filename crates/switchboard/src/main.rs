@@ -550,10 +550,6 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             };
             let period = std::time::Duration::from_millis(50);
             shared_loc_writer = Some(store::behind::Writer::start(job, period, limit));
-            let (sh, r) = (n.shared.clone(), reg.clone());
-            net::supervise::spawn("cluster-follow", move || {
-                store::shared::follow_location(sh.clone(), r.clone())
-            });
             cluster_reg = Some(reg.clone());
         } else if rs.persist {
             let job = store::behind::LocationJob {
@@ -564,6 +560,8 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     let mut dialog_writer = None;
+    let mut dialog_writer_shared = None;
+    let mut cluster_dialogs = None;
     let mut restored_dialogs = None;
     if let Some(dc) = &cfg.dialog {
         let mut dc = dc.clone();
@@ -572,7 +570,30 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
             dc,
             (Instant::now(), unix_now()),
         ));
-        if let Some((s, h)) = store_ctx.as_ref().filter(|_| cfg.dialog_persist) {
+        if let Some(n) = &node {
+            // a cluster's dialogs are in Redis, whatever `persist` says: any node routes
+            // and ends any call; the owner expires it and counts it
+            dl.set_id_base(id_base);
+            dl.set_clustered(true);
+            let f = store::shared::DialogFollower {
+                dialogs: dl.clone(),
+                router: router.clone(),
+            };
+            let r = router.clone();
+            let (held, skipped) = rt
+                .block_on(store::shared::load_dialogs_into(&n.shared, &f, &|d| {
+                    r.restore_call(d.call_id(), d.node.as_deref(), d.caller.target.addr)
+                }))
+                .context("cluster.redis: reading the dialogs")?;
+            tracing::info!(held, skipped, "dialogs read from redis");
+            dl.set_persistence(true);
+            let job = store::shared::DialogJob {
+                dialogs: dl.clone(),
+                shared: n.shared.clone(),
+            };
+            dialog_writer_shared = Some(store::behind::Writer::start(job, period, limit));
+            cluster_dialogs = Some(f);
+        } else if let Some((s, h)) = store_ctx.as_ref().filter(|_| cfg.dialog_persist) {
             start_dialogs(&dl, &router, s, h, id_base)?;
             let job = store::behind::DialogJob {
                 dialogs: dl.clone(),
@@ -630,12 +651,25 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         ));
     }
     if let Some(n) = &node {
-        n.run(cluster_reg);
+        n.run(cluster_reg.clone());
+        let (sh, f) = (
+            n.shared.clone(),
+            store::shared::Followers {
+                location: cluster_reg,
+                dialogs: cluster_dialogs,
+            },
+        );
+        net::supervise::spawn("cluster-follow", move || {
+            store::shared::follow(sh.clone(), f.clone())
+        });
     }
     let queues: Vec<store::behind::Meter> = [
         loc_writer.as_ref().map(store::behind::Writer::meter),
         shared_loc_writer.as_ref().map(store::behind::Writer::meter),
         dialog_writer.as_ref().map(store::behind::Writer::meter),
+        dialog_writer_shared
+            .as_ref()
+            .map(store::behind::Writer::meter),
         cdr_writer.as_ref().map(store::behind::Writer::meter),
     ]
     .into_iter()
@@ -827,17 +861,18 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
     }
     let deadline = cfg.shutdown_timeout;
     let left = rt.block_on(async {
-        let (a, b, c, d) = tokio::join!(
+        let (a, b, c, d, e) = tokio::join!(
             store::behind::stop(cdr_writer, deadline),
             store::behind::stop(dialog_writer, deadline),
             store::behind::stop(loc_writer, deadline),
             store::behind::stop(shared_loc_writer, deadline),
+            store::behind::stop(dialog_writer_shared, deadline),
         );
         // a node stopped cleanly gives its id up at once (a restart need not wait)
         if let Some(n) = &node {
             n.shared.release().await;
         }
-        a + b + c + d
+        a + b + c + d + e
     });
     tracing::info!(
         active_transactions = proxy.active_contexts(),

@@ -13,6 +13,9 @@ impl Proxy {
     ) {
         Stats::inc(&self.stats.rcv_replies);
         let code = msg.status().unwrap_or(0);
+        if self.to_peer(&msg, out) {
+            return;
+        }
         let branch = msg.branch().unwrap_or("");
         let (id, idx) = match self.owner_of(branch) {
             Owner::Ours(Origin::Relay { ctx, branch }) => (ctx, branch),
@@ -548,6 +551,37 @@ impl Proxy {
                 tls_name: None,
             });
         }
+    }
+
+    /// A reply whose top Via is another node's reached this one (a media server answering
+    /// the address its call came from rather than the Via, a VIP that moved): handed to
+    /// that node as it is, which checks its branch like any reply. True when handed on.
+    fn to_peer(&self, msg: &Message, out: &mut Vec<Transmit>) -> bool {
+        let Some(peers) = &self.peers else {
+            return false;
+        };
+        let Some(Ok(via)) = msg.vias().next() else {
+            return false;
+        };
+        let Some(ip) = host_ip(via.host) else {
+            return false;
+        };
+        let to = SocketAddr::new(ip, via.port.unwrap_or(5060));
+        if !peers.contains(to) || self.names_host(via.host, via.port, false) {
+            return false;
+        }
+        Stats::inc(&self.stats.fwd_replies);
+        out.push(Transmit {
+            target: Target {
+                transport: Transport::Udp,
+                addr: to,
+                flow: None,
+            },
+            data: msg.bytes().clone(),
+            origin: None,
+            tls_name: None,
+        });
+        true
     }
 
     pub(super) fn forward_response_stateless(&self, msg: &Message, out: &mut Vec<Transmit>) {

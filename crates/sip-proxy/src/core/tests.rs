@@ -1035,4 +1035,12 @@ fn cluster_peers_hand_over_and_stand_in() {
     );
     assert_eq!(o.len(), 1, "{o:?}");
     assert_eq!(o[0].target.addr, addr("127.0.0.1:5062"), "on to node 2");
+    // a reply for a request node 2 sent, answered to this node: handed to node 2 unchanged
+    let reply = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKsb1.2.3.0000000000000000\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-x\r\nFrom: <sip:a@h>;tag=ft\r\nTo: <sip:b@h>;tag=tt\r\nCall-ID: r1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+    let o = send(&p, now, "127.0.0.1:5080", reply);
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!(o[0].target.addr, addr("127.0.0.1:5062"));
+    assert_eq!(&o[0].data[..], reply.as_bytes());
+    // outside a cluster the same reply is foreign: dropped
+    assert!(send(&lone, now, "127.0.0.1:5080", reply).is_empty());
 }
