@@ -836,14 +836,8 @@ impl Dialogs {
 
     /// Puts back dialogs persisted before a restart (their rows exist).
     pub fn restore(&self, dialogs: Vec<Dialog>) {
-        for mut d in dialogs {
-            d.saved = true;
-            d.dirty = false;
-            if crate::id_range(d.id) == crate::id_range(self.id_base.load(Ordering::Relaxed)) {
-                self.next_id.fetch_max(d.id + 1, Ordering::Relaxed);
-            }
-            let key = self.key(d.call_id(), d.from_tag());
-            self.shard(d.call_id()).insert(key, Box::new(d));
+        for d in dialogs {
+            self.apply_remote(d);
         }
     }
 }

@@ -660,19 +660,27 @@ pub async fn load_into(shared: &Shared, reg: &Registrar) -> Result<(usize, usize
     Ok((held, skipped))
 }
 
+/// A change read from a channel: bounded in size and decoded, or counted and skipped.
+fn decode<T: serde::de::DeserializeOwned>(
+    shared: &Shared,
+    payload: &[u8],
+    what: &str,
+) -> Option<T> {
+    let r = match payload.len() > MAX_MESSAGE {
+        true => Err(format!("{} bytes, more than {MAX_MESSAGE}", payload.len())),
+        false => serde_json::from_slice(payload).map_err(|e| e.to_string()),
+    };
+    r.inspect_err(|e| {
+        shared.bad.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(table = what, error = %e, "malformed change on the cluster channel skipped");
+    })
+    .ok()
+}
+
 /// Applies one message from the channel (not this node's own).
 pub fn apply_message(shared: &Shared, reg: &Registrar, payload: &[u8]) -> bool {
-    if payload.len() > MAX_MESSAGE {
-        shared.bad.fetch_add(1, Ordering::Relaxed);
+    let Some(m) = decode::<LocMessage>(shared, payload, "location") else {
         return false;
-    }
-    let m: LocMessage = match serde_json::from_slice(payload) {
-        Ok(m) => m,
-        Err(e) => {
-            shared.bad.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "malformed location change on the cluster channel skipped");
-            return false;
-        }
     };
     if m.n == shared.node || m.aor.len() > MAX_FIELD {
         return false;
@@ -742,17 +750,8 @@ pub async fn load_dialogs_into(
 
 /// Applies one dialog message from the channel (not this node's own).
 pub fn apply_dialog_message(shared: &Shared, f: &DialogFollower, payload: &[u8]) -> bool {
-    if payload.len() > MAX_MESSAGE {
-        shared.bad.fetch_add(1, Ordering::Relaxed);
+    let Some(m) = decode::<DlgMessage>(shared, payload, "dialog") else {
         return false;
-    }
-    let m: DlgMessage = match serde_json::from_slice(payload) {
-        Ok(m) => m,
-        Err(e) => {
-            shared.bad.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "malformed dialog change on the cluster channel skipped");
-            return false;
-        }
     };
     if m.n == shared.node {
         return false;
