@@ -99,7 +99,9 @@ agent carol secret3 $AG2 6000 -t t1
 wait_registered carol@127.0.0.1
 recv=$(contacts carol@127.0.0.1 | cut -d'|' -f2)
 fs_call carol; rc=$?
-[ $rc = 0 ] && [[ "$recv" == tcp:* ]]; result "fs-calls-agent-over-its-tcp-connection" $? "registered over $recv"
+[ $rc = 0 ] && [[ "$recv" == tcp:* ]]; ok=$?
+result "fs-calls-agent-over-its-tcp-connection" $ok "registered over $recv"
+[ $ok = 0 ] || { tail -3 "$WORK/agent-$AG2.out"; ss -tan | grep ":$AG2 " | head -3; }
 kill -KILL $AGENT_PID 2>/dev/null; wait $AGENT_PID 2>/dev/null
 
 fs_call_expect nobody 404; r1=$?
