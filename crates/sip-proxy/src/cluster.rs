@@ -7,11 +7,14 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
-/// This node's id and the SIP addresses of every node of the cluster (itself included).
+/// This node's id and the SIP addresses of every node of the cluster (itself included),
+/// with which of them hold a live claim.
 #[derive(Debug)]
 pub struct Peers {
     node: u16,
     addrs: RwLock<Arc<[SocketAddr]>>,
+    /// Every node of the registry: (id, address, its claim is alive).
+    nodes: RwLock<Arc<[(u16, SocketAddr, bool)]>>,
 }
 
 impl Peers {
@@ -20,6 +23,7 @@ impl Peers {
         Peers {
             node,
             addrs: RwLock::new(Arc::from(Vec::new())),
+            nodes: RwLock::new(Arc::from(Vec::new())),
         }
     }
 
@@ -27,11 +31,49 @@ impl Peers {
         self.node
     }
 
-    /// Replaces the list (sorted and deduplicated here).
-    pub fn set(&self, mut addrs: Vec<SocketAddr>) {
+    /// Replaces the list with addresses of live nodes whose ids are not known (tests).
+    pub fn set(&self, addrs: Vec<SocketAddr>) {
+        self.set_nodes(addrs.into_iter().map(|a| (0, a, true)).collect());
+    }
+
+    /// Replaces the registry: (id, SIP address, alive) of every node.
+    pub fn set_nodes(&self, nodes: Vec<(u16, SocketAddr, bool)>) {
+        let mut addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.1).collect();
         addrs.sort();
         addrs.dedup();
         *self.addrs.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(addrs);
+        *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(nodes);
+    }
+
+    /// Every node of the registry: (id, address, alive).
+    pub fn nodes(&self) -> Arc<[(u16, SocketAddr, bool)]> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// True when the node at `addr` held a live claim at the last heartbeat (a node whose
+    /// claim lapsed is dead: its calls are taken over, not handed to it).
+    pub fn is_live(&self, addr: SocketAddr) -> bool {
+        let a = canonical(addr);
+        self.nodes().iter().any(|n| canonical(n.1) == a && n.2)
+    }
+
+    /// The nodes whose calls this node takes over: the dead ones, when this node has the
+    /// lowest id of the live ones (one node does it, and every node agrees which from the
+    /// same registry). Empty on every other node.
+    pub fn adopted(&self) -> Vec<u16> {
+        let nodes = self.nodes();
+        let lowest_live = nodes.iter().filter(|n| n.2).map(|n| n.0).min();
+        if lowest_live.is_none_or(|l| l != self.node) {
+            return Vec::new();
+        }
+        let mut dead: Vec<u16> = nodes
+            .iter()
+            .filter(|n| !n.2 && n.0 != self.node && n.0 != 0)
+            .map(|n| n.0)
+            .collect();
+        dead.sort_unstable();
+        dead.dedup();
+        dead
     }
 
     pub fn list(&self) -> Arc<[SocketAddr]> {
@@ -86,5 +128,38 @@ mod tests {
         );
         assert!(p.contains("[::ffff:127.0.0.1]:5062".parse().unwrap()));
         assert_eq!(p.node(), 2);
+    }
+
+    #[test]
+    fn the_lowest_live_node_takes_over_the_dead_ones() {
+        let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let reg = vec![
+            (1, a("127.0.0.1:5060"), false),
+            (2, a("127.0.0.1:5062"), true),
+            (3, a("127.0.0.1:5064"), true),
+            (4, a("127.0.0.1:5066"), false),
+        ];
+        let two = Peers::new(2);
+        let three = Peers::new(3);
+        two.set_nodes(reg.clone());
+        three.set_nodes(reg.clone());
+        assert_eq!(two.adopted(), vec![1, 4], "node 2 is the lowest live one");
+        assert!(three.adopted().is_empty(), "one node takes over, not two");
+        assert!(!two.is_live(a("127.0.0.1:5060")));
+        assert!(two.is_live(a("[::ffff:127.0.0.1]:5064")));
+        assert!(!two.is_live(a("127.0.0.1:5099")), "no node there");
+        // node 1 back: nothing to take over
+        let mut back = reg;
+        back[0].2 = true;
+        back[3].2 = true;
+        two.set_nodes(back);
+        assert!(two.adopted().is_empty());
+        // this node itself not live (its claim lapsed, Redis lost it): it adopts nothing
+        let alone = Peers::new(5);
+        alone.set_nodes(vec![
+            (5, a("127.0.0.1:5068"), false),
+            (6, a("127.0.0.1:5070"), false),
+        ]);
+        assert!(alone.adopted().is_empty());
     }
 }

@@ -342,6 +342,10 @@ fn matches(d: &Dialog, call_id: &str, from_tag: &str) -> bool {
     d.call_id() == call_id && d.from_tag() == from_tag
 }
 
+/// How long another node's expired dialog is held for its owner's removal before this node
+/// drops it on its own ([`Dialogs::sweep`]).
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(30);
+
 /// A change to persist (write-behind): a confirmed dialog is saved once it has lived a
 /// second (and again after a refresh), an ended one that was saved is removed. Short calls
 /// never produce an event: the sweep finds what is due, so the call path queues nothing.
@@ -371,6 +375,8 @@ pub struct Dialogs {
     /// A cluster node: dialogs from another node's id range are held for routing, but
     /// their expiry is their owner's.
     clustered: std::sync::atomic::AtomicBool,
+    /// Dead nodes whose dialogs this node expires in their stead (their id ranges).
+    adopted: Mutex<Vec<u64>>,
     /// The keys of the Call-ID/tag hash.
     keys: SecretKeys,
 }
@@ -402,6 +408,7 @@ impl Dialogs {
             events: Mutex::new(Vec::new()),
             persist: std::sync::atomic::AtomicBool::new(false),
             clustered: Default::default(),
+            adopted: Mutex::new(Vec::new()),
             cfg,
             shards: (0..64).map(|_| Mutex::new(Table::default())).collect(),
             next_id: AtomicU64::new(1),
@@ -716,7 +723,9 @@ impl Dialogs {
     }
 
     /// Five times a second: dialogs past their lifetime are removed, with BYEs to both sides
-    /// for confirmed ones.
+    /// for confirmed ones. In a cluster, another node's dialog is its owner's to end; it is
+    /// given back here without BYEs only when its owner's removal has not come
+    /// [`ORPHAN_GRACE`] after its end (the caller releases its count, nothing else).
     pub fn sweep(
         &self,
         now: Instant,
@@ -753,11 +762,18 @@ impl Dialogs {
                 .map(|(k, _)| *k)
                 .collect();
             for k in expired {
-                if let Some(d) = g.remove(&k).map(|d| *d) {
-                    if !self.owns(d.id) {
-                        // another node's: it sends the BYEs and removes the record
-                        continue;
+                if !self.owns(g[&k].id) {
+                    // another node's: it sends the BYEs and removes the record, and its
+                    // removal reaches us; held meanwhile (its call stays counted), dropped
+                    // if that never comes (the removal missed while we did not follow)
+                    if g[&k].expires_at + ORPHAN_GRACE <= now {
+                        if let Some(d) = g.remove(&k) {
+                            out.push((*d, Vec::new()));
+                        }
                     }
+                    continue;
+                }
+                if let Some(d) = g.remove(&k).map(|d| *d) {
                     if persisting && d.saved {
                         saves.push(DlgEvent::Removed(d.id, d.call_id().into()));
                     }
@@ -810,8 +826,22 @@ impl Dialogs {
     /// True when dialog `id` is this process's to expire and end (always, outside a
     /// cluster: a restored dialog is from an earlier run's range).
     pub fn owns(&self, id: u64) -> bool {
+        let range = crate::id_range(id);
         !self.clustered.load(Ordering::Relaxed)
-            || crate::id_range(id) == crate::id_range(self.id_base.load(Ordering::Relaxed))
+            || range == crate::id_range(self.id_base.load(Ordering::Relaxed))
+            || lock(&self.adopted).contains(&range)
+    }
+
+    /// The cluster nodes (ids) whose dialogs this node expires because they are dead; true
+    /// when that changed.
+    pub fn set_adopted(&self, nodes: &[u16]) -> bool {
+        let ranges: Vec<u64> = nodes.iter().map(|&n| u64::from(n)).collect();
+        let mut g = lock(&self.adopted);
+        if *g == ranges {
+            return false;
+        }
+        *g = ranges;
+        true
     }
 
     /// A dialog another node saved (or this node, before a restart), read from the shared
@@ -1219,7 +1249,8 @@ mod persistence_tests {
     }
 
     /// A cluster node holds another node's dialogs: known to in-dialog requests, ended by a
-    /// BYE through it (queued, so the owner hears), but expired only by their owner.
+    /// BYE through it (queued, so the owner hears), but expired only by their owner, or by
+    /// the node that took a dead owner's over.
     #[test]
     fn another_nodes_dialogs_are_held_but_expired_by_their_owner() {
         let epoch = (Instant::now(), 100);
@@ -1256,14 +1287,42 @@ mod persistence_tests {
         assert!(matches!(&other.take_events()[..], [DlgEvent::Removed(_, c)] if &**c == "c"));
         assert!(owner.remove_remote("c", saved[0].id).is_some());
         assert!(owner.remove_remote("c", saved[0].id).is_none());
-        // past its lifetime: the owner sends the BYEs, the other node only lets it go
-        let late = now + Duration::from_secs(7 * 3600);
+        // past its lifetime: the owner sends the BYEs; the other node holds it for the
+        // owner's removal, and lets it go (no BYE, nothing queued) if that never comes
+        let late = saved[1].expires_at;
         let mut other_out = vec![];
         other.sweep(late, &v, &mut other_out);
-        assert!(other_out.is_empty() && other.take_events().is_empty());
-        assert!(!other.knows("c2", "f", "t"));
+        let ev = other.take_events();
+        assert!(
+            other_out.is_empty() && ev.is_empty(),
+            "{other_out:?} {ev:?}"
+        );
+        assert!(other.knows("c2", "f", "t"), "held for the owner's removal");
+        other.sweep(late + ORPHAN_GRACE, &v, &mut other_out);
+        assert!(
+            matches!(&other_out[..], [(d, byes)] if d.call_id() == "c2" && byes.is_empty()),
+            "{other_out:?}"
+        );
+        assert!(other.take_events().is_empty() && !other.knows("c2", "f", "t"));
         owner.sweep(late, &v, &mut out);
         assert!(matches!(&out[..], [(d, byes)] if d.call_id() == "c2" && byes.len() == 2));
+        // the owner dead: the node that takes it over ends its dialogs as its own
+        let heir = Dialogs::new(DialogConfig::default(), epoch);
+        heir.set_id_base(2 << crate::ID_COUNTER_BITS);
+        heir.set_clustered(true);
+        heir.set_persistence(true);
+        heir.apply_remote(saved[1].clone());
+        assert!(!heir.owns(saved[1].id));
+        assert!(heir.set_adopted(&[1]) && !heir.set_adopted(&[1]));
+        assert!(heir.owns(saved[1].id));
+        let mut heir_out = vec![];
+        heir.sweep(late, &v, &mut heir_out);
+        assert!(matches!(&heir_out[..], [(d, byes)] if d.call_id() == "c2" && byes.len() == 2));
+        assert!(
+            matches!(&heir.take_events()[..], [DlgEvent::Removed(_, c)] if &**c == "c2"),
+            "its record removed from the shared store"
+        );
+        assert!(heir.set_adopted(&[]) && !heir.owns(saved[1].id));
         // outside a cluster every dialog is this process's (restored ones too)
         let lone = Dialogs::new(DialogConfig::default(), epoch);
         assert!(lone.owns(saved[1].id));

@@ -36,6 +36,8 @@ stats! {
     dialogs_timed_out: "dialogs ended by the proxy at the end of their lifetime",
     forged_responses: "responses dropped: their branch is not one the proxy issued (MAC check)",
     forged_routes: "in-dialog requests refused with 403: no Route the proxy signed, no dialog it tracks",
+    cluster_handed: "in-dialog requests handed to the live cluster node that set their call up (its dialog not shared yet)",
+    cluster_stand_ins: "in-dialog requests of a dead cluster node's call, unknown here, relayed on its signed route",
     foreign_sources: "responses matched to a transaction but sent from another address than its destination",
     banned_dropped: "messages dropped because their source is banned",
     rate_limited: "requests dropped over their source's budget (flood defence)",

@@ -64,6 +64,9 @@ pub struct NodeInfo {
     /// UNIX seconds when it started.
     pub started: u64,
     pub token: String,
+    /// Its claim was alive when the registry was read (not stored).
+    #[serde(skip)]
+    pub live: bool,
 }
 
 /// What a heartbeat found.
@@ -244,6 +247,7 @@ impl Shared {
             address,
             started: crate::unix_now(),
             token: self.token.to_string(),
+            live: true,
         }
     }
 
@@ -332,7 +336,8 @@ return {3, v}";
         })
     }
 
-    /// Every node that ever registered (malformed entries skipped).
+    /// Every node that ever registered (malformed entries skipped), each marked live when
+    /// its id's claim is held.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
         let mut con = self.con.clone();
         let all: Vec<(String, String)> = redis::cmd("HGETALL")
@@ -340,7 +345,7 @@ return {3, v}";
             .query_async(&mut con)
             .await
             .map_err(err)?;
-        Ok(all
+        let mut nodes: Vec<NodeInfo> = all
             .iter()
             .filter_map(|(_, v)| {
                 let n = serde_json::from_str::<NodeInfo>(v).ok();
@@ -349,7 +354,19 @@ return {3, v}";
                 }
                 n
             })
-            .collect())
+            .collect();
+        if nodes.is_empty() {
+            return Ok(nodes);
+        }
+        let mut get = redis::cmd("MGET");
+        for n in &nodes {
+            get.arg(self.key(&format!("node:{}", n.node)));
+        }
+        let claims: Vec<Option<String>> = get.query_async(&mut con).await.map_err(err)?;
+        for (n, c) in nodes.iter_mut().zip(claims) {
+            n.live = c.is_some();
+        }
+        Ok(nodes)
     }
 
     /// Gives the claim up (a clean stop): another process may take the id at once.
@@ -720,7 +737,8 @@ pub struct DialogFollower {
 }
 
 /// Loads every dialog into the table; returns (held, skipped). `restored`: called for each
-/// dialog this node owns (to count its call again).
+/// dialog (to count its call: every node counts every call of the cluster, so a balancer's
+/// capacity is the cluster's).
 pub async fn load_dialogs_into(
     shared: &Shared,
     f: &DialogFollower,
@@ -732,9 +750,7 @@ pub async fn load_dialogs_into(
     for r in &rows {
         match crate::dialog_rows::dialog(r, now, unix) {
             Ok(d) => {
-                if f.dialogs.owns(d.id) {
-                    restored(&d);
-                }
+                restored(&d);
                 f.dialogs.apply_remote(d);
                 held += 1;
             }
@@ -758,7 +774,12 @@ pub fn apply_dialog_message(shared: &Shared, f: &DialogFollower, payload: &[u8])
     }
     if let Some(r) = &m.saved {
         match crate::dialog_rows::dialog(r, Instant::now(), crate::unix_now()) {
-            Ok(d) => f.dialogs.apply_remote(d),
+            Ok(d) => {
+                // counted here too (once: a refresh of a counted call changes nothing)
+                f.router
+                    .restore_call(d.call_id(), d.node.as_deref(), d.caller.target.addr);
+                f.dialogs.apply_remote(d);
+            }
             Err(why) => {
                 shared.bad.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(reason = %why, "dialog change on the cluster channel skipped");
@@ -1084,6 +1105,10 @@ mod tests {
         let mut nodes: Vec<u16> = a.nodes().await.unwrap().iter().map(|n| n.node).collect();
         nodes.sort();
         assert_eq!(nodes, [1, 2]);
+        assert!(a.nodes().await.unwrap().iter().all(|n| n.live));
+        // a node whose claim is gone is in the registry still, not live
+        dup.release().await; // not its claim: nothing happens
+        assert!(a.nodes().await.unwrap().iter().all(|n| n.live));
 
         // node 2 follows node 1's changes into its registrar
         let reg_b = Arc::new(Registrar::new(
@@ -1176,8 +1201,10 @@ mod tests {
             .unwrap();
         assert_eq!(a.heartbeat(a_addr).await.unwrap(), Beat::Reclaimed);
         assert_eq!(a.heartbeat(a_addr).await.unwrap(), Beat::Renewed);
-        // a clean stop gives the id up at once
+        // a clean stop gives the id up at once; the registry keeps it, not live
         a.release().await;
+        let reg = a.nodes().await.unwrap();
+        assert!(reg.iter().any(|n| n.node == 1 && !n.live), "{reg:?}");
         dup.claim("127.0.0.1:5064".parse().unwrap(), Duration::ZERO)
             .await
             .unwrap();

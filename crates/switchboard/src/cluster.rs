@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use sip_proxy::cluster::Peers;
+use sip_proxy::dialog::Dialogs;
 use sip_proxy::registrar::Registrar;
 use store::shared::{Beat, Shared};
 
@@ -32,6 +33,8 @@ pub struct State {
     pub conflict: AtomicBool,
     /// Times Redis had lost this node's claim (flushed, or restarted without its data).
     pub reclaims: AtomicU64,
+    /// Dead nodes whose calls this node has taken over.
+    pub adopted: AtomicU64,
 }
 
 /// Connects to Redis and claims the node id: a refusal here (unreachable, or the id held
@@ -66,7 +69,7 @@ pub fn start(
         .context("cluster.node_id")?;
     let peers = Arc::new(Peers::new(c.node_id));
     let nodes = rt.block_on(shared.nodes()).context("cluster.redis")?;
-    peers.set(nodes.iter().map(|n| n.address).collect());
+    set_peers(&peers, &nodes);
     tracing::info!(
         node = c.node_id,
         %address,
@@ -87,8 +90,9 @@ pub fn start(
 
 impl Node {
     /// Starts the heartbeat (every second, supervised): renews the claim, reads the node
-    /// registry into the peers, and writes this node's bindings again when Redis lost them.
-    pub fn run(&self, reg: Option<Arc<Registrar>>) {
+    /// registry into the peers, writes this node's bindings again when Redis lost them, and
+    /// takes the dialogs of dead nodes over when this node is the one to.
+    pub fn run(&self, reg: Option<Arc<Registrar>>, dialogs: Option<Arc<Dialogs>>) {
         let (shared, address, peers, state) = (
             self.shared.clone(),
             self.address,
@@ -96,12 +100,20 @@ impl Node {
             self.state.clone(),
         );
         net::supervise::spawn("cluster-heartbeat", move || {
-            let (shared, peers, state, reg) =
-                (shared.clone(), peers.clone(), state.clone(), reg.clone());
+            let (shared, peers, state, reg, dialogs) = (
+                shared.clone(),
+                peers.clone(),
+                state.clone(),
+                reg.clone(),
+                dialogs.clone(),
+            );
             async move {
                 loop {
                     tokio::time::sleep(store::shared::HEARTBEAT).await;
                     beat(&shared, address, &peers, &state, reg.as_deref()).await;
+                    if let Some(d) = &dialogs {
+                        adopt(&peers, d, &state);
+                    }
                 }
             }
         });
@@ -159,8 +171,29 @@ async fn beat(
         }
     }
     match shared.nodes().await {
-        Ok(nodes) => peers.set(nodes.iter().map(|n| n.address).collect()),
+        Ok(nodes) => set_peers(peers, &nodes),
         Err(e) => tracing::debug!(error = %e, "cluster registry not read"),
+    }
+}
+
+fn set_peers(peers: &Peers, nodes: &[store::shared::NodeInfo]) {
+    peers.set_nodes(nodes.iter().map(|n| (n.node, n.address, n.live)).collect());
+}
+
+/// Dead nodes' calls: the lowest live node expires them (BYEs, CDRs, their records
+/// removed); given back when the node lives again. Kept while Redis does not answer.
+fn adopt(peers: &Peers, dialogs: &Dialogs, state: &State) {
+    if !state.up.load(Ordering::Relaxed) {
+        return;
+    }
+    let dead = peers.adopted();
+    if dialogs.set_adopted(&dead) {
+        state.adopted.store(dead.len() as u64, Ordering::Relaxed);
+        if dead.is_empty() {
+            tracing::info!("no dead node's calls to take over now");
+        } else {
+            tracing::warn!(nodes = ?dead, "cluster nodes are down (their claims lapsed): this node ends their calls at the end of their lifetime");
+        }
     }
 }
 
@@ -189,6 +222,16 @@ pub fn metrics(node: &Node, out: &mut String) {
         out,
         "# HELP switchboard_cluster_nodes nodes in the cluster's registry (this one included)\n# TYPE switchboard_cluster_nodes gauge\nswitchboard_cluster_nodes {}",
         node.peers.list().len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP switchboard_cluster_nodes_live nodes holding a live claim at the last heartbeat (this one included)\n# TYPE switchboard_cluster_nodes_live gauge\nswitchboard_cluster_nodes_live {}",
+        node.peers.nodes().iter().filter(|n| n.2).count()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP switchboard_cluster_adopted_nodes dead nodes whose calls this node has taken over\n# TYPE switchboard_cluster_adopted_nodes gauge\nswitchboard_cluster_adopted_nodes {}",
+        s.adopted.load(Ordering::Relaxed)
     );
     let _ = writeln!(
         out,

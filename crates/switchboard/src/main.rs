@@ -651,7 +651,10 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         ));
     }
     if let Some(n) = &node {
-        n.run(cluster_reg.clone());
+        n.run(
+            cluster_reg.clone(),
+            cluster_dialogs.as_ref().map(|f| f.dialogs.clone()),
+        );
         let (sh, f) = (
             n.shared.clone(),
             store::shared::Followers {

@@ -623,6 +623,16 @@ impl Proxy {
             let mut ended = Vec::new();
             d.sweep(now, &|t| self.via_for(t), &mut ended);
             for (dlg, byes) in ended {
+                if !d.owns(dlg.id) {
+                    // another node's, whose removal never came: only its count goes
+                    tracing::debug!(
+                        call_id = dlg.call_id(),
+                        id = dlg.id,
+                        "another node's dialog dropped past its lifetime"
+                    );
+                    self.router.on_call_ended(dlg.call_id());
+                    continue;
+                }
                 tracing::info!(
                     call_id = dlg.call_id(),
                     id = dlg.id,

@@ -241,12 +241,18 @@ impl Proxy {
         // our own, another node's is the next hop (a call handed to the node that holds the
         // user's connection)
         let mut own_popped = false;
+        // the node the route set names first, when that is another node (we stand in)
+        let mut first_peer: Option<(SocketAddr, Uri<'_>)> = None;
         while popped < routes.len() {
             let na =
                 NameAddr::parse(routes[popped], "Route").map_err(|e| reject(400, e.reason()))?;
             let own = self.is_self(&na.uri);
             if !own && (own_popped || !self.is_us(&na.uri)) {
                 break;
+            }
+            if popped == 0 && !own {
+                first_peer = host_ip(na.uri.host)
+                    .map(|ip| (SocketAddr::new(ip, na.uri.port.unwrap_or(5060)), na.uri));
             }
             own_popped |= own;
             if to_tag && na.uri.params.has("sg") {
@@ -332,12 +338,35 @@ impl Proxy {
                         seq,
                         refresh,
                     );
-                    if !known {
-                        Stats::inc(&self.stats.dialogs_refused);
-                        return Err(reject(
-                            481,
-                            "Call/Transaction Does Not Exist (no such dialog)",
-                        ));
+                    match (&first_peer, &self.peers) {
+                        _ if known => {}
+                        (Some((peer, uri)), Some(peers)) if signed && peers.is_live(*peer) => {
+                            // set up through a live node whose dialog has not reached us yet
+                            // (shared once it is a second old): the request is that node's
+                            // to handle, its Route left on top
+                            Stats::inc(&self.stats.cluster_handed);
+                            let dest = self.next_hop(uri, None)?;
+                            let mut plan = plan_base(false)?;
+                            plan.route_edits = route_edits(msg, 0, None);
+                            plan.new_ruri = None;
+                            plan.request_target = true;
+                            return Ok(Decision::Forward {
+                                plan,
+                                candidates: vec![dest],
+                            });
+                        }
+                        (Some(_), Some(_)) if signed => {
+                            // a dead node's call too young to have been shared: its route is
+                            // signed with the cluster's key, so it is followed without a dialog
+                            Stats::inc(&self.stats.cluster_stand_ins);
+                        }
+                        _ => {
+                            Stats::inc(&self.stats.dialogs_refused);
+                            return Err(reject(
+                                481,
+                                "Call/Transaction Does Not Exist (no such dialog)",
+                            ));
+                        }
                     }
                 }
             }

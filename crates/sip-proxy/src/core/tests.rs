@@ -1044,3 +1044,59 @@ fn cluster_peers_hand_over_and_stand_in() {
     // outside a cluster the same reply is foreign: dropped
     assert!(send(&lone, now, "127.0.0.1:5080", reply).is_empty());
 }
+
+#[test]
+fn a_call_of_another_node_goes_to_it_while_it_lives_and_is_stood_in_for_when_dead() {
+    let now = Instant::now();
+    let peers = Arc::new(crate::cluster::Peers::new(1));
+    let (us, two) = (addr("127.0.0.1:5060"), addr("127.0.0.1:5062"));
+    peers.set_nodes(vec![(1, us, true), (2, two, true)]);
+    let p = with_dialogs(proxy(&["127.0.0.1:5080"]), 3600, now).with_peers(peers.clone());
+    let sg = p.rr_signature("d1", "ft", "");
+    let bye = |route: &str, branch: &str| {
+        format!("BYE sip:a@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-{branch}\r\nRoute: {route}\r\nFrom: <sip:svc@h>;tag=tt\r\nTo: <sip:a@h>;tag=ft\r\nCall-ID: d1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n")
+    };
+    let signed = format!("<sip:127.0.0.1:5062;lr;sg={sg:016x}>");
+    // node 2 lives: its call (not yet shared with us) is handed to it, its Route left on
+    let o = send(&p, now, "127.0.0.1:5080", &bye(&signed, "b1"));
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!(
+        o[0].target.addr, two,
+        "handed to the node that set the call up"
+    );
+    let m = parse(&o[0]);
+    assert_eq!(m.uri_str(), "sip:a@127.0.0.1:5070");
+    assert!(
+        m.get(HeaderName::Route)
+            .is_some_and(|r| r.contains("127.0.0.1:5062")),
+        "node 2's Route stays on for node 2 to pop"
+    );
+    assert_eq!(p.stats().cluster_handed.load(Ordering::Relaxed), 1);
+    // node 2 dead: this node follows the signed route itself, straight to the caller
+    peers.set_nodes(vec![(1, us, true), (2, two, false)]);
+    let o = send(&p, now, "127.0.0.1:5080", &bye(&signed, "b2"));
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!(o[0].target.addr, addr("127.0.0.1:5070"), "stood in for");
+    assert_eq!(p.stats().cluster_stand_ins.load(Ordering::Relaxed), 1);
+    // a forged signature is refused either way, and an unsigned route too
+    let forged = format!("<sip:127.0.0.1:5062;lr;sg={:016x}>", sg ^ 1);
+    let o = send(&p, now, "127.0.0.1:5080", &bye(&forged, "b3"));
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!(parse(&o[0]).status(), Some(403), "{o:?}");
+    let o = send(
+        &p,
+        now,
+        "127.0.0.1:5080",
+        &bye("<sip:127.0.0.1:5062;lr>", "b4"),
+    );
+    assert_eq!(parse(&o[0]).status(), Some(403), "{o:?}");
+    // a route of ours for a dialog nobody knows: 481 as before
+    let o = send(
+        &p,
+        now,
+        "127.0.0.1:5080",
+        &bye(&format!("<sip:127.0.0.1:5060;lr;sg={sg:016x}>"), "b5"),
+    );
+    assert_eq!(parse(&o[0]).status(), Some(481), "{o:?}");
+    assert_eq!(p.stats().cluster_handed.load(Ordering::Relaxed), 1);
+}
