@@ -7,21 +7,12 @@ import socket
 import sys
 import time
 
+from sipmsg import headers
+
 src, first, bye_port, hold = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 call = f"dlgcall-{time.time_ns()}"
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("127.0.0.1", src))
-
-
-def headers(msg, name):
-    out = []
-    for line in msg.split("\r\n")[1:]:
-        if not line:
-            break
-        k, _, v = line.partition(":")
-        if k.strip().lower() == name:
-            out.append(v.strip())
-    return out
 
 
 def wait(want_method_cseq, deadline):

@@ -15,6 +15,9 @@ pub struct Peers {
     addrs: RwLock<Arc<[SocketAddr]>>,
     /// Every node of the registry: (id, address, its claim is alive).
     nodes: RwLock<Arc<[(u16, SocketAddr, bool)]>>,
+    /// Live nodes whose claim has not been renewed for a while (a node renews every
+    /// second): likely dead, not yet known to be.
+    quiet: RwLock<Arc<[SocketAddr]>>,
 }
 
 impl Peers {
@@ -24,6 +27,7 @@ impl Peers {
             node,
             addrs: RwLock::new(Arc::from(Vec::new())),
             nodes: RwLock::new(Arc::from(Vec::new())),
+            quiet: RwLock::new(Arc::from(Vec::new())),
         }
     }
 
@@ -43,6 +47,27 @@ impl Peers {
         addrs.dedup();
         *self.addrs.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(addrs);
         *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(nodes);
+    }
+
+    /// Replaces the live nodes whose claim has not been renewed for a while.
+    pub fn set_quiet(&self, addrs: Vec<SocketAddr>) {
+        let v: Vec<SocketAddr> = addrs.into_iter().map(canonical).collect();
+        *self.quiet.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(v);
+    }
+
+    /// True when a request of a call set up through the node at `addr` that this node does
+    /// not know is to be handed to it: it is live and renewed its claim lately. A node gone
+    /// quiet is likely dead (killed, cut off): a request handed to it would be lost, so
+    /// this node follows the call's signed route itself (the node, if alive after all,
+    /// keeps its record of the call until its lifetime ends).
+    pub fn takes_handoff(&self, addr: SocketAddr) -> bool {
+        let a = canonical(addr);
+        self.is_live(addr)
+            && !self
+                .quiet
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&a)
     }
 
     /// Every node of the registry: (id, address, alive).
@@ -148,6 +173,17 @@ mod tests {
         assert!(!two.is_live(a("127.0.0.1:5060")));
         assert!(two.is_live(a("[::ffff:127.0.0.1]:5064")));
         assert!(!two.is_live(a("127.0.0.1:5099")), "no node there");
+        // a live node gone quiet is not handed calls, and is not taken over either
+        assert!(two.takes_handoff(a("127.0.0.1:5064")));
+        two.set_quiet(vec![a("[::ffff:127.0.0.1]:5064")]);
+        assert!(!two.takes_handoff(a("127.0.0.1:5064")) && two.is_live(a("127.0.0.1:5064")));
+        assert!(
+            !two.takes_handoff(a("127.0.0.1:5060")),
+            "a dead node takes nothing"
+        );
+        assert_eq!(two.adopted(), vec![1, 4]);
+        two.set_quiet(vec![]);
+        assert!(two.takes_handoff(a("127.0.0.1:5064")));
         // node 1 back: nothing to take over
         let mut back = reg;
         back[0].2 = true;

@@ -346,8 +346,27 @@ fn matches(d: &Dialog, call_id: &str, from_tag: &str) -> bool {
 /// drops it on its own ([`Dialogs::sweep`]).
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 
+/// How long (and how many) of another node's dialogs ended here are remembered.
+const ENDED_HERE_FOR: Duration = Duration::from_secs(600);
+const ENDED_HERE_MAX: usize = 100_000;
+
+/// What [`Dialogs::reconcile`] found: the table against the store's ids.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Another node's dialogs the store no longer has (ended, or lost with the store's
+    /// data): removed here; their calls are over for this node.
+    pub dropped: Vec<Dialog>,
+    /// This node's (or an adopted node's) saved dialogs, each with whether the store has
+    /// it: another node may have ended one (its removal missed), or the store lost it. The
+    /// caller asks ([`Dialogs::own_saved`]).
+    pub own: Vec<(u64, Box<str>, bool)>,
+    /// Store ids this node should learn: not its own, not held, not ended here.
+    pub unknown: Vec<u64>,
+}
+
 /// A change to persist (write-behind): a confirmed dialog is saved once it has lived a
-/// second (and again after a refresh), an ended one that was saved is removed. Short calls
+/// second (in a cluster: at the next sweep), and again after a refresh; an ended one that
+/// was saved is removed. Short calls
 /// never produce an event: the sweep finds what is due, so the call path queues nothing.
 #[derive(Debug, Clone)]
 pub enum DlgEvent {
@@ -377,6 +396,9 @@ pub struct Dialogs {
     clustered: std::sync::atomic::AtomicBool,
     /// Dead nodes whose dialogs this node expires in their stead (their id ranges).
     adopted: Mutex<Vec<u64>>,
+    /// Another node's dialogs this node ended (a cluster), with when: their removal may
+    /// still be on its way to the store, so a reload must not take them back.
+    ended_here: Mutex<HashMap<u64, Instant>>,
     /// The keys of the Call-ID/tag hash.
     keys: SecretKeys,
 }
@@ -409,6 +431,7 @@ impl Dialogs {
             persist: std::sync::atomic::AtomicBool::new(false),
             clustered: Default::default(),
             adopted: Mutex::new(Vec::new()),
+            ended_here: Mutex::new(HashMap::new()),
             cfg,
             shards: (0..64).map(|_| Mutex::new(Table::default())).collect(),
             next_id: AtomicU64::new(1),
@@ -427,9 +450,25 @@ impl Dialogs {
     }
 
     fn queue(&self, e: DlgEvent) {
-        if self.persisting() {
-            lock(&self.events).push(e);
+        if !self.persisting() {
+            return;
         }
+        if let DlgEvent::Removed(id, _) = &e {
+            if self.clustered.load(Ordering::Relaxed)
+                && crate::id_range(*id) != crate::id_range(self.id_base.load(Ordering::Relaxed))
+            {
+                let mut g = lock(&self.ended_here);
+                if g.len() >= ENDED_HERE_MAX {
+                    let now = Instant::now();
+                    g.retain(|_, t| now.saturating_duration_since(*t) < ENDED_HERE_FOR);
+                    if g.len() >= ENDED_HERE_MAX {
+                        g.clear();
+                    }
+                }
+                g.insert(*id, Instant::now());
+            }
+        }
+        lock(&self.events).push(e);
     }
 
     /// Changes to persist since the last call.
@@ -741,6 +780,13 @@ impl Dialogs {
             *t = Some(now + Duration::from_millis(200));
         }
         let persisting = self.persisting();
+        // alone, a call that ends within a second is never written; in a cluster another
+        // node may get its BYE (or take it over) at any moment, so it is written at once
+        let save_after = if self.clustered.load(Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(1)
+        };
         let mut saves = Vec::new();
         for s in self.shards.iter() {
             let mut g = lock(s);
@@ -748,7 +794,7 @@ impl Dialogs {
                 for d in g.values_mut() {
                     if d.dirty
                         && d.state == DialogState::Confirmed
-                        && now.saturating_duration_since(d.changed_at) >= Duration::from_secs(1)
+                        && now.saturating_duration_since(d.changed_at) >= save_after
                     {
                         d.dirty = false;
                         d.saved = true;
@@ -785,9 +831,11 @@ impl Dialogs {
                     out.push((d, byes));
                 }
             }
-        }
-        if !saves.is_empty() {
-            lock(&self.events).append(&mut saves);
+            // queued before the shard is let go: a BYE that ends one of these dialogs the
+            // next instant queues its removal after its write, not before it
+            if !saves.is_empty() {
+                lock(&self.events).append(&mut saves);
+            }
         }
     }
 
@@ -799,15 +847,18 @@ impl Dialogs {
         }
         let mut saves = Vec::new();
         for s in self.shards.iter() {
-            for d in lock(s).values_mut() {
+            let mut g = lock(s);
+            for d in g.values_mut() {
                 if d.dirty && d.state == DialogState::Confirmed {
                     d.dirty = false;
                     d.saved = true;
                     saves.push(DlgEvent::Saved(d.clone()));
                 }
             }
+            // with the shard held, as in the sweep
+            lock(&self.events).append(&mut saves);
+            drop(g);
         }
-        lock(&self.events).append(&mut saves);
     }
 
     /// Ids made from now on come from the range that starts at `base`, one no other process
@@ -862,6 +913,81 @@ impl Dialogs {
         let mut g = self.shard(call_id);
         let key = g.iter().find(|(_, d)| d.id == id).map(|(k, _)| *k)?;
         g.remove(&key).map(|d| *d)
+    }
+
+    /// Compares the table with the ids the shared store holds (after a reconnection, when
+    /// channel messages may have been missed). Own dialogs are never dropped here: the
+    /// caller decides between [`Dialogs::remove_remote`] (ended elsewhere) and
+    /// [`Dialogs::resave`] (the store lost it), for those the store has too (a node that
+    /// lost its data may have written back one another node had ended).
+    pub fn reconcile(&self, in_store: &std::collections::HashSet<u64>) -> Reconciled {
+        let mut r = Reconciled::default();
+        let own = crate::id_range(self.id_base.load(Ordering::Relaxed));
+        let mut held = std::collections::HashSet::new();
+        for s in self.shards.iter() {
+            let mut g = lock(s);
+            let gone: Vec<Key> = g
+                .iter()
+                .filter(|(_, d)| d.saved && !in_store.contains(&d.id))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in gone {
+                if !self.owns(g[&k].id) {
+                    if let Some(d) = g.remove(&k) {
+                        r.dropped.push(*d);
+                    }
+                }
+            }
+            for d in g.values() {
+                held.insert(d.id);
+                if d.saved && self.owns(d.id) {
+                    r.own
+                        .push((d.id, d.call_id().into(), in_store.contains(&d.id)));
+                }
+            }
+        }
+        let ended = lock(&self.ended_here);
+        r.unknown = in_store
+            .iter()
+            .filter(|id| {
+                crate::id_range(**id) != own && !held.contains(id) && !ended.contains_key(id)
+            })
+            .copied()
+            .collect();
+        r.unknown.sort_unstable();
+        r
+    }
+
+    /// Queues a dialog of this node's to be written again (the store lost it).
+    pub fn resave(&self, call_id: &str, id: u64) {
+        let mut g = self.shard(call_id);
+        if let Some(d) = g.values_mut().find(|d| d.id == id) {
+            if self.persisting() {
+                d.dirty = false;
+                lock(&self.events).push(DlgEvent::Saved(d.clone()));
+            }
+        }
+    }
+
+    /// Every saved dialog this node owns (its own and adopted ones), as (id, Call-ID).
+    pub fn own_saved(&self) -> Vec<(u64, Box<str>)> {
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            for d in lock(s).values() {
+                if d.saved && self.owns(d.id) {
+                    out.push((d.id, d.call_id().into()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Queues the removal of a dialog of this node's that another node ended, after any
+    /// write of it this node still has queued (so the store does not keep it).
+    pub fn forget(&self, id: u64, call_id: &str) {
+        if self.persisting() {
+            lock(&self.events).push(DlgEvent::Removed(id, call_id.into()));
+        }
     }
 
     /// Puts back dialogs persisted before a restart (their rows exist).
@@ -1248,6 +1374,25 @@ mod persistence_tests {
         assert!(out.is_empty());
     }
 
+    /// In a cluster a confirmed dialog is written at the next sweep: another node may get
+    /// its BYE, or take it over, within its first second.
+    #[test]
+    fn a_cluster_node_writes_a_confirmed_dialog_at_once() {
+        let t = Dialogs::new(DialogConfig::default(), (Instant::now(), 100));
+        t.set_clustered(true);
+        t.set_persistence(true);
+        let now = Instant::now();
+        ans(&t, now, 100, false, ("c", "f", "t"), leg("a"), leg("b"));
+        let mut out = vec![];
+        t.sweep(now, &v, &mut out);
+        assert!(t.take_events().is_empty(), "early dialogs are not saved");
+        ans(&t, now, 100, true, ("c", "f", "t"), leg("a"), leg("b"));
+        t.sweep(now + Duration::from_millis(200), &v, &mut out);
+        assert!(matches!(&t.take_events()[..], [DlgEvent::Saved(d)] if d.call_id() == "c"));
+        assert!(t.on_bye("c", "f", "t").is_some());
+        assert!(matches!(&t.take_events()[..], [DlgEvent::Removed(..)]));
+    }
+
     /// A cluster node holds another node's dialogs: known to in-dialog requests, ended by a
     /// BYE through it (queued, so the owner hears), but expired only by their owner, or by
     /// the node that took a dead owner's over.
@@ -1326,6 +1471,130 @@ mod persistence_tests {
         // outside a cluster every dialog is this process's (restored ones too)
         let lone = Dialogs::new(DialogConfig::default(), epoch);
         assert!(lone.owns(saved[1].id));
+    }
+
+    /// After a reconnection the table is set level with the store's ids: another node's
+    /// dialogs the store lost are dropped, this node's are reported (never dropped here),
+    /// store ids held nowhere are to be learned, except the ones this node ended itself.
+    #[test]
+    fn reconcile_sets_the_table_level_with_the_store() {
+        let epoch = (Instant::now(), 100);
+        let mk = |node: u64| {
+            let t = Dialogs::new(DialogConfig::default(), epoch);
+            t.set_id_base(node << crate::ID_COUNTER_BITS);
+            t.set_clustered(true);
+            t.set_persistence(true);
+            t
+        };
+        let (a, b) = (mk(1), mk(2));
+        let now = epoch.0;
+        for c in ["a1", "a2", "a3"] {
+            ans(&a, now, 101, true, (c, "f", "t"), leg("x"), leg("y"));
+        }
+        ans(&b, now, 101, true, ("b1", "f", "t"), leg("x"), leg("y"));
+        ans(&b, now, 101, true, ("b2", "f", "t"), leg("x"), leg("y"));
+        let mut out = vec![];
+        let saved = |t: &Dialogs| -> Vec<Dialog> {
+            t.take_events()
+                .into_iter()
+                .filter_map(|e| match e {
+                    DlgEvent::Saved(d) => Some(*d),
+                    _ => None,
+                })
+                .collect()
+        };
+        a.sweep(now, &v, &mut out);
+        b.sweep(now, &v, &mut out);
+        let (sa, sb) = (saved(&a), saved(&b));
+        assert_eq!((sa.len(), sb.len()), (3, 2));
+        for d in &sb {
+            a.apply_remote(d.clone());
+        }
+        // a2 ended through node 2 (its removal missed by node 1); b1 ended through node 1
+        assert!(a.on_bye("b1", "f", "t").is_some());
+        assert!(matches!(&a.take_events()[..], [DlgEvent::Removed(..)]));
+        // the store: a1, a3 (a2 removed by node 2), not b2 (lost), b1 still there (the
+        // removal on its way), and b3 that node 1 never heard of
+        let b3 = sb[1].id + 5;
+        let id = |c: &str| sa.iter().find(|d| d.call_id() == c).unwrap().id;
+        let store: std::collections::HashSet<u64> = [id("a1"), id("a3"), sb[0].id, b3].into();
+        let r = a.reconcile(&store);
+        assert_eq!(
+            r.dropped.iter().map(|d| d.call_id()).collect::<Vec<_>>(),
+            ["b2"]
+        );
+        assert!(!a.knows("b2", "f", "t"));
+        let mut own = r.own.clone();
+        own.sort();
+        let want: Vec<(u64, Box<str>, bool)> = vec![
+            (id("a1"), "a1".into(), true),
+            (id("a2"), "a2".into(), false),
+            (id("a3"), "a3".into(), true),
+        ];
+        assert_eq!(own, want);
+        assert!(
+            a.knows("a2", "f", "t"),
+            "own dialogs are the caller's to judge"
+        );
+        assert_eq!(r.unknown, [b3], "b1 was ended here, b3 is new");
+        // the caller's two answers: written again, or forgotten (a removal queued)
+        a.resave("a2", id("a2"));
+        assert!(matches!(&a.take_events()[..], [DlgEvent::Saved(d)] if d.call_id() == "a2"));
+        assert!(a.remove_remote("a2", id("a2")).is_some());
+        a.forget(id("a2"), "a2");
+        assert!(matches!(&a.take_events()[..], [DlgEvent::Removed(i, _)] if *i == id("a2")));
+        // what a node that lost its store's data checks: every saved dialog it owns
+        let mut own = a.own_saved();
+        own.sort();
+        assert_eq!(own, [(id("a1"), "a1".into()), (id("a3"), "a3".into())]);
+        assert!(saved(&a).is_empty(), "nothing queued by asking");
+    }
+
+    /// A BYE racing the sweep that writes its dialog: the removal is queued after the
+    /// write, never before it (the store would keep, and other nodes hold, an ended call).
+    #[test]
+    fn a_bye_racing_the_sweep_queues_the_removal_after_the_write() {
+        use std::sync::atomic::AtomicBool;
+        let epoch = Instant::now();
+        let t = Arc::new(Dialogs::new(DialogConfig::default(), (epoch, 100)));
+        t.set_clustered(true);
+        t.set_persistence(true);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sweeper = {
+            let (t, stop) = (t.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut out = vec![];
+                for k in 1..20_000u64 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    t.sweep(epoch + Duration::from_millis(200 * k), &v, &mut out);
+                }
+            })
+        };
+        for i in 0..3000 {
+            let c = format!("race-{i}");
+            ans(&t, epoch, 100, true, (&c, "f", "t"), leg("a"), leg("b"));
+            std::hint::spin_loop();
+            t.on_bye(&c, "f", "t");
+        }
+        stop.store(true, Ordering::Relaxed);
+        sweeper.join().unwrap();
+        let mut saved = std::collections::HashSet::new();
+        let mut written = 0;
+        for e in t.take_events() {
+            match e {
+                DlgEvent::Saved(d) => {
+                    saved.insert(d.id);
+                    written += 1;
+                }
+                DlgEvent::Removed(id, c) => {
+                    assert!(saved.contains(&id), "{c}: removed before written")
+                }
+            }
+        }
+        // the test is only as good as the races it saw
+        eprintln!("dialogs written before their BYE: {written} of 3000");
     }
 
     /// SIGTERM must not lose a call confirmed in its last second: `persist_all` writes every

@@ -12,6 +12,8 @@
 //! - `P:loc:<aor>`: hash binding id → [`LocRecord`] (JSON), expiring with its last binding.
 //! - channel `P:loc`: each change as a [`LocMessage`], naming the node that made it.
 //! - `P:dlg`: hash dialog id → [`crate::DialogRow`] (JSON); channel `P:dlg`: [`DlgMessage`].
+//! - `P:dlgend:<id>`: a dialog ended through another node than its owner (an hour), so the
+//!   owner reconciling after a missed message removes it rather than writing it back.
 //!   A dialog's owner is the node whose id range its id is in: the owner expires it (BYEs
 //!   and the removal); any node ends it on a BYE, and the owner then releases its count.
 //!
@@ -37,6 +39,8 @@ use crate::StoreError;
 pub const CLAIM_TTL: Duration = Duration::from_secs(5);
 /// How often a node renews its claim and reads the registry.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long the mark of a dialog ended by another node than its owner is kept (seconds).
+const ENDED_MARK_S: u64 = 3600;
 /// The longest text field taken from the store (a contact, a path, a User-Agent).
 const MAX_FIELD: usize = 4096;
 /// The largest change message taken from the channel.
@@ -64,9 +68,10 @@ pub struct NodeInfo {
     /// UNIX seconds when it started.
     pub started: u64,
     pub token: String,
-    /// Its claim was alive when the registry was read (not stored).
+    /// How long its claim had left to live when the registry was read, in milliseconds
+    /// (0: no claim; not stored).
     #[serde(skip)]
-    pub live: bool,
+    pub live_ms: u64,
 }
 
 /// What a heartbeat found.
@@ -247,7 +252,7 @@ impl Shared {
             address,
             started: crate::unix_now(),
             token: self.token.to_string(),
-            live: true,
+            live_ms: CLAIM_TTL.as_millis() as u64,
         }
     }
 
@@ -336,8 +341,8 @@ return {3, v}";
         })
     }
 
-    /// Every node that ever registered (malformed entries skipped), each marked live when
-    /// its id's claim is held.
+    /// Every node that ever registered (malformed entries skipped), each with the time its
+    /// id's claim has left to live (0 when none is held).
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
         let mut con = self.con.clone();
         let all: Vec<(String, String)> = redis::cmd("HGETALL")
@@ -358,13 +363,17 @@ return {3, v}";
         if nodes.is_empty() {
             return Ok(nodes);
         }
-        let mut get = redis::cmd("MGET");
+        let mut get = redis::pipe();
         for n in &nodes {
-            get.arg(self.key(&format!("node:{}", n.node)));
+            get.cmd("PTTL").arg(self.key(&format!("node:{}", n.node)));
         }
-        let claims: Vec<Option<String>> = get.query_async(&mut con).await.map_err(err)?;
-        for (n, c) in nodes.iter_mut().zip(claims) {
-            n.live = c.is_some();
+        // -2: no claim; -1: a claim without expiry (not ours to judge: taken as full life)
+        let ttls: Vec<i64> = get.query_async(&mut con).await.map_err(err)?;
+        for (n, t) in nodes.iter_mut().zip(ttls) {
+            n.live_ms = match t {
+                -1 => CLAIM_TTL.as_millis() as u64,
+                t => t.max(0) as u64,
+            };
         }
         Ok(nodes)
     }
@@ -425,6 +434,16 @@ return 0";
             }
             if let Some((id, _)) = &c.removed {
                 p.cmd("HDEL").arg(&key).arg(id).ignore();
+                if sip_proxy::id_range(*id) != u64::from(self.node) {
+                    // another node's call ended here: its owner, if it misses the message,
+                    // finds this when it reconciles (and does not write the call back)
+                    p.cmd("SET")
+                        .arg(self.key(&format!("dlgend:{id}")))
+                        .arg(self.node)
+                        .arg("EX")
+                        .arg(ENDED_MARK_S)
+                        .ignore();
+                }
             }
             let msg = serde_json::to_string(c).expect("message encodes");
             p.cmd("PUBLISH").arg(&channel).arg(msg).ignore();
@@ -464,6 +483,20 @@ return 0";
                 .await;
         }
         Ok(out)
+    }
+
+    /// Which of `ids` (dialogs) another node has marked ended.
+    pub async fn ended_marks(&self, ids: &[u64]) -> Result<Vec<bool>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut get = redis::cmd("MGET");
+        for id in ids {
+            get.arg(self.key(&format!("dlgend:{id}")));
+        }
+        let mut con = self.con.clone();
+        let v: Vec<Option<String>> = get.query_async(&mut con).await.map_err(err)?;
+        Ok(v.into_iter().map(|m| m.is_some()).collect())
     }
 
     /// Every binding in the store, as (AOR, record); malformed ones are skipped (counted).
@@ -764,6 +797,81 @@ pub async fn load_dialogs_into(
     Ok((held, skipped))
 }
 
+/// Brings the dialog table level with the store after (re)subscribing, when messages may
+/// have been missed (Redis restarted or unreachable for a while): another node's dialogs the
+/// store no longer has are dropped (their counts released), this node's are settled
+/// ([`settle_own_dialogs`]), dialogs this node does not hold are learned and counted.
+/// Returns the dialogs held after.
+pub async fn reconcile_dialogs(shared: &Shared, f: &DialogFollower) -> Result<usize, StoreError> {
+    let rows = shared.load_dialogs().await?;
+    let ids: std::collections::HashSet<u64> = rows.iter().map(|r| r.dlg_id as u64).collect();
+    let r = f.dialogs.reconcile(&ids);
+    for d in &r.dropped {
+        f.router.on_call_ended(d.call_id());
+    }
+    let (ended, rewritten) = settle_own_dialogs(shared, f, r.own).await?;
+    let (now, unix) = (Instant::now(), crate::unix_now());
+    let mut learned = 0;
+    for row in rows
+        .iter()
+        .filter(|row| r.unknown.binary_search(&(row.dlg_id as u64)).is_ok())
+    {
+        match crate::dialog_rows::dialog(row, now, unix) {
+            Ok(d) => {
+                f.router
+                    .restore_call(d.call_id(), d.node.as_deref(), d.caller.target.addr);
+                f.dialogs.apply_remote(d);
+                learned += 1;
+            }
+            Err(why) => {
+                shared.bad.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(id = row.dlg_id, reason = %why, "dialog in Redis skipped");
+            }
+        }
+    }
+    if !r.dropped.is_empty() || ended + rewritten + learned > 0 {
+        tracing::info!(
+            dropped = r.dropped.len(),
+            ended_elsewhere = ended,
+            written_again = rewritten,
+            learned,
+            "dialogs reconciled with Redis"
+        );
+    }
+    Ok(f.dialogs.counts().0)
+}
+
+/// This node's saved dialogs, each given as (id, Call-ID, whether the store has it): the
+/// ones another node marked ended are ended here too (count released, record removed),
+/// the others the store lacks are written again. Called when the node subscribes again
+/// and when Redis had lost its data ([`Dialogs::own_saved`], none in the store), so a call
+/// ended through another node while this one could not hear is not kept, or written back,
+/// for ever. Returns (ended, written again).
+pub async fn settle_own_dialogs(
+    shared: &Shared,
+    f: &DialogFollower,
+    own: Vec<(u64, Box<str>, bool)>,
+) -> Result<(usize, usize), StoreError> {
+    let (mut ended, mut rewritten) = (0, 0);
+    for chunk in own.chunks(1000) {
+        let ids: Vec<u64> = chunk.iter().map(|o| o.0).collect();
+        let marks = shared.ended_marks(&ids).await?;
+        for ((id, call_id, in_store), marked) in chunk.iter().zip(marks) {
+            if marked {
+                if let Some(d) = f.dialogs.remove_remote(call_id, *id) {
+                    f.router.on_call_ended(d.call_id());
+                    f.dialogs.forget(*id, call_id);
+                    ended += 1;
+                }
+            } else if !in_store {
+                f.dialogs.resave(call_id, *id);
+                rewritten += 1;
+            }
+        }
+    }
+    Ok((ended, rewritten))
+}
+
 /// Applies one dialog message from the channel (not this node's own).
 pub fn apply_dialog_message(shared: &Shared, f: &DialogFollower, payload: &[u8]) -> bool {
     let Some(m) = decode::<DlgMessage>(shared, payload, "dialog") else {
@@ -791,6 +899,10 @@ pub fn apply_dialog_message(shared: &Shared, f: &DialogFollower, payload: &[u8])
         if let Some(d) = f.dialogs.remove_remote(call_id, *id) {
             // ended through another node: the call this node counted is over
             f.router.on_call_ended(d.call_id());
+            if sip_proxy::id_range(*id) == u64::from(shared.node) {
+                // after any write of it still queued here
+                f.dialogs.forget(*id, call_id);
+            }
             tracing::debug!(
                 call_id = d.call_id(),
                 id,
@@ -823,7 +935,7 @@ pub async fn follow(shared: Shared, f: Followers) {
                 held += load_into(&shared, reg).await?.0;
             }
             if let Some(d) = &f.dialogs {
-                held += load_dialogs_into(&shared, d, &|_| ()).await?.0;
+                held += reconcile_dialogs(&shared, d).await?;
             }
             FOLLOWING.store(true, Ordering::Relaxed);
             tracing::info!(
@@ -1105,10 +1217,10 @@ mod tests {
         let mut nodes: Vec<u16> = a.nodes().await.unwrap().iter().map(|n| n.node).collect();
         nodes.sort();
         assert_eq!(nodes, [1, 2]);
-        assert!(a.nodes().await.unwrap().iter().all(|n| n.live));
+        assert!(a.nodes().await.unwrap().iter().all(|n| n.live_ms > 0));
         // a node whose claim is gone is in the registry still, not live
         dup.release().await; // not its claim: nothing happens
-        assert!(a.nodes().await.unwrap().iter().all(|n| n.live));
+        assert!(a.nodes().await.unwrap().iter().all(|n| n.live_ms > 0));
 
         // node 2 follows node 1's changes into its registrar
         let reg_b = Arc::new(Registrar::new(
@@ -1204,10 +1316,27 @@ mod tests {
         // a clean stop gives the id up at once; the registry keeps it, not live
         a.release().await;
         let reg = a.nodes().await.unwrap();
-        assert!(reg.iter().any(|n| n.node == 1 && !n.live), "{reg:?}");
+        assert!(reg.iter().any(|n| n.node == 1 && n.live_ms == 0), "{reg:?}");
         dup.claim("127.0.0.1:5064".parse().unwrap(), Duration::ZERO)
             .await
             .unwrap();
+        // a dialog of node 1's ended through node 2 is marked ended (node 1 may miss the
+        // message); one node 2 ends of its own is not
+        let own = 2u64 << sip_proxy::ID_COUNTER_BITS | 7;
+        let foreign = 1u64 << sip_proxy::ID_COUNTER_BITS | 7;
+        let ended = |id: u64| DlgMessage {
+            n: 2,
+            saved: None,
+            removed: Some((id, "c".into())),
+        };
+        b.write_dialogs(&[ended(own), ended(foreign)])
+            .await
+            .unwrap();
+        assert_eq!(
+            b.ended_marks(&[foreign, own, foreign + 1]).await.unwrap(),
+            [true, false, false]
+        );
+        assert!(b.ended_marks(&[]).await.unwrap().is_empty());
         follow.abort();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{prefix}:*"))

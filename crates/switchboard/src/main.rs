@@ -651,10 +651,7 @@ fn run(path: &Option<PathBuf>) -> anyhow::Result<std::process::ExitCode> {
         ));
     }
     if let Some(n) = &node {
-        n.run(
-            cluster_reg.clone(),
-            cluster_dialogs.as_ref().map(|f| f.dialogs.clone()),
-        );
+        n.run(cluster_reg.clone(), cluster_dialogs.clone());
         let (sh, f) = (
             n.shared.clone(),
             store::shared::Followers {

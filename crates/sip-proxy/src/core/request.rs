@@ -340,10 +340,12 @@ impl Proxy {
                     );
                     match (&first_peer, &self.peers) {
                         _ if known => {}
-                        (Some((peer, uri)), Some(peers)) if signed && peers.is_live(*peer) => {
+                        (Some((peer, uri)), Some(peers))
+                            if signed && peers.takes_handoff(*peer) =>
+                        {
                             // set up through a live node whose dialog has not reached us yet
-                            // (shared once it is a second old): the request is that node's
-                            // to handle, its Route left on top
+                            // (shared within a fraction of a second): the request is that
+                            // node's to handle, its Route left on top
                             Stats::inc(&self.stats.cluster_handed);
                             let dest = self.next_hop(uri, None)?;
                             let mut plan = plan_base(false)?;
@@ -356,8 +358,9 @@ impl Proxy {
                             });
                         }
                         (Some(_), Some(_)) if signed => {
-                            // a dead node's call too young to have been shared: its route is
-                            // signed with the cluster's key, so it is followed without a dialog
+                            // a dead (or gone quiet) node's call too young to have been
+                            // shared: its route is signed with the cluster's key, so it is
+                            // followed without a dialog
                             Stats::inc(&self.stats.cluster_stand_ins);
                         }
                         _ => {

@@ -1078,6 +1078,15 @@ fn a_call_of_another_node_goes_to_it_while_it_lives_and_is_stood_in_for_when_dea
     assert_eq!(o.len(), 1, "{o:?}");
     assert_eq!(o[0].target.addr, addr("127.0.0.1:5070"), "stood in for");
     assert_eq!(p.stats().cluster_stand_ins.load(Ordering::Relaxed), 1);
+    // node 2 live but gone quiet (no renewal for seconds: killed, not yet judged dead): a
+    // request handed to it would be lost, so it is stood in for too
+    peers.set_nodes(vec![(1, us, true), (2, two, true)]);
+    peers.set_quiet(vec![two]);
+    let o = send(&p, now, "127.0.0.1:5080", &bye(&signed, "b2q"));
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!(o[0].target.addr, addr("127.0.0.1:5070"), "stood in for");
+    assert_eq!(p.stats().cluster_stand_ins.load(Ordering::Relaxed), 2);
+    assert_eq!(p.stats().cluster_handed.load(Ordering::Relaxed), 1);
     // a forged signature is refused either way, and an unsigned route too
     let forged = format!("<sip:127.0.0.1:5062;lr;sg={:016x}>", sg ^ 1);
     let o = send(&p, now, "127.0.0.1:5080", &bye(&forged, "b3"));
