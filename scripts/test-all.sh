@@ -46,6 +46,13 @@ step "the store builds with SQLite alone (server engines are features)" cargo bu
 step "benches compile" cargo bench --workspace --no-run -q
 step "fuzz: coverage-guided, 30 s a target from the torture corpus" fuzz/run.sh 30
 step "release build" cargo build --release -q
+# the suites' fixed ports (from E2E_BASE=35000, up to ~37,500) are inside the kernel's
+# ephemeral range: reserved for this boot, so no outgoing connection of the machine takes one
+# (a listener that cannot bind its port fails its suite; seen once with the ESL stand-ins)
+if [ -w /proc/sys/net/ipv4/ip_local_reserved_ports ]; then
+  cur=$(cat /proc/sys/net/ipv4/ip_local_reserved_ports)
+  case ",$cur," in *,35000-37999,*) ;; *) echo "${cur:+$cur,}35000-37999" >/proc/sys/net/ipv4/ip_local_reserved_ports ;; esac
+fi
 if [ -x target/release/switchboard ]; then
   step "end-to-end (SIPp): proxy" tests/e2e/run.sh
   step "end-to-end (SIPp): dispatcher" tests/e2e/dispatcher.sh

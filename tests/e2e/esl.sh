@@ -43,6 +43,7 @@ standin() { # port password state-file
   python3 "$ROOT/tests/e2e/esl-standin.py" "$1" "$2" "$3" >"$WORK/esl-$1.log" 2>&1 </dev/null &
   PIDS+=($!)
   for _ in $(seq 50); do busy "$1" && return 0; sleep 0.1; done
+  echo "the event socket stand-in on $1 did not start: $(tail -2 "$WORK/esl-$1.log")"; return 1
 }
 echo "100 95 100" > "$WORK/fs1"; echo "100 20 100" > "$WORK/fs2"; echo "100 0 100" > "$WORK/fs3"
 standin $E1 ClueCon "$WORK/fs1"; standin $E2 ClueCon "$WORK/fs2"; standin $E3 ClueCon "$WORK/fs3"
