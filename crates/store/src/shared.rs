@@ -367,13 +367,15 @@ return {3, v}";
         for n in &nodes {
             get.cmd("PTTL").arg(self.key(&format!("node:{}", n.node)));
         }
-        // -2: no claim; -1: a claim without expiry (not ours to judge: taken as full life)
+        // -2: no claim; -1: a claim without expiry (not ours to judge: taken as full life);
+        // never more than a claim's life (a claim set by hand for a day is not a day's life)
         let ttls: Vec<i64> = get.query_async(&mut con).await.map_err(err)?;
+        let full = CLAIM_TTL.as_millis() as i64;
         for (n, t) in nodes.iter_mut().zip(ttls) {
             n.live_ms = match t {
-                -1 => CLAIM_TTL.as_millis() as u64,
-                t => t.max(0) as u64,
-            };
+                -1 => full,
+                t => t.clamp(0, full),
+            } as u64;
         }
         Ok(nodes)
     }
